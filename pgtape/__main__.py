@@ -1,0 +1,3 @@
+from pgtape.cli import main
+
+raise SystemExit(main())

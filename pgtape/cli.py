@@ -1,0 +1,61 @@
+"""The `pgtape` command line: one module per subcommand in pgtape/commands/.
+
+Each subcommand module defines HELP, `add_arguments(parser)` and `run(args, config) -> int`.
+Connection and archive options come from pgtape.config.OPTIONS and are accepted after any
+subcommand. Errors a user can act on are PgtapeError: one line on stderr, non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import sys
+from typing import Sequence
+
+from pgtape import __version__
+from pgtape.config import OPTIONS, load_config
+from pgtape.errors import PgtapeError, UsageError
+
+SUBCOMMANDS = ("check", "capture", "log", "status")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+        raise UsageError(f"{message}; see '{self.prog} --help'")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pgtape", description="Point-in-time recovery for PostgreSQL tables.")
+    parser.add_argument("--version", action="version", version=f"pgtape {__version__}")
+    parser.add_argument("--config", help="path of pgtape.toml (default: $PGTAPE_CONFIG)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in SUBCOMMANDS:
+        module = importlib.import_module(f"pgtape.commands.{name}")
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        p.add_argument("--config", dest="sub_config", help="path of pgtape.toml (default: $PGTAPE_CONFIG)")
+        for opt in OPTIONS:
+            if opt.flag:
+                p.add_argument(opt.flag, dest=f"opt_{opt.name}", metavar=opt.name.upper(), help=opt.help)
+        module.add_arguments(p)
+        p.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # A closed pipe (pgtape log | head) ends quietly, as other Unix tools do.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    try:
+        args = build_parser().parse_args(argv)
+        if not args.command:
+            build_parser().print_help(sys.stderr)
+            return 2
+        overrides = {opt.name: getattr(args, f"opt_{opt.name}", None) for opt in OPTIONS}
+        config = load_config(args.sub_config or args.config, overrides)
+        return int(args.run(args, config) or 0)
+    except PgtapeError as e:
+        print(f"pgtape: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("pgtape: interrupted", file=sys.stderr)
+        return 130

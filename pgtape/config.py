@@ -1,0 +1,169 @@
+"""Configuration: one table of options, resolved from file, environment and command line.
+
+Precedence (highest first): command-line option, environment variable, `pgtape.toml`, default.
+`OPTIONS` is the single source of truth: the CLI builds its flags from it, `pgtape.toml` keys are
+checked against it, and docs refer to it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from pgtape.errors import UsageError
+
+DEFAULT_TABLES = "public.payments,public.orders,public.tickets"
+
+
+def parse_duration(text: str | int | float) -> float:
+    """`200ms`, `1.5s`, `10m`, `24h`, `7d` or a bare number of seconds -> seconds."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text)
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", str(text))
+        if not m:
+            raise ValueError(f"invalid duration {text!r}: use e.g. 200ms, 5s, 10m, 24h")
+        scale = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        value = float(m.group(1)) * scale
+    if value <= 0:
+        raise ValueError(f"invalid duration {text!r}: must be positive")
+    return value
+
+
+def parse_size(text: str | int) -> int:
+    """`64MiB`, `1GB`, `512kB` or a bare number of bytes -> bytes."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        m = re.fullmatch(r"\s*(\d+)\s*([kKMGT]i?B|B)?\s*", str(text))
+        if not m:
+            raise ValueError(f"invalid size {text!r}: use e.g. 64MiB, 1GiB")
+        unit = (m.group(2) or "B").replace("i", "").upper()
+        value = int(m.group(1)) * {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}[unit]
+    if value <= 0:
+        raise ValueError(f"invalid size {text!r}: must be positive")
+    return value
+
+
+_IDENT = r'(?:[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+")'
+
+
+def parse_tables(text: str | list[str]) -> tuple[str, ...]:
+    """`payments, public.orders` -> ('public.payments', 'public.orders'); unqualified means public."""
+    items = text if isinstance(text, list) else str(text).split(",")
+    tables: list[str] = []
+    for item in (str(i).strip() for i in items):
+        if not item:
+            continue
+        if not re.fullmatch(rf"{_IDENT}(?:\.{_IDENT})?", item):
+            raise ValueError(f"invalid table name {item!r}: use schema.table, e.g. public.payments")
+        qualified = item if re.fullmatch(rf"{_IDENT}\.{_IDENT}", item) else f"public.{item}"
+        if qualified not in tables:
+            tables.append(qualified)
+    if not tables:
+        raise ValueError("no tables given: name at least one, e.g. public.payments")
+    return tuple(tables)
+
+
+def parse_slot(text: str) -> str:
+    if not re.fullmatch(r"[a-z0-9_]{1,63}", text):
+        raise ValueError(f"invalid slot name {text!r}: use lower-case letters, digits and _ (at most 63)")
+    return text
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # attribute on Config
+    section: str  # [section] in pgtape.toml
+    key: str  # key in that section
+    env: str | None  # environment variable, if any
+    flag: str | None  # command-line flag, if any
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("dsn", "source", "dsn", "PGTAPE_DSN", "--dsn", str, None,
+           "libpq connection string of the source database (default: libpq's PG* environment)"),
+    Option("tables", "source", "tables", "PGTAPE_TABLES", "--tables", parse_tables, DEFAULT_TABLES,
+           "comma-separated tables to capture"),
+    Option("slot", "source", "slot", "PGTAPE_SLOT", "--slot", parse_slot, "pgtape",
+           "logical replication slot name"),
+    Option("archive", "archive", "path", "PGTAPE_ARCHIVE", "--archive", lambda v: Path(str(v)), None,
+           "archive directory that holds the tape"),
+    Option("fsync_interval", "capture", "fsync_interval", None, None, parse_duration, "200ms",
+           "group-commit interval: the longest a received commit waits to be fsynced (the RPO)"),
+    Option("segment_size", "capture", "segment_size", None, None, parse_size, "64MiB",
+           "compressed size at which a tape segment is sealed and a new one begun"),
+    Option("status_interval", "capture", "status_interval", None, None, parse_duration, "1s",
+           "how often capture reports its position to the server"),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    dsn: str | None
+    tables: tuple[str, ...]
+    slot: str
+    archive: Path | None
+    fsync_interval: float
+    segment_size: int
+    status_interval: float
+    source_file: Path | None = field(default=None)
+
+    def require_archive(self) -> Path:
+        if self.archive is None:
+            raise UsageError("no archive configured: set [archive] path in pgtape.toml, PGTAPE_ARCHIVE or --archive")
+        return self.archive
+
+
+def load_config(
+    config_path: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Config:
+    """Resolve every option. Raises UsageError naming the offending source on bad values."""
+    env = os.environ if environ is None else environ
+    path_text = config_path or env.get("PGTAPE_CONFIG")
+    file_values: dict[str, dict[str, Any]] = {}
+    path: Path | None = None
+    if path_text:
+        path = Path(path_text)
+        try:
+            file_values = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise UsageError(f"config file {path} does not exist: fix --config or PGTAPE_CONFIG") from None
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise UsageError(f"cannot read config file {path}: {e}") from None
+        _check_known_keys(path, file_values)
+
+    values: dict[str, Any] = {}
+    for opt in OPTIONS:
+        raw, where = opt.default, "default"
+        if opt.key in file_values.get(opt.section, {}):
+            raw, where = file_values[opt.section][opt.key], f"{path} [{opt.section}] {opt.key}"
+        if opt.env and env.get(opt.env):
+            raw, where = env[opt.env], f"environment variable {opt.env}"
+        if overrides and overrides.get(opt.name) is not None:
+            raw, where = overrides[opt.name], f"option {opt.flag}"
+        try:
+            values[opt.name] = None if raw is None else opt.parse(raw)
+        except ValueError as e:
+            raise UsageError(f"{where}: {e}") from None
+    return Config(**values, source_file=path)
+
+
+def _check_known_keys(path: Path, data: dict[str, Any]) -> None:
+    known = {(o.section, o.key) for o in OPTIONS}
+    for section, body in data.items():
+        if not isinstance(body, dict):
+            raise UsageError(f"{path}: {section!r} must be a [section]; known sections: source, archive, capture")
+        for key in body:
+            if (section, key) not in known:
+                names = ", ".join(f"[{s}] {k}" for s, k in sorted(known))
+                raise UsageError(f"{path}: unknown setting [{section}] {key}; known settings: {names}")

@@ -1,0 +1,104 @@
+"""Connections to the source database: pinned session settings, replication mode, redaction.
+
+Every pgtape connection renders values the same way (DateStyle=ISO, TimeZone=UTC, ...), so the
+text wal2json prints, COPY writes and the tape stores is canonical. See docs/ARCHITECTURE.md.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from pgtape.errors import PgtapeError
+
+# Rendering settings pinned on every session, the walsender's included (it decodes with them).
+PINNED_SETTINGS = {
+    "DateStyle": "ISO",
+    "TimeZone": "UTC",
+    "extra_float_digits": "3",
+    "bytea_output": "hex",
+    "IntervalStyle": "postgres",
+}
+
+
+def redact_dsn(dsn: str | None) -> str:
+    """The DSN with any password removed, for messages and logs."""
+    if not dsn:
+        return "(libpq environment)"
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "(unparsable connection string)"
+    params.pop("password", None)
+    return make_conninfo(**{k: v for k, v in params.items() if v is not None})
+
+
+def _pinned_options(dsn: str | None) -> str:
+    existing = ""
+    if dsn:
+        try:
+            existing = conninfo_to_dict(dsn).get("options") or ""
+        except psycopg.ProgrammingError as e:
+            raise PgtapeError(f"invalid connection string: {e}") from None
+    pinned = " ".join(f"-c {k}={v}" for k, v in PINNED_SETTINGS.items())
+    return f"{existing} {pinned}".strip()
+
+
+def connect(dsn: str | None, *, replication: bool = False, autocommit: bool = True,
+            application_name: str = "pgtape") -> psycopg.Connection:
+    """Open a connection; a failure becomes one PgtapeError line without the password."""
+    kwargs: dict[str, object] = {
+        "autocommit": autocommit,
+        "options": _pinned_options(dsn),
+        "application_name": application_name,
+    }
+    if replication:
+        # Replication connections speak only the simple query protocol.
+        kwargs["replication"] = "database"
+        kwargs["prepare_threshold"] = None
+    try:
+        return psycopg.connect(dsn or "", **kwargs)  # type: ignore[arg-type]
+    except psycopg.OperationalError as e:
+        raise PgtapeError(f"cannot connect to {redact_dsn(dsn)}: {first_line(e)}") from None
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(text: str) -> str:
+    """For the replication protocol, which takes no query parameters."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def split_table(qualified: str) -> tuple[str, str]:
+    """`public.payments` or `"My Schema"."T"` -> (schema, table), unquoted."""
+    parts: list[str] = []
+    buf, quoted, i = "", False, 0
+    while i < len(qualified):
+        c = qualified[i]
+        if quoted:
+            if c == '"' and qualified[i + 1:i + 2] == '"':
+                buf += '"'
+                i += 1
+            elif c == '"':
+                quoted = False
+            else:
+                buf += c
+        elif c == '"':
+            quoted = True
+        elif c == ".":
+            parts.append(buf)
+            buf = ""
+        else:
+            buf += c
+        i += 1
+    parts.append(buf)
+    if len(parts) == 1:
+        return "public", parts[0]
+    return parts[0], parts[1]

@@ -1,0 +1,61 @@
+"""Shared fixtures: one embedded PostgreSQL cluster per test session, fresh databases per test.
+
+The cluster is started by pgtape's own code (pgtape.embedded) and always stopped, even when
+tests fail. Tests that need a server of their own (restarts, settings) start another.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import psycopg
+import pytest
+
+from pgtape.embedded import EmbeddedPostgres
+
+ROOT = Path(__file__).resolve().parent.parent
+_db_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[EmbeddedPostgres]:
+    with EmbeddedPostgres() as server:
+        yield server
+
+
+@pytest.fixture
+def dbname(pg: EmbeddedPostgres, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh database; its replication slots are dropped afterwards."""
+    name = f"t{next(_db_counter)}_{request.node.name[:40]}".lower()
+    name = "".join(c if c.isalnum() or c == "_" else "_" for c in name)
+    with psycopg.connect(pg.dsn(), autocommit=True) as c:
+        c.execute(f'create database "{name}"')
+    yield name
+    with psycopg.connect(pg.dsn(), autocommit=True) as c:
+        for (slot,) in c.execute("select slot_name from pg_replication_slots where database = %s", (name,)).fetchall():
+            c.execute("select pg_terminate_backend(active_pid) from pg_replication_slots "
+                      "where slot_name = %s and active_pid is not null", (slot,))
+            c.execute("select pg_drop_replication_slot(%s)", (slot,))
+        c.execute(f'drop database "{name}" with (force)')
+
+
+@pytest.fixture
+def dsn(pg: EmbeddedPostgres, dbname: str) -> str:
+    return pg.dsn(dbname)
+
+
+def run_pgtape(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
+               check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run the real command line in a subprocess, as a user would."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PGTAPE_")}
+    full_env.update(env or {})
+    r = subprocess.run([sys.executable, "-m", "pgtape", *args], capture_output=True, text=True,
+                       timeout=timeout, env=full_env, cwd=ROOT)
+    if check and r.returncode != 0:
+        raise AssertionError(f"pgtape {' '.join(args)} exited {r.returncode}: {r.stderr}")
+    return r
