@@ -1,0 +1,1 @@
+"""Capture: stream logical replication changes onto the tape, acknowledging only what is durable."""

@@ -1,0 +1,274 @@
+"""The long-running capture: stream wal2json changes onto the tape, confirm only what is durable.
+
+One thread, one loop: read a message, hand it to the TapeWriter, and between messages (or
+while waiting) fsync when the group-commit interval is due and report the durable position.
+The LSN rules it follows are in docs/ARCHITECTURE.md; each is cited where it is applied.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, TextIO
+
+import psycopg
+
+from capture import wal2json
+from capture.protocol import (KEEPALIVE, KEEPALIVE_MSG, XLOG_DATA, XLOG_HEADER, XLOG_PAYLOAD_OFFSET,
+                              ConnectionLost, ReplicationStream, pg_time_to_unix_us)
+from capture.slot import check_slot, find_slot, identify_system, open_generation
+from capture.tape_writer import TapeWriter
+from pgtape.config import Config
+from pgtape.durable import make_dirs_durably
+from pgtape.errors import PgtapeError
+from pgtape.lsn import format_lsn
+from pgtape.pg import connect, first_line, split_table
+from pgtape.tape.archive import Archive
+from pgtape.tape.records import Begin, Change, Message, Truncate
+
+POSITION_EVERY = 10.0  # seconds between Position records while captured tables are idle
+MAX_BACKOFF = 30.0
+
+
+@dataclass
+class CaptureResult:
+    durable_lsn: int
+    transactions: int
+    changes: int
+
+
+class Capture:
+    def __init__(self, config: Config, until_lsn: int | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.config = config
+        self.archive = Archive(config.require_archive())
+        self.until_lsn = until_lsn
+        self.log = log or _stderr_log(sys.stderr)
+        self.stopping = False
+        self._full_columns: dict[tuple[str, str], tuple[str, ...]] = {}
+
+    def stop(self, *_: object) -> None:
+        self.stopping = True
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def run(self) -> CaptureResult:
+        make_dirs_durably(self.archive.path)
+        lock = _lock_archive(self.archive)
+        try:
+            conn = connect(self.config.dsn, replication=True)
+            system, gen = open_generation(conn, self.archive, self.config)
+            self._load_columns()
+            writer = TapeWriter(self.archive, gen.id, system.system_id, self.config.slot, self.config.segment_size)
+            if writer.repaired_bytes:
+                self.log(f"cut {writer.repaired_bytes} bytes of unfinished transaction from {writer.segment.path.name}")
+            self.log(f"capturing {', '.join(self.config.tables)} through slot {self.config.slot} from "
+                     f"{format_lsn(writer.durable_lsn)} into {self.archive.path} (generation {gen.id})")
+            backoff = 0.5
+            while not self.stopping and not self._reached(writer):
+                try:
+                    if conn is None:
+                        conn = connect(self.config.dsn, replication=True)
+                        check_slot(find_slot(conn, self.config.slot), self.config.slot,
+                                   identify_system(conn).database, gen)
+                        self.log(f"reconnected; resuming at {format_lsn(writer.durable_lsn)}")
+                    stream = self._start(conn, writer.durable_lsn)
+                    conn = None
+                    try:
+                        self._stream(stream, writer)
+                        backoff = 0.5
+                    finally:
+                        stream.close()
+                except (ConnectionLost, psycopg.OperationalError) as e:
+                    conn = _close(conn)
+                    self._retry_later(writer, f"replication connection lost: {first_line(e)}", backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF)
+                except PgtapeError as e:
+                    if "cannot connect" not in str(e):
+                        raise
+                    conn = _close(conn)
+                    self._retry_later(writer, str(e), backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF)
+            _close(conn)
+            writer.close()
+            self.log(f"stopped; tape durable up to {format_lsn(writer.durable_lsn)} "
+                     f"({writer.transactions} transactions, {writer.changes} changes this run)")
+            return CaptureResult(writer.durable_lsn, writer.transactions, writer.changes)
+        finally:
+            os.close(lock)
+
+    def _retry_later(self, writer: TapeWriter, why: str, delay: float) -> None:
+        writer.abort_transaction()  # the server sends it again from its beginning
+        if self.stopping:
+            return
+        self.log(f"{why}; reconnecting in {delay:g}s")
+        deadline = time.monotonic() + delay
+        while not self.stopping and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def _reached(self, writer: TapeWriter) -> bool:
+        return self.until_lsn is not None and writer.durable_lsn >= self.until_lsn
+
+    def _load_columns(self) -> None:
+        """Each table's columns now, to tell an UPDATE's unchanged TOAST columns from absent ones."""
+        with connect(self.config.dsn) as c:
+            for qualified in self.config.tables:
+                schema, table = split_table(qualified)
+                rows = c.execute(
+                    "SELECT a.attname FROM pg_attribute a JOIN pg_class r ON r.oid = a.attrelid "
+                    "JOIN pg_namespace n ON n.oid = r.relnamespace WHERE n.nspname = %s AND r.relname = %s "
+                    "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum", (schema, table)).fetchall()
+                if not rows:
+                    raise PgtapeError(f"table {qualified} does not exist: fix --tables or run pgtape check")
+                self._full_columns[(schema, table)] = tuple(r[0] for r in rows)
+
+    def _start(self, conn: psycopg.Connection, from_lsn: int) -> ReplicationStream:
+        opts = wal2json.options_sql(wal2json.plugin_options(self.config.tables))
+        conn.execute(f"START_REPLICATION SLOT {self.config.slot} LOGICAL {format_lsn(from_lsn)} ({opts})")
+        return ReplicationStream(conn)
+
+    # -- the loop -------------------------------------------------------------------------
+    def _stream(self, stream: ReplicationStream, writer: TapeWriter) -> None:
+        cfg = self.config
+        decode = wal2json.decoder.decode
+        to_text = wal2json.to_text
+        full_columns = self._full_columns
+        monotonic = time.monotonic
+        received = writer.durable_lsn  # highest LSN received: the 'write' position we report
+        next_status = 0.0
+        last_position = monotonic()
+        skip = False  # current transaction is already on the tape (re-sent after a reconnect)
+        in_txn = False
+        while True:
+            buf = stream.read()
+            now = monotonic()
+            if buf is not None:
+                kind = buf[0]
+                if kind == XLOG_DATA:
+                    _, start, _, _ = XLOG_HEADER.unpack_from(buf)
+                    if start > received:
+                        received = start
+                    payload = buf[XLOG_PAYLOAD_OFFSET:]
+                    msg = decode(payload)
+                    action = msg.action
+                    if action == "B":
+                        in_txn = True
+                        end = wal2json.lsn(msg.nextlsn)
+                        # Rule D1: a transaction whose commit ends at or before the tape's end is a repeat.
+                        skip = end <= writer.tape_lsn
+                        if not skip:
+                            writer.begin(Begin(msg.xid or 0, wal2json.lsn(msg.lsn), end,
+                                               wal2json.parse_commit_time(msg.timestamp or "")))
+                    elif action == "C":
+                        in_txn = False
+                        end = wal2json.lsn(msg.nextlsn)
+                        if not skip and not writer.commit(end):
+                            writer.advance_idle(end)  # Rule A3: nothing captured, nothing pending
+                    elif not skip:
+                        record: Change | Truncate | Message | None
+                        if action == "M":
+                            # Recovery points are transactional; a non-transactional message has no
+                            # place in the commit order, so it is not kept.
+                            record = Message(wal2json.lsn(msg.lsn), True, msg.prefix or "",
+                                             msg.content or "") if msg.transactional else None
+                        elif action == "T":
+                            record = Truncate(msg.schema or "", msg.table or "")
+                        else:
+                            record = self._change(writer, msg, to_text, full_columns)
+                        if record is not None:
+                            writer.change(record, len(payload))
+                elif kind == KEEPALIVE:
+                    _, wal_end, server_time, reply = KEEPALIVE_MSG.unpack_from(buf)
+                    if wal_end > received:
+                        received = wal_end
+                    if not in_txn and writer.advance_idle(wal_end):  # Rule A3
+                        if now - last_position >= POSITION_EVERY and wal_end > writer.segment.stats.end_lsn:
+                            writer.position(wal_end, pg_time_to_unix_us(server_time))
+                            last_position = now
+                    if reply:
+                        next_status = 0.0
+            # Housekeeping: group commit (Rule A1), then report what is durable (Rule A2).
+            if writer.unsynced_since is not None and (now - writer.unsynced_since >= cfg.fsync_interval
+                                                      or self.stopping or self._reached_tape(writer)):
+                writer.sync()
+                next_status = 0.0
+            if now >= next_status:
+                stream.send_status(received, writer.durable_lsn)
+                next_status = now + cfg.status_interval
+            if self.stopping or self._reached(writer):
+                stream.send_status(received, writer.durable_lsn)
+                return
+            if buf is None:
+                timeout = cfg.status_interval
+                if writer.unsynced_since is not None:
+                    timeout = min(timeout, writer.unsynced_since + cfg.fsync_interval - now)
+                stream.wait(min(timeout, 0.2))
+
+    def _reached_tape(self, writer: TapeWriter) -> bool:
+        return self.until_lsn is not None and writer.tape_lsn >= self.until_lsn
+
+    @staticmethod
+    def _change(writer: TapeWriter, msg: wal2json.W2JMessage, to_text: Callable, full_columns: dict) -> Change:
+        schema, table = msg.schema or "", msg.table or ""
+        key = tuple(k.name for k in msg.pk) if msg.pk else ()
+        values = names = None
+        rel = old_rel = -1
+        absent = old = None
+        if msg.columns is not None:
+            cols = msg.columns
+            names = tuple(c.name for c in cols)
+            rel = writer.relation(schema, table, names, tuple(c.type for c in cols), key)
+            values = [to_text(c.value, c.type) for c in cols]
+        if msg.identity is not None:
+            ident = msg.identity
+            old_rel = writer.relation(schema, table, tuple(c.name for c in ident), tuple(c.type for c in ident), key)
+            old = [to_text(c.value, c.type) for c in ident]
+        action = msg.action
+        if action == "I":
+            if names is not None:
+                full_columns[(schema, table)] = names  # an INSERT always carries every column
+        elif action == "U":
+            full = full_columns.get((schema, table), ())
+            if names is not None and len(names) < len(full):
+                present = set(names)
+                absent = [c for c in full if c not in present]
+        elif action == "D":
+            rel = old_rel
+        else:
+            raise ConnectionLost(f"unexpected wal2json action {action!r}")
+        return Change(action, rel, values, old_rel, old, absent)
+
+
+def _close(conn: psycopg.Connection | None) -> None:
+    if conn is not None:
+        try:
+            conn.close()
+        except psycopg.Error:
+            pass
+    return None
+
+
+def _lock_archive(archive: Archive) -> int:
+    """One capture per archive: a second one would interleave segments."""
+    fd = os.open(archive.path / "capture.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise PgtapeError(f"another pgtape capture is running on {archive.path}") from None
+    return fd
+
+
+def _stderr_log(stream: TextIO) -> Callable[[str], None]:
+    def log(line: str) -> None:
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} pgtape capture: {line}", file=stream, flush=True)
+    return log
+
+
+def install_signal_handlers(capture: Capture) -> None:
+    signal.signal(signal.SIGTERM, capture.stop)
+    signal.signal(signal.SIGINT, capture.stop)
+

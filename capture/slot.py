@@ -1,0 +1,100 @@
+"""The replication slot and the archive's identity: where a capture may start, and refusals.
+
+Continuity rule: a tape continues only from the slot it was started from, on the same database
+system. A missing slot, another system or another database is a fatal error, never a silent
+new slot (docs/ARCHITECTURE.md, "Generations").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+
+from pgtape.config import Config
+from pgtape.errors import PgtapeError
+from pgtape.lsn import format_lsn, parse_lsn
+from pgtape.pg import quote_literal
+from pgtape.tape.archive import Archive, Generation
+
+PLUGIN = "wal2json"
+
+
+@dataclass(frozen=True)
+class SystemInfo:
+    system_id: str
+    database: str
+
+
+@dataclass(frozen=True)
+class SlotInfo:
+    name: str
+    plugin: str | None
+    database: str | None
+    confirmed_flush_lsn: int | None
+
+
+def identify_system(conn: psycopg.Connection) -> SystemInfo:
+    system_id, _timeline, _xlogpos, dbname = conn.execute("IDENTIFY_SYSTEM").fetchone()  # type: ignore[misc]
+    if dbname is None:
+        raise PgtapeError("the connection is not to a database: put dbname=... in the DSN")
+    return SystemInfo(str(system_id), dbname)
+
+
+def find_slot(conn: psycopg.Connection, name: str) -> SlotInfo | None:
+    row = conn.execute(
+        "SELECT slot_name, plugin, database, confirmed_flush_lsn::text FROM pg_replication_slots "
+        f"WHERE slot_name = {quote_literal(name)}").fetchone()
+    if row is None:
+        return None
+    return SlotInfo(row[0], row[1], row[2], parse_lsn(row[3]) if row[3] else None)
+
+
+def create_slot(conn: psycopg.Connection, name: str) -> int:
+    """Create the logical slot; returns its consistent point."""
+    try:
+        row = conn.execute(f"CREATE_REPLICATION_SLOT {name} LOGICAL {PLUGIN} (SNAPSHOT 'nothing')").fetchone()
+    except psycopg.Error as e:
+        raise PgtapeError(f"cannot create replication slot {name}: {str(e).strip().splitlines()[0]} "
+                          "(run pgtape check)") from None
+    assert row is not None
+    return parse_lsn(row[1])
+
+
+def open_generation(conn: psycopg.Connection, archive: Archive, config: Config) -> tuple[SystemInfo, Generation]:
+    """The generation to continue, creating the slot and the first generation for a new archive."""
+    system = identify_system(conn)
+    slot = find_slot(conn, config.slot)
+    if not archive.exists():
+        if slot is not None:
+            raise PgtapeError(
+                f"replication slot {config.slot} already exists but {archive.path} holds no tape, so what the "
+                f"slot skipped is unknown: choose another --slot or drop it with "
+                f"SELECT pg_drop_replication_slot('{config.slot}')")
+        start = create_slot(conn, config.slot)
+        return system, archive.start_generation(system.system_id, system.database, config.slot, start, "initial")
+    ident = archive.identity()
+    gen = archive.generation(ident.generation)
+    if ident.system_id != system.system_id:
+        raise PgtapeError(f"{archive.path} belongs to database system {ident.system_id}, but the server is "
+                          f"{system.system_id}: point --dsn at the original server or use another --archive")
+    if ident.database != system.database:
+        raise PgtapeError(f"{archive.path} holds database {ident.database}, but the connection is to "
+                          f"{system.database}: fix dbname in the DSN or use another --archive")
+    if ident.slot != config.slot:
+        raise PgtapeError(f"{archive.path} is captured through slot {ident.slot}, not {config.slot}: "
+                          f"use --slot {ident.slot}")
+    check_slot(slot, config.slot, system.database, gen)
+    return system, gen
+
+
+def check_slot(slot: SlotInfo | None, name: str, database: str, gen: Generation) -> None:
+    if slot is None:
+        raise PgtapeError(
+            f"replication slot {name} has disappeared: changes after the tape's end may be lost, so capture "
+            f"will not continue generation {gen.id} (started at {format_lsn(gen.start_lsn)}); "
+            f"to start over, capture into a new --archive")
+    if slot.plugin != PLUGIN:
+        raise PgtapeError(f"replication slot {name} uses plugin {slot.plugin}, not {PLUGIN}: use another --slot")
+    if slot.database != database:
+        raise PgtapeError(f"replication slot {name} belongs to database {slot.database}, not {database}")

@@ -1,0 +1,195 @@
+"""Group commit onto the tape: buffer records, write frames, fsync, rotate segments.
+
+The writer tracks two positions (docs/ARCHITECTURE.md, "LSN rules"):
+  tape_lsn     end LSN of the last whole transaction (or Position) handed to the writer
+  durable_lsn  the largest tape_lsn whose frames are fsynced: the only LSN capture may confirm
+A transaction bigger than `frame_bytes` is written in non-boundary frames as it arrives, so
+memory stays bounded; they become meaningful only with the boundary frame holding its Commit.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pgtape.tape.archive import Archive
+from pgtape.tape.records import Begin, Change, Commit, Message, Position, Record, Relation, Truncate
+from pgtape.tape.segment import SegmentWriter
+
+FRAME_BYTES = 4 << 20  # decoded bytes buffered before an unfinished transaction goes to disk
+
+RelationKey = tuple[str, str, tuple[str, ...], tuple[str, ...], tuple[str, ...]]
+
+
+class TapeWriter:
+    def __init__(self, archive: Archive, generation: int, system_id: str, slot: str,
+                 segment_size: int, frame_bytes: int = FRAME_BYTES) -> None:
+        self.archive = archive
+        self.generation = generation
+        self._system_id = system_id
+        self._slot = slot
+        self.segment_size = segment_size
+        self.frame_bytes = frame_bytes
+        self.repaired_bytes = 0
+        self.segment = self._open_segment()
+        self.tape_lsn = self.segment.stats.end_lsn
+        self.durable_lsn = self.tape_lsn
+        self._buffer: list[Record] = []  # records not yet written
+        self._relation_ids: dict[RelationKey, int] = {}
+        self._index_relations()
+        self._committed = 0  # _buffer[:_committed] ends between transactions
+        self._buffer_bytes = 0
+        self._txn_on_disk = False  # frames of the open transaction already written
+        self._pending_begin: Begin | None = None  # written with the transaction's first record
+        self._txn_open = False
+        self._txn_changes = 0
+        self.unsynced_since: float | None = None  # monotonic time of the oldest unsynced commit
+        self.transactions = 0
+        self.changes = 0
+
+    def _open_segment(self) -> SegmentWriter:
+        """Resume the open segment (cutting a torn tail), or start one where the tape ends."""
+        segments = self.archive.segments(self.generation)
+        if segments and segments[-1].is_open:
+            writer, self.repaired_bytes = SegmentWriter.recover(segments[-1].path)
+            return writer
+        start = segments[-1].end_lsn if segments else self.archive.generation(self.generation).start_lsn
+        assert start is not None
+        return SegmentWriter.create(self.archive.tape_dir(self.generation), self.generation,
+                                    self._system_id, self._slot, start)
+
+    def _index_relations(self) -> None:
+        """Relation ids known in the current segment: written ones plus those still buffered."""
+        rels = [*self.segment.relations.values(), *(r for r in self._buffer if isinstance(r, Relation))]
+        self._relation_ids = {(r.schema, r.table, tuple(r.columns), tuple(r.types), tuple(r.key)): r.id
+                              for r in rels}
+
+    @property
+    def in_transaction(self) -> bool:
+        """A transaction has records on the tape (buffered or written) but no Commit yet."""
+        return self._txn_open
+
+    @property
+    def has_unsynced(self) -> bool:
+        return self.durable_lsn < self.tape_lsn
+
+    # -- records --------------------------------------------------------------------------
+    def begin(self, record: Begin) -> None:
+        """A transaction starts; nothing is written unless it has a captured change."""
+        self._pending_begin = record
+        self._txn_changes = 0
+
+    def _open_txn(self) -> None:
+        if self._pending_begin is not None:
+            self._buffer.append(self._pending_begin)
+            self._pending_begin = None
+            self._txn_open = True
+
+    def relation(self, schema: str, table: str, columns: tuple[str, ...], types: tuple[str, ...],
+                 key: tuple[str, ...]) -> int:
+        """The id of this tuple shape in the current segment, emitting a Relation when new."""
+        k = (schema, table, columns, types, key)
+        rel = self._relation_ids.get(k)
+        if rel is None:
+            self._open_txn()
+            rel = len(self._relation_ids)
+            self._relation_ids[k] = rel
+            self._buffer.append(Relation(rel, schema, table, list(columns), list(types), list(key)))
+        return rel
+
+    def change(self, record: Change | Truncate | Message, size_hint: int) -> None:
+        self._open_txn()
+        self._buffer.append(record)
+        if not isinstance(record, Message):
+            self._txn_changes += 1
+        self._buffer_bytes += size_hint
+        if self._buffer_bytes >= self.frame_bytes:
+            self._spill()
+
+    def commit(self, end_lsn: int) -> bool:
+        """End the transaction; False if it had nothing captured (and so was not written)."""
+        self._pending_begin = None
+        if not self._txn_open:
+            return False
+        self._buffer.append(Commit(end_lsn, self._txn_changes))
+        self._committed = len(self._buffer)
+        self._txn_on_disk = self._txn_open = False
+        self.tape_lsn = end_lsn
+        self.transactions += 1
+        self.changes += self._txn_changes
+        if self.unsynced_since is None:
+            self.unsynced_since = time.monotonic()
+        return True
+
+    def position(self, lsn: int, server_time: int) -> None:
+        """Between transactions: the tape is complete up to lsn."""
+        assert not self.in_transaction
+        self._buffer.append(Position(lsn, server_time))
+        self._committed = len(self._buffer)
+        self.tape_lsn = max(self.tape_lsn, lsn)
+        if self.unsynced_since is None:
+            self.unsynced_since = time.monotonic()
+
+    def advance_idle(self, lsn: int) -> bool:
+        """Confirmable without writing: nothing open or unsynced, so the tape is complete to lsn.
+
+        Used for transactions that touched no captured table and for keepalives."""
+        if self.in_transaction or self.has_unsynced or self._committed:
+            return False
+        if lsn > self.durable_lsn:
+            self.durable_lsn = self.tape_lsn = lsn
+        return True
+
+    # -- disk -----------------------------------------------------------------------------
+    def _spill(self) -> None:
+        """Write buffered records so memory stays bounded inside a large transaction."""
+        if self._committed:
+            self.segment.append(self._buffer[:self._committed], boundary=True)
+            del self._buffer[:self._committed]
+            self._committed = 0
+        if self._buffer:
+            self.segment.append(self._buffer, boundary=False)
+            self._buffer = []
+            self._txn_on_disk = True
+        self._buffer_bytes = 0
+
+    def sync(self) -> int:
+        """Write every whole transaction and fsync; returns the new durable LSN."""
+        if self._committed:
+            self.segment.append(self._buffer[:self._committed], boundary=True)
+            del self._buffer[:self._committed]
+            self._committed = 0
+            if not self._buffer:
+                self._buffer_bytes = 0
+        if self.durable_lsn < self.tape_lsn:
+            self.segment.sync()
+            self.durable_lsn = self.tape_lsn
+        self.unsynced_since = None
+        if self.segment.offset >= self.segment_size and not self.in_transaction:
+            self.rotate()
+        return self.durable_lsn
+
+    def rotate(self) -> Path:
+        sealed = self.segment.seal()
+        self.segment = SegmentWriter.create(self.archive.tape_dir(self.generation), self.generation,
+                                            self._system_id, self._slot, self.segment.stats.end_lsn)
+        self._relation_ids.clear()
+        return sealed
+
+    def abort_transaction(self) -> None:
+        """Forget a transaction the server will send again (the connection was lost in it)."""
+        del self._buffer[self._committed:]
+        self._buffer_bytes = 0
+        self._pending_begin = None
+        self._txn_open = False
+        if self._txn_on_disk:
+            self.sync()  # whole transactions before it are kept; then cut the partial frames
+            self.segment.cut_to_boundary()
+            self._txn_on_disk = False
+        self._index_relations()  # relations first used by the dropped transaction are gone
+
+    def close(self) -> None:
+        """Between transactions only: make everything durable and close the open segment."""
+        self.abort_transaction()
+        self.sync()
+        self.segment.close()

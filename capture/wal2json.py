@@ -1,0 +1,103 @@
+"""wal2json format-version 2: the plugin options pgtape asks for and how its messages decode.
+
+Numbers are decoded from their JSON text without ever becoming a binary float (float_hook=str):
+numeric 0.10 stays "0.10". Every value becomes PostgreSQL's canonical text output (or None),
+which is what the tape stores. See ../shared/notes/logical-decoding.md for the plugin's quirks.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import msgspec
+
+from pgtape.lsn import parse_lsn
+from pgtape.pg import quote_literal, split_table
+
+MESSAGE_PREFIX = "pgtape"  # logical messages with this prefix are captured (recovery points)
+
+
+def plugin_options(tables: tuple[str, ...]) -> dict[str, str]:
+    return {
+        "format-version": "2",
+        "include-xids": "1",
+        "include-timestamp": "1",
+        "include-lsn": "1",
+        "include-types": "1",
+        "include-typmod": "1",
+        "include-pk": "1",
+        "add-tables": ",".join(_add_tables_entry(t) for t in tables),
+        "add-msg-prefixes": MESSAGE_PREFIX,
+    }
+
+
+def _add_tables_entry(qualified: str) -> str:
+    # wal2json splits on "," and "." and unescapes backslashes: escape those in names.
+    def esc(part: str) -> str:
+        return "".join("\\" + c if c in ",.\\ *" else c for c in part)
+    schema, table = split_table(qualified)
+    return f"{esc(schema)}.{esc(table)}"
+
+
+def options_sql(options: dict[str, str]) -> str:
+    return ", ".join(f'"{k}" {quote_literal(v)}' for k, v in options.items())
+
+
+class Column(msgspec.Struct):
+    name: str
+    type: str
+    value: Any = None
+
+
+class KeyColumn(msgspec.Struct):
+    name: str
+    type: str
+
+
+class W2JMessage(msgspec.Struct):
+    action: str
+    xid: int | None = None
+    timestamp: str | None = None
+    lsn: str | None = None
+    nextlsn: str | None = None
+    schema: str | None = None
+    table: str | None = None
+    columns: list[Column] | None = None
+    identity: list[Column] | None = None
+    pk: list[KeyColumn] | None = None
+    transactional: bool | None = None
+    prefix: str | None = None
+    content: str | None = None
+
+
+decoder = msgspec.json.Decoder(W2JMessage, float_hook=str)
+
+
+def to_text(value: Any, type_name: str) -> str | None:
+    """A wal2json value as PostgreSQL's text output (None for NULL)."""
+    if type(value) is str:
+        # wal2json prints bytea as bare hex; PostgreSQL's hex output has a \x prefix.
+        return "\\x" + value if type_name == "bytea" else value
+    if value is None:
+        return None
+    if value is True:
+        return "t"
+    if value is False:
+        return "f"
+    return str(value)  # int, or a float/numeric already kept as its JSON text
+
+
+def parse_commit_time(text: str) -> int:
+    """`2026-11-25 19:58:31.885393+00` -> microseconds since 1970-01-01 UTC."""
+    return (datetime.fromisoformat(text) - _EPOCH) // _MICROSECOND
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def lsn(text: str | None) -> int:
+    if text is None:
+        raise ValueError("wal2json message without lsn: include-lsn is required")
+    return parse_lsn(text)

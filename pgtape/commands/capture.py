@@ -1,0 +1,29 @@
+"""pgtape capture: stream changes onto the tape until stopped (or until --until-lsn is durable)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from pgtape.config import Config
+from pgtape.lsn import format_lsn, parse_lsn
+
+HELP = "capture every change of the configured tables onto the tape (runs until stopped)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--until-lsn", metavar="LSN", help="stop once everything up to LSN is durable on the tape")
+    p.add_argument("--json", action="store_true", help="print a JSON summary when stopping")
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    from capture.capture import Capture, install_signal_handlers
+
+    until = parse_lsn(args.until_lsn) if args.until_lsn else None
+    cap = Capture(config, until_lsn=until)
+    install_signal_handlers(cap)
+    result = cap.run()
+    if args.json:
+        print(json.dumps({"durable_lsn": format_lsn(result.durable_lsn), "transactions": result.transactions,
+                          "changes": result.changes}))
+    return 0

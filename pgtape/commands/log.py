@@ -1,0 +1,96 @@
+"""pgtape log: the captured changes in commit order, filtered; one per line or JSON lines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from pgtape.config import Config
+from pgtape.errors import UsageError
+from pgtape.lsn import format_lsn, parse_lsn
+from pgtape.tape.archive import Archive
+from pgtape.tape.reader import RowChange, iter_changes
+from pgtape.timefmt import format_time, parse_time
+from pgtape.commands.status import open_archive
+
+HELP = "show captured changes in commit order"
+OPS = {"I": "INSERT", "U": "UPDATE", "D": "DELETE", "T": "TRUNCATE", "M": "MESSAGE"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--table", action="append", metavar="T", help="only this table (repeatable)")
+    p.add_argument("--since", metavar="TIME", help="only transactions committed at or after TIME (ISO 8601 with zone)")
+    p.add_argument("--until", metavar="TIME", help="only transactions committed at or before TIME")
+    p.add_argument("--from-lsn", metavar="LSN", help="only transactions ending after LSN")
+    p.add_argument("--to-lsn", metavar="LSN", help="only transactions ending at or before LSN")
+    p.add_argument("--xid", type=int, metavar="X", help="only this transaction id")
+    p.add_argument("--key", action="append", metavar="COL=VALUE",
+                   help="only changes whose new or old row has COL = VALUE (repeatable: all must match)")
+    p.add_argument("--json", action="store_true", help="JSON lines")
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    archive, gen = open_archive(config)
+    since = parse_time(args.since, "--since") if args.since else None
+    until = parse_time(args.until, "--until") if args.until else None
+    tables = {t if "." in t else f"public.{t}" for t in args.table or []}
+    keys: list[tuple[str, str]] = []
+    for k in args.key or []:
+        col, sep, value = k.partition("=")
+        if not sep or not col:
+            raise UsageError(f"invalid --key {k!r}: use COL=VALUE, e.g. --key id=42")
+        keys.append((col, value))
+    from_lsn = parse_lsn(args.from_lsn) if args.from_lsn else None
+    to_lsn = parse_lsn(args.to_lsn) if args.to_lsn else None
+    out = sys.stdout
+    for c in iter_changes(archive, gen, from_lsn, to_lsn):
+        t = c.txn.commit_time
+        if (since is not None and t < since) or (until is not None and t > until):
+            continue
+        if args.xid is not None and c.txn.xid != args.xid:
+            continue
+        if tables and f"{c.schema}.{c.table}" not in tables:
+            continue
+        if keys and not all(_has(c, col, value) for col, value in keys):
+            continue
+        out.write((json.dumps(as_json(c)) if args.json else as_line(c)) + "\n")
+    return 0
+
+
+def _has(c: RowChange, col: str, value: str) -> bool:
+    return any(row is not None and row.get(col) == value for row in (c.new, c.old))
+
+
+def as_json(c: RowChange) -> dict[str, object]:
+    d: dict[str, object] = {
+        "commit_time": format_time(c.txn.commit_time), "commit_lsn": format_lsn(c.txn.commit_lsn),
+        "end_lsn": format_lsn(c.txn.end_lsn), "xid": c.txn.xid, "op": OPS[c.op],
+    }
+    if c.op == "M" and c.message is not None:
+        d.update(prefix=c.message.prefix, content=c.message.content)
+        return d
+    d.update(table=f"{c.schema}.{c.table}", new=c.new, old=c.old, absent=c.absent, types=c.types, key=c.key)
+    return d
+
+
+def as_line(c: RowChange) -> str:
+    head = f"{format_time(c.txn.commit_time)}  {format_lsn(c.txn.end_lsn):>12}  xid {c.txn.xid}  {OPS[c.op]:<8}"
+    if c.op == "M" and c.message is not None:
+        return f"{head} {c.message.prefix}: {c.message.content}"
+    parts = [f"{c.schema}.{c.table}"]
+    if c.old is not None:
+        parts.append("old(" + ", ".join(f"{k}={_v(v)}" for k, v in c.old.items()) + ")")
+    if c.new is not None:
+        parts.append(", ".join(f"{k}={_v(v)}" for k, v in c.new.items()))
+    if c.absent:
+        parts.append(", ".join(f"{k}=<unchanged>" for k in c.absent))
+    return f"{head} {'  '.join(parts)}"
+
+
+def _v(value: str | None) -> str:
+    if value is None:
+        return "NULL"
+    if len(value) > 60:
+        return repr(value[:57] + "...")
+    return repr(value) if (" " in value or not value) else value

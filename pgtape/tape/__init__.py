@@ -1,0 +1,10 @@
+"""The tape: compressed, checksummed, append-only segment files of captured changes.
+
+records  - what a tape holds (msgspec structs)
+frames   - how records are framed, compressed and checksummed on disk
+segment  - one segment file: append, repair a torn tail, seal; read and verify
+archive  - the archive directory: identity, generations, the ordered list of segments
+The format is specified in docs/FORMAT.md; bump FORMAT_VERSION on any change to it.
+"""
+
+FORMAT_VERSION = 1

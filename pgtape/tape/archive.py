@@ -1,0 +1,130 @@
+"""The archive directory: its identity, its generations and each generation's tape.
+
+    <archive>/ARCHIVE.json                  identity: system id, database, slot, current generation
+    <archive>/generations/0001/GENERATION.json
+    <archive>/generations/0001/tape/<start>-<end>.tape ... <start>.tape.open
+
+A generation is one unbroken stream from one slot; nothing ever joins two generations.
+Within a generation, segments are contiguous: each starts where the previous one ended.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from pgtape.durable import make_dirs_durably, write_atomic
+from pgtape.errors import PgtapeError
+from pgtape.lsn import format_lsn
+from pgtape.tape import FORMAT_VERSION
+from pgtape.tape.segment import OPEN_RE, SEALED_RE
+
+
+class ArchiveIdentity(msgspec.Struct):
+    format_version: int
+    system_id: str
+    database: str
+    slot: str
+    generation: int  # the current one
+    created_at: int  # µs UTC
+
+
+class Generation(msgspec.Struct):
+    id: int
+    system_id: str
+    database: str
+    slot: str
+    start_lsn: int  # the slot's consistent point: the tape holds what committed after it
+    created_at: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class SegmentFile:
+    path: Path
+    start_lsn: int
+    end_lsn: int | None  # None while open
+
+    @property
+    def is_open(self) -> bool:
+        return self.end_lsn is None
+
+
+class Archive:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def identity_file(self) -> Path:
+        return self.path / "ARCHIVE.json"
+
+    def exists(self) -> bool:
+        return self.identity_file.exists()
+
+    def identity(self) -> ArchiveIdentity:
+        if not self.exists():
+            raise PgtapeError(f"{self.path} is not a pgtape archive yet (no ARCHIVE.json): run pgtape capture first")
+        return _load(self.identity_file, ArchiveIdentity)
+
+    def generation_dir(self, gen: int) -> Path:
+        return self.path / "generations" / f"{gen:04d}"
+
+    def tape_dir(self, gen: int) -> Path:
+        return self.generation_dir(gen) / "tape"
+
+    def generation(self, gen: int) -> Generation:
+        return _load(self.generation_dir(gen) / "GENERATION.json", Generation)
+
+    def start_generation(self, system_id: str, database: str, slot: str, start_lsn: int, reason: str) -> Generation:
+        """Record a new generation and make it current (durably, in that order)."""
+        current = self.identity().generation if self.exists() else 0
+        now = time.time_ns() // 1000
+        gen = Generation(current + 1, system_id, database, slot, start_lsn, now, reason)
+        make_dirs_durably(self.tape_dir(gen.id))
+        write_atomic(self.generation_dir(gen.id) / "GENERATION.json", msgspec.json.encode(gen))
+        created = self.identity().created_at if self.exists() else now
+        write_atomic(self.identity_file, msgspec.json.encode(
+            ArchiveIdentity(FORMAT_VERSION, system_id, database, slot, gen.id, created)))
+        return gen
+
+    def segments(self, gen: int) -> list[SegmentFile]:
+        """The generation's segment files ordered by start LSN (an open one sorts last)."""
+        files: list[SegmentFile] = []
+        directory = self.tape_dir(gen)
+        if not directory.is_dir():
+            return files
+        for p in directory.iterdir():
+            if m := SEALED_RE.match(p.name):
+                files.append(SegmentFile(p, int(m.group(1), 16), int(m.group(2), 16)))
+            elif m := OPEN_RE.match(p.name):
+                files.append(SegmentFile(p, int(m.group(1), 16), None))
+        files.sort(key=lambda s: (s.start_lsn, s.is_open))
+        return files
+
+    def continuity_problems(self, gen: int) -> list[str]:
+        """Gaps, overlaps and misplaced open segments in a generation's tape, one line each."""
+        problems: list[str] = []
+        expected = self.generation(gen).start_lsn
+        segs = self.segments(gen)
+        for i, s in enumerate(segs):
+            if s.start_lsn != expected:
+                kind = "gap" if s.start_lsn > expected else "overlap"
+                problems.append(f"{kind} in generation {gen}: tape covers up to {format_lsn(expected)} "
+                                f"but {s.path.name} starts at {format_lsn(s.start_lsn)}")
+            if s.is_open and i != len(segs) - 1:
+                problems.append(f"{s.path.name} is open but is not the last segment of generation {gen}")
+            if s.end_lsn is not None:
+                expected = s.end_lsn
+        return problems
+
+
+def _load(path: Path, kind: type) -> object:
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=kind)
+    except FileNotFoundError:
+        raise PgtapeError(f"{path} is missing: the archive is incomplete") from None
+    except msgspec.DecodeError as e:
+        raise PgtapeError(f"{path} is damaged: {e}") from None

@@ -1,0 +1,102 @@
+"""Reading a generation's tape in commit order: transactions and their changes, resolved.
+
+Segments are read one after another; relation ids are resolved per segment; only whole
+transactions come out. Memory is one frame plus one change at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+from pgtape.tape.archive import Archive, SegmentFile
+from pgtape.tape.records import Begin, Change, Commit, Message, Position, Relation, Truncate
+from pgtape.tape.segment import SegmentError, SegmentReader
+
+
+@dataclass(frozen=True)
+class Txn:
+    xid: int
+    commit_lsn: int
+    end_lsn: int
+    commit_time: int  # µs UTC
+
+
+@dataclass(frozen=True)
+class RowChange:
+    """One change with names resolved. `new`/`old` map column -> text value (None = NULL)."""
+
+    txn: Txn
+    op: str  # I, U, D, T (truncate), M (logical message)
+    schema: str
+    table: str
+    new: dict[str, str | None] | None
+    old: dict[str, str | None] | None
+    absent: list[str]  # unchanged TOAST columns of an update: value not sent, not NULL
+    types: dict[str, str]
+    key: list[str]
+    message: Message | None = None
+
+
+def iter_changes(archive: Archive, generation: int, from_lsn: int | None = None,
+                 to_lsn: int | None = None) -> Iterator[RowChange]:
+    """Changes of transactions whose end LSN lies in (from_lsn, to_lsn], in commit order."""
+    for seg in archive.segments(generation):
+        if from_lsn is not None and seg.end_lsn is not None and seg.end_lsn <= from_lsn:
+            continue
+        if to_lsn is not None and seg.start_lsn >= to_lsn:
+            break
+        yield from _segment_changes(seg, from_lsn, to_lsn)
+
+
+def _segment_changes(seg: SegmentFile, from_lsn: int | None, to_lsn: int | None) -> Iterator[RowChange]:
+    reader = _open(seg)
+    relations: dict[int, Relation] = {}
+    txn: Txn | None = None
+    wanted = False
+    for r in reader.records():
+        if isinstance(r, Change):
+            if wanted and txn is not None:
+                yield _resolve(txn, r, relations)
+        elif isinstance(r, Relation):
+            relations[r.id] = r
+        elif isinstance(r, Begin):
+            txn = Txn(r.xid, r.commit_lsn, r.end_lsn, r.commit_time)
+            wanted = (from_lsn is None or r.end_lsn > from_lsn) and (to_lsn is None or r.end_lsn <= to_lsn)
+        elif isinstance(r, Truncate):
+            if wanted and txn is not None:
+                yield RowChange(txn, "T", r.schema, r.table, None, None, [], {}, [])
+        elif isinstance(r, Message):
+            if wanted and txn is not None:
+                yield RowChange(txn, "M", "", "", None, None, [], {}, [], r)
+        elif isinstance(r, Commit):
+            txn = None
+        elif isinstance(r, Position):
+            pass
+    if txn is not None:
+        raise SegmentError(seg.path, None, f"transaction {txn.xid} has no commit record")
+
+
+def _open(seg: SegmentFile) -> SegmentReader:
+    try:
+        return SegmentReader(seg.path)
+    except FileNotFoundError:
+        # An open segment was sealed (renamed) between listing and opening.
+        if seg.is_open:
+            sealed = [p for p in seg.path.parent.glob(f"{seg.path.name.split('.')[0]}-*.tape")]
+            if sealed:
+                return SegmentReader(sealed[0])
+        raise
+
+
+def _resolve(txn: Txn, c: Change, relations: dict[int, Relation]) -> RowChange:
+    rel = relations[c.rel]
+    new = dict(zip(rel.columns, c.values)) if c.values is not None else None
+    old = None
+    types = dict(zip(rel.columns, rel.types))
+    if c.old is not None:
+        orel = relations[c.old_rel]
+        old = dict(zip(orel.columns, c.old))
+        for name, t in zip(orel.columns, orel.types):
+            types.setdefault(name, t)
+    return RowChange(txn, c.op, rel.schema, rel.table, new, old, c.absent or [], types, rel.key)

@@ -1,0 +1,91 @@
+"""Records on the tape. docs/FORMAT.md is the specification; this is its code.
+
+Values are PostgreSQL's canonical text output (as COPY text and psql print them, rendered with
+the pinned session settings of pgtape.pg) or None for SQL NULL; never a binary float.
+A transaction is Begin, its Relation/Change/Truncate/Message records, then Commit.
+Relations are interned per segment: a Change refers to one by id, so a segment reads alone.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Relation(msgspec.Struct, tag="R", array_like=True, frozen=True):
+    """A tuple shape: table plus the columns (and their types) a change carries, in order."""
+
+    id: int
+    schema: str
+    table: str
+    columns: list[str]
+    types: list[str]  # with typmod, as format_type() prints: numeric(12,2)
+    key: list[str]  # primary-key columns, [] when the table has none (REPLICA IDENTITY FULL)
+
+
+class Begin(msgspec.Struct, tag="B", array_like=True):
+    xid: int
+    commit_lsn: int  # start of the commit record
+    end_lsn: int  # end of the commit record: the transaction's position on the tape
+    commit_time: int  # microseconds since 1970-01-01 UTC
+
+
+class Change(msgspec.Struct, tag="C", array_like=True):
+    op: str  # "I", "U" or "D"
+    rel: int  # Relation id of `values` (I, U), or of `old` for D
+    values: list[str | None] | None  # new tuple (I, U)
+    old_rel: int  # Relation id of `old`, -1 when there is none
+    old: list[str | None] | None  # old key or replica identity (U, D)
+    absent: list[str] | None = None  # U only: unchanged TOAST columns, value not sent (not NULL)
+
+
+class Truncate(msgspec.Struct, tag="T", array_like=True):
+    schema: str
+    table: str
+
+
+class Message(msgspec.Struct, tag="M", array_like=True):
+    """A logical message (pg_logical_emit_message) with a captured prefix."""
+
+    lsn: int
+    transactional: bool
+    prefix: str
+    content: str
+
+
+class Commit(msgspec.Struct, tag="E", array_like=True):
+    end_lsn: int
+    changes: int  # Change and Truncate records in the transaction, for verification
+
+
+class Position(msgspec.Struct, tag="P", array_like=True):
+    """Outside transactions: the tape is complete up to `lsn` (server clock `time`, µs UTC).
+
+    Written while captured tables are idle so the recoverable window keeps advancing."""
+
+    lsn: int
+    time: int
+
+
+Record = Relation | Begin | Change | Truncate | Message | Commit | Position
+
+
+class SegmentHeader(msgspec.Struct, frozen=True):
+    format_version: int
+    generation: int
+    system_id: str
+    slot: str
+    start_lsn: int  # the segment holds positions after this
+    created_at: int  # µs UTC
+
+
+class SegmentFooter(msgspec.Struct, frozen=True):
+    start_lsn: int
+    end_lsn: int  # the tape is complete up to here when the segment was sealed
+    transactions: int
+    changes: int
+    first_commit_lsn: int | None
+    last_commit_lsn: int | None
+    first_commit_time: int | None
+    last_commit_time: int | None
+    data_bytes: int  # bytes before the footer frame
+    data_crc32: int  # crc32 of those bytes

@@ -1,0 +1,334 @@
+"""One segment file: written append-only while open, sealed with a footer, read and verified.
+
+Open segment:   <start>.tape.open      (header frame, data frames; may end in a torn frame)
+Sealed segment: <start>-<end>.tape     (... then a footer frame; published by rename)
+<start> and <end> are 16 hex digits of LSN. The segment holds transactions whose end LSN lies
+in (start, end]. Only a frame with FLAG_BOUNDARY ends between transactions: a torn tail is cut
+back to the end of the last such frame (docs/ARCHITECTURE.md, "Torn tails").
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import zlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+import msgspec
+import zstandard
+
+from pgtape.durable import fsync_dir, rename_durably
+from pgtape.lsn import lsn_filename_part
+from pgtape.tape import FORMAT_VERSION
+from pgtape.tape.frames import (FLAG_BOUNDARY, HEADER, HEADER_SIZE, KIND_DATA, KIND_FOOTER, KIND_HEADER,
+                                KIND_NAMES, MAGIC, Frame, FrameError, encode_frame, read_frame)
+from pgtape.tape.records import Begin, Commit, Position, Record, Relation, SegmentFooter, SegmentHeader
+
+OPEN_SUFFIX = ".tape.open"
+SEALED_RE = re.compile(r"^([0-9A-F]{16})-([0-9A-F]{16})\.tape$")
+OPEN_RE = re.compile(r"^([0-9A-F]{16})\.tape\.open$")
+
+_records_encoder = msgspec.msgpack.Encoder()
+_records_decoder = msgspec.msgpack.Decoder(list[Record])
+_header_decoder = msgspec.msgpack.Decoder(SegmentHeader)
+_footer_decoder = msgspec.msgpack.Decoder(SegmentFooter)
+
+
+class SegmentError(Exception):
+    """A damaged or inconsistent segment: names the file and where."""
+
+    def __init__(self, path: Path, offset: int | None, reason: str) -> None:
+        where = f" at offset {offset}" if offset is not None else ""
+        super().__init__(f"{path}{where}: {reason}")
+        self.path, self.offset, self.reason = path, offset, reason
+
+
+def sealed_name(start_lsn: int, end_lsn: int) -> str:
+    return f"{lsn_filename_part(start_lsn)}-{lsn_filename_part(end_lsn)}.tape"
+
+
+def open_name(start_lsn: int) -> str:
+    return f"{lsn_filename_part(start_lsn)}{OPEN_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class SegmentStats:
+    """What a segment holds up to some offset; becomes the footer when sealed."""
+
+    end_lsn: int
+    transactions: int = 0
+    changes: int = 0
+    first_commit_lsn: int | None = None
+    last_commit_lsn: int | None = None
+    first_commit_time: int | None = None
+    last_commit_time: int | None = None
+
+    def after(self, records: list[Record]) -> "SegmentStats":
+        s = self
+        for r in records:
+            if isinstance(r, Begin):
+                first = s.first_commit_lsn is None
+                s = replace(s, first_commit_lsn=r.end_lsn if first else s.first_commit_lsn,
+                            first_commit_time=r.commit_time if first else s.first_commit_time,
+                            last_commit_lsn=r.end_lsn, last_commit_time=r.commit_time)
+            elif isinstance(r, Commit):
+                s = replace(s, transactions=s.transactions + 1, changes=s.changes + r.changes,
+                            end_lsn=max(s.end_lsn, r.end_lsn))
+            elif isinstance(r, Position):
+                s = replace(s, end_lsn=max(s.end_lsn, r.lsn))
+        return s
+
+
+_STATS_RECORDS = (Begin, Commit, Position)
+
+
+@dataclass(frozen=True)
+class _CutPoint:
+    offset: int
+    crc: int
+    stats: SegmentStats
+    relations: dict[int, Relation]
+
+
+class SegmentWriter:
+    """Appends frames to an open segment. Not thread-safe: one capture process owns it."""
+
+    def __init__(self, path: Path, f: BinaryIO, header: SegmentHeader, cut: _CutPoint) -> None:
+        self.path = path
+        self.header = header
+        self._f = f
+        self._compressor = zstandard.ZstdCompressor(level=3)
+        self._cut = cut  # state at the end of the last boundary frame
+        self.offset, self._crc, self.stats = cut.offset, cut.crc, cut.stats
+        self.relations = dict(cut.relations)  # interned in this segment, by id
+        self._since_cut: list[Record] = []
+
+    # -- creation and recovery ------------------------------------------------------------
+    @classmethod
+    def create(cls, directory: Path, generation: int, system_id: str, slot: str, start_lsn: int) -> "SegmentWriter":
+        header = SegmentHeader(FORMAT_VERSION, generation, system_id, slot, start_lsn, time.time_ns() // 1000)
+        path = directory / open_name(start_lsn)
+        f = open(path, "w+b")
+        frame = encode_frame(KIND_HEADER, msgspec.msgpack.encode(header), boundary=True)
+        f.write(frame)
+        f.flush()
+        os.fsync(f.fileno())
+        fsync_dir(directory)
+        return cls(path, f, header, _CutPoint(len(frame), zlib.crc32(frame), SegmentStats(end_lsn=start_lsn), {}))
+
+    @classmethod
+    def recover(cls, path: Path) -> tuple["SegmentWriter", int]:
+        """Reopen an open segment after a crash, cutting a torn or unfinished tail.
+
+        Returns the writer and the number of bytes cut. Raises SegmentError if the header is
+        unreadable: pgtape never deletes such a file by itself."""
+        f = open(path, "r+b")
+        dec = zstandard.ZstdDecompressor()
+        header_frame = _frame_or_none(f, 0, dec)
+        if header_frame is None or header_frame.kind != KIND_HEADER:
+            f.close()
+            raise SegmentError(path, 0, "segment header is missing or damaged")
+        header = _decode_header(path, header_frame)
+        crc = header_frame.disk_crc
+        cut = _CutPoint(header_frame.end, crc, SegmentStats(end_lsn=header.start_lsn), {})
+        relations: dict[int, Relation] = {}
+        since_cut: list[Record] = []
+        offset = header_frame.end
+        while (frame := _frame_or_none(f, offset, dec, crc)) is not None and frame.kind == KIND_DATA:
+            crc = frame.disk_crc
+            for r in _records_decoder.decode(frame.payload):
+                if isinstance(r, Relation):
+                    relations[r.id] = r
+                elif isinstance(r, _STATS_RECORDS):
+                    since_cut.append(r)
+            offset = frame.end
+            if frame.boundary:
+                cut = _CutPoint(offset, crc, cut.stats.after(since_cut), dict(relations))
+                since_cut = []
+        size = f.seek(0, os.SEEK_END)
+        if size != cut.offset:
+            f.truncate(cut.offset)
+            os.fsync(f.fileno())
+        f.seek(cut.offset)
+        return cls(path, f, header, cut), size - cut.offset
+
+    # -- writing --------------------------------------------------------------------------
+    def append(self, records: list[Record], *, boundary: bool) -> None:
+        """Append one frame. `boundary`: the records end between transactions."""
+        frame = encode_frame(KIND_DATA, _records_encoder.encode(records), boundary=boundary,
+                             compressor=self._compressor)
+        self._f.write(frame)
+        self.offset += len(frame)
+        self._crc = zlib.crc32(frame, self._crc)
+        for r in records:
+            if isinstance(r, Relation):
+                self.relations[r.id] = r
+            elif isinstance(r, _STATS_RECORDS):
+                self._since_cut.append(r)
+        if boundary:
+            self.stats = self.stats.after(self._since_cut)
+            self._since_cut = []
+            self._cut = _CutPoint(self.offset, self._crc, self.stats, dict(self.relations))
+
+    def sync(self) -> None:
+        """Make every appended frame durable."""
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def cut_to_boundary(self) -> None:
+        """Drop the frames of an unfinished transaction (e.g. the connection was lost in it)."""
+        cut = self._cut
+        if self.offset != cut.offset:
+            self._f.flush()
+            self._f.truncate(cut.offset)
+            self._f.seek(cut.offset)
+            os.fsync(self._f.fileno())
+        self.offset, self._crc, self.stats = cut.offset, cut.crc, cut.stats
+        self.relations = dict(cut.relations)
+        self._since_cut = []
+
+    def seal(self) -> Path:
+        """Write the footer, fsync and publish under the final name; closes the writer."""
+        assert self.offset == self._cut.offset, "seal only between transactions"
+        s = self.stats
+        footer = SegmentFooter(self.header.start_lsn, s.end_lsn, s.transactions, s.changes, s.first_commit_lsn,
+                               s.last_commit_lsn, s.first_commit_time, s.last_commit_time, self.offset, self._crc)
+        self._f.write(encode_frame(KIND_FOOTER, msgspec.msgpack.encode(footer), boundary=True))
+        self.sync()
+        self._f.close()
+        final = self.path.with_name(sealed_name(self.header.start_lsn, s.end_lsn))
+        rename_durably(self.path, final)
+        return final
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _frame_or_none(f: BinaryIO, offset: int, dec: zstandard.ZstdDecompressor, crc: int = 0) -> Frame | None:
+    f.seek(offset)
+    try:
+        return read_frame(f, offset, dec, crc)
+    except FrameError:
+        return None
+
+
+def _decode_header(path: Path, frame: Frame) -> SegmentHeader:
+    try:
+        header = _header_decoder.decode(frame.payload)
+    except msgspec.DecodeError as e:
+        raise SegmentError(path, 0, f"undecodable segment header: {e}") from None
+    if header.format_version != FORMAT_VERSION:
+        raise SegmentError(path, 0, f"format version {header.format_version}; this pgtape reads {FORMAT_VERSION}")
+    return header
+
+
+# -- reading ----------------------------------------------------------------------------------
+def last_boundary(path: Path) -> int:
+    """End offset of the last whole boundary frame of an open segment, from frame headers only.
+
+    A frame being appended right now, or a torn one, ends the scan; checksums are checked later
+    by the reader, up to this offset."""
+    end = 0
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        offset = 0
+        while offset + HEADER_SIZE <= size:
+            f.seek(offset)
+            magic, _, flags, _, length, _, _ = HEADER.unpack(f.read(HEADER_SIZE))
+            if magic != MAGIC or offset + HEADER_SIZE + length > size:
+                break
+            offset += HEADER_SIZE + length
+            if flags & FLAG_BOUNDARY:
+                end = offset
+    return end
+
+
+class SegmentReader:
+    """Reads one segment's records in order, verifying every frame checksum.
+
+    A sealed segment is checked against its footer (data checksum and length) when the
+    records are exhausted; an open one is read up to its last transaction boundary."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.is_open = path.name.endswith(OPEN_SUFFIX)
+        self._stop = last_boundary(path) if self.is_open else None
+        self._f = open(path, "rb")
+        self._dec = zstandard.ZstdDecompressor()
+        first = self._next_frame(0)
+        if first is None or first.kind != KIND_HEADER:
+            self._f.close()
+            raise SegmentError(path, 0, "segment header is missing")
+        self.header = _decode_header(path, first)
+        self._offset, self._crc = first.end, first.disk_crc
+        self.footer: SegmentFooter | None = None
+
+    def _next_frame(self, offset: int, crc: int = 0) -> Frame | None:
+        if self._stop is not None and offset >= self._stop:
+            return None
+        try:
+            return read_frame(self._f, offset, self._dec, crc)
+        except FrameError as e:
+            raise SegmentError(self.path, e.offset, e.reason) from None
+
+    def frames(self) -> Iterator[Frame]:
+        """Data frames in order; sets .footer at the end of a sealed segment."""
+        try:
+            while (frame := self._next_frame(self._offset, self._crc)) is not None:
+                if frame.kind == KIND_FOOTER:
+                    self._check_footer(frame)
+                    return
+                if frame.kind != KIND_DATA:
+                    raise SegmentError(self.path, frame.offset, f"unexpected {KIND_NAMES[frame.kind]} frame")
+                self._crc, self._offset = frame.disk_crc, frame.end
+                yield frame
+            if not self.is_open:
+                raise SegmentError(self.path, self._offset, "sealed segment ends without a footer (truncated?)")
+        finally:
+            self._f.close()
+
+    def records(self) -> Iterator[Record]:
+        for frame in self.frames():
+            try:
+                yield from _records_decoder.decode(frame.payload)
+            except msgspec.DecodeError as e:
+                raise SegmentError(self.path, frame.offset, f"undecodable records: {e}") from None
+
+    def _check_footer(self, frame: Frame) -> None:
+        try:
+            footer = _footer_decoder.decode(frame.payload)
+        except msgspec.DecodeError as e:
+            raise SegmentError(self.path, frame.offset, f"undecodable footer: {e}") from None
+        if footer.data_bytes != frame.offset or footer.data_crc32 != self._crc:  # crc up to the footer
+            raise SegmentError(self.path, frame.offset, "footer does not match the segment's data")
+        if self._f.seek(0, os.SEEK_END) != frame.end:
+            raise SegmentError(self.path, frame.end, "unexpected bytes after the footer")
+        self.footer = footer
+
+
+def read_footer(path: Path) -> SegmentFooter:
+    """A sealed segment's footer, found from frame headers alone (no checksum pass: see verify)."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        offset, last = 0, None
+        while offset + HEADER_SIZE <= size:
+            f.seek(offset)
+            magic, kind, _, _, length, _, _ = HEADER.unpack(f.read(HEADER_SIZE))
+            if magic != MAGIC:
+                raise SegmentError(path, offset, "no frame starts here (bad magic)")
+            last = (offset, kind)
+            offset += HEADER_SIZE + length
+        if last is None or last[1] != KIND_FOOTER or offset != size:
+            raise SegmentError(path, offset, "sealed segment has no footer (truncated?)")
+        frame = read_frame(f, last[0], zstandard.ZstdDecompressor()) if f.seek(last[0]) is not None else None
+    assert frame is not None
+    return _footer_decoder.decode(frame.payload)
+
+
+def open_segment_stats(path: Path, start_lsn: int) -> SegmentStats:
+    """What an open segment holds up to its last transaction boundary."""
+    reader = SegmentReader(path)
+    return SegmentStats(end_lsn=start_lsn).after([r for r in reader.records() if isinstance(r, _STATS_RECORDS)])
