@@ -1,0 +1,20 @@
+# `make test` and `make demo` set up everything themselves (scripts/bootstrap.sh).
+PY := .venv/bin/python
+
+.PHONY: setup test demo bench clean
+
+setup:
+	@bash scripts/bootstrap.sh
+
+test: setup
+	$(PY) -m pytest -q tests
+
+demo: setup
+	$(PY) -m examples.demo
+
+bench: setup
+	$(PY) -m bench.run
+
+clean:
+	rm -rf .venv build *.egg-info .pytest_cache .demo bench/out
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

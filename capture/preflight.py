@@ -1,0 +1,347 @@
+"""Preflight for `pgtape check`: can capture run with this configuration?
+
+Checks the server settings, the role's privileges, the replication connection, wal2json, the
+tables and the archive directory. Each problem is one line that says what is wrong and how to
+fix it. Only what a role with REPLICATION and SELECT may do is used (catalog views, settings and
+a TEMPORARY slot), so such a role can check itself; no superuser needed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import tempfile
+import threading
+from dataclasses import dataclass, field
+
+import psycopg
+
+from capture.slot import PLUGIN, find_slot
+from pgtape import pg
+from pgtape.config import Config
+from pgtape.errors import PgtapeError, UsageError
+
+# Creating a logical slot waits until every transaction open at that moment has ended; a stuck
+# transaction would hang `check` (and capture) forever, so the probe gives up after this long.
+SLOT_PROBE_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Problem:
+    code: str
+    message: str
+
+
+@dataclass
+class Report:
+    checks: list[str] = field(default_factory=list)  # what passed, one line each
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def passed(self, text: str) -> None:
+        self.checks.append(text)
+
+    def add(self, problem: Problem) -> None:
+        self.problems.append(problem)
+
+    def add_once(self, problem: Problem) -> None:
+        """For server-level problems that two checks can find (settings, then the real attempt)."""
+        if all(p.code != problem.code for p in self.problems):
+            self.problems.append(problem)
+
+
+@dataclass(frozen=True)
+class Server:
+    role: str
+    database: str
+    major: int
+    superuser: bool
+    replication: bool
+    wal_level: str
+    max_slots: int
+    slots_used: int
+    max_senders: int
+    senders_used: int
+
+
+_SERVER_SQL = """
+select current_user, current_database(), current_setting('server_version_num')::int / 10000,
+       r.rolsuper, r.rolreplication, current_setting('wal_level'),
+       current_setting('max_replication_slots')::int, (select count(*) from pg_replication_slots),
+       current_setting('max_wal_senders')::int, (select count(*) from pg_stat_replication)
+from pg_roles r where r.rolname = current_user
+"""
+
+_TABLE_SQL = """
+select c.relkind, c.relreplident,
+       exists(select 1 from pg_index i where i.indrelid = c.oid and i.indisprimary),
+       exists(select 1 from pg_index i where i.indrelid = c.oid and i.indisreplident),
+       has_table_privilege(c.oid, 'SELECT')
+from pg_class c join pg_namespace n on n.oid = c.relnamespace
+where n.nspname = %s and c.relname = %s
+"""
+
+_RELKINDS = {"v": "a view", "m": "a materialized view", "f": "a foreign table", "S": "a sequence",
+             "i": "an index", "I": "an index", "c": "a composite type", "t": "a TOAST table"}
+
+
+def run_preflight(config: Config) -> list[Problem]:
+    return preflight(config).problems
+
+
+def preflight(config: Config) -> Report:
+    report = Report()
+    try:
+        conn = pg.connect(config.dsn, application_name="pgtape check")
+    except PgtapeError as e:
+        report.add(Problem("connect", str(e)))  # nothing else can be checked meaningfully
+        return report
+    with conn:
+        try:
+            _check_database(conn, config, report)
+        except psycopg.Error as e:
+            report.add(Problem("query", f"a preflight query failed: {pg.first_line(e)}"))
+    _check_archive(config, report)
+    return report
+
+
+# -- server, role and replication ----------------------------------------------------------------
+
+def _check_database(conn: psycopg.Connection, config: Config, report: Report) -> None:
+    row = conn.execute(_SERVER_SQL).fetchone()
+    assert row is not None
+    server = Server(*row)
+    report.passed(f"connected to {pg.redact_dsn(config.dsn)} as role {server.role}, database {server.database}")
+
+    logical = server.wal_level == "logical"
+    if logical:
+        report.passed("wal_level = logical")
+    else:
+        report.add(wal_level_problem(server.wal_level))
+
+    if server.superuser or server.replication:
+        report.passed(f"role {server.role} may replicate ({'superuser' if server.superuser else 'REPLICATION'})")
+    else:
+        report.add(privilege_problem(server.role))
+
+    slot_exists = _check_slot(conn, config.slot, server, report)
+    free_slot = server.slots_used < server.max_slots
+    free_sender = server.senders_used < server.max_senders
+    if not free_slot and not slot_exists:
+        report.add(slots_full_problem(f" ({server.slots_used} of max_replication_slots = {server.max_slots} "
+                                      f"in use) for slot {config.slot}"))
+    if not free_sender:
+        report.add(senders_full_problem(f" ({server.senders_used} of max_wal_senders = {server.max_senders} "
+                                        "in use)"))
+    if (free_slot or slot_exists) and free_sender:
+        report.passed(f"replication slots: {server.slots_used} of {server.max_slots} in use; "
+                      f"WAL senders: {server.senders_used} of {server.max_senders} in use")
+
+    # The probe needs a WAL sender of its own, and a free slot for its temporary one.
+    if free_sender:
+        _probe_replication(config, server, create_slot=logical and free_slot, report=report)
+
+    for table in config.tables:
+        _check_table(conn, table, server, report)
+
+
+def _check_slot(conn: psycopg.Connection, name: str, server: Server, report: Report) -> bool:
+    slot = find_slot(conn, name)
+    if slot is None:
+        report.passed(f"replication slot {name} does not exist yet: capture will create it")
+        return False
+    drop = f"SELECT pg_drop_replication_slot('{name}')"
+    if slot.plugin is None:
+        report.add(Problem("slot_physical", f"replication slot {name} is a physical slot: choose another name "
+                                            f"with --slot, or drop it ({drop}) if nothing uses it"))
+    elif slot.plugin != PLUGIN:
+        report.add(Problem("slot_plugin", f"replication slot {name} uses output plugin {slot.plugin}, not "
+                                          f"{PLUGIN}: choose another name with --slot, or drop it ({drop}) "
+                                          "if nothing else uses it"))
+    elif slot.database != server.database:
+        report.add(Problem("slot_database", f"replication slot {name} belongs to database {slot.database}, not "
+                                            f"{server.database}: connect to {slot.database} or choose another "
+                                            "name with --slot"))
+    else:
+        report.passed(f"replication slot {name} exists ({PLUGIN}, database {server.database})")
+    return True
+
+
+def _probe_replication(config: Config, server: Server, *, create_slot: bool, report: Report) -> None:
+    """Open a replication connection (REPLICATION privilege, a free WAL sender) and create a TEMPORARY
+    wal2json slot (plugin installed, slot creation allowed); the server drops it when the session ends.
+
+    pg_hba.conf needs nothing more: it matches a logical replication connection like an ordinary one
+    to its database (`replication` lines are for physical replication only)."""
+    try:
+        conn = pg.connect(config.dsn, replication=True, application_name="pgtape check")
+    except PgtapeError as e:
+        report.add_once(classify_replication_error(str(e), server.role, server.major))
+        return
+    with conn:
+        if not create_slot:
+            report.passed("replication connection accepted (no test slot created, so wal2json is unverified)")
+            return
+
+        def cancel() -> None:
+            try:
+                conn.cancel_safe()
+            except psycopg.Error:
+                pass  # the connection is gone: the slot attempt fails on its own
+
+        timer = threading.Timer(SLOT_PROBE_TIMEOUT, cancel)
+        timer.start()
+        try:
+            conn.execute(f"CREATE_REPLICATION_SLOT pgtape_check_{os.getpid()}_{secrets.token_hex(3)} "
+                         f"TEMPORARY LOGICAL {PLUGIN}")
+        except psycopg.Error as e:
+            report.add_once(classify_replication_error(pg.first_line(e), server.role, server.major))
+            return
+        finally:
+            timer.cancel()
+    report.passed(f"replication connection accepted and a temporary {PLUGIN} slot created: {PLUGIN} is installed")
+
+
+def classify_replication_error(text: str, role: str, server_major: int) -> Problem:
+    """A failed replication connection or slot creation (the server's error text) -> what to fix."""
+    if ("must be superuser or replication role" in text or "permission denied to start WAL sender" in text
+            or "permission denied to use replication slots" in text):
+        return privilege_problem(role)
+    if "exceeds max_wal_senders" in text or "too many clients" in text:
+        return senders_full_problem()
+    if "all replication slots are in use" in text or "max_replication_slots > 0" in text:
+        return slots_full_problem()
+    if "requires wal_level >= logical" in text:
+        return wal_level_problem("not logical")
+    m = re.search(r'could not access file "([^"]+)"', text)
+    if m:
+        return Problem("plugin_missing", f"{PLUGIN} is not installed on the server (the server said: could not "
+                                         f"load {m.group(1)}): apt-get install postgresql-{server_major}-wal2json "
+                                         "on the database host, or your platform's wal2json package")
+    if "canceling statement" in text:
+        return Problem("slot_timeout", f"creating a test replication slot took over {SLOT_PROBE_TIMEOUT:g} s: a "
+                                       "long-open transaction holds it back (see xact_start in pg_stat_activity) "
+                                       "and would hold back capture too; end it and retry")
+    return Problem("replication", f"a logical replication connection failed: {text}")
+
+
+def wal_level_problem(current: str) -> Problem:
+    return Problem("wal_level", f"wal_level is {current}, logical decoding needs logical: set wal_level = logical "
+                                "in postgresql.conf (or ALTER SYSTEM SET wal_level = logical) and restart the server")
+
+
+def privilege_problem(role: str) -> Problem:
+    return Problem("replication_privilege", f"role {role} lacks the REPLICATION privilege: run ALTER ROLE "
+                                            f"{sql_name(role)} REPLICATION as a superuser")
+
+
+def slots_full_problem(detail: str = "") -> Problem:
+    return Problem("slots_full", f"no free replication slot{detail}: drop an unused slot (see "
+                                 "pg_replication_slots) or raise max_replication_slots in postgresql.conf and "
+                                 "restart the server")
+
+
+def senders_full_problem(detail: str = "") -> Problem:
+    return Problem("wal_senders_full", f"no free WAL sender{detail}: raise max_wal_senders in postgresql.conf and "
+                                       "restart the server, or stop an unused replication client (see "
+                                       "pg_stat_replication)")
+
+
+def sql_name(name: str) -> str:
+    """An identifier as one would type it: bare when that is unambiguous, else quoted."""
+    return name if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) else pg.quote_ident(name)
+
+
+# -- tables ------------------------------------------------------------------------------------
+
+def _check_table(conn: psycopg.Connection, table: str, server: Server, report: Report) -> None:
+    row = conn.execute(_TABLE_SQL, pg.split_table(table)).fetchone()
+    if row is None:
+        report.add(Problem("table_missing", f"table {table} does not exist in database {server.database}: "
+                                            "create it or fix --tables"))
+        return
+    relkind, replident, has_pk, has_identity_index, can_select = row
+    if relkind == "p":
+        report.add(Problem("table_partitioned", f"table {table} is partitioned: {PLUGIN} reports changes under "
+                                                "each partition's name; list the partitions in --tables instead"))
+        return
+    if relkind != "r":
+        report.add(Problem("table_kind", f"{table} is {_RELKINDS.get(relkind, f'of relkind {relkind}')}, not a "
+                                         "table: list only tables in --tables"))
+        return
+
+    identity = _replica_identity(replident, has_pk, has_identity_index)
+    if identity is None:
+        report.add(_identity_problem(table, replident, has_pk))
+    if not can_select:
+        report.add(Problem("select_privilege", f"role {server.role} lacks SELECT on {table}: GRANT SELECT ON "
+                                               f"{table} TO {sql_name(server.role)}"))
+    if identity is not None and can_select:
+        report.passed(f"table {table}: {identity}, SELECT granted")
+
+
+def _replica_identity(replident: str, has_pk: bool, has_identity_index: bool) -> str | None:
+    """How UPDATE and DELETE records identify the old row, or None when they cannot."""
+    if replident == "f":
+        return "REPLICA IDENTITY FULL"
+    if replident == "i" and has_identity_index:
+        return "REPLICA IDENTITY USING INDEX"
+    if replident == "d" and has_pk:
+        return "primary key"
+    return None
+
+
+def _identity_problem(table: str, replident: str, has_pk: bool) -> Problem:
+    # Without an old-row identity wal2json only logs a WARNING and skips UPDATE and DELETE records.
+    dropped = f"{PLUGIN} would silently drop its UPDATEs and DELETEs"
+    if replident == "n":
+        fix = f"run ALTER TABLE {table} REPLICA IDENTITY {'DEFAULT' if has_pk else 'FULL'}"
+        return Problem("replica_identity", f"table {table} has REPLICA IDENTITY NOTHING: {dropped}; {fix}")
+    if replident == "i":
+        return Problem("replica_identity", f"table {table} has REPLICA IDENTITY USING INDEX but that index is gone: "
+                                           f"{dropped}; run ALTER TABLE {table} REPLICA IDENTITY FULL")
+    return Problem("replica_identity", f"table {table} has neither a primary key nor REPLICA IDENTITY FULL: "
+                                       f"{dropped}; add a primary key or run ALTER TABLE {table} REPLICA IDENTITY FULL")
+
+
+# -- archive -------------------------------------------------------------------------------------
+
+def _check_archive(config: Config, report: Report) -> None:
+    try:
+        path = config.require_archive()
+    except UsageError as e:
+        report.add(Problem("archive_unset", str(e)))
+        return
+    if path.is_dir():
+        # Really create and fsync a file: permissions, read-only mounts, quotas and ACLs all show.
+        try:
+            fd, probe = tempfile.mkstemp(dir=path, prefix=".pgtape-check-")
+            try:
+                os.write(fd, b"pgtape check\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(probe)
+        except OSError as e:
+            report.add(Problem("archive_unwritable", f"archive directory {path} is not writable: {e.strerror or e}; "
+                                                     "fix its ownership or permissions, or choose another --archive"))
+            return
+        report.passed(f"archive directory {path} is writable")
+    elif path.exists():
+        report.add(Problem("archive_not_directory", f"archive path {path} exists but is not a directory: "
+                                                    "choose another --archive"))
+    elif not path.parent.is_dir():
+        # Capture would create every missing parent, but a missing parent is more often a typo or an
+        # unmounted disk than intent: the tape would silently land on the wrong filesystem.
+        report.add(Problem("archive_parent_missing", f"archive directory {path} cannot be created: its parent "
+                                                     f"{path.parent} does not exist; check the path (is its disk "
+                                                     f"mounted?) and create it with mkdir -p {path}"))
+    elif not os.access(path.parent, os.W_OK | os.X_OK):
+        report.add(Problem("archive_unwritable", f"archive directory {path} cannot be created: {path.parent} is "
+                                                 "not writable; fix its permissions or choose another --archive"))
+    else:
+        report.passed(f"archive directory {path} does not exist yet: capture will create it")
