@@ -72,7 +72,8 @@ def open_generation(conn: psycopg.Connection, archive: Archive, config: Config) 
                 f"slot skipped is unknown: choose another --slot or drop it with "
                 f"SELECT pg_drop_replication_slot('{config.slot}')")
         start = create_slot(conn, config.slot)
-        return system, archive.start_generation(system.system_id, system.database, config.slot, start, "initial")
+        return system, archive.start_generation(system.system_id, system.database, config.slot, start, "initial",
+                                               list(config.tables))
     ident = archive.identity()
     gen = archive.generation(ident.generation)
     if ident.system_id != system.system_id:
@@ -84,6 +85,9 @@ def open_generation(conn: psycopg.Connection, archive: Archive, config: Config) 
     if ident.slot != config.slot:
         raise PgtapeError(f"{archive.path} is captured through slot {ident.slot}, not {config.slot}: "
                           f"use --slot {ident.slot}")
+    if sorted(gen.tables) != sorted(config.tables):
+        raise PgtapeError(f"generation {gen.id} of {archive.path} captures {','.join(gen.tables)}, not "
+                          f"{','.join(config.tables)}: use --tables {','.join(gen.tables)}")
     check_slot(slot, config.slot, system.database, gen)
     return system, gen
 

@@ -2,7 +2,8 @@
 
 The writer tracks two positions (docs/ARCHITECTURE.md, "LSN rules"):
   tape_lsn     end LSN of the last whole transaction (or Position) handed to the writer
-  durable_lsn  the largest tape_lsn whose frames are fsynced: the only LSN capture may confirm
+  durable_lsn  the largest LSN up to which everything captured is fsynced: the only LSN
+               capture may confirm (a synced tape_lsn, or a later idle position, Rule A3)
 A transaction bigger than `frame_bytes` is written in non-boundary frames as it arrives, so
 memory stays bounded; they become meaningful only with the boundary frame holding its Commit.
 """
@@ -44,6 +45,7 @@ class TapeWriter:
         self._txn_open = False
         self._txn_changes = 0
         self.unsynced_since: float | None = None  # monotonic time of the oldest unsynced commit
+        self._idle_lsn = 0  # latest idle position received (see advance_idle)
         self.transactions = 0
         self.changes = 0
 
@@ -71,7 +73,7 @@ class TapeWriter:
 
     @property
     def has_unsynced(self) -> bool:
-        return self.durable_lsn < self.tape_lsn
+        return self.unsynced_since is not None
 
     # -- records --------------------------------------------------------------------------
     def begin(self, record: Begin) -> None:
@@ -131,13 +133,16 @@ class TapeWriter:
             self.unsynced_since = time.monotonic()
 
     def advance_idle(self, lsn: int) -> bool:
-        """Confirmable without writing: nothing open or unsynced, so the tape is complete to lsn.
+        """Between transactions, the end of one with nothing captured, or a keepalive's WAL end.
 
-        Used for transactions that touched no captured table and for keepalives."""
+        Everything received before it is on the tape once what is buffered is synced, so it
+        becomes durable now if nothing is unsynced, else with the next sync (Rule A3)."""
+        if lsn > self._idle_lsn:
+            self._idle_lsn = lsn
         if self.in_transaction or self.has_unsynced or self._committed:
             return False
         if lsn > self.durable_lsn:
-            self.durable_lsn = self.tape_lsn = lsn
+            self.durable_lsn = lsn
         return True
 
     # -- disk -----------------------------------------------------------------------------
@@ -161,9 +166,9 @@ class TapeWriter:
             self._committed = 0
             if not self._buffer:
                 self._buffer_bytes = 0
-        if self.durable_lsn < self.tape_lsn:
+        if self.unsynced_since is not None:
             self.segment.sync()
-            self.durable_lsn = self.tape_lsn
+        self.durable_lsn = max(self.durable_lsn, self.tape_lsn, self._idle_lsn)
         self.unsynced_since = None
         if self.segment.offset >= self.segment_size and not self.in_transaction:
             self.rotate()

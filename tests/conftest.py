@@ -59,3 +59,15 @@ def run_pgtape(*args: str, env: dict[str, str] | None = None, timeout: float = 1
     if check and r.returncode != 0:
         raise AssertionError(f"pgtape {' '.join(args)} exited {r.returncode}: {r.stderr}")
     return r
+
+
+def current_lsn(dsn: str) -> str:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        return c.execute("select pg_current_wal_lsn()::text").fetchone()[0]  # type: ignore[index]
+
+
+def capture_to_now(dsn: str, archive: Path, *args: str, tables: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `pgtape capture --until-lsn <current WAL position>`: everything committed so far lands on the tape."""
+    extra = ["--tables", tables] if tables else []
+    return run_pgtape("capture", "--dsn", dsn, "--archive", str(archive), "--until-lsn", current_lsn(dsn),
+                      *extra, *args, check=True)

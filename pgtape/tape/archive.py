@@ -40,6 +40,7 @@ class Generation(msgspec.Struct):
     start_lsn: int  # the slot's consistent point: the tape holds what committed after it
     created_at: int
     reason: str
+    tables: list[str]  # captured tables, schema-qualified
 
 
 @dataclass(frozen=True)
@@ -78,11 +79,12 @@ class Archive:
     def generation(self, gen: int) -> Generation:
         return _load(self.generation_dir(gen) / "GENERATION.json", Generation)
 
-    def start_generation(self, system_id: str, database: str, slot: str, start_lsn: int, reason: str) -> Generation:
+    def start_generation(self, system_id: str, database: str, slot: str, start_lsn: int, reason: str,
+                         tables: list[str]) -> Generation:
         """Record a new generation and make it current (durably, in that order)."""
         current = self.identity().generation if self.exists() else 0
         now = time.time_ns() // 1000
-        gen = Generation(current + 1, system_id, database, slot, start_lsn, now, reason)
+        gen = Generation(current + 1, system_id, database, slot, start_lsn, now, reason, tables)
         make_dirs_durably(self.tape_dir(gen.id))
         write_atomic(self.generation_dir(gen.id) / "GENERATION.json", msgspec.json.encode(gen))
         created = self.identity().created_at if self.exists() else now

@@ -1,0 +1,84 @@
+"""The segment format on its own: checksums catch damage and name where; torn tails are cut."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pgtape.tape.records import Begin, Change, Commit, Relation
+from pgtape.tape.segment import SegmentError, SegmentReader, SegmentWriter, last_boundary, read_footer
+
+
+def _txn(xid: int, end: int) -> list:
+    return [Begin(xid, end - 8, end, 1_700_000_000_000_000 + xid),
+            Change("I", 0, [str(xid), "0.10"], -1, None), Commit(end, 1)]
+
+
+def _segment(tmp_path: Path, n: int = 5) -> SegmentWriter:
+    w = SegmentWriter.create(tmp_path, 1, "42", "slot", 100)
+    w.append([Relation(0, "public", "t", ["id", "amount"], ["integer", "numeric(12,2)"], ["id"])], boundary=True)
+    for i in range(n):
+        w.append(_txn(i + 1, 200 + i * 100), boundary=True)
+    w.sync()
+    return w
+
+
+def test_sealed_segment_reads_back_and_footer_counts(tmp_path: Path) -> None:
+    path = _segment(tmp_path).seal()
+    assert path.name == f"{100:016X}-{600:016X}.tape"
+    reader = SegmentReader(path)
+    records = list(reader.records())
+    assert [r.xid for r in records if isinstance(r, Begin)] == [1, 2, 3, 4, 5]
+    assert reader.footer is not None and reader.footer.transactions == 5 and reader.footer.changes == 5
+    assert read_footer(path) == reader.footer
+
+
+@pytest.mark.parametrize("where", ["header", "middle", "footer"])
+def test_flipped_byte_is_detected_with_its_offset(tmp_path: Path, where: str) -> None:
+    path = _segment(tmp_path).seal()
+    data = bytearray(path.read_bytes())
+    pos = {"header": 30, "middle": len(data) // 2, "footer": len(data) - 3}[where]
+    data[pos] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(SegmentError) as e:
+        list(SegmentReader(path).records())
+    assert str(path) in str(e.value) and "offset" in str(e.value)
+    assert e.value.offset is not None and e.value.offset <= pos
+
+
+def test_truncated_sealed_segment_is_detected(tmp_path: Path) -> None:
+    path = _segment(tmp_path).seal()
+    os.truncate(path, path.stat().st_size - 10)
+    with pytest.raises(SegmentError, match="truncated"):
+        list(SegmentReader(path).records())
+
+
+@pytest.mark.parametrize("tail", [b"PGTF\x02", b"garbage that is not a frame", None])
+def test_torn_tail_is_cut_back_to_last_transaction(tmp_path: Path, tail: bytes | None) -> None:
+    w = _segment(tmp_path, n=3)
+    good = w.offset
+    # An unfinished transaction written in a non-boundary frame, then a torn frame.
+    w.append([Begin(9, 990, 1000, 0), Change("I", 0, ["9", "1.00"], -1, None)], boundary=False)
+    w.sync()
+    w.close()
+    if tail is None:
+        os.truncate(w.path, w.path.stat().st_size - 3)  # tear the unfinished frame itself
+    else:
+        with open(w.path, "ab") as f:
+            f.write(tail)
+    recovered, cut = SegmentWriter.recover(w.path)
+    assert cut > 0 and recovered.offset == good == w.path.stat().st_size
+    assert recovered.stats.transactions == 3 and recovered.stats.end_lsn == 400
+    recovered.append(_txn(10, 1100), boundary=True)
+    recovered.sync()
+    assert [r.xid for r in SegmentReader(w.path).records() if isinstance(r, Begin)] == [1, 2, 3, 10]
+
+
+def test_open_segment_is_read_up_to_last_boundary(tmp_path: Path) -> None:
+    w = _segment(tmp_path, n=2)
+    w.append([Begin(7, 690, 700, 0), Change("I", 0, ["7", "1.00"], -1, None)], boundary=False)
+    w.sync()
+    assert last_boundary(w.path) < w.path.stat().st_size
+    assert [r.xid for r in SegmentReader(w.path).records() if isinstance(r, Begin)] == [1, 2]
