@@ -94,9 +94,13 @@ class EmbeddedPostgres:
         os.chmod(self.root, 0o755)
         self.sockdir.mkdir(exist_ok=True)
         self._chown(self.sockdir)
-        subprocess.run(self._cmd("initdb", "-D", str(self.datadir), "-U", self.superuser, "--auth=trust",
-                                 "--encoding=UTF8", "--locale=C.UTF-8", "--no-instructions"),
-                       check=True, capture_output=True, text=True)
+        r = subprocess.run(self._cmd("initdb", "-D", str(self.datadir), "-U", self.superuser, "--auth=trust",
+                                     "--encoding=UTF8", "--locale=C.UTF-8", "--no-instructions"),
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            who = f" (it runs as user {self._run_as}: every parent directory must be searchable by it)" \
+                if self._run_as else ""
+            raise PgtapeError(f"initdb failed in {self.datadir}{who}: {r.stderr.strip()}")
         with open(self.datadir / "postgresql.conf", "a") as f:
             for k, v in self.settings.items():
                 f.write(f"{k} = {v}\n")
