@@ -12,7 +12,6 @@ from pgtape.lsn import format_lsn, parse_lsn
 from pgtape.tape.archive import Archive
 from pgtape.tape.reader import RowChange, iter_changes
 from pgtape.timefmt import format_time, parse_time
-from pgtape.commands.status import open_archive
 
 HELP = "show captured changes in commit order"
 OPS = {"I": "INSERT", "U": "UPDATE", "D": "DELETE", "T": "TRUNCATE", "M": "MESSAGE"}
@@ -31,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    archive, gen = open_archive(config)
+    archive = Archive.existing(config.require_archive())
+    gen = archive.identity().generation
     since = parse_time(args.since, "--since") if args.since else None
     until = parse_time(args.until, "--until") if args.until else None
     tables = {t if "." in t else f"public.{t}" for t in args.table or []}

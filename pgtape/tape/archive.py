@@ -58,6 +58,15 @@ class Archive:
     def __init__(self, path: Path) -> None:
         self.path = path
 
+    @classmethod
+    def existing(cls, path: Path) -> "Archive":
+        """An archive that must already hold a tape (for readers: log, status, ...)."""
+        archive = cls(path)
+        if not path.is_dir():
+            raise PgtapeError(f"archive {path} does not exist: check --archive / PGTAPE_ARCHIVE")
+        archive.identity()
+        return archive
+
     @property
     def identity_file(self) -> Path:
         return self.path / "ARCHIVE.json"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from pgtape.tape.archive import Archive, SegmentFile
-from pgtape.tape.records import Begin, Change, Commit, Message, Position, Relation, Truncate
+from pgtape.tape.records import Begin, Change, Commit, Message, Relation, Truncate
 from pgtape.tape.segment import SegmentError, SegmentReader
 
 
@@ -71,8 +71,6 @@ def _segment_changes(seg: SegmentFile, from_lsn: int | None, to_lsn: int | None)
                 yield RowChange(txn, "M", "", "", None, None, [], {}, [], r)
         elif isinstance(r, Commit):
             txn = None
-        elif isinstance(r, Position):
-            pass
     if txn is not None:
         raise SegmentError(seg.path, None, f"transaction {txn.xid} has no commit record")
 
