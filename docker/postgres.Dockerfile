@@ -1,0 +1,5 @@
+# PostgreSQL 15 with wal2json and wal_level=logical, for trying pgtape (see compose.yaml).
+FROM postgres:15-bookworm
+RUN apt-get update && apt-get install -y --no-install-recommends postgresql-15-wal2json \
+    && rm -rf /var/lib/apt/lists/*
+CMD ["postgres", "-c", "wal_level=logical", "-c", "max_replication_slots=10", "-c", "max_wal_senders=10"]
