@@ -7,7 +7,6 @@ The LSN rules it follows are in docs/ARCHITECTURE.md; each is cited where it is 
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import sys
@@ -21,6 +20,7 @@ from capture import wal2json
 from capture.protocol import (KEEPALIVE, KEEPALIVE_MSG, XLOG_DATA, XLOG_HEADER, XLOG_PAYLOAD_OFFSET,
                               ConnectionLost, ReplicationStream, pg_time_to_unix_us)
 from capture.slot import check_slot, find_slot, identify_system, open_generation
+from capture.schedule import SnapshotScheduler
 from capture.tape_writer import TapeWriter
 from pgtape.config import Config
 from pgtape.durable import make_dirs_durably
@@ -29,6 +29,7 @@ from pgtape.lsn import format_lsn
 from pgtape.pg import connect, first_line, split_table
 from pgtape.tape.archive import Archive
 from pgtape.tape.records import Begin, Change, Message, Truncate
+from snapshots.base import initialize
 
 POSITION_EVERY = 10.0  # seconds between Position records while captured tables are idle
 MAX_BACKOFF = 30.0
@@ -57,10 +58,12 @@ class Capture:
     # -- lifecycle ------------------------------------------------------------------------
     def run(self) -> CaptureResult:
         make_dirs_durably(self.archive.path)
-        lock = _lock_archive(self.archive)
+        lock = self.archive.lock_capture()
         try:
+            initialize(self.config, self.archive, restart=False, log=self.log)  # no-op once initialised
             conn = connect(self.config.dsn, replication=True)
             system, gen = open_generation(conn, self.archive, self.config)
+            self.scheduler = SnapshotScheduler(self.config, self.archive, gen.id, self.log)
             self._load_columns()
             writer = TapeWriter(self.archive, gen.id, system.system_id, self.config.slot, self.config.segment_size)
             if writer.repaired_bytes:
@@ -94,6 +97,7 @@ class Capture:
                     backoff = min(backoff * 2, MAX_BACKOFF)
             _close(conn)
             writer.close()
+            self.scheduler.stop()
             self.log(f"stopped; tape durable up to {format_lsn(writer.durable_lsn)} "
                      f"({writer.transactions} transactions, {writer.changes} changes this run)")
             return CaptureResult(writer.durable_lsn, writer.transactions, writer.changes)
@@ -198,6 +202,7 @@ class Capture:
             if now >= next_status:
                 stream.send_status(received, writer.durable_lsn)
                 next_status = now + cfg.status_interval
+                self.scheduler.poll()
             if self.stopping or self._reached(writer):
                 stream.send_status(received, writer.durable_lsn)
                 return
@@ -249,17 +254,6 @@ def _close(conn: psycopg.Connection | None) -> None:
         except psycopg.Error:
             pass
     return None
-
-
-def _lock_archive(archive: Archive) -> int:
-    """One capture per archive: a second one would interleave segments."""
-    fd = os.open(archive.path / "capture.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise PgtapeError(f"another pgtape capture is running on {archive.path}") from None
-    return fd
 
 
 def _stderr_log(stream: TextIO) -> Callable[[str], None]:

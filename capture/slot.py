@@ -50,30 +50,10 @@ def find_slot(conn: psycopg.Connection, name: str) -> SlotInfo | None:
     return SlotInfo(row[0], row[1], row[2], parse_lsn(row[3]) if row[3] else None)
 
 
-def create_slot(conn: psycopg.Connection, name: str) -> int:
-    """Create the logical slot; returns its consistent point."""
-    try:
-        row = conn.execute(f"CREATE_REPLICATION_SLOT {name} LOGICAL {PLUGIN} (SNAPSHOT 'nothing')").fetchone()
-    except psycopg.Error as e:
-        raise PgtapeError(f"cannot create replication slot {name}: {str(e).strip().splitlines()[0]} "
-                          "(run pgtape check)") from None
-    assert row is not None
-    return parse_lsn(row[1])
-
-
 def open_generation(conn: psycopg.Connection, archive: Archive, config: Config) -> tuple[SystemInfo, Generation]:
-    """The generation to continue, creating the slot and the first generation for a new archive."""
+    """The archive's current generation, checked against this server, slot and tables."""
     system = identify_system(conn)
     slot = find_slot(conn, config.slot)
-    if not archive.exists():
-        if slot is not None:
-            raise PgtapeError(
-                f"replication slot {config.slot} already exists but {archive.path} holds no tape, so what the "
-                f"slot skipped is unknown: choose another --slot or drop it with "
-                f"SELECT pg_drop_replication_slot('{config.slot}')")
-        start = create_slot(conn, config.slot)
-        return system, archive.start_generation(system.system_id, system.database, config.slot, start, "initial",
-                                               list(config.tables))
     ident = archive.identity()
     gen = archive.generation(ident.generation)
     if ident.system_id != system.system_id:

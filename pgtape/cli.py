@@ -17,7 +17,7 @@ from pgtape import __version__
 from pgtape.config import OPTIONS, load_config
 from pgtape.errors import PgtapeError, UsageError
 
-SUBCOMMANDS = ("check", "capture", "log", "status")
+SUBCOMMANDS = ("check", "init", "capture", "snapshot", "snapshots", "log", "status")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -102,6 +102,10 @@ OPTIONS: tuple[Option, ...] = (
            "compressed size at which a tape segment is sealed and a new one begun"),
     Option("status_interval", "capture", "status_interval", None, None, parse_duration, "1s",
            "how often capture reports its position to the server"),
+    Option("snapshot_every", "capture", "snapshot_every", None, None, parse_duration, None,
+           "capture takes a snapshot when the newest is this old (e.g. 24h; default: never)"),
+    Option("retention", "snapshots", "retention", None, None, parse_duration, "30d",
+           "how long a snapshot is kept: its expiry time in the catalog"),
 )
 
 
@@ -114,6 +118,8 @@ class Config:
     fsync_interval: float
     segment_size: int
     status_interval: float
+    snapshot_every: float | None
+    retention: float | None
     source_file: Path | None = field(default=None)
 
     def require_archive(self) -> Path:
@@ -162,7 +168,7 @@ def _check_known_keys(path: Path, data: dict[str, Any]) -> None:
     known = {(o.section, o.key) for o in OPTIONS}
     for section, body in data.items():
         if not isinstance(body, dict):
-            raise UsageError(f"{path}: {section!r} must be a [section]; known sections: source, archive, capture")
+            raise UsageError(f"{path}: {section!r} must be a [section]; known sections: source, archive, capture, snapshots")
         for key in body:
             if (section, key) not in known:
                 names = ", ".join(f"[{s}] {k}" for s, k in sorted(known))

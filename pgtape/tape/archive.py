@@ -10,6 +10,8 @@ Within a generation, segments are contiguous: each starts where the previous one
 
 from __future__ import annotations
 
+import fcntl
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +69,16 @@ class Archive:
         archive.identity()
         return archive
 
+    def lock_capture(self) -> int:
+        """The archive's writer lock (capture, init): returns the fd that holds it."""
+        fd = os.open(self.path / "capture.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise PgtapeError(f"pgtape capture (or init) is running on {self.path}: stop it first") from None
+        return fd
+
     @property
     def identity_file(self) -> Path:
         return self.path / "ARCHIVE.json"
@@ -114,6 +126,12 @@ class Archive:
                 files.append(SegmentFile(p, int(m.group(1), 16), None))
         files.sort(key=lambda s: (s.start_lsn, s.is_open))
         return files
+
+    def tape_is_empty(self, gen: int) -> bool:
+        """No transaction captured yet in this generation."""
+        from pgtape.tape.segment import open_segment_stats
+        return all(s.is_open and open_segment_stats(s.path, s.start_lsn).transactions == 0
+                   for s in self.segments(gen))
 
     def continuity_problems(self, gen: int) -> list[str]:
         """Gaps, overlaps and misplaced open segments in a generation's tape, one line each."""

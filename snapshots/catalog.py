@@ -1,0 +1,95 @@
+"""The snapshot catalog, kept in the archive so the archive describes itself without the source.
+
+    <archive>/catalog/snapshots/<id>.json    one record per snapshot, replaced atomically
+
+A record is written `running` before any data, then replaced by `completed` (only after the
+snapshot's files are fsynced and published) or `failed` with the error. A `running` record whose
+process is gone (kill -9, power loss) is reported as failed ("interrupted") by `stale_as_failed`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import msgspec
+
+from pgtape.durable import make_dirs_durably, write_atomic
+from pgtape.tape.archive import Archive
+
+RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
+
+
+class SnapshotRecord(msgspec.Struct):
+    id: str
+    generation: int
+    kind: str  # initial, scheduled, manual
+    tables: list[str]
+    status: str
+    created_at: int  # µs UTC
+    expires_at: int | None
+    pid: int
+    host: str
+    as_of_lsn: int | None = None
+    as_of_time: int | None = None
+    rows: dict[str, int] = {}
+    bytes: int = 0
+    completed_at: int | None = None
+    error: str | None = None
+
+
+def failed(record: SnapshotRecord, error: str) -> SnapshotRecord:
+    return msgspec.structs.replace(record, status=FAILED, error=error, completed_at=time.time_ns() // 1000)
+
+
+def catalog_dir(archive: Archive) -> Path:
+    return archive.path / "catalog" / "snapshots"
+
+
+def snapshot_dir(archive: Archive, generation: int, snapshot_id: str) -> Path:
+    return archive.generation_dir(generation) / "snapshots" / snapshot_id
+
+
+def save(archive: Archive, record: SnapshotRecord) -> None:
+    d = catalog_dir(archive)
+    make_dirs_durably(d)
+    write_atomic(d / f"{record.id}.json", msgspec.json.encode(record))
+
+
+def load_all(archive: Archive) -> list[SnapshotRecord]:
+    """Every record, oldest first; interrupted ones shown as failed."""
+    d = catalog_dir(archive)
+    if not d.is_dir():
+        return []
+    records = [msgspec.json.decode(p.read_bytes(), type=SnapshotRecord) for p in sorted(d.glob("*.json"))]
+    return [stale_as_failed(r) for r in records]
+
+
+def stale_as_failed(r: SnapshotRecord) -> SnapshotRecord:
+    if r.status == RUNNING and r.host == os.uname().nodename and not _alive(r.pid):
+        return msgspec.structs.replace(r, status=FAILED, error=f"interrupted: process {r.pid} ended "
+                                                                 "before the snapshot completed")
+    return r
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def new_id() -> str:
+    """Sortable and unique enough for one archive: UTC time to the microsecond plus the pid."""
+    t = time.time_ns() // 1000
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(t // 1_000_000)) + f".{t % 1_000_000:06d}Z-{os.getpid()}"
+
+
+def newest_completed(archive: Archive, generation: int, table: str | None = None) -> SnapshotRecord | None:
+    done = [r for r in load_all(archive) if r.status == COMPLETED and r.generation == generation
+            and (table is None or table in r.tables)]
+    return max(done, key=lambda r: r.as_of_lsn or 0, default=None)
