@@ -186,11 +186,11 @@ class TapeWriter:
         del self._buffer[self._committed:]
         self._buffer_bytes = 0
         self._pending_begin = None
-        self._txn_open = False
         if self._txn_on_disk:
-            self.sync()  # whole transactions before it are kept; then cut the partial frames
+            self.sync()  # still inside the transaction, so no rotation; whole transactions are kept
             self.segment.cut_to_boundary()
             self._txn_on_disk = False
+        self._txn_open = False
         self._index_relations()  # relations first used by the dropped transaction are gone
 
     def close(self) -> None:

@@ -43,8 +43,8 @@ def initialize(config: Config, archive: Archive, *, restart: bool, log: Log) -> 
                 if ident.system_id != system.system_id:
                     raise PgtapeError(f"{archive.path} belongs to database system {ident.system_id}, not "
                                       f"{system.system_id}: use another --archive, or --restart to start over")
-                if base is not None and slot is not None:
-                    return gen, None
+                if base is not None:
+                    return gen, None  # initialised; a vanished slot is capture's fatal error, not a reason to redo
                 if not archive.tape_is_empty(gen.id):
                     raise UsageError(f"{archive.path} already has a tape for generation {gen.id}; re-initialising "
                                      "starts a new generation: pass --restart")

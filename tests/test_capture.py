@@ -183,4 +183,5 @@ def test_log_filters_and_json(dsn: str, tmp_path: Path) -> None:
     r = run_pgtape("status", *base, "--json", check=True)
     status = json.loads(r.stdout)
     assert status["transactions"] == 3 and status["changes"] == 4 and status["server"]["slot_exists"]
-    assert status["end_lsn"] == status["server"]["slot_confirmed_lsn"] and status["lag_bytes"] == 0
+    # Background WAL (e.g. running-xacts records) may follow, so lag is only known to be small.
+    assert status["end_lsn"] == status["server"]["slot_confirmed_lsn"] and 0 <= status["lag_bytes"] < 1 << 20

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
+from pgtape.lsn import format_lsn
 from pgtape.tape.archive import Archive, SegmentFile
 from pgtape.tape.records import Begin, Change, Commit, Message, Relation, Truncate
 from pgtape.tape.segment import SegmentError, SegmentReader
@@ -54,6 +55,7 @@ def _segment_changes(seg: SegmentFile, from_lsn: int | None, to_lsn: int | None)
     relations: dict[int, Relation] = {}
     txn: Txn | None = None
     wanted = False
+    last_end = seg.start_lsn
     for r in reader.records():
         if isinstance(r, Change):
             if wanted and txn is not None:
@@ -61,6 +63,10 @@ def _segment_changes(seg: SegmentFile, from_lsn: int | None, to_lsn: int | None)
         elif isinstance(r, Relation):
             relations[r.id] = r
         elif isinstance(r, Begin):
+            if r.end_lsn <= last_end:
+                raise SegmentError(seg.path, None, f"transaction {r.xid} ending at {format_lsn(r.end_lsn)} does not "
+                                                   f"follow the previous one ({format_lsn(last_end)})")
+            last_end = r.end_lsn
             txn = Txn(r.xid, r.commit_lsn, r.end_lsn, r.commit_time)
             wanted = (from_lsn is None or r.end_lsn > from_lsn) and (to_lsn is None or r.end_lsn <= to_lsn)
         elif isinstance(r, Truncate):

@@ -65,6 +65,7 @@ class SegmentStats:
     last_commit_lsn: int | None = None
     first_commit_time: int | None = None
     last_commit_time: int | None = None
+    complete_time: int | None = None  # latest commit time or Position time
 
     def after(self, records: list[Record]) -> "SegmentStats":
         s = self
@@ -73,12 +74,13 @@ class SegmentStats:
                 first = s.first_commit_lsn is None
                 s = replace(s, first_commit_lsn=r.end_lsn if first else s.first_commit_lsn,
                             first_commit_time=r.commit_time if first else s.first_commit_time,
-                            last_commit_lsn=r.end_lsn, last_commit_time=r.commit_time)
+                            last_commit_lsn=r.end_lsn, last_commit_time=r.commit_time,
+                            complete_time=max(r.commit_time, s.complete_time or 0))
             elif isinstance(r, Commit):
                 s = replace(s, transactions=s.transactions + 1, changes=s.changes + r.changes,
                             end_lsn=max(s.end_lsn, r.end_lsn))
             elif isinstance(r, Position):
-                s = replace(s, end_lsn=max(s.end_lsn, r.lsn))
+                s = replace(s, end_lsn=max(s.end_lsn, r.lsn), complete_time=max(r.time, s.complete_time or 0))
         return s
 
 
@@ -137,9 +139,15 @@ class SegmentWriter:
         relations: dict[int, Relation] = {}
         since_cut: list[Record] = []
         offset = header_frame.end
+        last_end = header.start_lsn
         while (frame := _frame_or_none(f, offset, dec, crc)) is not None and frame.kind == KIND_DATA:
+            records = _records_decoder.decode(frame.payload)
+            ends = [r.end_lsn for r in records if isinstance(r, Begin)]
+            if ends and (ends[0] <= last_end or ends != sorted(set(ends))):
+                break  # a repeated (e.g. duplicated) frame: the tape must move forward
+            last_end = ends[-1] if ends else last_end
             crc = frame.disk_crc
-            for r in _records_decoder.decode(frame.payload):
+            for r in records:
                 if isinstance(r, Relation):
                     relations[r.id] = r
                 elif isinstance(r, _STATS_RECORDS):
@@ -195,7 +203,8 @@ class SegmentWriter:
         assert self.offset == self._cut.offset, "seal only between transactions"
         s = self.stats
         footer = SegmentFooter(self.header.start_lsn, s.end_lsn, s.transactions, s.changes, s.first_commit_lsn,
-                               s.last_commit_lsn, s.first_commit_time, s.last_commit_time, self.offset, self._crc)
+                               s.last_commit_lsn, s.first_commit_time, s.last_commit_time, s.complete_time,
+                               self.offset, self._crc)
         self._f.write(encode_frame(KIND_FOOTER, msgspec.msgpack.encode(footer), boundary=True))
         self.sync()
         self._f.close()
@@ -326,6 +335,11 @@ def read_footer(path: Path) -> SegmentFooter:
         frame = read_frame(f, last[0], zstandard.ZstdDecompressor()) if f.seek(last[0]) is not None else None
     assert frame is not None
     return _footer_decoder.decode(frame.payload)
+
+
+def footer_stats(f: SegmentFooter) -> SegmentStats:
+    return SegmentStats(f.end_lsn, f.transactions, f.changes, f.first_commit_lsn, f.last_commit_lsn,
+                        f.first_commit_time, f.last_commit_time, f.complete_time)
 
 
 def open_segment_stats(path: Path, start_lsn: int) -> SegmentStats:
