@@ -17,7 +17,7 @@ from pgtape import __version__
 from pgtape.config import OPTIONS, load_config
 from pgtape.errors import PgtapeError, UsageError
 
-SUBCOMMANDS = ("check", "init", "capture", "snapshot", "snapshots", "log", "status")
+SUBCOMMANDS = ("check", "init", "capture", "snapshot", "snapshots", "mark", "replay", "log", "status")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -11,7 +11,7 @@ from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn, parse_lsn
 from pgtape.pg import connect, quote_literal
 from pgtape.tape.archive import Archive
-from pgtape.tape.segment import SegmentError, SegmentStats, open_segment_stats, read_footer
+from pgtape.tape.segment import SegmentError, footer_stats, open_segment_stats, read_footer
 from pgtape.timefmt import format_time
 
 HELP = "show capture position, lag, tape size and the recoverable window"
@@ -54,9 +54,7 @@ def summarize_tape(archive: Archive, gen: int) -> TapeSummary:
             if s.is_open:
                 st = open_segment_stats(s.path, s.start_lsn)
             else:
-                f = read_footer(s.path)
-                st = SegmentStats(f.end_lsn, f.transactions, f.changes, f.first_commit_lsn, f.last_commit_lsn,
-                                  f.first_commit_time, f.last_commit_time)
+                st = footer_stats(read_footer(s.path))
         except FileNotFoundError:
             continue  # sealed while we looked; the next status shows it
         transactions += st.transactions

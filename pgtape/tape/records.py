@@ -87,5 +87,6 @@ class SegmentFooter(msgspec.Struct, frozen=True):
     last_commit_lsn: int | None
     first_commit_time: int | None
     last_commit_time: int | None
+    complete_time: int | None  # the tape is known complete up to this time (last commit or Position)
     data_bytes: int  # bytes before the footer frame
     data_crc32: int  # crc32 of those bytes

@@ -1,0 +1,31 @@
+"""pgtape mark: a named recovery point at the exact current position of the stream."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from pgtape.config import Config
+from pgtape.lsn import format_lsn
+from pgtape.tape.archive import Archive
+from pgtape.timefmt import format_time
+
+HELP = "create a named recovery point (replay --target-name NAME goes back to it)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="letters, digits and _ . : -")
+    p.add_argument("--description", metavar="TEXT", help="what the point is for")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    from replay.marks import create_mark
+
+    mark = create_mark(Archive.existing(config.require_archive()), config.dsn, args.name, args.description)
+    if args.json:
+        print(json.dumps({"name": mark.name, "lsn": format_lsn(mark.lsn), "time": format_time(mark.time),
+                          "description": mark.description}))
+    else:
+        print(f"recovery point {mark.name!r} at {format_lsn(mark.lsn)} ({format_time(mark.time)})")
+    return 0

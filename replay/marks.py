@@ -1,0 +1,65 @@
+"""Named recovery points: a transactional logical message that capture records on the tape.
+
+`pgtape mark NAME` emits pg_logical_emit_message(true, 'pgtape', '{"name": ...}') and lists the
+point in <archive>/catalog/marks/<name>.json. Replaying to it applies every transaction up to and
+including the one that carried the message: the exact position in the stream.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import msgspec
+
+from pgtape.durable import make_dirs_durably, write_atomic
+from pgtape.errors import PgtapeError, UsageError
+from pgtape.lsn import parse_lsn
+from pgtape.pg import connect
+from pgtape.tape.archive import Archive
+
+
+class Mark(msgspec.Struct):
+    name: str
+    lsn: int  # of the message; its transaction commits right after
+    time: int  # µs UTC, server clock
+    description: str | None
+    generation: int
+
+
+def _path(archive: Archive, name: str) -> Path:
+    return archive.path / "catalog" / "marks" / f"{name}.json"
+
+
+def create_mark(archive: Archive, dsn: str | None, name: str, description: str | None) -> Mark:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}", name):
+        raise UsageError(f"invalid recovery point name {name!r}: use letters, digits and _ . : - (at most 100)")
+    if _path(archive, name).exists():
+        raise UsageError(f"recovery point {name!r} already exists: choose another name")
+    content = json.dumps({"name": name, "description": description})
+    with connect(dsn) as c:
+        row = c.execute("SELECT pg_logical_emit_message(true, 'pgtape', %s)::text, "
+                        "(extract(epoch from clock_timestamp()) * 1000000)::bigint", (content,)).fetchone()
+    assert row is not None
+    mark = Mark(name, parse_lsn(row[0]), int(row[1]), description, archive.identity().generation)
+    make_dirs_durably(_path(archive, name).parent)
+    write_atomic(_path(archive, name), msgspec.json.encode(mark))
+    return mark
+
+
+def load_mark(archive: Archive, name: str) -> Mark:
+    try:
+        return msgspec.json.decode(_path(archive, name).read_bytes(), type=Mark)
+    except FileNotFoundError:
+        known = sorted(p.stem for p in _path(archive, "x").parent.glob("*.json"))
+        raise PgtapeError(f"no recovery point named {name!r}; known: {', '.join(known) or 'none'} "
+                          "(create one with pgtape mark NAME)") from None
+
+
+def list_marks(archive: Archive) -> list[Mark]:
+    d = archive.path / "catalog" / "marks"
+    return sorted((msgspec.json.decode(p.read_bytes(), type=Mark) for p in d.glob("*.json")),
+                  key=lambda m: m.lsn) if d.is_dir() else []
+
+

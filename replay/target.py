@@ -1,0 +1,58 @@
+"""Replay targets and the stop rule (docs/ARCHITECTURE.md, "Replay targets").
+
+Like PostgreSQL's own point-in-time recovery, transactions apply in commit order and replay
+stops before the first transaction that is past the target:
+  --target-time T   past = commit time > T  (>= T with --target-exclusive)
+  --target-lsn L    past = commit LSN > L   (>= L with --target-exclusive)
+  --target-name N   the transaction that recorded mark N is the last one applied
+  --latest          everything on the tape
+Stopping at the first transaction past the target, rather than filtering by timestamp, always
+yields a state the database really was in (commit timestamps are not monotonic in commit order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pgtape.lsn import format_lsn
+from pgtape.tape.reader import Txn
+from pgtape.timefmt import format_time
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str  # time, lsn, name, latest
+    time: int | None = None  # µs UTC
+    lsn: int | None = None
+    name: str | None = None
+    exclusive: bool = False
+
+    def is_past(self, txn: Txn) -> bool:
+        """True for the first transaction replay must not apply."""
+        if self.kind == "time":
+            assert self.time is not None
+            return txn.commit_time >= self.time if self.exclusive else txn.commit_time > self.time
+        if self.kind in ("lsn", "name"):
+            assert self.lsn is not None
+            return txn.commit_lsn >= self.lsn if self.exclusive else txn.commit_lsn > self.lsn
+        return False
+
+    def describe(self) -> str:
+        rel = "before" if self.exclusive else "up to"
+        if self.kind == "time":
+            return f"{rel} time {format_time(self.time)}"
+        if self.kind == "lsn":
+            return f"{rel} LSN {format_lsn(self.lsn or 0)}"
+        if self.kind == "name":
+            return f"recovery point {self.name!r} (LSN {format_lsn(self.lsn or 0)})"
+        return "latest"
+
+    def slug(self) -> str:
+        """For default schema names: pgtape_recovered_<slug>."""
+        if self.kind == "time":
+            return format_time(self.time).replace("-", "").replace(":", "").replace(" ", "t").split(".")[0].lower()
+        if self.kind == "lsn":
+            return format_lsn(self.lsn or 0).replace("/", "_").lower()
+        if self.kind == "name":
+            return "".join(c if c.isalnum() else "_" for c in (self.name or "")).lower()[:40]
+        return "latest"
