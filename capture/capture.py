@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, TextIO
 
 import psycopg
@@ -58,6 +58,9 @@ class Capture:
     # -- lifecycle ------------------------------------------------------------------------
     def run(self) -> CaptureResult:
         make_dirs_durably(self.archive.path)
+        if self.archive.exists() and "tables" in self.config.defaulted:
+            gen = self.archive.generation(self.archive.identity().generation)
+            self.config = replace(self.config, tables=tuple(gen.tables))
         lock = self.archive.lock_capture()
         try:
             initialize(self.config, self.archive, restart=False, log=self.log)  # no-op once initialised

@@ -39,8 +39,9 @@ class SnapshotScheduler:
                 return
             self._child = None
             if code != 0:
-                self.log(f"scheduled snapshot failed (exit {code}); next attempt in {RETRY_AFTER_FAILURE:.0f}s")
-                self._not_before = time.monotonic() + RETRY_AFTER_FAILURE
+                retry = min(RETRY_AFTER_FAILURE, every)
+                self.log(f"scheduled snapshot failed (exit {code}); next attempt in {retry:.0f}s")
+                self._not_before = time.monotonic() + retry
             return
         if time.monotonic() < self._not_before:
             return

@@ -121,6 +121,11 @@ class Config:
     snapshot_every: float | None
     retention: float | None
     source_file: Path | None = field(default=None)
+    defaulted: frozenset[str] = field(default=frozenset())  # options nobody set: their default applies
+
+    def tables_or(self, captured: list[str]) -> list[str]:
+        """The tables asked for, or when nobody named any, the ones the archive captures."""
+        return list(captured) if "tables" in self.defaulted else list(self.tables)
 
     def require_archive(self) -> Path:
         if self.archive is None:
@@ -149,6 +154,7 @@ def load_config(
         _check_known_keys(path, file_values)
 
     values: dict[str, Any] = {}
+    defaulted: set[str] = set()
     for opt in OPTIONS:
         raw, where = opt.default, "default"
         if opt.key in file_values.get(opt.section, {}):
@@ -157,11 +163,13 @@ def load_config(
             raw, where = env[opt.env], f"environment variable {opt.env}"
         if overrides and overrides.get(opt.name) is not None:
             raw, where = overrides[opt.name], f"option {opt.flag}"
+        if where == "default":
+            defaulted.add(opt.name)
         try:
             values[opt.name] = None if raw is None else opt.parse(raw)
         except ValueError as e:
             raise UsageError(f"{where}: {e}") from None
-    return Config(**values, source_file=path)
+    return Config(**values, source_file=path, defaulted=frozenset(defaulted))
 
 
 def _check_known_keys(path: Path, data: dict[str, Any]) -> None:

@@ -95,6 +95,9 @@ class SnapshotLock:
             os.close(self._fd)
             raise PgtapeError(f"another snapshot is running on {archive.path}: wait for it "
                               "(pgtape snapshots shows it)") from None
+        # Every snapshot writer holds this lock, so a .partial directory now is an interrupted one.
+        for leftover in archive.path.glob("generations/*/snapshots/*.partial"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
     def release(self) -> None:
         os.close(self._fd)
@@ -110,6 +113,12 @@ def copy_tables(archive: Archive, record: SnapshotRecord, snap: ExportedSnapshot
     record = msgspec.structs.replace(record, as_of_lsn=snap.as_of_lsn, as_of_time=snap.as_of_time)
     catalog.save(archive, record)
     try:
+        for table in record.tables:  # before copying anything: a missing table fails at once
+            schema, name = split_table(table)
+            found = snap.conn.execute("SELECT to_regclass(%s)", (f"{quote_ident(schema)}.{quote_ident(name)}",)
+                                      ).fetchone()
+            if found is None or found[0] is None:
+                raise PgtapeError(f"table {table} does not exist")
         make_dirs_durably(partial)
         rows: dict[str, int] = {}
         size = 0

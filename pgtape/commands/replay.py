@@ -62,7 +62,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         raise UsageError("--into, --schema and --force are for a recovery schema (not --output, --in-place, --dry-run)")
     archive = Archive.existing(config.require_archive())
     gen = archive.generation(archive.identity().generation)
-    tables = list(config.tables)
+    tables = config.tables_or(gen.tables)
     unknown = [t for t in tables if t not in gen.tables]
     if unknown:
         raise UsageError(f"{', '.join(unknown)} not captured (captured: {', '.join(gen.tables)}): fix --tables")

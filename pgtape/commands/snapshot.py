@@ -24,7 +24,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
     archive = Archive.existing(config.require_archive())
     # --tables picks a subset of the captured tables (default: all of them).
-    rec = take_snapshot(config, archive, list(config.tables), args.kind, log=lambda m: print(m, file=sys.stderr))
+    captured = archive.generation(archive.identity().generation).tables
+    rec = take_snapshot(config, archive, config.tables_or(captured), args.kind, log=lambda m: print(m, file=sys.stderr))
     if args.json:
         print(json.dumps({"id": rec.id, "as_of_lsn": format_lsn(rec.as_of_lsn or 0),
                           "as_of_time": format_time(rec.as_of_time), "rows": rec.rows, "bytes": rec.bytes}))
