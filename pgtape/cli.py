@@ -13,11 +13,14 @@ import signal
 import sys
 from typing import Sequence
 
+import psycopg
+
 from pgtape import __version__
 from pgtape.config import OPTIONS, load_config
 from pgtape.errors import PgtapeError, UsageError
+from pgtape.pg import first_line
 
-SUBCOMMANDS = ("check", "init", "capture", "snapshot", "snapshots", "mark", "replay", "log", "status")
+SUBCOMMANDS = ("check", "init", "capture", "snapshot", "snapshots", "mark", "replay", "verify", "diff", "log", "status")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,3 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pgtape: interrupted", file=sys.stderr)
         return 130
+    except psycopg.Error as e:  # a database error no command anticipated: still one line
+        print(f"pgtape: database error: {first_line(e)}", file=sys.stderr)
+        return 1
+    except OSError as e:  # disk full, permissions, ...
+        print(f"pgtape: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
+        return 1

@@ -61,9 +61,13 @@ def _base_lines(base_dir: Path, table: str) -> Iterator[bytes]:
 
 
 def prepare(archive: Archive, tables: list[str], target: Target,
-            progress: Callable[[int], None] | None = None) -> Plan:
+            progress: Callable[[int], None] | None = None, complete_to: int | None = None) -> Plan:
+    """`complete_to`: an LSN up to which the tape is known complete although no record says so
+    yet (the slot's confirmed position, which capture advances only over durable data)."""
     gen = archive.identity().generation
     w, bases = window(archive, gen, tables)
+    if complete_to is not None and complete_to > w.to_lsn:
+        w = Window(w.from_lsn, w.from_time, complete_to, w.to_time)
     if target.kind == "name":
         target = resolve_mark(archive, target)
     base = choose_base(w, bases, target)

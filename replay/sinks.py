@@ -29,13 +29,13 @@ def _qual(schema: str, table: str) -> str:
     return f"{quote_ident(schema)}.{quote_ident(table)}"
 
 
-def _create_table(conn: psycopg.Connection, qualified: str, fold: TableFold, temp: bool = False) -> None:
+def create_table(conn: psycopg.Connection, qualified: str, fold: TableFold, temp: bool = False) -> None:
     cols = ", ".join(f"{quote_ident(c)} {t}" for c, t in zip(fold.columns, fold.types))
     pk = f", PRIMARY KEY ({', '.join(quote_ident(k) for k in fold.key)})" if fold.key else ""
     conn.execute(f"CREATE {'TEMP ' if temp else ''}TABLE {qualified} ({cols}{pk})")
 
 
-def _load(conn: psycopg.Connection, qualified: str, rows: Iterator[bytes]) -> int:
+def load_rows(conn: psycopg.Connection, qualified: str, rows: Iterator[bytes]) -> int:
     """COPY the rows in; returns how many."""
     n = 0
     buf = bytearray()
@@ -68,8 +68,8 @@ def to_schema(plan: Plan, dsn: str | None, schema: str, force: bool) -> dict[str
             for table, fold in plan.folds.items():
                 _, name = split_table(table)
                 q = _qual(schema, name)
-                _create_table(conn, q, fold)
-                counts[table] = _load(conn, q, plan.rows(table))
+                create_table(conn, q, fold)
+                counts[table] = load_rows(conn, q, plan.rows(table))
             comment = f"pgtape replay {plan.target.describe()} from base {plan.base.id}"
             conn.execute(sql.SQL("COMMENT ON SCHEMA {} IS {}").format(sql.Identifier(schema), sql.Literal(comment)))
             conn.commit()
@@ -135,8 +135,8 @@ def diff_live(plan: Plan, dsn: str | None, apply: bool = False) -> tuple[list[Ta
             diffs = []
             for i, (table, fold) in enumerate(plan.folds.items()):
                 staged[table] = f"pgtape_replayed_{i}"
-                _create_table(conn, staged[table], fold, temp=True)
-                rows = _load(conn, staged[table], plan.rows(table))
+                create_table(conn, staged[table], fold, temp=True)
+                rows = load_rows(conn, staged[table], plan.rows(table))
                 diffs.append(_diff_counts(conn, table, staged[table], fold, rows))
             if apply:
                 backup = f"pgtape_backup_{time.strftime('%Y%m%dt%H%M%S', time.gmtime())}"

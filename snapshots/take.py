@@ -47,7 +47,8 @@ class ExportedSnapshot:
     as_of_time: int  # µs UTC: every transaction the snapshot holds committed at or before it
 
 
-def create_slot_exporting(repl: psycopg.Connection, dsn: str | None, slot: str, temporary: bool) -> ExportedSnapshot:
+def create_slot_exporting(repl: psycopg.Connection, dsn: str | None, slot: str, temporary: bool,
+                          read_only: bool = True) -> ExportedSnapshot:
     """Create a slot with an exported snapshot and import it at once into a new data connection.
 
     The exported snapshot dies at the next command on `repl`, so nothing else runs there first."""
@@ -66,7 +67,7 @@ def create_slot_exporting(repl: psycopg.Connection, dsn: str | None, slot: str, 
     assert row is not None
     data = connect(dsn, autocommit=False, application_name="pgtape snapshot")
     try:
-        data.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        data.execute(f"BEGIN ISOLATION LEVEL REPEATABLE READ{', READ ONLY' if read_only else ''}")
         data.execute(f"SET TRANSACTION SNAPSHOT '{row[2]}'")
         now = data.execute("SELECT (extract(epoch from clock_timestamp()) * 1000000)::bigint").fetchone()
     except psycopg.Error as e:

@@ -1,0 +1,86 @@
+"""pgtape diff: compare two states of the tables — a recovery schema, the live tables, a replay."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from pgtape.config import Config
+from pgtape.errors import PgtapeError, UsageError
+from pgtape.lsn import parse_lsn
+from pgtape.pg import connect, quote_ident, split_table
+from pgtape.tape.archive import Archive
+from pgtape.timefmt import parse_time
+
+HELP = "compare a recovery schema or a replay at a target with the live tables (or another schema)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    left = p.add_mutually_exclusive_group(required=True)
+    left.add_argument("--schema", metavar="NAME", help="the tables in this schema (e.g. a recovery schema)")
+    left.add_argument("--target-time", metavar="TIME", help="a replay to this time")
+    left.add_argument("--target-lsn", metavar="LSN", help="a replay to this LSN")
+    left.add_argument("--target-name", metavar="NAME", help="a replay to this recovery point")
+    p.add_argument("--against", default="live", metavar="live|schema:NAME",
+                   help="what to compare with (default: live)")
+    p.add_argument("--json", action="store_true", help="machine-readable result")
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    from replay.compare import Side, column_types, compare, render
+    from replay.engine import prepare
+    from replay.sinks import create_table, load_rows
+    from replay.target import Target
+
+    if args.against != "live" and not args.against.startswith("schema:"):
+        raise UsageError(f"--against {args.against!r}: use live or schema:NAME")
+    archive = Archive.existing(config.require_archive())
+    gen = archive.generation(archive.identity().generation)
+    tables = config.tables_or(gen.tables)
+    plan = None
+    if not args.schema:
+        target = (Target("time", time=parse_time(args.target_time, "--target-time")) if args.target_time else
+                  Target("lsn", lsn=parse_lsn(args.target_lsn)) if args.target_lsn else
+                  Target("name", name=args.target_name))
+        plan = prepare(archive, tables, target)
+    left_label = f"schema {args.schema}" if args.schema else "replay"
+    right_label = "live" if args.against == "live" else f"schema {args.against[7:]}"
+    results = []
+    with connect(config.dsn, autocommit=False, application_name="pgtape diff") as conn:
+        for i, table in enumerate(tables):
+            schema, name = split_table(table)
+            right_rel = _existing(conn, schema if args.against == "live" else args.against[7:], name)
+            if plan is not None:
+                left_rel = f"pgtape_diff_{i}"
+                create_table(conn, left_rel, plan.folds[table], temp=True)
+                load_rows(conn, left_rel, plan.rows(table))
+                key = plan.folds[table].key
+            else:
+                left_rel = _existing(conn, args.schema, name)
+                key = _primary_key(conn, right_rel) or _primary_key(conn, left_rel)
+            if not key:
+                raise PgtapeError(f"{table} has no primary key: rows cannot be matched")
+            results.append(compare(conn, table, key, Side(right_label, right_rel, column_types(conn, right_rel)),
+                                   Side(left_label, left_rel, column_types(conn, left_rel))))
+        conn.rollback()
+    ok = all(r.ok for r in results)
+    if args.json:
+        print(json.dumps({"ok": ok, "expected": right_label, "actual": left_label,
+                          "tables": [r.__dict__ | {"ok": r.ok} for r in results]}, indent=2, default=str))
+    else:
+        print("\n".join(render(results, right_label, left_label)))
+    return 0 if ok else 1
+
+
+def _existing(conn, schema: str, name: str) -> str:  # type: ignore[no-untyped-def]
+    rel = f"{quote_ident(schema)}.{quote_ident(name)}"
+    if conn.execute("SELECT to_regclass(%s)", (rel,)).fetchone()[0] is None:
+        raise PgtapeError(f"table {schema}.{name} does not exist")
+    return rel
+
+
+def _primary_key(conn, rel: str) -> list[str]:  # type: ignore[no-untyped-def]
+    return [r[0] for r in conn.execute(
+        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+        "WHERE i.indrelid = %s::regclass AND i.indisprimary ORDER BY array_position(i.indkey::int2[], a.attnum)",
+        (rel,)).fetchall()]
