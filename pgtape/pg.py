@@ -102,3 +102,11 @@ def split_table(qualified: str) -> tuple[str, str]:
     if len(parts) == 1:
         return "public", parts[0]
     return parts[0], parts[1]
+
+
+def primary_key(conn: psycopg.Connection, relation: str) -> list[str]:
+    """Primary-key columns of a relation (a name or an oid), in key order; [] without one."""
+    return [r[0] for r in conn.execute(
+        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+        "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::regclass AND i.indisprimary "
+        "ORDER BY array_position(i.indkey::int2[], a.attnum)", (str(relation),)).fetchall()]

@@ -12,11 +12,13 @@ yields a state the database really was in (commit timestamps are not monotonic i
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
-from pgtape.lsn import format_lsn
+from pgtape.errors import UsageError
+from pgtape.lsn import format_lsn, parse_lsn
 from pgtape.tape.reader import Txn
-from pgtape.timefmt import format_time
+from pgtape.timefmt import format_time, parse_time
 
 
 @dataclass(frozen=True)
@@ -56,3 +58,25 @@ class Target:
         if self.kind == "name":
             return "".join(c if c.isalnum() else "_" for c in (self.name or "")).lower()[:40]
         return "latest"
+
+
+def add_target_options(group: argparse._MutuallyExclusiveGroup, latest: bool = True) -> None:
+    """The target flags, shared by replay and diff."""
+    group.add_argument("--target-time", metavar="TIME", help="ISO 8601 with a zone, e.g. 2026-11-25T14:02:59Z")
+    group.add_argument("--target-lsn", metavar="LSN", help="e.g. 16/B374D848")
+    group.add_argument("--target-name", metavar="NAME", help="a recovery point made with pgtape mark")
+    if latest:
+        group.add_argument("--latest", action="store_true", help="everything on the tape")
+
+
+def target_from_args(args: argparse.Namespace) -> Target:
+    exclusive = getattr(args, "target_exclusive", False)
+    if args.target_time:
+        return Target("time", time=parse_time(args.target_time, "--target-time"), exclusive=exclusive)
+    if args.target_lsn:
+        return Target("lsn", lsn=parse_lsn(args.target_lsn), exclusive=exclusive)
+    if exclusive:
+        raise UsageError("--target-exclusive needs --target-time or --target-lsn")
+    if args.target_name:
+        return Target("name", name=args.target_name)
+    return Target("latest")

@@ -7,20 +7,17 @@ import json
 
 from pgtape.config import Config
 from pgtape.errors import PgtapeError, UsageError
-from pgtape.lsn import parse_lsn
-from pgtape.pg import connect, quote_ident, split_table
+from pgtape.pg import connect, primary_key, quote_ident, split_table
 from pgtape.tape.archive import Archive
-from pgtape.timefmt import parse_time
 
 HELP = "compare a recovery schema or a replay at a target with the live tables (or another schema)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from replay.target import add_target_options
     left = p.add_mutually_exclusive_group(required=True)
     left.add_argument("--schema", metavar="NAME", help="the tables in this schema (e.g. a recovery schema)")
-    left.add_argument("--target-time", metavar="TIME", help="a replay to this time")
-    left.add_argument("--target-lsn", metavar="LSN", help="a replay to this LSN")
-    left.add_argument("--target-name", metavar="NAME", help="a replay to this recovery point")
+    add_target_options(left, latest=False)  # or a replay to a target
     p.add_argument("--against", default="live", metavar="live|schema:NAME",
                    help="what to compare with (default: live)")
     p.add_argument("--json", action="store_true", help="machine-readable result")
@@ -30,7 +27,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     from replay.compare import Side, column_types, compare, render
     from replay.engine import prepare
     from replay.sinks import create_table, load_rows
-    from replay.target import Target
+    from replay.target import target_from_args
 
     if args.against != "live" and not args.against.startswith("schema:"):
         raise UsageError(f"--against {args.against!r}: use live or schema:NAME")
@@ -39,10 +36,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     tables = config.tables_or(gen.tables)
     plan = None
     if not args.schema:
-        target = (Target("time", time=parse_time(args.target_time, "--target-time")) if args.target_time else
-                  Target("lsn", lsn=parse_lsn(args.target_lsn)) if args.target_lsn else
-                  Target("name", name=args.target_name))
-        plan = prepare(archive, tables, target)
+        plan = prepare(archive, tables, target_from_args(args))
     left_label = f"schema {args.schema}" if args.schema else "replay"
     right_label = "live" if args.against == "live" else f"schema {args.against[7:]}"
     results = []
@@ -57,7 +51,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
                 key = plan.folds[table].key
             else:
                 left_rel = _existing(conn, args.schema, name)
-                key = _primary_key(conn, right_rel) or _primary_key(conn, left_rel)
+                key = primary_key(conn, right_rel) or primary_key(conn, left_rel)
             if not key:
                 raise PgtapeError(f"{table} has no primary key: rows cannot be matched")
             results.append(compare(conn, table, key, Side(right_label, right_rel, column_types(conn, right_rel)),
@@ -77,10 +71,3 @@ def _existing(conn, schema: str, name: str) -> str:  # type: ignore[no-untyped-d
     if conn.execute("SELECT to_regclass(%s)", (rel,)).fetchone()[0] is None:
         raise PgtapeError(f"table {schema}.{name} does not exist")
     return rel
-
-
-def _primary_key(conn, rel: str) -> list[str]:  # type: ignore[no-untyped-def]
-    return [r[0] for r in conn.execute(
-        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
-        "WHERE i.indrelid = %s::regclass AND i.indisprimary ORDER BY array_position(i.indkey::int2[], a.attnum)",
-        (rel,)).fetchall()]

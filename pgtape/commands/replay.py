@@ -9,19 +9,16 @@ from pathlib import Path
 
 from pgtape.config import Config
 from pgtape.errors import UsageError
-from pgtape.lsn import format_lsn, parse_lsn
+from pgtape.lsn import format_lsn
 from pgtape.tape.archive import Archive
-from pgtape.timefmt import format_time, parse_time
+from pgtape.timefmt import format_time
 
 HELP = "rebuild tables as of a time, LSN or recovery point (dry run, recovery schema, files or in place)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    t = p.add_mutually_exclusive_group(required=True)
-    t.add_argument("--target-time", metavar="TIME", help="ISO 8601 with a zone, e.g. 2026-11-25T14:02:59Z")
-    t.add_argument("--target-lsn", metavar="LSN", help="e.g. 16/B374D848")
-    t.add_argument("--target-name", metavar="NAME", help="a recovery point made with pgtape mark")
-    t.add_argument("--latest", action="store_true", help="everything on the tape")
+    from replay.target import add_target_options
+    add_target_options(p.add_mutually_exclusive_group(required=True))
     p.add_argument("--target-exclusive", action="store_true",
                    help="stop before a transaction committed exactly at the target")
     out = p.add_mutually_exclusive_group()
@@ -37,22 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable summary")
 
 
-def _target(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from replay.target import Target
-    if args.target_time:
-        return Target("time", time=parse_time(args.target_time, "--target-time"), exclusive=args.target_exclusive)
-    if args.target_lsn:
-        return Target("lsn", lsn=parse_lsn(args.target_lsn), exclusive=args.target_exclusive)
-    if args.target_name:
-        return Target("name", name=args.target_name)
-    if args.target_exclusive:
-        raise UsageError("--target-exclusive needs --target-time or --target-lsn")
-    return Target("latest")
-
-
 def run(args: argparse.Namespace, config: Config) -> int:
-    from replay.engine import prepare
     from replay import sinks
+    from replay.engine import prepare
+    from replay.target import target_from_args
 
     if args.format != "csv" and not args.output:
         raise UsageError("--format goes with --output DIR")
@@ -66,7 +51,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     unknown = [t for t in tables if t not in gen.tables]
     if unknown:
         raise UsageError(f"{', '.join(unknown)} not captured (captured: {', '.join(gen.tables)}): fix --tables")
-    target = _target(args)
+    target = target_from_args(args)
     tty = sys.stderr.isatty() and not args.json
     plan = prepare(archive, tables, target,
                    progress=(lambda n: print(f"\rreplaying: {n} transactions", end="", file=sys.stderr)) if tty
