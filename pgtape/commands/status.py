@@ -88,26 +88,42 @@ def run(args: argparse.Namespace, config: Config) -> int:
         server = summarize_server(config, tape.slot)
     except PgtapeError as e:
         server_error = str(e)
+    from replay.plan import window
+    from snapshots import catalog
+    tables = archive.generation(tape.generation).tables
+    newest = {t: catalog.newest_completed(archive, tape.generation, t) for t in tables}
+    window_error = ""
+    try:
+        recoverable: str | None = window(archive, tape.generation, tables)[0].describe()
+    except PgtapeError as e:
+        recoverable, window_error = None, str(e)
     lag_bytes = max(0, server.wal_lsn - tape.end_lsn) if server else None
     age = (max(0, server.server_time - tape.last_commit_time) / 1e6
            if server and tape.last_commit_time is not None else None)
     if args.json:
         out = {k: (format_lsn(v) if k.endswith("lsn") else format_time(v) if k.endswith("time") and v else v)
                for k, v in asdict(tape).items()}
-        out["recoverable_window"] = {"from_lsn": format_lsn(tape.start_lsn), "to_lsn": format_lsn(tape.end_lsn)}
+        out["recoverable_window"] = recoverable
         out["server"] = None if server is None else {
             "wal_lsn": format_lsn(server.wal_lsn), "slot_exists": server.slot_confirmed_lsn is not None,
             "slot_confirmed_lsn": format_lsn(server.slot_confirmed_lsn) if server.slot_confirmed_lsn else None,
             "capture_connected": server.capture_connected}
         out.update(server_error=server_error, lag_bytes=lag_bytes, last_commit_age_seconds=age)
+        out["newest_snapshot"] = {t: None if r is None else {"id": r.id, "as_of_lsn": format_lsn(r.as_of_lsn or 0),
+                                                             "as_of_time": format_time(r.as_of_time)}
+                                  for t, r in newest.items()}
         print(json.dumps(out, indent=2))
         return 0
     print(f"archive            {archive.path} (generation {tape.generation}, slot {tape.slot})")
     print(f"tape               {tape.segments} segment(s), {_size(tape.bytes)}, "
           f"{tape.transactions} transactions, {tape.changes} changes")
     print(f"durable up to      {format_lsn(tape.end_lsn)}, last commit {format_time(tape.last_commit_time)}")
-    print(f"recoverable window {format_lsn(tape.start_lsn)} .. {format_lsn(tape.end_lsn)} "
+    print(f"tape covers        {format_lsn(tape.start_lsn)} .. {format_lsn(tape.end_lsn)} "
           f"(commits {format_time(tape.first_commit_time)} .. {format_time(tape.last_commit_time)})")
+    print(f"recoverable        {recoverable or 'NOTHING YET: ' + window_error}".replace("recoverable window: ", ""))
+    for t, r in newest.items():
+        print(f"newest snapshot    {t}: " + ("none: replay is not possible without one" if r is None else
+                                            f"{r.id} as of {format_lsn(r.as_of_lsn or 0)} ({format_time(r.as_of_time)})"))
     if server is None:
         print(f"server             unreachable: {server_error}")
         return 0
