@@ -32,6 +32,7 @@ from pgtape.tape.records import Begin, Change, Message, Truncate
 from snapshots.base import initialize
 
 POSITION_EVERY = 10.0  # seconds between Position records while captured tables are idle
+HOUSEKEEPING = 0.005  # seconds between clock checks (fsync due, status due, stop) while messages flow
 MAX_BACKOFF = 30.0
 
 
@@ -149,6 +150,7 @@ class Capture:
         last_position = monotonic()
         skip = False  # current transaction is already on the tape (re-sent after a reconnect)
         in_txn = False
+        next_check = 0.0  # housekeeping runs at most every HOUSEKEEPING seconds while busy
         while True:
             buf = stream.read()
             now = monotonic()
@@ -171,7 +173,7 @@ class Capture:
                                                wal2json.parse_commit_time(msg.timestamp or "")))
                     elif action == "C":
                         in_txn = False
-                        end = wal2json.lsn(msg.nextlsn)
+                        end = start  # a C message's header LSN is its nextlsn (end of the commit record)
                         if not skip and not writer.commit(end):
                             writer.advance_idle(end)  # Rule A3: nothing captured, nothing pending
                     elif not skip:
@@ -196,7 +198,10 @@ class Capture:
                             writer.position(wal_end, pg_time_to_unix_us(server_time))
                             last_position = now
                     if reply:
-                        next_status = 0.0
+                        next_status = next_check = 0.0
+                if now < next_check:
+                    continue
+            next_check = now + HOUSEKEEPING
             # Housekeeping: group commit (Rule A1), then report what is durable (Rule A2).
             if writer.unsynced_since is not None and (now - writer.unsynced_since >= cfg.fsync_interval
                                                       or self.stopping or self._reached_tape(writer)):
@@ -221,18 +226,19 @@ class Capture:
     @staticmethod
     def _change(writer: TapeWriter, msg: wal2json.W2JMessage, to_text: Callable, full_columns: dict) -> Change:
         schema, table = msg.schema or "", msg.table or ""
-        key = tuple(k.name for k in msg.pk) if msg.pk else ()
+        key = tuple([k.name for k in msg.pk]) if msg.pk else ()
         values = names = None
         rel = old_rel = -1
         absent = old = None
         if msg.columns is not None:
             cols = msg.columns
-            names = tuple(c.name for c in cols)
-            rel = writer.relation(schema, table, names, tuple(c.type for c in cols), key)
+            names = tuple([c.name for c in cols])
+            rel = writer.relation(schema, table, names, tuple([c.type for c in cols]), key)
             values = [to_text(c.value, c.type) for c in cols]
         if msg.identity is not None:
             ident = msg.identity
-            old_rel = writer.relation(schema, table, tuple(c.name for c in ident), tuple(c.type for c in ident), key)
+            old_rel = writer.relation(schema, table, tuple([c.name for c in ident]), tuple([c.type for c in ident]),
+                                      key)
             old = [to_text(c.value, c.type) for c in ident]
         action = msg.action
         if action == "I":
@@ -240,9 +246,11 @@ class Capture:
                 full_columns[(schema, table)] = names  # an INSERT always carries every column
         elif action == "U":
             full = full_columns.get((schema, table), ())
-            if names is not None and len(names) < len(full):
+            if names is not None:
                 present = set(names)
-                absent = [c for c in full if c not in present]
+                absent = [c for c in full if c not in present] or None
+                if any(n not in full for n in names):  # ALTER TABLE ADD COLUMN: the shape grew
+                    full_columns[(schema, table)] = tuple(full) + tuple(n for n in names if n not in full)
         elif action == "D":
             rel = old_rel
         else:

@@ -12,7 +12,6 @@ from typing import Any
 
 import msgspec
 
-from pgtape.lsn import parse_lsn
 from pgtape.pg import quote_literal, split_table
 
 MESSAGE_PREFIX = "pgtape"  # logical messages with this prefix are captured (recovery points)
@@ -44,18 +43,18 @@ def options_sql(options: dict[str, str]) -> str:
     return ", ".join(f'"{k}" {quote_literal(v)}' for k, v in options.items())
 
 
-class Column(msgspec.Struct):
+class Column(msgspec.Struct, gc=False):
     name: str
     type: str
     value: Any = None
 
 
-class KeyColumn(msgspec.Struct):
+class KeyColumn(msgspec.Struct, gc=False):
     name: str
     type: str
 
 
-class W2JMessage(msgspec.Struct):
+class W2JMessage(msgspec.Struct, gc=False):
     action: str
     xid: int | None = None
     timestamp: str | None = None
@@ -98,6 +97,8 @@ _MICROSECOND = timedelta(microseconds=1)
 
 
 def lsn(text: str | None) -> int:
+    """wal2json's X/Y text (always well formed) -> int; on the hot path, so no validation beyond it."""
     if text is None:
         raise ValueError("wal2json message without lsn: include-lsn is required")
-    return parse_lsn(text)
+    hi, _, lo = text.partition("/")
+    return (int(hi, 16) << 32) | int(lo, 16)

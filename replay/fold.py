@@ -47,9 +47,15 @@ class TableFold:
             self.truncated = True
             self.entries.clear()
             return
-        if c.new is not None and not c.absent and list(c.new) != self.columns:
-            # A full row in another shape: the table's columns changed (ALTER TABLE).
-            self.columns, self.types = list(c.new), [c.types[n] for n in c.new]
+        if c.new is not None:
+            # A row in another shape: the table's columns changed (ALTER TABLE). Absent (unchanged
+            # TOAST) columns keep their place; columns new to the fold come after.
+            shape = list(c.new) if not c.absent else (
+                [n for n in self.columns if n in c.new or n in c.absent] + [n for n in c.new if n not in self.columns])
+            if shape != self.columns:
+                known = dict(zip(self.columns, self.types))
+                known.update(c.types)
+                self.columns, self.types = shape, [known[n] for n in shape]
         if c.op == "I":
             assert c.new is not None
             self.entries[self._key(c.new)] = Entry({k: escape(v) for k, v in c.new.items()})

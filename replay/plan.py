@@ -58,8 +58,9 @@ def window(archive: Archive, gen: int, tables: list[str]) -> tuple[Window, list[
     extent = tape_extent(archive, gen)
     first = bases[0]
     assert first.as_of_lsn is not None and first.as_of_time is not None
-    to_time = max(filter(None, (extent.complete_time, bases[-1].as_of_time)), default=None)
-    return Window(first.as_of_lsn, first.as_of_time, max(extent.end_lsn, bases[-1].as_of_lsn or 0), to_time), bases
+    # The window ends where the tape is known complete, even if a newer base exists: a target past
+    # the tape's end could be missing transactions committed before it (capture lagging).
+    return Window(first.as_of_lsn, first.as_of_time, extent.end_lsn, extent.complete_time), bases
 
 
 def choose_base(w: Window, bases: list[SnapshotRecord], target: Target) -> SnapshotRecord:
@@ -79,7 +80,7 @@ def choose_base(w: Window, bases: list[SnapshotRecord], target: Target) -> Snaps
             raise PgtapeError(f"target {target.describe()} is before the oldest base; {w.describe()}")
         if target.lsn > w.to_lsn:
             raise PgtapeError(f"target {target.describe()} is beyond the tape's end; {w.describe()}")
-        usable = [b for b in bases if (b.as_of_lsn or 0) <= target.lsn]
+        usable = [b for b in bases if (b.as_of_lsn or 0) <= target.lsn]  # a mark's lsn: its message
     else:
         usable = bases
     if not usable:

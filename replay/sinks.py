@@ -139,7 +139,8 @@ def diff_live(plan: Plan, dsn: str | None, apply: bool = False) -> tuple[list[Ta
                 rows = load_rows(conn, staged[table], plan.rows(table))
                 diffs.append(_diff_counts(conn, table, staged[table], fold, rows))
             if apply:
-                backup = f"pgtape_backup_{time.strftime('%Y%m%dt%H%M%S', time.gmtime())}"
+                now_us = time.time_ns() // 1000
+                backup = f"pgtape_backup_{time.strftime('%Y%m%dt%H%M%S', time.gmtime(now_us // 10**6))}_{now_us % 10**6:06d}"
                 _apply(conn, plan, staged, backup)
                 conn.commit()
             else:
@@ -148,7 +149,7 @@ def diff_live(plan: Plan, dsn: str | None, apply: bool = False) -> tuple[list[Ta
             conn.rollback()
             detail = e.diag.message_detail or ""
             raise PgtapeError(f"rolled back: {first_line(e)} {detail} — rows outside the selected tables depend "
-                              "on rows the replay would change; add those tables with --tables").strip() from None
+                              "on rows the replay would change; add those tables with --tables".strip()) from None
         except psycopg.Error as e:
             conn.rollback()
             raise PgtapeError(f"rolled back: {first_line(e)}") from None
@@ -173,7 +174,7 @@ def _diff_counts(conn: psycopg.Connection, table: str, staged: str, fold: TableF
     schema, name = split_table(table)
     live = _qual(schema, name)
     cols = _common(conn, table, fold)
-    differs = " OR ".join(f"r.{quote_ident(c)} IS DISTINCT FROM l.{quote_ident(c)}" for c in cols) or "false"
+    differs = " OR ".join(f"r.{quote_ident(c)}::text IS DISTINCT FROM l.{quote_ident(c)}::text" for c in cols) or "false"
     row = conn.execute(
         f"SELECT (SELECT count(*) FROM {staged} r WHERE NOT EXISTS (SELECT 1 FROM {live} l WHERE {_match(fold, 'l', 'r')})),"
         f" (SELECT count(*) FROM {staged} r JOIN {live} l ON {_match(fold, 'l', 'r')} WHERE {differs}),"
@@ -214,7 +215,7 @@ def _apply(conn: psycopg.Connection, plan: Plan, staged: dict[str, str], backup:
         schema, name = split_table(table)
         live, r = _qual(schema, name), staged[table]
         cols = _common(conn, table, fold)
-        differs = " OR ".join(f"r.{quote_ident(c)} IS DISTINCT FROM l.{quote_ident(c)}" for c in cols) or "false"
+        differs = " OR ".join(f"r.{quote_ident(c)}::text IS DISTINCT FROM l.{quote_ident(c)}::text" for c in cols) or "false"
         conn.execute(f"CREATE TABLE {_qual(backup, name)} AS SELECT l.* FROM {live} l WHERE NOT EXISTS "
                      f"(SELECT 1 FROM {r} r WHERE {_match(fold, 'l', 'r')}) OR EXISTS (SELECT 1 FROM {r} r WHERE "
                      f"{_match(fold, 'l', 'r')} AND ({differs}))")
@@ -228,7 +229,7 @@ def _apply(conn: psycopg.Connection, plan: Plan, staged: dict[str, str], backup:
         conn.execute(f"INSERT INTO {live} ({names}) SELECT {names} FROM {r} r WHERE NOT EXISTS "
                      f"(SELECT 1 FROM {live} l WHERE {_match(fold, 'l', 'r')})")
         sets = ", ".join(f"{quote_ident(c)} = r.{quote_ident(c)}" for c in cols if c not in fold.key)
-        differs = " OR ".join(f"r.{quote_ident(c)} IS DISTINCT FROM l.{quote_ident(c)}" for c in cols)
+        differs = " OR ".join(f"r.{quote_ident(c)}::text IS DISTINCT FROM l.{quote_ident(c)}::text" for c in cols)
         if sets:
             conn.execute(f"UPDATE {live} l SET {sets} FROM {r} r WHERE {_match(fold, 'l', 'r')} AND ({differs})")
     for table in reversed(order):

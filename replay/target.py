@@ -34,7 +34,9 @@ class Target:
         if self.kind == "time":
             assert self.time is not None
             return txn.commit_time >= self.time if self.exclusive else txn.commit_time > self.time
-        if self.kind in ("lsn", "name"):
+        if self.kind == "name":
+            return False  # prepare() stops right after the transaction that carries the mark
+        if self.kind == "lsn":
             assert self.lsn is not None
             return txn.commit_lsn >= self.lsn if self.exclusive else txn.commit_lsn > self.lsn
         return False

@@ -29,7 +29,7 @@ class Begin(msgspec.Struct, tag="B", array_like=True):
     commit_time: int  # microseconds since 1970-01-01 UTC
 
 
-class Change(msgspec.Struct, tag="C", array_like=True):
+class Change(msgspec.Struct, tag="C", array_like=True, gc=False):
     op: str  # "I", "U" or "D"
     rel: int  # Relation id of `values` (I, U), or of `old` for D
     values: list[str | None] | None  # new tuple (I, U)

@@ -13,7 +13,7 @@ import os
 import re
 import time
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -25,7 +25,7 @@ from pgtape.lsn import lsn_filename_part
 from pgtape.tape import FORMAT_VERSION
 from pgtape.tape.frames import (FLAG_BOUNDARY, HEADER, HEADER_SIZE, KIND_DATA, KIND_FOOTER, KIND_HEADER,
                                 KIND_NAMES, MAGIC, Frame, FrameError, encode_frame, read_frame)
-from pgtape.tape.records import Begin, Commit, Position, Record, Relation, SegmentFooter, SegmentHeader
+from pgtape.tape.records import Begin, Change, Commit, Position, Record, Relation, SegmentFooter, SegmentHeader
 
 OPEN_SUFFIX = ".tape.open"
 SEALED_RE = re.compile(r"^([0-9A-F]{16})-([0-9A-F]{16})\.tape$")
@@ -68,20 +68,24 @@ class SegmentStats:
     complete_time: int | None = None  # latest commit time or Position time
 
     def after(self, records: list[Record]) -> "SegmentStats":
-        s = self
+        end, txns, changes = self.end_lsn, self.transactions, self.changes
+        first_lsn, last_lsn = self.first_commit_lsn, self.last_commit_lsn
+        first_time, last_time, complete = self.first_commit_time, self.last_commit_time, self.complete_time
         for r in records:
-            if isinstance(r, Begin):
-                first = s.first_commit_lsn is None
-                s = replace(s, first_commit_lsn=r.end_lsn if first else s.first_commit_lsn,
-                            first_commit_time=r.commit_time if first else s.first_commit_time,
-                            last_commit_lsn=r.end_lsn, last_commit_time=r.commit_time,
-                            complete_time=max(r.commit_time, s.complete_time or 0))
-            elif isinstance(r, Commit):
-                s = replace(s, transactions=s.transactions + 1, changes=s.changes + r.changes,
-                            end_lsn=max(s.end_lsn, r.end_lsn))
-            elif isinstance(r, Position):
-                s = replace(s, end_lsn=max(s.end_lsn, r.lsn), complete_time=max(r.time, s.complete_time or 0))
-        return s
+            t = type(r)
+            if t is Begin:
+                if first_lsn is None:
+                    first_lsn, first_time = r.end_lsn, r.commit_time  # type: ignore[union-attr]
+                last_lsn, last_time = r.end_lsn, r.commit_time  # type: ignore[union-attr]
+                complete = max(last_time, complete or 0)
+            elif t is Commit:
+                txns += 1
+                changes += r.changes  # type: ignore[union-attr]
+                end = max(end, r.end_lsn)  # type: ignore[union-attr]
+            elif t is Position:
+                end = max(end, r.lsn)  # type: ignore[union-attr]
+                complete = max(r.time, complete or 0)  # type: ignore[union-attr]
+        return SegmentStats(end, txns, changes, first_lsn, last_lsn, first_time, last_time, complete)
 
 
 _STATS_RECORDS = (Begin, Commit, Position)
@@ -172,9 +176,12 @@ class SegmentWriter:
         self.offset += len(frame)
         self._crc = zlib.crc32(frame, self._crc)
         for r in records:
-            if isinstance(r, Relation):
-                self.relations[r.id] = r
-            elif isinstance(r, _STATS_RECORDS):
+            t = type(r)
+            if t is Change:
+                continue
+            if t is Relation:
+                self.relations[r.id] = r  # type: ignore[union-attr]
+            elif t is Begin or t is Commit or t is Position:
                 self._since_cut.append(r)
         if boundary:
             self.stats = self.stats.after(self._since_cut)
