@@ -10,6 +10,7 @@ of data-diff's bisection, one level deep with 256 buckets).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import psycopg
@@ -18,7 +19,8 @@ from pgtape.pg import quote_ident
 
 BUCKETS = 256
 SAMPLES = 5
-_NUMERIC = ("numeric", "integer", "bigint", "smallint", "real", "double precision")
+_EXACT_NUMBERS = ("numeric", "integer", "bigint", "smallint")
+_FLOATS = ("real", "double precision")
 
 
 @dataclass(frozen=True)
@@ -58,9 +60,12 @@ def column_types(conn: psycopg.Connection, relation: str) -> dict[str, str]:
 
 def _norm(column: str, type_name: str) -> str:
     c = quote_ident(column)
-    base = type_name.split("(")[0]
-    if base in _NUMERIC:
+    base = re.sub(r"\(\d+(,\d+)?\)", "", type_name)  # numeric(12,2), timestamp(3) with time zone, ...
+    if base in _EXACT_NUMBERS:
         return f"trim_scale(({c})::numeric)::text"
+    if base in _FLOATS:
+        # Through the shortest exact text (extra_float_digits=3 is pinned): every double distinct.
+        return f"trim_scale(({c})::text::numeric)::text"
     if base in ("json", "jsonb"):
         return f"({c})::jsonb::text"
     if base == "timestamp with time zone":

@@ -15,7 +15,9 @@ _UNESCAPES = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r", "b": "\b", "f": "\f",
 def escape(value: str | None) -> bytes:
     if value is None:
         return NULL
-    return value.translate(_ESCAPES).encode()
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        return value.translate(_ESCAPES).encode()
+    return value.encode()
 
 
 def unescape(field: bytes) -> str | None:

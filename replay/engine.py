@@ -13,8 +13,8 @@ from typing import Callable, Iterator
 
 from pgtape.errors import PgtapeError
 from pgtape.tape.archive import Archive
-from pgtape.tape.reader import Txn, iter_changes
-from pgtape.tape.segment import SegmentError
+from pgtape.tape.records import Begin, Change, Message, Relation, Truncate
+from pgtape.tape.segment import SegmentError, SegmentReader
 from pgtape.pg import split_table
 from replay.fold import TableFold
 from replay.plan import Window, choose_base, window
@@ -33,7 +33,7 @@ class Plan:
     base: SnapshotRecord
     target: Target
     folds: dict[str, TableFold]
-    last_txn: Txn | None  # the last transaction applied (None: the base alone)
+    last_txn: Begin | None  # the last transaction applied (None: the base alone)
     transactions: int
     changes: int
     base_dir: Path
@@ -82,33 +82,82 @@ def prepare(archive: Archive, tables: list[str], target: Target,
         if not h.key:
             raise PgtapeError(f"{t} has no primary key: replay matches rows by primary key")
         folds[t] = TableFold(t, list(h.columns), list(h.types), list(h.key), list(h.columns))
-    last: Txn | None = None
+    last: Begin | None = None
     transactions = changes = 0
     stop_after: int | None = None  # end LSN of the transaction holding the named mark
     try:
-        for c in iter_changes(archive, gen, base.as_of_lsn):
-            txn = c.txn
-            if last is None or txn.end_lsn != last.end_lsn:
-                if stop_after is not None or target.is_past(txn):
-                    break
-                last = txn
-                transactions += 1
-                if progress and transactions % 10000 == 0:
-                    progress(transactions)
-            if c.op == "M":
-                if c.message and c.message.prefix == MARK_PREFIX and target.kind == "name" and \
-                        _mark_name(c.message.content) == target.name:
-                    stop_after = txn.end_lsn
+        for seg in archive.segments(gen):
+            if seg.end_lsn is not None and seg.end_lsn <= (base.as_of_lsn or 0):
                 continue
-            fold = folds.get(f"{c.schema}.{c.table}")
-            if fold is not None:
-                fold.apply(c)
-                changes += 1
+            result = _fold_segment(seg.path, folds, base.as_of_lsn or 0, target, last, stop_after)
+            last, stop_after, stopped = result.last, result.stop_after, result.stopped
+            transactions += result.transactions
+            changes += result.changes
+            if progress:
+                progress(transactions)
+            if stopped:
+                break
     except SegmentError as e:
         raise PgtapeError(f"damaged tape: {e} (run pgtape verify)") from None
     if target.kind == "name" and stop_after is None:
         raise PgtapeError(f"recovery point {target.name!r} is not on the tape yet: is capture running?")
     return Plan(gen, w, base, target, folds, last, transactions, changes, base_dir)
+
+
+@dataclass
+class _SegmentResult:
+    last: Begin | None
+    stop_after: int | None
+    stopped: bool
+    transactions: int
+    changes: int
+
+
+def _fold_segment(path: Path, folds: dict[str, TableFold], from_lsn: int, target: Target, last: Begin | None,
+                  stop_after: int | None) -> _SegmentResult:
+    """Apply one segment's transactions after `from_lsn` until the target says stop."""
+    try:
+        reader = SegmentReader(path)
+    except FileNotFoundError:  # an open segment sealed (renamed) since it was listed
+        sealed = list(path.parent.glob(f"{path.name.split('.')[0]}-*.tape"))
+        if not sealed:
+            raise
+        reader = SegmentReader(sealed[0])
+    for fold in folds.values():
+        fold.new_segment()
+    relations: dict[int, Relation] = {}
+    table_fold: dict[int, TableFold | None] = {}  # relation id -> fold (None: not replayed)
+    wanted = False
+    transactions = changes = 0
+    name_target = target.kind == "name"
+    for r in reader.records():
+        t = type(r)
+        if t is Change:
+            if wanted:
+                fold = table_fold[r.rel]  # type: ignore[union-attr]
+                if fold is not None:
+                    fold.apply(r, relations[r.rel], relations[r.old_rel] if r.old_rel >= 0 else None)  # type: ignore
+                    changes += 1
+        elif t is Begin:
+            if r.end_lsn <= from_lsn:  # type: ignore[union-attr]
+                wanted = False
+                continue
+            if stop_after is not None or target.is_past(r):  # type: ignore[arg-type]
+                return _SegmentResult(last, stop_after, True, transactions, changes)
+            last, wanted = r, True  # type: ignore[assignment]
+            transactions += 1
+        elif t is Relation:
+            relations[r.id] = r  # type: ignore[union-attr]
+            table_fold[r.id] = folds.get(f"{r.schema}.{r.table}")  # type: ignore[union-attr]
+        elif t is Truncate:
+            fold = folds.get(f"{r.schema}.{r.table}")  # type: ignore[union-attr]
+            if wanted and fold is not None:
+                fold.truncate()
+                changes += 1
+        elif t is Message:
+            if wanted and name_target and r.prefix == MARK_PREFIX and _mark_name(r.content) == target.name:  # type: ignore
+                stop_after = last.end_lsn if last else None
+    return _SegmentResult(last, stop_after, False, transactions, changes)
 
 
 def _mark_name(content: str) -> str | None:
