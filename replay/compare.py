@@ -4,8 +4,8 @@ Both sides are relations in one database (live tables, a recovery schema, or tem
 holding a replay). Each row is hashed from normalised values: numbers by value (10.0 = 10.00,
 across numeric types), json/jsonb as jsonb (key order ignored), timestamptz in UTC, everything else
 as text; NULL stays distinct from ''. Equal tables cost one scan per side (count and sum of row
-hashes); otherwise rows are bucketed by key hash and only differing buckets are joined (the idea
-of data-diff's bisection, one level deep with 256 buckets).
+hashes, hashtextextended); otherwise rows are bucketed by key hash and only differing buckets are
+joined (the idea of data-diff's bisection, one level deep with 256 buckets).
 """
 
 from __future__ import annotations
@@ -73,10 +73,13 @@ def _norm(column: str, type_name: str) -> str:
     return f"({c})::text"
 
 
-def _exprs(side: Side, columns: list[str], key: list[str]) -> tuple[str, str]:
-    row = "md5(concat_ws(',', " + ", ".join(f"quote_nullable({_norm(c, side.types[c])})" for c in columns) + "))"
+def _exprs(side: Side, columns: list[str], key: list[str]) -> tuple[str, str, str]:
+    """(row hash, key text, array of normalised values) expressions for one side."""
+    norm = [f"quote_nullable({_norm(c, side.types[c])})" for c in columns]
+    row = "hashtextextended(concat_ws(',', " + ", ".join(norm) + "), 0)"
     k = "concat_ws(',', " + ", ".join(f"quote_nullable({_norm(c, side.types[c])})" for c in key) + ")"
-    return row, k
+    values = "ARRAY[" + ", ".join(f"{_norm(c, side.types[c])}" for c in columns) + "]::text[]"
+    return row, k, values
 
 
 def compare(conn: psycopg.Connection, table: str, key: list[str], expected: Side, actual: Side) -> TableComparison:
@@ -84,11 +87,10 @@ def compare(conn: psycopg.Connection, table: str, key: list[str], expected: Side
     result.columns_only_expected = [c for c in expected.types if c not in actual.types]
     result.columns_only_actual = [c for c in actual.types if c not in expected.types]
     columns = [c for c in expected.types if c in actual.types]
-    (eh, ek), (ah, ak) = _exprs(expected, columns, key), _exprs(actual, columns, key)
-    hsum = "sum(('x' || substr({h}, 1, 15))::bit(60)::bigint)"
+    (eh, ek, ev), (ah, ak, av) = _exprs(expected, columns, key), _exprs(actual, columns, key)
 
     def totals(side: Side, h: str) -> tuple[int, object]:
-        row = conn.execute(f"SELECT count(*), {hsum.format(h=h)} FROM {side.relation}").fetchone()
+        row = conn.execute(f"SELECT count(*), sum({h}) FROM {side.relation}").fetchone()
         assert row is not None
         return row[0], row[1]
 
@@ -97,45 +99,40 @@ def compare(conn: psycopg.Connection, table: str, key: list[str], expected: Side
         result.equal = result.rows_expected
         return result
 
+    bucket = "(hashtext({k}) & %d)" % (BUCKETS - 1)
+
     def buckets(side: Side, h: str, k: str) -> dict[int, tuple[int, object]]:
         return {r[0]: (r[1], r[2]) for r in conn.execute(
-            f"SELECT abs(hashtext({k})) % {BUCKETS}, count(*), {hsum.format(h=h)} FROM {side.relation} GROUP BY 1")}
+            f"SELECT {bucket.format(k=k)}, count(*), sum({h}) FROM {side.relation} GROUP BY 1")}
 
     be, ba = buckets(expected, eh, ek), buckets(actual, ah, ak)
     differing = sorted(b for b in set(be) | set(ba) if be.get(b) != ba.get(b))
     rows = conn.execute(
-        f"WITH e AS (SELECT {ek} AS k, {eh} AS h FROM {expected.relation} WHERE abs(hashtext({ek})) %% {BUCKETS} = "
-        f"ANY(%(b)s)), a AS (SELECT {ak} AS k, {ah} AS h FROM {actual.relation} WHERE abs(hashtext({ak})) %% "
-        f"{BUCKETS} = ANY(%(b)s)) SELECT e.k, a.k FROM e FULL JOIN a ON e.k = a.k WHERE e.h IS DISTINCT FROM a.h",
+        f"WITH e AS (SELECT {ek} AS k, {eh} AS h, {ev} AS v FROM {expected.relation} "
+        f"WHERE {bucket.format(k=ek)} = ANY(%(b)s)), "
+        f"a AS (SELECT {ak} AS k, {ah} AS h, {av} AS v FROM {actual.relation} WHERE {bucket.format(k=ak)} = ANY(%(b)s)) "
+        "SELECT e.k, a.k, e.v, a.v FROM e FULL JOIN a ON e.k = a.k WHERE e.h IS DISTINCT FROM a.h",
         {"b": differing}).fetchall()
-    for ekey, akey in rows:
+    for ekey, akey, evals, avals in rows:
+        e_row = dict(zip(columns, evals)) if evals is not None else {}
+        a_row = dict(zip(columns, avals)) if avals is not None else {}
         if akey is None:
             result.missing += 1
             if len(result.samples_missing) < SAMPLES:
-                result.samples_missing.append(_row(conn, expected, columns, key, ek, ekey))
+                result.samples_missing.append(e_row)
         elif ekey is None:
             result.extra += 1
             if len(result.samples_extra) < SAMPLES:
-                result.samples_extra.append(_row(conn, actual, columns, key, ak, akey))
+                result.samples_extra.append(a_row)
         else:
             result.different += 1
             if len(result.samples_different) < SAMPLES:
-                e_row = _row(conn, expected, columns, key, ek, ekey)
-                a_row = _row(conn, actual, columns, key, ak, akey)
                 result.samples_different.append({
                     "key": {k: e_row[k] for k in key},
                     "columns": {c: {expected.label: e_row[c], actual.label: a_row[c]}
                                 for c in columns if e_row[c] != a_row[c]}})
     result.equal = result.rows_expected - result.missing - result.different
     return result
-
-
-def _row(conn: psycopg.Connection, side: Side, columns: list[str], key: list[str], kexpr: str,
-         kvalue: str) -> dict[str, str | None]:
-    """One row's normalised values (what the comparison saw)."""
-    exprs = ", ".join(_norm(c, side.types[c]) for c in columns)
-    row = conn.execute(f"SELECT {exprs} FROM {side.relation} WHERE {kexpr} = %s LIMIT 1", (kvalue,)).fetchone()
-    return dict(zip(columns, row)) if row else {}
 
 
 def render(results: list[TableComparison], expected: str, actual: str) -> list[str]:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import psycopg
 import pytest
@@ -19,6 +21,7 @@ import pytest
 from pgtape.embedded import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 _db_counter = itertools.count()
 
 
@@ -71,3 +74,33 @@ def capture_to_now(dsn: str, archive: Path, *args: str, tables: str | None = Non
     extra = ["--tables", tables] if tables else []
     return run_pgtape("capture", "--dsn", dsn, "--archive", str(archive), "--until-lsn", current_lsn(dsn),
                       *extra, *args, check=True)
+
+
+def spawn_pgtape(*args: str, log: Path) -> subprocess.Popen[bytes]:
+    """`pgtape ARGS` in the background, output to `log`; stop it with stop_process()."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGTAPE_")}
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "pgtape", *args], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, cwd=ROOT)
+
+
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_until(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.05) -> T:
+    """Poll `probe` until it returns something truthy; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)

@@ -16,13 +16,13 @@ import threading
 import time
 from decimal import Decimal
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Iterator
 
 import psycopg
 import pytest
 import zstandard
 
-from conftest import ROOT, capture_to_now, run_pgtape
+from conftest import ROOT, capture_to_now, run_pgtape, spawn_pgtape, stop_process, wait_until
 from pgtape.embedded import EmbeddedPostgres
 from pgtape.lsn import parse_lsn
 from pgtape.pg import connect
@@ -35,7 +35,6 @@ from snapshots.catalog import SnapshotRecord
 from snapshots.format import TableReader, table_file_name
 
 Row = dict[str, str | None]
-T = TypeVar("T")
 
 ACCOUNTS = "create table accounts (id int primary key, balance numeric(12,2) not null, note text)"
 INITIAL_ACCOUNTS = 200
@@ -53,32 +52,10 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PGTAPE_")}
 
 
-def _spawn(*args: str, log: Path) -> subprocess.Popen[bytes]:
-    """`pgtape ARGS` in the background; output goes to `log`."""
-    with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "pgtape", *args], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=_env(), cwd=ROOT)
 
 
-def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
-def _wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.02) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def _records(archive: Path) -> list[dict]:
@@ -257,7 +234,7 @@ def test_snapshot_is_exactly_the_state_at_its_as_of_lsn(dsn: str, tmp_path: Path
     run_pgtape("init", *common, check=True)
     # Flat out: commits every ~1 ms, so an as-of even one transaction off shows.
     work = AccountsWorkload(dsn, seed, set(range(1, INITIAL_ACCOUNTS + 1)), INITIAL_ACCOUNTS + 1, pause=0.0)
-    capture = _spawn("capture", *common, log=tmp_path / "capture.log")
+    capture = spawn_pgtape("capture", *common, log=tmp_path / "capture.log")
     try:
         work.start()
         time.sleep(1.0)
@@ -266,7 +243,7 @@ def test_snapshot_is_exactly_the_state_at_its_as_of_lsn(dsn: str, tmp_path: Path
         work.stop()
     finally:
         work.stopping.set()
-        _stop(capture)
+        stop_process(capture)
     assert capture.returncode == 0, (tmp_path / "capture.log").read_text()
     capture_to_now(dsn, archive, tables="public.accounts")
 
@@ -421,15 +398,15 @@ def test_kill_9_during_a_snapshot_is_recorded_as_interrupted(big: tuple[str, Pat
         assert proc.poll() is None, f"snapshot ended early: {(tmp_path / 'snap.log').read_text()}"
         return None
 
-    proc = _spawn("snapshot", *_big_args(big), log=tmp_path / "snap.log")
+    proc = spawn_pgtape("snapshot", *_big_args(big), log=tmp_path / "snap.log")
     try:
-        rec = _wait_for("the snapshot to start copying", copying, 30)
+        rec = wait_until("the snapshot to start copying", copying, 30)
         time.sleep(0.5)
         assert proc.poll() is None, "the snapshot completed within 0.5 s: the table is too small for this test"
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
-        _stop(proc, signal.SIGKILL)
+        stop_process(proc, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
 
     listed = {r["id"]: r for r in _records(big[1])}
@@ -557,8 +534,8 @@ def test_a_second_snapshot_is_refused_while_one_runs(dsn: str, tmp_path: Path) -
     try:
         blocker.execute("insert into other values (1)")
         before = {r.id for r in catalog.load_all(Archive(archive))}
-        first = _spawn("snapshot", *args, log=tmp_path / "first.log")
-        rec = _wait_for("the first snapshot to be running", lambda: [
+        first = spawn_pgtape("snapshot", *args, log=tmp_path / "first.log")
+        rec = wait_until("the first snapshot to be running", lambda: [
             r for r in catalog.load_all(Archive(archive)) if r.id not in before and r.status == catalog.RUNNING], 30)
         second = run_pgtape("snapshot", *args, timeout=30)
         assert first.poll() is None, "the first snapshot must still be running"
@@ -569,7 +546,7 @@ def test_a_second_snapshot_is_refused_while_one_runs(dsn: str, tmp_path: Path) -
     finally:
         blocker.close()
         if first is not None:
-            _stop(first)
+            stop_process(first)
     records = [r for r in _records(archive) if r["id"] not in before]
     assert [(r["id"], r["status"]) for r in records] == [(rec[0].id, "completed")], records
 
@@ -589,7 +566,7 @@ def test_capture_takes_scheduled_snapshots_and_keeps_confirming(dsn: str, tmp_pa
     # so "capture confirms while a snapshot runs" is observed, not left to timing.
     blocker = psycopg.connect(dsn)
     blocker.execute("insert into other values (1)")
-    capture = _spawn("capture", *args, log=tmp_path / "capture.log")
+    capture = spawn_pgtape("capture", *args, log=tmp_path / "capture.log")
     started = time.monotonic()
     try:
         work.start()
@@ -597,7 +574,7 @@ def test_capture_takes_scheduled_snapshots_and_keeps_confirming(dsn: str, tmp_pa
         def scheduled() -> list[SnapshotRecord]:
             assert capture.poll() is None, (tmp_path / "capture.log").read_text()
             return [r for r in catalog.load_all(Archive(archive)) if r.kind == "scheduled"]
-        rec = _wait_for("a scheduled snapshot", scheduled, 15)[0]
+        rec = wait_until("a scheduled snapshot", scheduled, 15)[0]
         assert rec.status == catalog.RUNNING
         lsn0 = _confirmed_flush(dsn, "pgtape")
         time.sleep(2.5)
@@ -605,7 +582,7 @@ def test_capture_takes_scheduled_snapshots_and_keeps_confirming(dsn: str, tmp_pa
         assert next(r for r in scheduled() if r.id == rec.id).status == catalog.RUNNING
         assert lsn1 > lsn0, "capture stopped confirming while a scheduled snapshot ran"
         blocker.commit()
-        done = _wait_for("the scheduled snapshot to complete", lambda: [
+        done = wait_until("the scheduled snapshot to complete", lambda: [
             r for r in scheduled() if r.id == rec.id and r.status != catalog.RUNNING], 20)[0]
         assert done.status == catalog.COMPLETED, done.error
         assert done.rows == {"public.accounts": len(_read_table(_snap_file(archive, done, "public.accounts"))[1])}
@@ -615,12 +592,12 @@ def test_capture_takes_scheduled_snapshots_and_keeps_confirming(dsn: str, tmp_pa
     finally:
         work.stopping.set()
         blocker.close()
-        _stop(capture)
+        stop_process(capture)
         # A scheduled snapshot capture started may outlive it ("it continues on its own"): wait for it.
         for r in catalog.load_all(Archive(archive)):
             if r.status == catalog.RUNNING:
                 try:
-                    _wait_for(f"scheduled snapshot {r.id}", lambda: r.pid and not _alive(r.pid), 30, 0.1)
+                    wait_until(f"scheduled snapshot {r.id}", lambda: r.pid and not _alive(r.pid), 30, 0.1)
                 except AssertionError:
                     os.kill(r.pid, signal.SIGKILL)
     assert capture.returncode == 0, (tmp_path / "capture.log").read_text()

@@ -13,62 +13,33 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, TypeVar
+
 
 import psycopg
 import pytest
 import zstandard
 
-from conftest import ROOT, capture_to_now, current_lsn, run_pgtape
+from conftest import capture_to_now, run_pgtape, spawn_pgtape, stop_process, wait_until
 from pgtape.tape.archive import Archive
 from pgtape.tape.frames import HEADER_SIZE, KIND_DATA, Frame, read_frame
 from snapshots import catalog
 from snapshots.format import table_file_name
 
-T = TypeVar("T")
 
 SEGMENT_CONF = '[capture]\nsegment_size = "8kB"\nfsync_interval = "10ms"\n'
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("PGTAPE_")}
 
 
-def _spawn(*args: str, log: Path) -> subprocess.Popen[bytes]:
-    """`pgtape ARGS` in the background; output goes to `log`."""
-    with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "pgtape", *args], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=_env(), cwd=ROOT)
 
 
-def _stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
-
-def _wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def _no_traceback(r: subprocess.CompletedProcess[str]) -> None:
@@ -392,12 +363,12 @@ def test_verify_live_during_a_workload_and_after_a_change_behind_its_back(dsn: s
         c.execute("create table accounts (id int primary key, balance numeric(12,2) not null, note text)")
         c.execute("insert into accounts select g, g * 1.25, 'initial ' || g from generate_series(1, 200) g")
     run_pgtape("init", *cli, check=True)
-    capture = _spawn("capture", *cli, log=tmp_path / "capture-1.log")
+    capture = spawn_pgtape("capture", *cli, log=tmp_path / "capture-1.log")
     writer = Writer(dsn, 1000)
     try:
-        _wait_for("capture to stream", lambda: _slot_active(dsn), 30)
+        wait_until("capture to stream", lambda: _slot_active(dsn), 30)
         writer.start()
-        _wait_for("the writer to commit", lambda: writer.transactions >= 50, 30)
+        wait_until("the writer to commit", lambda: writer.transactions >= 50, 30)
         before_verify = writer.transactions
         r = run_pgtape("verify", "--live", *cli, "--timeout", "30")
         during_verify = writer.transactions - before_verify
@@ -413,7 +384,7 @@ def test_verify_live_during_a_workload_and_after_a_change_behind_its_back(dsn: s
             assert c.execute("select slot_name from pg_replication_slots").fetchall() == [("pgtape",)]
 
         # A change capture never sees: made while it is stopped, then the slot is moved past it.
-        _stop(capture)
+        stop_process(capture)
         assert capture.returncode == 0, (tmp_path / "capture-1.log").read_text()
         r = run_pgtape("verify", "--live", *cli, "--timeout", "2")
         _no_traceback(r)
@@ -425,8 +396,8 @@ def test_verify_live_during_a_workload_and_after_a_change_behind_its_back(dsn: s
             before = c.execute("select balance::text from accounts where id = 77").fetchone()[0]  # type: ignore[index]
             c.execute("update accounts set balance = 123456.78 where id = 77")
             c.execute("select pg_replication_slot_advance('pgtape', pg_current_wal_lsn())")
-        capture = _spawn("capture", *cli, log=tmp_path / "capture-2.log")
-        _wait_for("capture to stream again", lambda: _slot_active(dsn), 30)
+        capture = spawn_pgtape("capture", *cli, log=tmp_path / "capture-2.log")
+        wait_until("capture to stream again", lambda: _slot_active(dsn), 30)
         r = run_pgtape("verify", "--live", *cli, "--timeout", "30", "--json")
         _no_traceback(r)
         assert r.returncode == 1, r.stdout + r.stderr
@@ -442,7 +413,7 @@ def test_verify_live_during_a_workload_and_after_a_change_behind_its_back(dsn: s
         assert f"  differs  id=77  balance: '123456.78' -> '{before.rstrip('0').rstrip('.')}'" in r.stdout, r.stdout
     finally:
         writer.stopping.set()
-        _stop(capture)
+        stop_process(capture)
 
 
 # -- 4. diff a replay to a mark against the recovery schema made from it -------------------------

@@ -242,6 +242,21 @@ def _decode_header(path: Path, frame: Frame) -> SegmentHeader:
 
 
 # -- reading ----------------------------------------------------------------------------------
+def scan_frame_headers(f: BinaryIO) -> Iterator[tuple[int, int, int, int]]:
+    """(offset, kind, flags, size on disk) of each whole frame, from headers only (no checksums).
+
+    Stops at the end of the file, at a frame that runs past it, or where no frame starts."""
+    size = os.fstat(f.fileno()).st_size
+    offset = 0
+    while offset + HEADER_SIZE <= size:
+        f.seek(offset)
+        magic, kind, flags, _, length, _, _ = HEADER.unpack(f.read(HEADER_SIZE))
+        if magic != MAGIC or offset + HEADER_SIZE + length > size:
+            return
+        yield offset, kind, flags, HEADER_SIZE + length
+        offset += HEADER_SIZE + length
+
+
 def last_boundary(path: Path) -> int:
     """End offset of the last whole boundary frame of an open segment, from frame headers only.
 
@@ -249,16 +264,9 @@ def last_boundary(path: Path) -> int:
     by the reader, up to this offset."""
     end = 0
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        offset = 0
-        while offset + HEADER_SIZE <= size:
-            f.seek(offset)
-            magic, _, flags, _, length, _, _ = HEADER.unpack(f.read(HEADER_SIZE))
-            if magic != MAGIC or offset + HEADER_SIZE + length > size:
-                break
-            offset += HEADER_SIZE + length
+        for offset, _, flags, size in scan_frame_headers(f):
             if flags & FLAG_BOUNDARY:
-                end = offset
+                end = offset + size
     return end
 
 
@@ -328,18 +336,14 @@ class SegmentReader:
 def read_footer(path: Path) -> SegmentFooter:
     """A sealed segment's footer, found from frame headers alone (no checksum pass: see verify)."""
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        offset, last = 0, None
-        while offset + HEADER_SIZE <= size:
-            f.seek(offset)
-            magic, kind, _, _, length, _, _ = HEADER.unpack(f.read(HEADER_SIZE))
-            if magic != MAGIC:
-                raise SegmentError(path, offset, "no frame starts here (bad magic)")
-            last = (offset, kind)
-            offset += HEADER_SIZE + length
-        if last is None or last[1] != KIND_FOOTER or offset != size:
-            raise SegmentError(path, offset, "sealed segment has no footer (truncated?)")
-        frame = read_frame(f, last[0], zstandard.ZstdDecompressor()) if f.seek(last[0]) is not None else None
+        last, end = None, 0
+        for offset, kind, _, size in scan_frame_headers(f):
+            last, end = (offset, kind), offset + size
+        if last is None or last[1] != KIND_FOOTER or end != os.fstat(f.fileno()).st_size:
+            raise SegmentError(path, end, "sealed segment has no footer (truncated or damaged)")
+        frame = _frame_or_none(f, last[0], zstandard.ZstdDecompressor())
+        if frame is None:
+            raise SegmentError(path, last[0], "damaged footer frame")
     assert frame is not None
     return _footer_decoder.decode(frame.payload)
 
@@ -360,18 +364,9 @@ def open_segment_end(path: Path, start_lsn: int) -> SegmentStats:
 
     Cheaper than open_segment_stats (no counts); the time may be a little conservative, as
     commit timestamps are not strictly monotonic."""
-    frames: list[tuple[int, int]] = []  # (offset, size) of boundary data frames
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        offset = 0
-        while offset + HEADER_SIZE <= size:
-            f.seek(offset)
-            magic, kind, flags, _, length, _, _ = HEADER.unpack(f.read(HEADER_SIZE))
-            if magic != MAGIC or offset + HEADER_SIZE + length > size:
-                break
-            if kind == KIND_DATA and flags & FLAG_BOUNDARY:
-                frames.append((offset, HEADER_SIZE + length))
-            offset += HEADER_SIZE + length
+        frames = [(o, size) for o, kind, flags, size in scan_frame_headers(f)
+                  if kind == KIND_DATA and flags & FLAG_BOUNDARY]
         dec = zstandard.ZstdDecompressor()
         end, complete = start_lsn, None
         for frame_offset, _ in reversed(frames):
