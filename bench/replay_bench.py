@@ -1,0 +1,630 @@
+"""`pgtape replay --target-time` against PostgreSQL's own point-in-time recovery, from the same base.
+
+    python -m bench.replay_bench              # >= 1,000,000 captured row changes (about 6-8 minutes)
+    python -m bench.replay_bench --quick      # >= 50,000 (well under a minute)
+    python -m bench.replay_bench --profile    # also cProfile one more pgtape replay (not timed)
+
+One throwaway pgtape.embedded.EmbeddedPostgres with wal_level=logical, archive_mode=on and an
+archive_command copying every WAL segment into a directory (always stopped, with everything else
+this starts):
+  1. the Temba schema, `pgtape init` (the initial base: the tables are empty), `pgtape capture`
+     in the background;
+  2. `pg_basebackup -X none -c fast` right after, before any traffic: both methods start from a
+     base of the same state;
+  3. the Temba workload (`run_workload`, flat out, `--workers` connections with different seeds)
+     until the target number of row changes; then every worker pauses between two transactions
+     and the target time T is read from the server clock (`clock_timestamp()`); a little more
+     traffic runs (`--after`, 3 % of the changes by default), so T lies inside the tape and the
+     WAL; then the bench waits until the tape is durable past the server's final WAL position
+     (`pgtape status --json`), stops capture (SIGTERM), forces a WAL switch and waits until the
+     archiver has archived that segment;
+  4. ours: `pgtape replay --target-time T --schema bench_recovered --json` into the same cluster,
+     wall time spawn to exit, CPU and peak RSS of that process (os.wait4);
+  5. native: the base backup copied to a new data directory (not timed), recovery.signal and
+     restore_command (cp from the archive), recovery_target_time = T, recovery_target_action =
+     promote, another port; timed from `pg_ctl start` until `SELECT pg_is_in_recovery()` returns
+     false (polled every 10 ms), then stopped;
+  6. both results compared: md5 of `COPY (SELECT * FROM t ORDER BY id) TO STDOUT` per table, with
+     the same session settings, bench_recovered.t on the cluster vs public.t on the recovered one.
+It prints a table and writes JSON to bench/out/ (replay-<mode>-<stamp>.json, replay-latest-<mode>.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import pstats
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timezone
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from examples.temba.workload import WorkloadStats, apply_schema, bulk_load, run_workload
+from pgtape.embedded import EmbeddedPostgres, free_port
+from pgtape.lsn import format_lsn, parse_lsn
+from pgtape.pg import PINNED_SETTINGS
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT_DIR = ROOT / "bench" / "out"
+TABLES = ("public.payments", "public.orders", "public.tickets")
+DBNAME = "temba"
+SCHEMA = "bench_recovered"
+TARGET_RATIO = 1.5  # ours / native wall time: at most (aim: 1.0)
+SESSION_OPTIONS = " ".join(f"-c {k}={v}" for k, v in PINNED_SETTINGS.items())
+
+
+@dataclass(frozen=True)
+class Sizes:
+    name: str
+    changes: int  # row changes before the target time
+    after: float  # more traffic after it, as a fraction of `changes`
+    timeout: float  # per measured process
+
+
+FULL = Sizes("full", changes=1_000_000, after=0.03, timeout=900)
+QUICK = Sizes("quick", changes=50_000, after=0.05, timeout=300)
+
+
+def log(msg: str) -> None:
+    print(f"replay_bench: {msg}", file=sys.stderr, flush=True)
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("PGTAPE_")}
+
+
+# -- processes --------------------------------------------------------------------------------
+@dataclass
+class Timed:
+    wall: float
+    user: float
+    sys: float
+    max_rss: int  # bytes
+    stdout: str
+    stderr: str
+
+    @property
+    def cpu(self) -> float:
+        return self.user + self.sys
+
+
+def timed(cmd: list[str], *, timeout: float, what: str) -> Timed:
+    """Run cmd to its end; wall time spawn to exit, and that one process's own rusage (os.wait4,
+    like getrusage(RUSAGE_CHILDREN) but for this child only)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=_env(), cwd=ROOT)
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            _, status, ru = os.wait4(proc.pid, 0)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            timer.cancel()
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} exited {proc.returncode}: {stderr.strip()[-3000:]}")
+    return Timed(wall, ru.ru_utime, ru.ru_stime, ru.ru_maxrss * 1024, stdout, stderr)
+
+
+class Background:
+    """A long-running child (pgtape capture) logging to files; stopped with SIGTERM, killed if stuck."""
+
+    def __init__(self, cmd: list[str], log_dir: Path, name: str) -> None:
+        self.out = log_dir / f"{name}.stdout"
+        self.err = log_dir / f"{name}.stderr"
+        with open(self.out, "wb") as o, open(self.err, "wb") as e:
+            self.proc = subprocess.Popen(cmd, stdout=o, stderr=e, stdin=subprocess.DEVNULL, env=_env(), cwd=ROOT)
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"capture exited {self.proc.returncode}: {self.err.read_text()[-3000:]}")
+
+    def stop(self, timeout: float = 120) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+# -- workload with a target time between two transactions ------------------------------------
+class _Stop(Exception):
+    pass
+
+
+class Traffic:
+    """`workers` run_workload threads (seeds 1..n). When `changes` row changes are committed, every
+    worker waits at a barrier between two of its transactions, T is read from the server clock,
+    and they go on until `changes * (1 + after)`."""
+
+    def __init__(self, dsn: str, workers: int, changes: int, after: float) -> None:
+        self.dsn, self.workers, self.changes = dsn, workers, changes
+        self.stop_at = changes + max(1, int(changes * after))
+        self.lock = threading.Lock()
+        self.total = 0
+        self.pause = threading.Event()
+        self.abort = threading.Event()  # set when the bench is interrupted: workers stop after their transaction
+        self.barrier = threading.Barrier(workers, action=self._take_target)
+        self.target: dict[str, Any] | None = None
+        self.stats: list[WorkloadStats | None] = [None] * workers
+        self.errors: list[BaseException] = []
+        self.started = self.ended = 0.0
+
+    def _take_target(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True, options=SESSION_OPTIONS) as c:
+            time.sleep(0.005)  # commit timestamps have µs resolution: keep clear of the last one
+            row = c.execute("select clock_timestamp(), pg_current_wal_lsn()::text").fetchone()
+            assert row is not None
+            time.sleep(0.005)
+        t = row[0].astimezone(timezone.utc)
+        self.target = {"time": t.isoformat(), "wal_lsn": row[1], "row_changes_before": self.total,
+                       "seconds_into_workload": round(time.monotonic() - self.started, 2)}
+
+    def _worker(self, i: int) -> None:
+        last = 0
+        paused = False
+
+        def progress(s: WorkloadStats) -> None:
+            nonlocal last, paused
+            self.stats[i] = s
+            with self.lock:
+                self.total += s.row_changes - last
+                last = s.row_changes
+                if self.total >= self.changes:
+                    self.pause.set()
+                total = self.total
+            if self.pause.is_set() and not paused:
+                paused = True
+                self.barrier.wait(timeout=120)
+            if (total >= self.stop_at and paused) or self.abort.is_set():
+                raise _Stop
+
+        try:
+            run_workload(self.dsn, rate=None, duration=3600, transactions=None, seed=i + 1, progress=progress)
+        except _Stop:
+            pass
+        except BaseException as e:  # noqa: BLE001 - reported by run()
+            if not self.abort.is_set():
+                self.errors.append(e)
+            self.barrier.abort()
+
+    def run(self, capture: Background) -> None:
+        self.started = time.monotonic()
+        threads = [threading.Thread(target=self._worker, args=(i,), name=f"temba-{i}", daemon=True)
+                   for i in range(self.workers)]
+        for t in threads:
+            t.start()
+        next_log = time.monotonic() + 15
+        try:
+            while any(t.is_alive() for t in threads):
+                for t in threads:
+                    t.join(0.5)
+                if time.monotonic() >= next_log:
+                    next_log += 15
+                    el = time.monotonic() - self.started
+                    log(f"workload: {self.total:,} row changes in {el:.0f}s ({self.total / el:,.0f}/s)")
+                capture.check_alive()
+        finally:
+            self.abort.set()
+            self.barrier.abort()
+            for t in threads:
+                t.join(30)
+        self.ended = time.monotonic()
+        if self.errors:
+            raise RuntimeError(f"workload failed: {self.errors[0]!r}")
+        if self.target is None:
+            raise RuntimeError("the workload ended without a target time")
+
+    def summary(self) -> dict[str, Any]:
+        stats = [s for s in self.stats if s is not None]
+        tx = sum(s.transactions for s in stats)
+        rc = sum(s.row_changes for s in stats)
+        el = self.ended - self.started
+        return {"workers": self.workers, "transactions": tx, "row_changes": rc,
+                "inserts": sum(s.inserts for s in stats), "updates": sum(s.updates for s in stats),
+                "deletes": sum(s.deletes for s in stats), "large_receipts": sum(s.large_receipts for s in stats),
+                "seconds": round(el, 2), "row_changes_per_s": round(rc / el) if el else None}
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def _chown_tree(path: Path, user: str) -> None:
+    pw = pwd.getpwnam(user)
+    os.chown(path, pw.pw_uid, pw.pw_gid)
+    for dirpath, dirnames, filenames in os.walk(path):
+        for n in dirnames + filenames:
+            os.chown(os.path.join(dirpath, n), pw.pw_uid, pw.pw_gid, follow_symlinks=False)
+
+
+def _as_pg(pg: EmbeddedPostgres, *cmd: str) -> list[str]:
+    """A server binary, run as the server's user when we are root."""
+    full = [str(pg.bindir / cmd[0]), *cmd[1:]]
+    return ["runuser", "-u", "postgres", "--", *full] if os.geteuid() == 0 else full
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def table_md5(dsn: str, schema: str) -> dict[str, dict[str, Any]]:
+    """Per table: rows and md5 of its COPY text, ordered by primary key, canonical settings."""
+    out: dict[str, dict[str, Any]] = {}
+    with psycopg.connect(dsn, autocommit=True, options=SESSION_OPTIONS) as c:
+        for t in TABLES:
+            name = t.split(".")[1]
+            h = hashlib.md5()
+            rows = 0
+            with c.cursor().copy(f'COPY (SELECT * FROM "{schema}"."{name}" ORDER BY id) TO STDOUT') as cp:
+                for block in cp:
+                    h.update(block)
+                    rows += bytes(block).count(b"\n")
+            out[name] = {"rows": rows, "md5": h.hexdigest()}
+    return out
+
+
+def wait_until_durable(pgtape: list[str], common: list[str], wal_lsn: int, capture: Background,
+                       timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        capture.check_alive()
+        st = json.loads(timed([*pgtape, "status", *common, "--json"], timeout=60, what="pgtape status").stdout)
+        if parse_lsn(st["end_lsn"]) >= wal_lsn:
+            return st
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"capture not durable past {format_lsn(wal_lsn)} after {timeout}s: {st}")
+        time.sleep(0.5)
+
+
+def wait_archived(pg: EmbeddedPostgres, dsn: str, archive_dir: Path, timeout: float = 120) -> str:
+    """Force a WAL switch; wait until the archiver has archived the segment it completes."""
+    with psycopg.connect(dsn, autocommit=True) as c:
+        row = c.execute("select pg_walfile_name(pg_switch_wal())").fetchone()
+        assert row is not None
+        segment = row[0]
+        deadline = time.monotonic() + timeout
+        while True:
+            row = c.execute("select last_archived_wal, failed_count, last_failed_wal from pg_stat_archiver").fetchone()
+            assert row is not None
+            if row[0] is not None and row[0] >= segment and (archive_dir / segment).exists():
+                return segment
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"WAL segment {segment} not archived after {timeout}s (pg_stat_archiver {row})")
+            time.sleep(0.1)
+
+
+# -- the two recoveries -----------------------------------------------------------------------
+def run_ours(pgtape: list[str], common: list[str], dsn: str, target: str, timeout: float) -> dict[str, Any]:
+    with psycopg.connect(dsn, autocommit=True) as c:  # not timed: a fresh, absent schema each run
+        c.execute(f"drop schema if exists {SCHEMA} cascade")
+        c.execute("checkpoint")
+    r = timed([*pgtape, "replay", *common, "--target-time", target, "--schema", SCHEMA, "--json"],
+              timeout=timeout, what="pgtape replay")
+    summary = json.loads(r.stdout)
+    return {"wall": r.wall, "user": r.user, "sys": r.sys, "cpu": r.cpu, "max_rss": r.max_rss,
+            "transactions": summary["transactions"], "changes": summary["changes"],
+            "changes_per_s": summary["changes"] / r.wall, "rows": summary["rows"],
+            "resolved_lsn": summary["resolved_lsn"], "resolved_commit_time": summary["resolved_commit_time"],
+            "base": summary["base"]}
+
+
+_STOP_RE = re.compile(r"recovery stopping before commit of transaction (\d+), time (.+)")
+_LAST_RE = re.compile(r"last completed transaction was at log time (.+)")
+
+
+def run_native(pg: EmbeddedPostgres, work: Path, base: Path, archive_dir: Path, target: str, run: int,
+               timeout: float) -> dict[str, Any]:
+    """Copy the base backup, configure recovery to T, start, time until promoted. Returns the
+    timings and the md5 of the three tables, and always stops the server."""
+    root = work / f"pitr-{run}"
+    data, sock, logfile = root / "data", root / "sock", root / "server.log"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir()
+    sock.mkdir()
+    started = time.perf_counter()
+    shutil.copytree(base, data, symlinks=True)
+    copy_s = time.perf_counter() - started
+    port = free_port()
+    (data / "recovery.signal").write_text("")
+    with open(data / "postgresql.auto.conf", "a") as f:
+        f.write(f"port = {port}\n"
+                f"unix_socket_directories = '{sock}'\n"
+                "archive_mode = off\n"
+                f"restore_command = 'cp {archive_dir}/%f %p'\n"
+                f"recovery_target_time = '{target}'\n"
+                "recovery_target_action = 'promote'\n")
+    logfile.touch()
+    if os.geteuid() == 0:
+        _chown_tree(root, "postgres")
+    os.chmod(data, 0o700)
+    dsn = f"host=127.0.0.1 port={port} dbname={DBNAME} user=postgres"
+    try:
+        start = time.perf_counter()
+        r = subprocess.run(_as_pg(pg, "pg_ctl", "-D", str(data), "-l", str(logfile), "-W", "start"),
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"pg_ctl start failed: {r.stderr} {logfile.read_text()[-3000:]}")
+        connected_at = None
+        promoted = None
+        deadline = start + timeout
+        conn = None
+        while promoted is None:
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"recovery not finished after {timeout}s: {logfile.read_text()[-3000:]}")
+            try:
+                if conn is None:
+                    conn = psycopg.connect(dsn, autocommit=True, connect_timeout=5)
+                    connected_at = time.perf_counter()
+                row = conn.execute("select pg_is_in_recovery()").fetchone()
+                if row is not None and row[0] is False:
+                    promoted = time.perf_counter()
+                    break
+            except psycopg.OperationalError:
+                if conn is not None:
+                    conn.close()
+                    conn = None
+            if time.perf_counter() - start > 2 and not (data / "postmaster.pid").exists():
+                raise RuntimeError(f"the recovering server exited: {logfile.read_text()[-3000:]}")
+            time.sleep(0.01)
+        if conn is not None:
+            conn.close()
+        wall = promoted - start
+        text = logfile.read_text(errors="replace")
+        stop = _STOP_RE.search(text)
+        last = _LAST_RE.search(text)
+        restored = len(re.findall(r'restored log file "', text))
+        log(f"native PITR run {run + 1}: promoted after {wall:.2f}s ({restored} WAL segments restored)")
+        md5 = table_md5(dsn, "public")
+        return {"wall": wall, "copy_base_seconds": copy_s,
+                "until_connectable": (connected_at - start) if connected_at else None,
+                "stopped_before_xid": int(stop.group(1)) if stop else None,
+                "stopped_before_commit_time": stop.group(2).strip() if stop else None,
+                "last_completed_commit_time": last.group(1).strip() if last else None,
+                "wal_segments_restored": restored, "tables": md5}
+    finally:
+        subprocess.run(_as_pg(pg, "pg_ctl", "-D", str(data), "-m", "immediate", "-w", "-t", "60", "stop"),
+                       capture_output=True, text=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def profile_replay(pgtape: list[str], common: list[str], dsn: str, target: str, work: Path,
+                   timeout: float) -> list[str]:
+    """cProfile one more replay (into another schema, dropped after); the top functions by self time
+    and the two phases (reading/folding the tape, loading the schema) by cumulative time."""
+    prof = work / "replay.prof"
+    schema = SCHEMA + "_profile"
+    try:
+        timed([sys.executable, "-m", "cProfile", "-o", str(prof), *pgtape[1:], "replay", *common, "--target-time",
+               target, "--schema", schema, "--force"], timeout=timeout * 3, what="cProfile pgtape replay")
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute(f"drop schema if exists {schema} cascade")
+    stats = pstats.Stats(str(prof))
+    total_tt = stats.total_tt  # type: ignore[attr-defined]
+    raw = stats.stats  # type: ignore[attr-defined]
+    lines = [f"total {total_tt:.2f}s (under cProfile)", "phases (cumulative):"]
+    for (file, line, fn), (_, ncalls, tt, ct, _) in raw.items():
+        if (fn == "prepare" and file.endswith("replay/engine.py")) or \
+                (fn == "to_schema" and file.endswith("replay/sinks.py")) or \
+                (fn == "_load" and file.endswith("replay/sinks.py")) or \
+                (fn == "rows" and file.endswith("replay/fold.py")):
+            lines.append(f"  {ct:7.2f}s cum {100 * ct / total_tt:5.1f}%  {ncalls:>9} calls  {Path(file).name}:{line}({fn})")
+    lines.append("top by self time:")
+    top = sorted(raw.items(), key=lambda kv: kv[1][2], reverse=True)[:18]
+    for (file, line, fn), (_, ncalls, tt, ct, _) in top:
+        where = f"{Path(file).name}:{line}({fn})" if line else fn
+        lines.append(f"  {tt:7.2f}s self {100 * tt / total_tt:5.1f}%  {ct:7.2f}s cum  {ncalls:>9} calls  {where}")
+    return lines
+
+
+# -- the benchmark ----------------------------------------------------------------------------
+def run_bench(sizes: Sizes, workers: int, runs: int, profile: bool, base_orders: int, work: Path) -> dict[str, Any]:
+    t0 = time.monotonic()
+    archive_dir = work / "wal_archive"
+    archive_dir.mkdir()
+    logs = work / "logs"
+    logs.mkdir()
+    if os.geteuid() == 0:
+        _chown_tree(archive_dir, "postgres")
+    settings = {"wal_level": "logical", "archive_mode": "on",
+                "archive_command": f"'cp %p {archive_dir}/%f'"}
+    result: dict[str, Any] = {"mode": sizes.name, "started_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                              "loadavg_at_start": os.getloadavg()}
+    capture: Background | None = None
+    with EmbeddedPostgres(base_dir=work / "primary", settings=settings) as pg:
+        result["server_settings"] = pg.settings
+        with psycopg.connect(pg.dsn(), autocommit=True) as c:
+            c.execute(f"create database {DBNAME}")
+            result["postgresql"] = c.execute("show server_version").fetchone()[0]  # type: ignore[index]
+        dsn = pg.dsn(DBNAME)
+        tape = work / "tape"
+        common = ["--dsn", dsn, "--archive", str(tape), "--tables", ",".join(TABLES)]
+        pgtape = [sys.executable, "-m", "pgtape"]
+        try:
+            # 1. schema, initial base, capture
+            with psycopg.connect(dsn, autocommit=True) as c:
+                apply_schema(c)
+                if base_orders:
+                    bulk_load(c, base_orders, seed=1000)
+                    c.execute("vacuum analyze")
+            init = json.loads(timed([*pgtape, "init", *common, "--json"], timeout=600, what="pgtape init").stdout)
+            snaps = json.loads(timed([*pgtape, "snapshots", *common, "--json"], timeout=60,
+                                     what="pgtape snapshots").stdout)
+            base_snap = next(s for s in snaps if s["id"] == init["base"])
+            capture = Background([*pgtape, "capture", *common], logs, "capture")
+            # 2. the native base, at the same state (no traffic in between)
+            basebackup = work / "basebackup"
+            bb_start = time.time()
+            r = subprocess.run(_as_pg(pg, "pg_basebackup", "-d", pg.dsn(), "-D", str(basebackup), "-X", "none",
+                                      "-c", "fast", "--no-sync"), capture_output=True, text=True)
+            if r.returncode != 0:
+                raise RuntimeError(f"pg_basebackup failed: {r.stderr}")
+            label = (basebackup / "backup_label").read_text()
+            result["bases"] = {
+                "pgtape": {"id": base_snap["id"], "as_of_lsn": base_snap["as_of_lsn"],
+                           "as_of_time": base_snap["as_of_time"], "rows": base_snap["rows"]},
+                "pg_basebackup": {"started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(bb_start)) + "Z",
+                                  "seconds": round(time.time() - bb_start, 2), "bytes": _dir_size(basebackup),
+                                  "label": dict(line.split(": ", 1) for line in label.splitlines() if ": " in line)},
+            }
+            log(f"bases: pgtape {base_snap['id']} as of {base_snap['as_of_time']}; pg_basebackup "
+                f"{result['bases']['pg_basebackup']['label'].get('START WAL LOCATION')}")
+            # 3. traffic, target time in it, more traffic; everything durable and archived
+            traffic = Traffic(dsn, workers, sizes.changes, sizes.after)
+            traffic.run(capture)
+            assert traffic.target is not None
+            target = traffic.target["time"]
+            result["workload"] = traffic.summary()
+            result["target"] = traffic.target
+            log(f"workload: {result['workload']}; target time {target}")
+            with psycopg.connect(dsn, autocommit=True) as c:
+                end_lsn = parse_lsn(c.execute("select pg_current_wal_lsn()::text").fetchone()[0])  # type: ignore[index]
+            waited = time.monotonic()
+            status = wait_until_durable(pgtape, common, end_lsn, capture, timeout=sizes.timeout)
+            result["capture_catch_up_seconds"] = round(time.monotonic() - waited, 2)
+            capture.stop()
+            capture_rc = capture.proc.returncode
+            capture = None
+            if capture_rc != 0:
+                raise RuntimeError(f"capture exited {capture_rc}")
+            segment = wait_archived(pg, dsn, archive_dir)
+            result["tape"] = {k: status[k] for k in ("end_lsn", "segments", "bytes", "transactions", "changes")}
+            result["wal"] = {"end_lsn": format_lsn(end_lsn), "last_segment": segment,
+                             "archived_segments": len([p for p in archive_dir.iterdir() if p.name[:8].isalnum()
+                                                       and len(p.name) == 24]),
+                             "archive_bytes": _dir_size(archive_dir)}
+            log(f"tape {status['changes']:,} changes, {status['bytes'] / 2**20:.1f} MiB; "
+                f"WAL {result['wal']['archive_bytes'] / 2**20:.0f} MiB archived up to {segment}")
+
+            # 4./5. alternate: ours, native (each `runs` times)
+            ours_runs: list[dict[str, Any]] = []
+            native_runs: list[dict[str, Any]] = []
+            for i in range(runs):
+                o = run_ours(pgtape, common, dsn, target, sizes.timeout)
+                log(f"pgtape replay run {i + 1}: {o['wall']:.2f}s, {o['changes']:,} changes "
+                    f"({o['changes_per_s']:,.0f}/s), peak RSS {o['max_rss'] / 2**20:.0f} MiB")
+                ours_runs.append(o)
+                native_runs.append(run_native(pg, work, basebackup, archive_dir, target, i, sizes.timeout))
+            # 6. equality (the last replay is still in bench_recovered)
+            ours_md5 = table_md5(dsn, SCHEMA)
+            native_md5 = native_runs[-1]["tables"]
+            equal = ours_md5 == native_md5 and all(n["tables"] == native_md5 for n in native_runs)
+            result["compare"] = {"equal": equal, "pgtape": ours_md5, "native": native_md5}
+            log(f"results {'EQUAL' if equal else 'DIFFER'}: {ours_md5} vs {native_md5}")
+            if profile:
+                result["profile"] = profile_replay(pgtape, common, dsn, target, work, sizes.timeout)
+            result["ours_runs"] = ours_runs
+            result["native_runs"] = native_runs
+        finally:
+            if capture is not None:
+                capture.stop()
+    best_o = min(ours_runs, key=lambda r: r["wall"])
+    best_n = min(native_runs, key=lambda r: r["wall"])
+    result.update(ours=best_o, native=best_n, ratio=best_o["wall"] / best_n["wall"], target_ratio=TARGET_RATIO,
+                  runs=runs, loadavg_at_end=os.getloadavg(), seconds=round(time.monotonic() - t0, 1),
+                  machine=f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    return result
+
+
+def table(res: dict[str, Any]) -> str:
+    o, n = res["ours"], res["native"]
+    mib = 1 << 20
+    w = res["workload"]
+    lines = [
+        f"{res['mode']} run: {w['row_changes']:,} row changes by {w['transactions']:,} Temba transactions "
+        f"({w['workers']} connections, {w['row_changes_per_s']:,}/s, {w['seconds']}s); target "
+        f"{res['target']['time']} after {res['target']['row_changes_before']:,} of them; "
+        f"tape {res['tape']['bytes'] / mib:.1f} MiB, WAL archived {res['wal']['archive_bytes'] / mib:.0f} MiB "
+        f"({res['wal']['archived_segments']} segments); PostgreSQL {res['postgresql']}; {res['machine']}; "
+        f"best of {res['runs']} interleaved run(s); load average {res['loadavg_at_start'][0]:.1f} at start, "
+        f"{res['loadavg_at_end'][0]:.1f} at end.",
+        "",
+        "| | pgtape replay (3 tables) | PostgreSQL PITR (whole cluster) | ours / native |",
+        "|---|---:|---:|---:|",
+        f"| wall time to recovered | {o['wall']:.2f} s | {n['wall']:.2f} s | **{res['ratio']:.2f}** |",
+        f"| changes replayed | {o['changes']:,} in {o['transactions']:,} transactions | "
+        f"WAL from {res['bases']['pg_basebackup']['label'].get('START WAL LOCATION', '?').split(' ')[0]}, "
+        f"{n['wal_segments_restored']} segments restored | |",
+        f"| changes / s | {o['changes_per_s']:,.0f} | {o['changes'] / n['wall']:,.0f} (same changes / its time) | |",
+        f"| process CPU (user+sys) | {o['cpu']:.2f} s | (server processes, not measured) | |",
+        f"| peak RSS | {o['max_rss'] / mib:.0f} MiB | (server: shared_buffers {res['server_settings']['shared_buffers']}) | |",
+        f"| last transaction applied (commit time) | {o['resolved_commit_time']} | {n['last_completed_commit_time']} | |",
+        f"| result, md5 per table | {'**equal**' if res['compare']['equal'] else '**DIFFERENT**'}: "
+        + ", ".join(f"{t} {v['rows']:,} rows" for t, v in res["compare"]["pgtape"].items()) + " | | |",
+        "",
+        "All runs (wall s): " + ", ".join(f"ours {a['wall']:.2f} / native {b['wall']:.2f}"
+                                         for a, b in zip(res["ours_runs"], res["native_runs"]))
+        + f"; native base copy (not timed) {n['copy_base_seconds']:.2f}s; capture catch-up after the "
+          f"workload {res['capture_catch_up_seconds']}s.",
+        f"Target ours/native <= {res['target_ratio']}: **{'met' if res['ratio'] <= res['target_ratio'] else 'MISSED'}**.",
+    ]
+    if res.get("profile"):
+        lines += ["", "cProfile of one more `pgtape replay` (same target):", "", "```", *res["profile"], "```"]
+    return "\n".join(lines)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(f"replay_bench: signal {signum}, stopping")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.replay_bench", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help=f"{QUICK.changes:,} row changes instead of {FULL.changes:,}")
+    p.add_argument("--changes", type=int, help="row changes before the target time")
+    p.add_argument("--workers", type=int, default=2, help="workload connections (default 2)")
+    p.add_argument("--runs", type=int, default=2, help="interleaved runs of each recovery, the best counts (default 2)")
+    p.add_argument("--base-orders", type=int, default=0,
+                   help="bulk-load this many orders before the base (default 0: the base is the empty schema)")
+    p.add_argument("--profile", action="store_true", help="also cProfile one more pgtape replay (not timed)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (for inspection)")
+    args = p.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    if args.changes:
+        sizes = Sizes(sizes.name, args.changes, sizes.after, sizes.timeout)
+    runs = max(1, args.runs)
+    signal.signal(signal.SIGTERM, _terminate)  # run the finally blocks: stop capture and the servers
+    work = Path(tempfile.mkdtemp(prefix="pgtape-replaybench-"))
+    os.chmod(work, 0o755)
+    if os.geteuid() == 0:
+        _chown_tree(work, "postgres")  # the servers run as postgres and must reach their directories
+    try:
+        res = run_bench(sizes, args.workers, runs, args.profile, args.base_orders, work)
+    finally:
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    text = json.dumps(res, indent=2, default=str)
+    (OUT_DIR / f"replay-{res['mode']}-{stamp}.json").write_text(text)
+    (OUT_DIR / f"replay-latest-{res['mode']}.json").write_text(text)
+    print(table(res))
+    return 0 if res["compare"]["equal"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
