@@ -14,6 +14,9 @@ demo: setup
 
 bench: setup
 	$(PY) -m bench.run
+	$(PY) -m bench.snapshot_bench
+	$(PY) -m bench.replay_bench
+	$(PY) -m bench.diff_bench
 
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache .demo bench/out
