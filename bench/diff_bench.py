@@ -177,57 +177,6 @@ def profile_compare(dsn: str, explain: bool) -> dict:
                        "equal": result.equal}}
 
 
-def time_variants(dsn: str, runs: int) -> dict:
-    """Alternatives to compare()'s statements, on the same tables (run with the 10 differences in
-    place): the same normalised row text, hashed with hashtextextended() instead of md5 -> hex ->
-    bit(60); buckets without the full-width sort; one full join on the primary key instead of
-    buckets + join. Best of `runs`; results are checked against each other."""
-    from pgtape.pg import connect
-    from replay.compare import BUCKETS, Side, _exprs, column_types
-
-    def best(conn: psycopg.Connection, sql: str) -> tuple[float, list[tuple]]:
-        times, rows = [], []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            rows = conn.execute(sql).fetchall()
-            times.append(time.perf_counter() - t0)
-        return round(min(times), 3), rows
-
-    out: dict[str, Any] = {}
-    with connect(dsn, autocommit=True, application_name="diff_bench variants") as conn:
-        sides = [Side(n, n, column_types(conn, n)) for n in ("public.t", "copy.t")]
-        columns = list(sides[0].types)
-        exprs = [_exprs(s, columns, ["id"]) for s in sides]  # (row md5, key text) per side
-        fast = [f"hashtextextended({h[len('md5('):-1]}, 0)" for h, _ in exprs]
-        md5sum = [f"sum(('x' || substr({h}, 1, 15))::bit(60)::bigint)" for h, _ in exprs]
-        for name, sqls in {
-            "totals, current (md5 -> bit(60))": [f"SELECT count(*), {m} FROM {s.relation}"
-                                                  for m, s in zip(md5sum, sides)],
-            "totals, hashtextextended": [f"SELECT count(*), sum({f}) FROM {s.relation}" for f, s in zip(fast, sides)],
-            "buckets, current": [f"SELECT abs(hashtext({k})) % {BUCKETS}, count(*), {m} FROM {s.relation} GROUP BY 1"
-                                 for (_, k), m, s in zip(exprs, md5sum, sides)],
-            "buckets, hashtext & 255 + hashtextextended": [
-                f"SELECT hashtext({k}) & {BUCKETS - 1}, count(*), sum({f}) FROM {s.relation} GROUP BY 1"
-                for (_, k), f, s in zip(exprs, fast, sides)],
-        }.items():
-            seconds, results = 0.0, []
-            for sql in sqls:
-                sec, rows = best(conn, sql)
-                seconds += sec
-                results.append(sorted(rows))
-            differing = len(set(results[0]) ^ set(results[1])) // 2 if name.startswith("buckets") else None
-            out[name] = {"seconds_both_sides": round(seconds, 3), "sides_differ": results[0] != results[1],
-                         "differing_buckets": differing, "sql_side_1": sqls[0]}
-        join = (f"SELECT e.id, a.id FROM (SELECT id, {fast[0]} AS h FROM public.t) e FULL JOIN "
-                f"(SELECT id, {fast[1]} AS h FROM copy.t) a ON e.id = a.id WHERE e.h IS DISTINCT FROM a.h")
-        sec, rows = best(conn, join)
-        out["full join on the primary key, hashtextextended (replaces buckets + join)"] = {
-            "seconds_both_sides": sec, "rows": len(rows), "sql_side_1": join}
-        sec, rows = best(conn, "SELECT * FROM copy.t WHERE id = 2")  # id 1 is one of the deleted rows
-        out["sample row by primary key"] = {"seconds_both_sides": sec, "rows": len(rows)}
-    return out
-
-
 # -- the bench --------------------------------------------------------------------------------
 def _diff_cmd(dsn: str, archive: Path) -> list[str]:
     return [sys.executable, "-m", "pgtape", "diff", "--dsn", dsn, "--archive", str(archive), "--tables", TABLE,
@@ -251,7 +200,7 @@ def _summary(r: ProcResult) -> dict:
         "samples_different": [{"id": s["key"]["id"], "columns": sorted(s["columns"])} for s in t["samples_different"]]}
 
 
-def run_bench(rows: int, runs: int, explain: bool, variants: bool, work: Path) -> dict:
+def run_bench(rows: int, runs: int, explain: bool, work: Path) -> dict:
     res: dict[str, Any] = {"mode": "quick" if rows <= QUICK_ROWS else "full", "rows": rows, "runs": runs,
                            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     with EmbeddedPostgres(base_dir=work / "pg") as pg:
@@ -322,9 +271,6 @@ def run_bench(rows: int, runs: int, explain: bool, variants: bool, work: Path) -
                 "median_wall": round(statistics.median(r.wall for r in results), 3),
                 "pgtape_cpu": round(best.cpu, 3), "pgtape_max_rss_mb": round(best.max_rss / 1e6, 1),
                 "command": " ".join(_diff_cmd(dsn, archive)), "summary": summary, "profile": prof}
-        if variants:
-            log("timing alternative statements")
-            res["variants"] = time_variants(dsn, min(runs, 2))
     res["target_equal_seconds"] = TARGET_EQUAL_SECONDS
     res["meets_target"] = res["cases"]["equal"]["best_wall"] <= TARGET_EQUAL_SECONDS
     res["platform"] = platform.platform()
@@ -343,10 +289,6 @@ def table(res: dict) -> str:
                      f"{s['extra']} extra, {s['different']} different)")
         for kind, k in c["profile"]["by_kind"].items():
             lines.append(f"      {kind:<28} {k['count']:3d} x  {k['seconds']:8.3f} s")
-    if res.get("variants"):
-        lines.append("  alternatives (both sides, best run; see bench/diff_bench.py time_variants):")
-        for name, v in res["variants"].items():
-            lines.append(f"      {name:<72} {v['seconds_both_sides']:8.3f} s")
     verdict = "meets" if res["meets_target"] else "MISSES"
     lines.append(f"  equal tables: {verdict} the {res['target_equal_seconds']:.0f} s target")
     return "\n".join(lines)
@@ -358,7 +300,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, help="rows in the table")
     p.add_argument("--runs", type=int, default=3, help="timed runs of each diff, the best counts (default 3)")
     p.add_argument("--no-explain", action="store_true", help="skip EXPLAIN ANALYZE of the statements")
-    p.add_argument("--no-variants", action="store_true", help="skip timing the alternative statements")
     p.add_argument("--keep", action="store_true", help="keep the work directory (for inspection)")
     args = p.parse_args(argv)
     rows = args.rows or (QUICK_ROWS if args.quick else FULL_ROWS)
@@ -368,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() == 0:
         _chown_tree(work, "postgres")  # the server runs as postgres and must reach its directory
     try:
-        res = run_bench(rows, max(1, args.runs), not args.no_explain, not args.no_variants, work)
+        res = run_bench(rows, max(1, args.runs), not args.no_explain, work)
     finally:
         if args.keep:
             log(f"kept {work}")

@@ -152,9 +152,12 @@ class SegmentWriter:
             last_end = ends[-1] if ends else last_end
             crc = frame.disk_crc
             for r in records:
-                if isinstance(r, Relation):
-                    relations[r.id] = r
-                elif isinstance(r, _STATS_RECORDS):
+                t = type(r)
+                if t is Change:
+                    continue
+                if t is Relation:
+                    relations[r.id] = r  # type: ignore[union-attr]
+                elif t is Begin or t is Commit or t is Position:
                     since_cut.append(r)
             offset = frame.end
             if frame.boundary:

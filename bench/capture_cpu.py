@@ -1,0 +1,123 @@
+"""Capture's client-side CPU cost per row change, offline: no server, no network, no other load.
+
+Replays a file of wal2json messages (pg_recvlogical's output, one message a line, as
+`python -m bench.run --only throughput --keep` leaves in its work directory) through
+capture's real loop, Capture._stream, with an in-memory stream in place of the replication
+connection, onto a tape in a temporary archive (with its real group-commit fsyncs). Prints
+the process CPU time per row change, best of --runs. Use it to compare a change to the hot
+path on a quiet and an unquiet machine alike (CPU time barely depends on other load):
+
+    python -m bench.capture_cpu /tmp/pgtape-bench-XXXX/recv-1.json --runs 5
+    python -m bench.capture_cpu FILE --profile     # cProfile of one run, by own time
+
+It drives a private method with stand-ins for the stream and the snapshot scheduler, so it
+follows capture's internals: if those change, adjust the stand-ins here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import pstats
+import shutil
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from capture.capture import Capture
+from capture.tape_writer import TapeWriter
+from pgtape.config import load_config
+from pgtape.lsn import parse_lsn
+from pgtape.tape.archive import Archive
+
+_XLOG = struct.Struct(">cQQQ")  # 'w', start, end, send time: the XLogData header capture parses
+
+
+def load_messages(path: Path) -> tuple[list[bytes], int]:
+    """XLogData messages built from the lines; a C message's header LSN is its nextlsn, as the
+    server sends it. Returns the messages and the last commit's end LSN."""
+    messages: list[bytes] = []
+    lsn = 0
+    with open(path, "rb") as f:
+        for line in f:
+            line = line.rstrip(b"\n")
+            if not line:
+                continue
+            if line.startswith(b'{"action":"C"'):
+                lsn = parse_lsn(json.loads(line)["nextlsn"])
+            messages.append(_XLOG.pack(b"w", lsn, lsn, 0) + line)
+    return messages, lsn
+
+
+class _Stream:
+    """Stands in for capture.protocol.ReplicationStream."""
+
+    def __init__(self, messages: list[bytes]) -> None:
+        self._messages = messages
+        self._i = 0
+
+    def read(self) -> memoryview | None:
+        if self._i < len(self._messages):
+            self._i += 1
+            return memoryview(self._messages[self._i - 1])
+        return None
+
+    def wait(self, timeout: float) -> None:
+        pass
+
+    def send_status(self, write_lsn: int, flush_lsn: int, reply: bool = False) -> None:
+        pass
+
+
+class _NoSnapshots:
+    def poll(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def replay_once(messages: list[bytes], end_lsn: int) -> tuple[float, float, int]:
+    """(CPU seconds, wall seconds, changes) of one pass onto a fresh tape."""
+    directory = Path(tempfile.mkdtemp(prefix="pgtape-capture-cpu-"))
+    try:
+        config = load_config(None, {"archive": str(directory)}, environ={})
+        archive = Archive(directory)
+        archive.start_generation("0", "bench", config.slot, 0, "bench", list(config.tables))
+        cap = Capture(config, until_lsn=end_lsn, log=lambda _: None)
+        cap.scheduler = _NoSnapshots()  # type: ignore[attr-defined]
+        writer = TapeWriter(archive, 1, "0", config.slot, config.segment_size)
+        cpu, wall = time.process_time(), time.perf_counter()
+        cap._stream(_Stream(messages), writer)  # type: ignore[arg-type]
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        writer.close()
+        return cpu, wall, writer.changes
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.capture_cpu", description=__doc__.splitlines()[0])
+    parser.add_argument("file", type=Path, help="wal2json output of pg_recvlogical (format-version 2)")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--profile", action="store_true", help="cProfile one run instead")
+    args = parser.parse_args(argv)
+    messages, end = load_messages(args.file)
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.runcall(replay_once, messages, end)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        return 0
+    results = [replay_once(messages, end) for _ in range(args.runs)]
+    changes = results[0][2]
+    per = [cpu / max(1, changes) * 1e6 for cpu, _, _ in results]
+    print(f"{len(messages)} messages, {changes} row changes; CPU per change: best {min(per):.1f} us "
+          f"(runs: {', '.join(f'{p:.1f}' for p in per)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
