@@ -17,7 +17,7 @@ import msgspec
 from pgtape.lsn import format_lsn
 from pgtape.tape.archive import Archive
 from pgtape.tape.records import Begin, Change, Commit, Record, Relation, Truncate
-from pgtape.tape.segment import OPEN_RE, SEALED_RE, SegmentError, SegmentReader
+from pgtape.tape.segment import OPEN_RE, SEALED_FILE, SEALED_RE, SegmentError, SegmentReader
 from pgtape.pg import split_table
 from snapshots import catalog
 from snapshots.format import TableReader, table_file_name
@@ -135,6 +135,14 @@ def verify_archive(archive: Archive) -> Report:
             continue
         gen = archive.generation(gen_id)
         report.problems.extend(archive.continuity_problems(gen_id))
+        sealed_file = archive.generation_dir(gen_id) / SEALED_FILE
+        if sealed_file.exists():
+            recorded = msgspec.json.decode(sealed_file.read_bytes()).get("end_lsn", 0)
+            present = max((s.end_lsn for s in archive.segments(gen_id) if s.end_lsn is not None), default=0)
+            if present < recorded:
+                report.problems.append(f"generation {gen_id}: sealed segments up to {format_lsn(recorded)} were "
+                                       f"written, but the newest present ends at {format_lsn(present)}: the tape's "
+                                       "newest segments are missing")
         for seg in archive.segments(gen_id):
             verify_segment(seg.path, report)
         for r in (r for r in records if r.generation == gen_id and r.status == catalog.COMPLETED):

@@ -17,7 +17,9 @@ def _txn(xid: int, end: int) -> list:
 
 
 def _segment(tmp_path: Path, n: int = 5) -> SegmentWriter:
-    w = SegmentWriter.create(tmp_path, 1, "42", "slot", 100)
+    tape = tmp_path / "tape"  # as in an archive: sealing records its end in the parent directory
+    tape.mkdir(exist_ok=True)
+    w = SegmentWriter.create(tape, 1, "42", "slot", 100)
     w.append([Relation(0, "public", "t", ["id", "amount"], ["integer", "numeric(12,2)"], ["id"])], boundary=True)
     for i in range(n):
         w.append(_txn(i + 1, 200 + i * 100), boundary=True)

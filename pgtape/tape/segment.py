@@ -20,7 +20,7 @@ from typing import BinaryIO, Iterator
 import msgspec
 import zstandard
 
-from pgtape.durable import fsync_dir, rename_durably
+from pgtape.durable import fsync_dir, rename_durably, write_atomic
 from pgtape.lsn import lsn_filename_part
 from pgtape.tape import FORMAT_VERSION
 from pgtape.tape.frames import (FLAG_BOUNDARY, HEADER, HEADER_SIZE, KIND_DATA, KIND_FOOTER, KIND_HEADER,
@@ -28,6 +28,7 @@ from pgtape.tape.frames import (FLAG_BOUNDARY, HEADER, HEADER_SIZE, KIND_DATA, K
 from pgtape.tape.records import Begin, Change, Commit, Position, Record, Relation, SegmentFooter, SegmentHeader
 
 OPEN_SUFFIX = ".tape.open"
+SEALED_FILE = "SEALED.json"  # in the generation directory: end LSN of the newest sealed segment
 SEALED_RE = re.compile(r"^([0-9A-F]{16})-([0-9A-F]{16})\.tape$")
 OPEN_RE = re.compile(r"^([0-9A-F]{16})\.tape\.open$")
 
@@ -220,6 +221,8 @@ class SegmentWriter:
         self._f.close()
         final = self.path.with_name(sealed_name(self.header.start_lsn, s.end_lsn))
         rename_durably(self.path, final)
+        # Remembered beside the tape, so verify notices when the newest sealed segments vanish.
+        write_atomic(final.parent.parent / SEALED_FILE, msgspec.json.encode({"end_lsn": s.end_lsn}))
         return final
 
     def close(self) -> None:
