@@ -88,7 +88,7 @@ class Archive:
 
     def identity(self) -> ArchiveIdentity:
         if not self.exists():
-            raise PgtapeError(f"{self.path} is not a pgtape archive yet (no ARCHIVE.json): run pgtape capture first")
+            raise PgtapeError(f"{self.path} is not a pgtape archive yet (no ARCHIVE.json): run pgtape init (or pgtape capture) first")
         return _load(self.identity_file, ArchiveIdentity)
 
     def generation_dir(self, gen: int) -> Path:
