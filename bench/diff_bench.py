@@ -26,11 +26,8 @@ import argparse
 import json
 import os
 import platform
-import shutil
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,11 +35,10 @@ from typing import Any
 
 import psycopg
 
-from bench.measure import ProcResult, machine_info, run
+from bench.measure import ProcResult, machine_info, run, save_results, work_dir
 from pgtape.embedded import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT_DIR = ROOT / "bench" / "out"
 DBNAME = "diffbench"
 TABLE = "public.t"
 TARGET_EQUAL_SECONDS = 10.0
@@ -79,17 +75,6 @@ def log(msg: str) -> None:
 
 def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PGTAPE_")}
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # run the finally blocks: the server is stopped
-
-
-def _chown_tree(path: Path, user: str) -> None:
-    import pwd
-    pw = pwd.getpwnam(user)
-    for p in [path, *path.rglob("*")]:
-        os.chown(p, pw.pw_uid, pw.pw_gid)
 
 
 # -- in-process profile -----------------------------------------------------------------------
@@ -303,23 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the work directory (for inspection)")
     args = p.parse_args(argv)
     rows = args.rows or (QUICK_ROWS if args.quick else FULL_ROWS)
-    signal.signal(signal.SIGTERM, _terminate)
-    work = Path(tempfile.mkdtemp(prefix="pgtape-diffbench-"))
-    os.chmod(work, 0o755)
-    if os.geteuid() == 0:
-        _chown_tree(work, "postgres")  # the server runs as postgres and must reach its directory
-    try:
+    with work_dir("pgtape-diffbench-", args.keep) as work:
         res = run_bench(rows, max(1, args.runs), not args.no_explain, work)
-    finally:
-        if args.keep:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    text = json.dumps(res, indent=2, default=str)
-    (OUT_DIR / f"diff-{res['mode']}-{stamp}.json").write_text(text)
-    (OUT_DIR / f"diff-latest-{res['mode']}.json").write_text(text)
+    save_results("diff", res)
     print(table(res))
     return 0 if res["meets_target"] else 1
 

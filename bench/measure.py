@@ -7,14 +7,20 @@ every child so far, as getrusage(RUSAGE_CHILDREN) would): wall time, CPU time an
 from __future__ import annotations
 
 import bisect
+import contextlib
+import json
 import os
+import shutil
+import signal
+import sys
+import tempfile
 import platform
 import subprocess
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import psycopg
 
@@ -201,3 +207,49 @@ def machine_info(pg_version: str) -> dict:
     return {"nproc": os.cpu_count(), "cpu": cpu_model, "ram_gb": round(mem_kib / 1024 / 1024, 1),
             "kernel": platform.release(), "python": platform.python_version(), "postgresql": pg_version,
             "wal2json": wal2json}
+
+
+# -- shared by the benchmark scripts ----------------------------------------------------------
+OUT_DIR = Path(__file__).resolve().parent / "out"
+
+
+def chown_tree(path: Path, user: str) -> None:
+    """Hand a directory tree to `user` (servers run as postgres when the bench runs as root)."""
+    import pwd
+    pw = pwd.getpwnam(user)
+    os.chown(path, pw.pw_uid, pw.pw_gid)
+    for dirpath, dirnames, filenames in os.walk(path):
+        for n in dirnames + filenames:
+            os.chown(os.path.join(dirpath, n), pw.pw_uid, pw.pw_gid, follow_symlinks=False)
+
+
+@contextlib.contextmanager
+def work_dir(prefix: str, keep: bool = False) -> Iterator[Path]:
+    """A private work directory that servers running as postgres can reach; removed afterwards
+    (unless `keep`), and SIGTERM runs the caller's finally blocks so every process is stopped."""
+    signal.signal(signal.SIGTERM, _terminate)
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(work, 0o755)
+    if os.geteuid() == 0:
+        chown_tree(work, "postgres")
+    try:
+        yield work
+    finally:
+        if keep:
+            print(f"kept {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(f"benchmark: signal {signum}, stopping")
+
+
+def save_results(kind: str, res: dict) -> Path:
+    """bench/out/<kind>-<mode>-<UTC time>.json and <kind>-latest-<mode>.json."""
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(res, indent=2, default=str)
+    path = OUT_DIR / f"{kind}-{res['mode']}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json"
+    path.write_text(text)
+    (OUT_DIR / f"{kind}-latest-{res['mode']}.json").write_text(text)
+    return path

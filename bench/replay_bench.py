@@ -37,10 +37,8 @@ import json
 import os
 import platform
 import pstats
-import pwd
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -53,13 +51,13 @@ from typing import Any
 
 import psycopg
 
+from bench.measure import chown_tree, save_results, work_dir
 from examples.temba.workload import WorkloadStats, apply_schema, bulk_load, run_workload
 from pgtape.embedded import EmbeddedPostgres, free_port
 from pgtape.lsn import format_lsn, parse_lsn
 from pgtape.pg import PINNED_SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT_DIR = ROOT / "bench" / "out"
 TABLES = ("public.payments", "public.orders", "public.tickets")
 DBNAME = "temba"
 SCHEMA = "bench_recovered"
@@ -252,12 +250,6 @@ class Traffic:
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def _chown_tree(path: Path, user: str) -> None:
-    pw = pwd.getpwnam(user)
-    os.chown(path, pw.pw_uid, pw.pw_gid)
-    for dirpath, dirnames, filenames in os.walk(path):
-        for n in dirnames + filenames:
-            os.chown(os.path.join(dirpath, n), pw.pw_uid, pw.pw_gid, follow_symlinks=False)
 
 
 def _as_pg(pg: EmbeddedPostgres, *cmd: str) -> list[str]:
@@ -358,7 +350,7 @@ def run_native(pg: EmbeddedPostgres, work: Path, base: Path, archive_dir: Path, 
                 "recovery_target_action = 'promote'\n")
     logfile.touch()
     if os.geteuid() == 0:
-        _chown_tree(root, "postgres")
+        chown_tree(root, "postgres")
     os.chmod(data, 0o700)
     dsn = f"host=127.0.0.1 port={port} dbname={DBNAME} user=postgres"
     try:
@@ -448,7 +440,7 @@ def run_bench(sizes: Sizes, workers: int, runs: int, profile: bool, base_orders:
     logs = work / "logs"
     logs.mkdir()
     if os.geteuid() == 0:
-        _chown_tree(archive_dir, "postgres")
+        chown_tree(archive_dir, "postgres")
     settings = {"wal_level": "logical", "archive_mode": "on",
                 "archive_command": f"'cp %p {archive_dir}/%f'"}
     result: dict[str, Any] = {"mode": sizes.name, "started_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -586,10 +578,6 @@ def table(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(f"replay_bench: signal {signum}, stopping")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.replay_bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help=f"{QUICK.changes:,} row changes instead of {FULL.changes:,}")
@@ -605,23 +593,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.changes:
         sizes = Sizes(sizes.name, args.changes, sizes.after, sizes.timeout)
     runs = max(1, args.runs)
-    signal.signal(signal.SIGTERM, _terminate)  # run the finally blocks: stop capture and the servers
-    work = Path(tempfile.mkdtemp(prefix="pgtape-replaybench-"))
-    os.chmod(work, 0o755)
-    if os.geteuid() == 0:
-        _chown_tree(work, "postgres")  # the servers run as postgres and must reach their directories
-    try:
+    with work_dir("pgtape-replaybench-", args.keep) as work:  # SIGTERM stops capture and the servers
         res = run_bench(sizes, args.workers, runs, args.profile, args.base_orders, work)
-    finally:
-        if args.keep:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    text = json.dumps(res, indent=2, default=str)
-    (OUT_DIR / f"replay-{res['mode']}-{stamp}.json").write_text(text)
-    (OUT_DIR / f"replay-latest-{res['mode']}.json").write_text(text)
+    save_results("replay", res)
     print(table(res))
     return 0 if res["compare"]["equal"] else 1
 
