@@ -1,4 +1,6 @@
-"""Durable file operations: the only place pgtape calls fsync.
+"""Durable file operations: atomic whole-file writes, renames and directory fsyncs.
+
+Writers of append-only files (tape segments, snapshot table files) fsync their own data.
 
 A file is durable when its data is fsynced; a new name for it is durable only once its
 directory is fsynced too. See docs/ARCHITECTURE.md, "Durability".
