@@ -147,7 +147,7 @@ class Capture:
     def _stream(self, stream: ReplicationStream, writer: TapeWriter) -> None:
         cfg = self.config
         decode = wal2json.decoder.decode
-        to_text = wal2json.to_text
+        to_field = wal2json.to_field
         full_columns = self._full_columns
         monotonic = time.monotonic
         received = writer.durable_lsn  # highest LSN received: the 'write' position we report
@@ -191,7 +191,7 @@ class Capture:
                         elif action == "T":
                             record = Truncate(msg.schema or "", msg.table or "")
                         else:
-                            record = self._change(writer, msg, to_text, full_columns)
+                            record = self._change(writer, msg, to_field, full_columns)
                         if record is not None:
                             writer.change(record, len(payload))
                 elif kind == KEEPALIVE:
@@ -229,22 +229,22 @@ class Capture:
         return self.until_lsn is not None and writer.tape_lsn >= self.until_lsn
 
     @staticmethod
-    def _change(writer: TapeWriter, msg: wal2json.W2JMessage, to_text: Callable, full_columns: dict) -> Change:
+    def _change(writer: TapeWriter, msg: wal2json.W2JMessage, to_field: Callable, full_columns: dict) -> Change:
         schema, table = msg.schema or "", msg.table or ""
         key = tuple([k.name for k in msg.pk]) if msg.pk else ()
-        values = names = None
+        row = names = None
         rel = old_rel = -1
         absent = old = None
         if msg.columns is not None:
             cols = msg.columns
             names = tuple([c.name for c in cols])
             rel = writer.relation(schema, table, names, tuple([c.type for c in cols]), key)
-            values = [to_text(c.value, c.type) for c in cols]
+            row = "\t".join([to_field(c.value, c.type) for c in cols]).encode()
         if msg.identity is not None:
             ident = msg.identity
             old_rel = writer.relation(schema, table, tuple([c.name for c in ident]), tuple([c.type for c in ident]),
                                       key)
-            old = [to_text(c.value, c.type) for c in ident]
+            old = "\t".join([to_field(c.value, c.type) for c in ident]).encode()
         action = msg.action
         if action == "I":
             if names is not None:
@@ -260,7 +260,7 @@ class Capture:
             rel = old_rel
         else:
             raise ConnectionLost(f"unexpected wal2json action {action!r}")
-        return Change(action, rel, values, old_rel, old, absent)
+        return Change(action, rel, row, old_rel, old, absent)
 
 
 def _close(conn: psycopg.Connection | None) -> None:

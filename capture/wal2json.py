@@ -1,8 +1,8 @@
 """wal2json format-version 2: the plugin options pgtape asks for and how its messages decode.
 
 Numbers are decoded from their JSON text without ever becoming a binary float (float_hook=str):
-numeric 0.10 stays "0.10". Every value becomes PostgreSQL's canonical text output (or None),
-which is what the tape stores. See ../shared/notes/logical-decoding.md for the plugin's quirks.
+numeric 0.10 stays "0.10". Every value becomes PostgreSQL's canonical text output as a COPY text
+field, which is what the tape stores. See ../shared/notes/logical-decoding.md for the plugin's quirks.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from pgtape.copytext import COPY_ESCAPES, NULL_TEXT
 from pgtape.pg import quote_literal, split_table
 
 MESSAGE_PREFIX = "pgtape"  # logical messages with this prefix are captured (recovery points)
@@ -73,18 +74,20 @@ class W2JMessage(msgspec.Struct, gc=False):
 decoder = msgspec.json.Decoder(W2JMessage, float_hook=str)
 
 
-def to_text(value: Any, type_name: str) -> str | None:
-    """A wal2json value as PostgreSQL's text output (None for NULL)."""
+def to_field(value: Any, type_name: str) -> str:
+    """A wal2json value as its COPY text field: PostgreSQL's text output, escaped; \\N for NULL."""
     if type(value) is str:
-        # wal2json prints bytea as bare hex; PostgreSQL's hex output has a \x prefix.
-        return "\\x" + value if type_name == "bytea" else value
+        if type_name == "bytea":  # wal2json prints bare hex; the output is \\x<hex>, whose backslash COPY escapes
+            return "\\\\x" + value
+        # pgtape.copytext.escape_text, inlined: this runs for every text value captured
+        return value.translate(COPY_ESCAPES) if "\\" in value or not value.isprintable() else value
     if value is None:
-        return None
+        return NULL_TEXT
     if value is True:
         return "t"
     if value is False:
         return "f"
-    return str(value)  # int, or a float/numeric already kept as its JSON text
+    return str(value)  # int, or a float/numeric already kept as its JSON text: never needs escaping
 
 
 def parse_commit_time(text: str) -> int:

@@ -16,7 +16,7 @@ from pgtape.tape.archive import Archive
 from pgtape.tape.records import Begin, Change, Message, Relation, Truncate
 from pgtape.tape.segment import SegmentError, SegmentReader
 from pgtape.pg import split_table
-from replay.fold import TableFold
+from replay.fold import RelInfo, TableFold
 from replay.plan import Window, choose_base, window
 from replay.target import Target
 from snapshots import catalog
@@ -125,19 +125,42 @@ def _fold_segment(path: Path, folds: dict[str, TableFold], from_lsn: int, target
         reader = SegmentReader(sealed[0])
     for fold in folds.values():
         fold.new_segment()
-    relations: dict[int, Relation] = {}
-    table_fold: dict[int, TableFold | None] = {}  # relation id -> fold (None: not replayed)
+    # Relation id -> its table's fold and what the fold knows of it; None: a table not replayed.
+    rels: dict[int, tuple[TableFold, RelInfo] | None] = {}
     wanted = False
     transactions = changes = 0
     name_target = target.kind == "name"
     for r in reader.records():
         t = type(r)
         if t is Change:
-            if wanted:
-                fold = table_fold[r.rel]  # type: ignore[union-attr]
-                if fold is not None:
-                    fold.apply(r, relations[r.rel], relations[r.old_rel] if r.old_rel >= 0 else None)  # type: ignore
-                    changes += 1
+            if not wanted:
+                continue
+            h = rels[r.rel]  # type: ignore[union-attr]
+            if h is None:
+                continue
+            changes += 1
+            fold, info = h
+            op = r.op  # type: ignore[union-attr]
+            # The common cases inline (whole rows, keys where the fold expects them); TableFold.apply
+            # has the same rules for every case.
+            if info.fast and r.absent is None:  # type: ignore[union-attr]
+                row = r.row  # type: ignore[union-attr]
+                if op == "I":
+                    fold.entries[info.key_of(row)] = row  # type: ignore[misc]
+                    continue
+                if op == "U":
+                    new_key = info.key_of(row)  # type: ignore[misc]
+                    old_info = rels[r.old_rel][1] if r.old is not None else None  # type: ignore
+                    if old_info is not None and old_info.key_is_line:
+                        if r.old != new_key:  # type: ignore[union-attr]
+                            fold.entries[r.old] = None  # type: ignore
+                        fold.entries[new_key] = row
+                        continue
+            elif op == "D" and info.key_is_line:
+                fold.entries[r.old] = None  # type: ignore
+                continue
+            old_rel = rels[r.old_rel] if r.old_rel >= 0 else None  # type: ignore[union-attr]
+            fold.apply(r, info, old_rel[1] if old_rel is not None else None)  # type: ignore[arg-type]
         elif t is Begin:
             if r.end_lsn <= from_lsn:  # type: ignore[union-attr]
                 wanted = False
@@ -147,8 +170,8 @@ def _fold_segment(path: Path, folds: dict[str, TableFold], from_lsn: int, target
             last, wanted = r, True  # type: ignore[assignment]
             transactions += 1
         elif t is Relation:
-            relations[r.id] = r  # type: ignore[union-attr]
-            table_fold[r.id] = folds.get(f"{r.schema}.{r.table}")  # type: ignore[union-attr]
+            fold = folds.get(f"{r.schema}.{r.table}")  # type: ignore[union-attr]
+            rels[r.id] = (fold, fold.info(r)) if fold is not None else None  # type: ignore
         elif t is Truncate:
             fold = folds.get(f"{r.schema}.{r.table}")  # type: ignore[union-attr]
             if wanted and fold is not None:

@@ -2,37 +2,75 @@
 
 Memory is bounded by the number of keys changed between base and target, never by table size:
 the base streams through (`rows()`), and only changed keys are held (`TableFold.entries`).
-Keys are compared in COPY text form (replay/copytext.py), as base fields are; other values stay
-plain text until a row is written out. Rules (docs/ARCHITECTURE.md, "Replay"):
+Rows stay the COPY text lines the tape holds (pgtape/copytext.py) from tape to output, and keys
+are the key fields of those lines, so they compare byte for byte with base lines. Rules
+(docs/ARCHITECTURE.md, "Replay"):
   - an UPDATE's absent (unchanged TOAST) columns keep the row's previous value, which may come
-    from the base row of the key the row had before a primary-key change (`inherit`);
+    from the base row of the key the row had before a primary-key change (`_Partial.inherit`);
   - TRUNCATE drops the base and every earlier change of the table;
   - the result has the table's last shape seen on the tape up to the target (else the base's):
     a column added later is NULL in rows not written since, a dropped column disappears.
-This is replay's hot loop: it works on tape records directly, with per-relation lookups cached.
+This is replay's hot loop: a whole-row change costs one key slice and one dict store.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
+from pgtape.copytext import NULL
 from pgtape.errors import PgtapeError
 from pgtape.tape.records import Change, Relation
-from replay.copytext import NULL, escape
 
-Key = tuple[bytes, ...]
-# An entry: (values by column, or None when the key is deleted; base key supplying missing columns)
-Entry = tuple["dict[str, str | None] | None", "Key | None"]
+Key = bytes  # the key fields of a COPY text line, joined by TAB
+KeyReader = Callable[[bytes], Key]
+
+
+class _Partial:
+    """A row known only in part: values by column, the rest from the base row `inherit` (or NULL)."""
+
+    __slots__ = ("values", "inherit")
+
+    def __init__(self, values: dict[str, bytes], inherit: Key | None) -> None:
+        self.values = values
+        self.inherit = inherit
+
+
+# An entry: the whole row in the fold's current shape | None (deleted) | a _Partial.
+Entry = "bytes | None | _Partial"
+
+
+def key_reader(columns: list[str], key: list[str]) -> KeyReader | None:
+    """A function from a COPY text line of `columns` to its key; None if a key column is missing."""
+    if not key or not set(key) <= set(columns):
+        return None
+    pos = [columns.index(k) for k in key]
+    if len(pos) == 1:
+        p = pos[0]
+        return lambda line: line.split(b"\t", p + 1)[p]
+    n = max(pos) + 1
+
+    def read(line: bytes) -> Key:
+        fields = line.split(b"\t", n)
+        return b"\t".join([fields[i] for i in pos])
+    return read
 
 
 @dataclass
-class _RelInfo:
+class RelInfo:
     """What the fold needs of one tape Relation, computed once per segment."""
 
     columns: list[str]
-    key_idx: list[int]  # positions of the key columns in `columns`
+    key_of: KeyReader | None
+    key_is_line: bool  # the columns are the key: a line is its own key (the usual DELETE identity)
     full_shape: bool  # columns equal the fold's current columns
+    fast: bool = False  # full_shape and a key: a whole row is stored as it is
+
+    def __post_init__(self) -> None:
+        self.set_shape(self.full_shape)
+
+    def set_shape(self, full: bool) -> None:
+        self.full_shape, self.fast = full, full and self.key_of is not None
 
 
 @dataclass
@@ -42,10 +80,9 @@ class TableFold:
     types: list[str]
     key: list[str]
     base_columns: list[str]
-    entries: dict[Key, Entry] = field(default_factory=dict)
+    entries: dict[Key, "bytes | None | _Partial"] = field(default_factory=dict)
     truncated: bool = False
-    changes: int = 0
-    _rels: dict[int, _RelInfo] = field(default_factory=dict)  # by id(Relation), this segment
+    _rels: dict[int, RelInfo] = field(default_factory=dict)  # by Relation id, this segment
     _types: dict[str, str] = field(default_factory=dict)  # every column type seen
 
     def __post_init__(self) -> None:
@@ -54,118 +91,123 @@ class TableFold:
     def new_segment(self) -> None:
         self._rels.clear()
 
-    def _info(self, rel: Relation) -> _RelInfo:
-        info = self._rels.get(id(rel))
+    def info(self, rel: Relation) -> RelInfo:
+        info = self._rels.get(rel.id)
         if info is None:
-            try:
-                idx = [rel.columns.index(k) for k in self.key] if set(self.key) <= set(rel.columns) else []
-            except ValueError:
-                idx = []
-            info = _RelInfo(rel.columns, idx, rel.columns == self.columns)
-            self._rels[id(rel)] = info
+            info = RelInfo(rel.columns, key_reader(rel.columns, self.key), rel.columns == self.key,
+                           rel.columns == self.columns)
+            self._rels[rel.id] = info
             self._types.update(zip(rel.columns, rel.types))
         return info
 
     # -- applying the tape ----------------------------------------------------------------
     def truncate(self) -> None:
-        self.changes += 1
         self.truncated = True
         self.entries.clear()
 
-    def apply(self, c: Change, rel: Relation, old_rel: Relation | None) -> None:
-        self.changes += 1
+    def apply(self, c: Change, info: RelInfo, old: RelInfo | None) -> None:
+        """One change; `info` describes c.rel, `old` c.old_rel. The engine inlines the common
+        cases (RelInfo.fast) and calls this for the rest."""
         op = c.op
         if op == "D":
-            if old_rel is None or c.old is None:
-                raise PgtapeError(f"{self.name}: a DELETE without its old key on the tape")
-            self.entries[self._key(self._info(old_rel), c.old)] = (None, None)
+            self.entries[self._key(old, c.old)] = None
             return
-        info = self._info(rel)
-        values = c.values
-        assert values is not None
+        row = c.row
+        assert row is not None
         if not info.full_shape and (op == "I" or not c.absent or not set(info.columns) <= set(self.columns)):
             self._reshape(info.columns, c.absent)
-            info.full_shape = info.columns == self.columns
-        new_key = self._key(info, values)
-        if op == "I":
-            self.entries[new_key] = (dict(zip(info.columns, values)), None)
-            return
-        old_key = self._key(self._info(old_rel), c.old) if old_rel is not None and c.old is not None else new_key
-        prev = self.entries.get(old_key)
-        if prev is None:
-            row: dict[str, str | None] = {}
-            inherit = None if self.truncated else old_key
-        else:
-            if prev[0] is None:
-                raise PgtapeError(f"{self.name}: the tape updates key {old_key!r} after deleting it; "
-                                  "the tape is inconsistent (run pgtape verify)")
-            row, inherit = dict(prev[0]), prev[1]
-        row.update(zip(info.columns, values))
+        new_key = self._key(info, row)
+        old_key = self._key(old, c.old) if c.old is not None else new_key
+        # A whole row is now in the current shape (reshaped above); a partial one is merged.
+        stored = row if op == "I" or not c.absent else self._merge_partial(old_key, info.columns, row)
         if old_key != new_key:
-            self.entries[old_key] = (None, None)
-        self.entries[new_key] = (row, inherit)
+            self.entries[old_key] = None
+        self.entries[new_key] = stored
+
+    def _merge_partial(self, old_key: Key, columns: list[str], row: bytes) -> "bytes | _Partial":
+        """An UPDATE without its unchanged TOAST columns: those keep the row's previous values."""
+        prev = self.entries.get(old_key, _MISSING)
+        if prev is _MISSING:
+            values: dict[str, bytes] = {}
+            inherit = None if self.truncated else old_key
+        elif prev is None:
+            raise PgtapeError(f"{self.name}: the tape updates key {old_key!r} after deleting it; "
+                              "the tape is inconsistent (run pgtape verify)")
+        elif type(prev) is bytes:
+            values, inherit = dict(zip(self.columns, prev.split(b"\t"))), None
+        else:
+            values, inherit = dict(prev.values), prev.inherit  # type: ignore[union-attr]
+        values.update(zip(columns, row.split(b"\t")))
+        if all(c in values for c in self.columns):
+            return b"\t".join([values[c] for c in self.columns])
+        return _Partial(values, inherit)
 
     def _reshape(self, columns: list[str], absent: list[str] | None) -> None:
         """A row in another shape: the table's columns changed (ALTER TABLE). Absent (unchanged
-        TOAST) columns keep their place; columns new to the fold come after."""
+        TOAST) columns keep their place; columns new to the fold come after. Whole rows held in
+        the old shape become partial: a column added since is NULL in them."""
         if absent:
             keep = set(columns) | set(absent)
             shape = [n for n in self.columns if n in keep] + [n for n in columns if n not in self.columns]
         else:
             shape = list(columns)
-        if shape != self.columns:
-            self.columns, self.types = shape, [self._types[n] for n in shape]
-            for info in self._rels.values():
-                info.full_shape = info.columns == shape
+        if shape == self.columns:
+            return
+        old = self.columns
+        for k, e in self.entries.items():
+            if type(e) is bytes:
+                self.entries[k] = _Partial(dict(zip(old, e.split(b"\t"))), None)
+        self.columns, self.types = shape, [self._types[n] for n in shape]
+        for info in self._rels.values():
+            info.set_shape(info.columns == shape)
 
-    def _key(self, info: _RelInfo, values: list[str | None] | None) -> Key:
-        if not info.key_idx or values is None:
+    def _key(self, info: RelInfo | None, line: bytes | None) -> Key:
+        if info is None or info.key_of is None or line is None:
             raise PgtapeError(f"{self.name}: a change lacks the key columns {self.key}; replay needs the primary key")
-        return tuple([escape(values[i]) for i in info.key_idx])
+        return info.key_of(line)
 
     # -- producing the result -------------------------------------------------------------
     def rows(self, base_lines: Iterator[bytes]) -> Iterator[bytes]:
-        """COPY text lines (without LF) of the table at the target."""
+        """COPY text lines (without LF) of the table at the target: untouched base rows first,
+        then every row the tape left behind."""
         out = self.columns
         base_idx = {c: i for i, c in enumerate(self.base_columns)}
-        key_idx = [base_idx[k] for k in self.key]
         same_shape = self.base_columns == out
-        width = len(out)
-        inherit_from = {e[1] for e in self.entries.values()
-                        if e[0] is not None and e[1] is not None and len(e[0]) < width}
-        saved: dict[Key, list[bytes]] = {}
-        done: set[Key] = set()
+        entries = self.entries
+        inherit_from = {e.inherit for e in entries.values() if type(e) is _Partial and e.inherit is not None}
+        saved: dict[Key, list[bytes]] = {}  # base rows that partial entries take columns from
         if not self.truncated:
-            entries = self.entries
+            base_key = key_reader(self.base_columns, self.key)
+            assert base_key is not None
             for line in base_lines:
                 if not entries and same_shape:
                     yield line
                     continue
-                fields = line.split(b"\t")
-                k = tuple([fields[i] for i in key_idx])
+                k = base_key(line)
                 if k in inherit_from:
-                    saved[k] = fields
-                e = entries.get(k)
-                if e is None:
-                    yield line if same_shape else b"\t".join(
-                        [fields[base_idx[c]] if c in base_idx else NULL for c in out])
-                elif e[0] is not None and (e[1] is None or e[1] == k or len(e[0]) >= width):
-                    done.add(k)
-                    yield self._merge(e[0], fields if e[1] == k else None, base_idx)
-        for k, e in self.entries.items():
-            if e[0] is None or k in done:
-                continue
-            source = saved.get(e[1]) if e[1] is not None else None
-            yield self._merge(e[0], source, base_idx)
+                    saved[k] = line.split(b"\t")
+                if k not in entries:
+                    yield line if same_shape else b"\t".join(self._take(line.split(b"\t"), base_idx))
+        for e in entries.values():
+            if type(e) is bytes:
+                yield e
+            elif e is not None:
+                yield self._complete(e, saved.get(e.inherit) if e.inherit is not None else None, base_idx)  # type: ignore
 
-    def _merge(self, values: dict[str, str | None], base_fields: list[bytes] | None,
-               base_idx: dict[str, int]) -> bytes:
+    def _take(self, fields: list[bytes], base_idx: dict[str, int]) -> list[bytes]:
+        return [fields[base_idx[c]] if c in base_idx else NULL for c in self.columns]
+
+    def _complete(self, e: _Partial, base_fields: list[bytes] | None, base_idx: dict[str, int]) -> bytes:
+        values = e.values
         parts = []
         for c in self.columns:
             if c in values:
-                parts.append(escape(values[c]))
+                parts.append(values[c])
             elif base_fields is not None and c in base_idx:
                 parts.append(base_fields[base_idx[c]])
             else:
                 parts.append(NULL)
         return b"\t".join(parts)
+
+
+_MISSING = object()

@@ -18,7 +18,7 @@ from psycopg import sql
 from pgtape.durable import fsync_dir, make_dirs_durably
 from pgtape.errors import PgtapeError
 from pgtape.pg import connect, first_line, quote_ident, split_table
-from replay.copytext import unescape
+from pgtape.copytext import unescape
 from replay.engine import Plan
 from replay.fold import TableFold
 

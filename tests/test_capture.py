@@ -13,6 +13,8 @@ from conftest import ROOT, capture_to_now, run_pgtape
 from pgtape.pg import connect
 from pgtape.tape.archive import Archive
 from pgtape.tape.reader import RowChange, iter_changes
+from pgtape.tape.records import Change
+from pgtape.tape.segment import SegmentReader
 
 TYPES_TABLE = """
 create table payments (
@@ -56,6 +58,29 @@ def test_values_are_postgres_text_exactly(dsn: str, tmp_path: Path) -> None:
     assert [ch.new for ch in changes] == expected
     assert changes[0].new["amount"] == "9999999999.99" and changes[1].new["amount"] == "0.10"
     assert changes[0].types["amount"] == "numeric(12,2)" and changes[0].key == ["id"]
+
+
+def test_tape_rows_are_copy_to_lines_byte_for_byte(dsn: str, tmp_path: Path) -> None:
+    """Format 2 stores a row as a COPY text line: it must equal what COPY TO writes for that row,
+    escapes of control characters and backslashes included (replay matches keys byte for byte)."""
+    c = _setup(dsn, TYPES_TABLE)
+    archive = tmp_path / "archive"
+    capture_to_now(dsn, archive, tables="public.payments")
+    nasty = "tab\tnl\ncr\rbs\\ bell\b ff\f vt\v soh\x01 nbsp\u00a0 \\N ."
+    c.execute("insert into payments (id, note, raw, tags, meta) values "
+              "('6f1c1a8e-0000-4000-8000-000000000003', %s, '\\x5c09', %s, %s)",
+              (nasty, [nasty, None], '{"k": "a\\tb"}'))
+    c.execute("update payments set amount = 1.50 where note = %s", (nasty,))
+    capture_to_now(dsn, archive, tables="public.payments")
+    rows = [r.row for seg in Archive(archive).segments(1) for r in SegmentReader(seg.path).records()
+            if isinstance(r, Change)]
+    with connect(dsn) as oracle:
+        buf = bytearray()
+        with oracle.cursor().copy("COPY payments TO STDOUT") as copy:
+            for chunk in copy:
+                buf += chunk
+    assert len(rows) == 2 and rows[1] == bytes(buf).rstrip(b"\n")
+    assert b"\\b" in rows[1] and b"\\t" in rows[1] and b"\x01" in rows[1]  # escaped as COPY does; SOH raw
 
 
 def test_every_operation(dsn: str, tmp_path: Path) -> None:

@@ -29,7 +29,8 @@ import pytest
 import zstandard
 from psycopg.types.json import Jsonb
 
-from capture.wal2json import parse_commit_time, to_text
+from capture.wal2json import parse_commit_time, to_field
+from pgtape.copytext import unescape
 from pgtape.embedded import EmbeddedPostgres, find_bindir
 from pgtape.lsn import format_lsn, parse_lsn
 from pgtape.tape.archive import Archive
@@ -418,7 +419,7 @@ def run_recvlogical(pg: EmbeddedPostgres, dbname: str, endpos: str, out: Path) -
 def _cols(cols: list[dict[str, Any]] | None) -> tuple[tuple[str, str, str | None], ...] | None:
     if cols is None:
         return None
-    return tuple((c["name"], c["type"], to_text(c.get("value"), c["type"])) for c in cols)
+    return tuple((c["name"], c["type"], unescape(to_field(c.get("value"), c["type"]).encode())) for c in cols)
 
 
 _exact_json = msgspec.json.Decoder(float_hook=str)  # numbers stay their exact JSON text

@@ -13,7 +13,7 @@ from pgtape.tape.segment import SegmentError, SegmentReader, SegmentWriter, last
 
 def _txn(xid: int, end: int) -> list:
     return [Begin(xid, end - 8, end, 1_700_000_000_000_000 + xid),
-            Change("I", 0, [str(xid), "0.10"], -1, None), Commit(end, 1)]
+            Change("I", 0, f"{xid}\t0.10".encode(), -1, None), Commit(end, 1)]
 
 
 def _segment(tmp_path: Path, n: int = 5) -> SegmentWriter:
@@ -62,7 +62,7 @@ def test_torn_tail_is_cut_back_to_last_transaction(tmp_path: Path, tail: bytes |
     w = _segment(tmp_path, n=3)
     good = w.offset
     # An unfinished transaction written in a non-boundary frame, then a torn frame.
-    w.append([Begin(9, 990, 1000, 0), Change("I", 0, ["9", "1.00"], -1, None)], boundary=False)
+    w.append([Begin(9, 990, 1000, 0), Change("I", 0, b"9\t1.00", -1, None)], boundary=False)
     w.sync()
     w.close()
     if tail is None:
@@ -80,7 +80,16 @@ def test_torn_tail_is_cut_back_to_last_transaction(tmp_path: Path, tail: bytes |
 
 def test_open_segment_is_read_up_to_last_boundary(tmp_path: Path) -> None:
     w = _segment(tmp_path, n=2)
-    w.append([Begin(7, 690, 700, 0), Change("I", 0, ["7", "1.00"], -1, None)], boundary=False)
+    w.append([Begin(7, 690, 700, 0), Change("I", 0, b"7\t1.00", -1, None)], boundary=False)
     w.sync()
     assert last_boundary(w.path) < w.path.stat().st_size
     assert [r.xid for r in SegmentReader(w.path).records() if isinstance(r, Begin)] == [1, 2]
+
+
+def test_archive_of_another_format_version_is_refused_in_one_line(tmp_path: Path) -> None:
+    from conftest import run_pgtape
+    (tmp_path / "ARCHIVE.json").write_text('{"format_version":1,"system_id":"1","database":"d","slot":"s",'
+                                           '"generation":1,"created_at":0}')
+    r = run_pgtape("status", "--archive", str(tmp_path))
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "tape format 1" in r.stderr and "reads format 2" in r.stderr, r.stderr

@@ -89,7 +89,12 @@ class Archive:
     def identity(self) -> ArchiveIdentity:
         if not self.exists():
             raise PgtapeError(f"{self.path} is not a pgtape archive yet (no ARCHIVE.json): run pgtape init (or pgtape capture) first")
-        return _load(self.identity_file, ArchiveIdentity)
+        ident = _load(self.identity_file, ArchiveIdentity)
+        if ident.format_version != FORMAT_VERSION:
+            raise PgtapeError(f"{self.path} holds tape format {ident.format_version}; this pgtape reads format "
+                              f"{FORMAT_VERSION} (docs/FORMAT.md): use the pgtape that wrote it, or start a new "
+                              "archive with pgtape init --archive NEW_DIR")
+        return ident
 
     def generation_dir(self, gen: int) -> Path:
         return self.path / "generations" / f"{gen:04d}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
+from pgtape.copytext import split_row
 from pgtape.lsn import format_lsn
 from pgtape.tape.archive import Archive, SegmentFile
 from pgtape.tape.records import Begin, Change, Commit, Message, Relation, Truncate
@@ -95,12 +96,12 @@ def _open(seg: SegmentFile) -> SegmentReader:
 
 def _resolve(txn: Txn, c: Change, relations: dict[int, Relation]) -> RowChange:
     rel = relations[c.rel]
-    new = dict(zip(rel.columns, c.values)) if c.values is not None else None
+    new = dict(zip(rel.columns, split_row(c.row))) if c.row is not None else None
     old = None
     types = dict(zip(rel.columns, rel.types))
     if c.old is not None:
         orel = relations[c.old_rel]
-        old = dict(zip(orel.columns, c.old))
+        old = dict(zip(orel.columns, split_row(c.old)))
         for name, t in zip(orel.columns, orel.types):
             types.setdefault(name, t)
     return RowChange(txn, c.op, rel.schema, rel.table, new, old, c.absent or [], types, rel.key)

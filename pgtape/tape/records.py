@@ -1,7 +1,9 @@
-"""Records on the tape. docs/FORMAT.md is the specification; this is its code.
+r"""Records on the tape. docs/FORMAT.md is the specification; this is its code.
 
-Values are PostgreSQL's canonical text output (as COPY text and psql print them, rendered with
-the pinned session settings of pgtape.pg) or None for SQL NULL; never a binary float.
+A tuple is one COPY text line (pgtape/copytext.py): PostgreSQL's canonical text output of each
+value, rendered with the pinned session settings of pgtape.pg, escaped as COPY TO escapes it, \N
+for NULL, joined by TAB; never a binary float. Replay keeps these lines as they are, from the tape
+to the COPY that loads the result.
 A transaction is Begin, its Relation/Change/Truncate/Message records, then Commit.
 Relations are interned per segment: a Change refers to one by id, so a segment reads alone.
 """
@@ -31,10 +33,10 @@ class Begin(msgspec.Struct, tag="B", array_like=True):
 
 class Change(msgspec.Struct, tag="C", array_like=True, gc=False):
     op: str  # "I", "U" or "D"
-    rel: int  # Relation id of `values` (I, U), or of `old` for D
-    values: list[str | None] | None  # new tuple (I, U)
+    rel: int  # Relation id of `row` (I, U), or of `old` for D
+    row: bytes | None  # new tuple (I, U), a COPY text line
     old_rel: int  # Relation id of `old`, -1 when there is none
-    old: list[str | None] | None  # old key or replica identity (U, D)
+    old: bytes | None  # old key or replica identity (U, D), a COPY text line
     absent: list[str] | None = None  # U only: unchanged TOAST columns, value not sent (not NULL)
 
 
