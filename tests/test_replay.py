@@ -889,3 +889,179 @@ def test_target_between_the_tape_end_and_a_newer_base(dsn: str, tmp_path: Path) 
             _check_schema(h.conn, f"caught{i}", t2.state)
     finally:
         h.close()
+
+
+# -- 8. the recovery schema is loaded in parallel into a staging schema, then swapped in ------------
+import os  # noqa: E402  (this section's own imports: the file above is left as it was)
+import signal  # noqa: E402
+from itertools import cycle, islice  # noqa: E402
+from typing import Iterator  # noqa: E402
+
+from conftest import spawn_pgtape, stop_process, wait_until  # noqa: E402
+from replay import sinks  # noqa: E402
+
+STAGED_TABLES = ["public.big", "public.small", "public.pair"]
+
+
+def _staged_history(dsn: str, archive: Path) -> History:
+    """Three tables in the base, one over two snapshot frames (4 MiB each), a few changes on the tape."""
+    h = History(dsn, STAGED_TABLES)
+    c = h.conn
+    c.execute("CREATE TABLE big (id int PRIMARY KEY, note text)")
+    c.execute("INSERT INTO big SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 70000) g")
+    c.execute("CREATE TABLE small (id int PRIMARY KEY, v text)")
+    c.execute("INSERT INTO small SELECT g, 'v' || g FROM generate_series(1, 100) g")
+    c.execute("CREATE TABLE pair (k1 text, k2 int, v numeric, PRIMARY KEY (k2, k1))")  # key order != column order
+    c.execute("INSERT INTO pair SELECT 'k' || g % 7, g, g * 1.5 FROM generate_series(1, 50) g")
+    run_pgtape("init", *_cli(dsn, archive, "big,small,pair"), check=True)
+    c.execute("UPDATE big SET note = 'changed' WHERE id % 1000 = 0")
+    c.execute("DELETE FROM small WHERE id > 90")
+    c.execute("INSERT INTO pair VALUES ('new', 1000, NULL)")
+    capture_to_now(dsn, archive, tables="big,small,pair")
+    return h
+
+
+def _first_data_frame(path: Path) -> int:
+    with open(path, "rb") as f:
+        offset = 0
+        while (fr := read_frame(f, offset, zstandard.ZstdDecompressor())) is not None:
+            if fr.kind == KIND_DATA:
+                return fr.offset
+            offset = fr.end
+    raise AssertionError(f"{path} has no data frame")
+
+
+def _primary_keys(conn: psycopg.Connection, schema: str) -> dict[str, list[str]]:
+    return dict(conn.execute(
+        "SELECT c.relname::text, array_agg(a.attname::text ORDER BY k.ord) FROM pg_constraint p "
+        "JOIN pg_class c ON c.oid = p.conrelid CROSS JOIN LATERAL unnest(p.conkey) WITH ORDINALITY k(attnum, ord) "
+        "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum "
+        "WHERE p.contype = 'p' AND c.relnamespace = %s::regnamespace GROUP BY c.relname", (schema,)).fetchall())
+
+
+def _schema_comment(conn: psycopg.Connection, schema: str) -> str | None:
+    return conn.execute("SELECT obj_description(%s::regnamespace, 'pg_namespace')", (schema,)).fetchone()[0]  # type: ignore[index]
+
+
+def _replay_sessions(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgtape replay' "
+                        "AND datname = current_database()").fetchone()[0]  # type: ignore[index]
+
+
+def test_recovery_schema_swapped_in_complete_or_not_at_all(dsn: str, tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    cli = _cli(dsn, archive, "big,small,pair")
+    h = _staged_history(dsn, archive)
+    try:
+        c = h.conn
+        live = {t: table_state(c, t) for t in STAGED_TABLES}
+        r = run_pgtape("replay", *cli, "--latest", "--schema", "rec", "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["rows"] == {t: len(live[t].lines) for t in STAGED_TABLES}
+        _check_schema(c, "rec", live)
+        assert _primary_keys(c, "rec") == _primary_keys(c, "public") == {
+            "big": ["id"], "small": ["id"], "pair": ["k2", "k1"]}
+        (base,) = _snapshots(archive)
+        assert _schema_comment(c, "rec") == f"pgtape replay {Target('latest').describe()} from base {base.id}"
+        assert _schemas(c, "pgtape_incomplete_%") == []
+
+        # the old schema, recognisable by an extra table, survives a replay that fails half-way
+        c.execute("CREATE TABLE rec.marker (x int)")
+        old_comment = _schema_comment(c, "rec")
+        snap = catalog.snapshot_dir(Archive(archive), 1, base.id) / "public.big.snap"
+        frame_at, size = _data_frame(snap)
+        assert frame_at > _first_data_frame(snap), "the damage must come after the first 4 MiB were loaded"
+        original = _flip(snap, frame_at + size // 2)
+        try:
+            r = run_pgtape("replay", *cli, "--latest", "--schema", "rec", "--force")
+            _one_line_error(r, 1, "damaged base", str(snap), f"offset {frame_at}")
+        finally:
+            snap.write_bytes(original)
+        assert _schemas(c, "pgtape_incomplete_%") == []
+        assert c.execute("SELECT count(*) FROM rec.marker").fetchone() == (0,)
+        _check_schema(c, "rec", live)
+        assert _schema_comment(c, "rec") == old_comment
+        wait_until("the replay's connections to close", lambda: _replay_sessions(c) == 0, 10)
+
+        # repaired, --force replaces it
+        r = run_pgtape("replay", *cli, "--latest", "--schema", "rec", "--force")
+        assert r.returncode == 0, r.stderr
+        assert c.execute("SELECT to_regclass('rec.marker')").fetchone() == (None,)
+        _check_schema(c, "rec", live)
+    finally:
+        h.close()
+
+
+def test_ctrl_c_while_swapping_in_keeps_the_old_schema(dsn: str, tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    cli = _cli(dsn, archive, "big,small,pair")
+    h = _staged_history(dsn, archive)
+    try:
+        c = h.conn
+        c.execute("CREATE SCHEMA rec")
+        c.execute("CREATE TABLE rec.old AS SELECT 1 AS x")
+        with psycopg.connect(dsn) as holder:  # holds the old schema: the final DROP waits for it
+            holder.execute("LOCK TABLE rec.old IN ACCESS SHARE MODE")
+            proc = spawn_pgtape("replay", *cli, "--latest", "--schema", "rec", "--force", log=tmp_path / "log")
+            try:
+                wait_until("the replay to wait for the old schema", lambda: c.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE application_name = 'pgtape replay' "
+                    "AND wait_event_type = 'Lock' AND query LIKE 'DROP SCHEMA%'").fetchone(), 60)
+                proc.send_signal(signal.SIGINT)
+                assert proc.wait(30) == 130, (tmp_path / "log").read_text()
+            finally:
+                stop_process(proc)
+        assert "pgtape: interrupted" in (tmp_path / "log").read_text()
+        assert _schemas(c, "pgtape_incomplete_%") == []
+        assert c.execute("SELECT x FROM rec.old").fetchall() == [(1,)]
+        assert c.execute("SELECT to_regclass('rec.big')").fetchone() == (None,)
+    finally:
+        h.close()
+
+
+def test_ctrl_c_while_loading_stops_every_worker_and_drops_the_staging_schema(dsn: str, tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    h = _staged_history(dsn, archive)
+    try:
+        c = h.conn
+        plan = prepare(Archive(archive), STAGED_TABLES, Target("latest"))
+        real_rows = plan.rows
+        sent = 20000
+        produced = 0
+        seen: list[tuple[str, str]] = []
+
+        def rows(table: str) -> Iterator[bytes]:
+            """big: Ctrl-C after `sent` rows, then rows without end, until the load gives up."""
+            nonlocal produced
+            if table != "public.big":
+                yield from real_rows(table)
+                return
+            lines = list(real_rows(table))
+            for line in islice(cycle(lines), 3_000_000):
+                if produced == sent:
+                    with oracle_connect(dsn) as o:  # the staging schema, as another session sees it
+                        seen.extend(o.execute(
+                            "SELECT nspname::text, obj_description(oid, 'pg_namespace') FROM pg_namespace "
+                            "WHERE nspname LIKE 'pgtape_incomplete_%'").fetchall())
+                    os.kill(os.getpid(), signal.SIGINT)
+                produced += 1
+                yield line
+
+        plan.rows = rows  # type: ignore[method-assign]
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            sinks.to_schema(plan, dsn, "rec", False)
+        assert time.monotonic() - started < 20
+        assert sent < produced < sent + 100_000, produced  # stopped within a batch or so, not at the end
+        assert len(seen) == 1 and seen[0][1] is not None, seen
+        assert seen[0][1].startswith("pgtape replay in progress, incomplete: ") and f"pid {os.getpid()}" in seen[0][1]
+        assert len(seen[0][0].encode()) <= 63
+        assert _schemas(c, "pgtape_incomplete_%") == [] and _schemas(c, "rec") == []
+        wait_until("the replay's connections to close", lambda: _replay_sessions(c) == 0, 10)
+
+        # a plan runs once: a fresh one loads normally afterwards, in-process too
+        counts = sinks.to_schema(prepare(Archive(archive), STAGED_TABLES, Target("latest")), dsn, "rec", False)
+        assert counts == {t: len(table_state(c, t).lines) for t in STAGED_TABLES}
+        _check_schema(c, "rec", {t: table_state(c, t) for t in STAGED_TABLES})
+    finally:
+        h.close()
