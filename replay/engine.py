@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 
 from pgtape.errors import PgtapeError
 from pgtape.tape.archive import Archive
-from pgtape.tape.records import Begin, Change, Message, Relation, Truncate
+from pgtape.tape.records import Begin, Change, Commit, Message, Relation, Truncate
 from pgtape.tape.segment import SegmentError, SegmentReader
 from pgtape.pg import split_table
 from replay.fold import RelInfo, TableFold
@@ -125,61 +125,68 @@ def _fold_segment(path: Path, folds: dict[str, TableFold], from_lsn: int, target
         reader = SegmentReader(sealed[0])
     for fold in folds.values():
         fold.new_segment()
-    # Relation id -> its table's fold and what the fold knows of it; None: a table not replayed.
-    rels: dict[int, tuple[TableFold, RelInfo] | None] = {}
+    # Relation id (small: they count up from 0 in each segment) -> its table's fold and what the
+    # fold knows of it; None: a table not replayed.
+    rels: list[tuple[TableFold, RelInfo] | None] = []
     wanted = False
     transactions = changes = 0
     name_target = target.kind == "name"
-    for r in reader.records():
-        t = type(r)
-        if t is Change:
-            if not wanted:
-                continue
-            h = rels[r.rel]  # type: ignore[union-attr]
-            if h is None:
-                continue
-            changes += 1
-            fold, info = h
-            op = r.op  # type: ignore[union-attr]
-            # The common cases inline (whole rows, keys where the fold expects them); TableFold.apply
-            # has the same rules for every case.
-            if info.fast and r.absent is None:  # type: ignore[union-attr]
-                row = r.row  # type: ignore[union-attr]
-                if op == "I":
-                    fold.entries[info.key_of(row)] = row  # type: ignore[misc]
+    max_time, max_lsn = target.last_allowed()
+    for batch in reader.batches():
+        for r in batch:
+            t = type(r)
+            if t is Change:
+                if not wanted:
                     continue
-                if op == "U":
-                    new_key = info.key_of(row)  # type: ignore[misc]
-                    old_info = rels[r.old_rel][1] if r.old is not None else None  # type: ignore
-                    if old_info is not None and old_info.key_is_line:
-                        if r.old != new_key:  # type: ignore[union-attr]
-                            fold.entries[r.old] = None  # type: ignore
-                        fold.entries[new_key] = row
-                        continue
-            elif op == "D" and info.key_is_line:
-                fold.entries[r.old] = None  # type: ignore
-                continue
-            old_rel = rels[r.old_rel] if r.old_rel >= 0 else None  # type: ignore[union-attr]
-            fold.apply(r, info, old_rel[1] if old_rel is not None else None)  # type: ignore[arg-type]
-        elif t is Begin:
-            if r.end_lsn <= from_lsn:  # type: ignore[union-attr]
-                wanted = False
-                continue
-            if stop_after is not None or target.is_past(r):  # type: ignore[arg-type]
-                return _SegmentResult(last, stop_after, True, transactions, changes)
-            last, wanted = r, True  # type: ignore[assignment]
-            transactions += 1
-        elif t is Relation:
-            fold = folds.get(f"{r.schema}.{r.table}")  # type: ignore[union-attr]
-            rels[r.id] = (fold, fold.info(r)) if fold is not None else None  # type: ignore
-        elif t is Truncate:
-            fold = folds.get(f"{r.schema}.{r.table}")  # type: ignore[union-attr]
-            if wanted and fold is not None:
-                fold.truncate()
+                h = rels[r.rel]  # type: ignore[union-attr]
+                if h is None:
+                    continue
                 changes += 1
-        elif t is Message:
-            if wanted and name_target and r.prefix == MARK_PREFIX and _mark_name(r.content) == target.name:  # type: ignore
-                stop_after = last.end_lsn if last else None
+                fold, info = h
+                op = r.op  # type: ignore[union-attr]
+                # The common cases inline (whole rows, keys where the fold expects them);
+                # TableFold.apply has the same rules for every case.
+                if info.fast and r.absent is None:  # type: ignore[union-attr]
+                    row = r.row  # type: ignore[union-attr]
+                    if op == "I":
+                        fold.entries[info.key_of(row)] = row  # type: ignore[misc]
+                        continue
+                    if op == "U":
+                        new_key = info.key_of(row)  # type: ignore[misc]
+                        old_info = rels[r.old_rel][1] if r.old is not None else None  # type: ignore
+                        if old_info is not None and old_info.key_is_line:
+                            if r.old != new_key:  # type: ignore[union-attr]
+                                fold.entries[r.old] = None  # type: ignore
+                            fold.entries[new_key] = row
+                            continue
+                elif op == "D" and info.key_is_line:
+                    fold.entries[r.old] = None  # type: ignore
+                    continue
+                old_rel = rels[r.old_rel] if r.old_rel >= 0 else None  # type: ignore[union-attr]
+                fold.apply(r, info, old_rel[1] if old_rel is not None else None)  # type: ignore[arg-type]
+            elif t is Commit:
+                continue
+            elif t is Begin:
+                if r.end_lsn <= from_lsn:  # type: ignore[union-attr]
+                    wanted = False
+                    continue
+                # The stop rule (replay/target.py)
+                if stop_after is not None or r.commit_time > max_time or r.commit_lsn > max_lsn:  # type: ignore
+                    return _SegmentResult(last, stop_after, True, transactions, changes)
+                last, wanted = r, True  # type: ignore[assignment]
+                transactions += 1
+            elif t is Relation:
+                fold = folds.get(f"{r.schema}.{r.table}")  # type: ignore[union-attr]
+                rels.extend([None] * (r.id + 1 - len(rels)))  # type: ignore[union-attr]
+                rels[r.id] = (fold, fold.info(r)) if fold is not None else None  # type: ignore
+            elif t is Truncate:
+                fold = folds.get(f"{r.schema}.{r.table}")  # type: ignore[union-attr]
+                if wanted and fold is not None:
+                    fold.truncate()
+                    changes += 1
+            elif t is Message:
+                if wanted and name_target and r.prefix == MARK_PREFIX and _mark_name(r.content) == target.name:  # type: ignore
+                    stop_after = last.end_lsn if last else None
     return _SegmentResult(last, stop_after, False, transactions, changes)
 
 

@@ -15,6 +15,7 @@ import threading
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Iterator
 
@@ -28,7 +29,7 @@ from pgtape.copytext import unescape
 from replay.engine import Plan
 from replay.fold import TableFold
 
-BATCH = 1 << 20
+BATCH_ROWS = 4096  # lines per COPY write: joined in one C call
 
 
 def _qual(schema: str, table: str) -> str:
@@ -52,19 +53,14 @@ def load_rows(conn: psycopg.Connection, qualified: str, rows: Iterator[bytes], f
     """COPY the rows in; returns how many. `freeze` needs the table created in this transaction;
     `stop`, checked before each write, abandons the COPY (raises _Stopped)."""
     n = 0
-    buf = bytearray()
+    rows = iter(rows)
     with conn.cursor().copy(f"COPY {qualified} FROM STDIN{' WITH (FREEZE)' if freeze else ''}") as copy:
-        for line in rows:
-            buf += line
-            buf += b"\n"
-            n += 1
-            if len(buf) >= BATCH:
-                if stop is not None and stop.is_set():
-                    raise _Stopped
-                copy.write(bytes(buf))
-                buf.clear()
-        if buf:
-            copy.write(bytes(buf))
+        while lines := list(islice(rows, BATCH_ROWS)):
+            if stop is not None and stop.is_set():
+                raise _Stopped
+            n += len(lines)
+            lines.append(b"")  # every line ends with LF
+            copy.write(b"\n".join(lines))
     return n
 
 

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 
 from pgtape.errors import UsageError
 from pgtape.lsn import format_lsn, parse_lsn
-from pgtape.tape.reader import Txn
 from pgtape.timefmt import format_time, parse_time
+
+
+_NO_LIMIT = 1 << 64  # beyond any LSN or µs timestamp
 
 
 @dataclass(frozen=True)
@@ -29,17 +31,17 @@ class Target:
     name: str | None = None
     exclusive: bool = False
 
-    def is_past(self, txn: Txn) -> bool:
-        """True for the first transaction replay must not apply."""
+    def last_allowed(self) -> tuple[int, int]:
+        """(commit time, commit LSN) a transaction may have and still be applied: the stop rule as
+        two bounds, checked per transaction on replay's hot path. Times are whole µs, so
+        `>= T` is `> T - 1`; a mark bounds nothing here (prepare() stops after its transaction)."""
         if self.kind == "time":
             assert self.time is not None
-            return txn.commit_time >= self.time if self.exclusive else txn.commit_time > self.time
-        if self.kind == "name":
-            return False  # prepare() stops right after the transaction that carries the mark
+            return self.time - 1 if self.exclusive else self.time, _NO_LIMIT
         if self.kind == "lsn":
             assert self.lsn is not None
-            return txn.commit_lsn >= self.lsn if self.exclusive else txn.commit_lsn > self.lsn
-        return False
+            return _NO_LIMIT, self.lsn - 1 if self.exclusive else self.lsn
+        return _NO_LIMIT, _NO_LIMIT
 
     def describe(self) -> str:
         rel = "before" if self.exclusive else "up to"
