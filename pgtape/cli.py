@@ -20,7 +20,7 @@ from pgtape.config import OPTIONS, load_config
 from pgtape.errors import PgtapeError, UsageError
 from pgtape.pg import first_line
 
-SUBCOMMANDS = ("check", "init", "capture", "snapshot", "snapshots", "mark", "replay", "verify", "diff", "log", "status")
+SUBCOMMANDS = ("check", "init", "capture", "snapshot", "snapshots", "mark", "replay", "verify", "diff", "log", "status", "prune")
 
 
 class _Parser(argparse.ArgumentParser):

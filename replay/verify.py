@@ -1,9 +1,10 @@
 """pgtape verify: is the archive whole? Every file read, every problem named with where it is.
 
 Checks, per generation: every segment (frame checksums, decodability, footer against contents,
-transactions moving forward, commit counts), LSN continuity from the generation's start to its
-newest segment, every snapshot table file (frames, footer, row count), and the catalog against
-the files (completed snapshots exist with the recorded rows and bytes). Like pgBackRest's verify,
+transactions moving forward, commit counts), LSN continuity from the generation's start (once
+pruned: from where PRUNED.json lets its tape begin) to its newest segment, every snapshot table
+file (frames, footer, row count), and the catalog against the files (completed snapshots exist
+with the recorded rows and bytes). Like pgBackRest's verify,
 it reports every broken range, not just the first.
 """
 
@@ -129,7 +130,10 @@ def verify_archive(archive: Archive) -> Report:
     report = Report()
     ident = archive.identity()
     records = catalog.load_all(archive)
+    pruned = archive.pruned()
     for gen_id in range(1, ident.generation + 1):
+        if gen_id in pruned.deleted_generations:
+            continue  # deleted by pgtape prune (what an interrupted prune left is the next prune's)
         if not archive.generation_dir(gen_id).exists():
             report.problems.append(f"generation {gen_id}: directory {archive.generation_dir(gen_id)} is missing")
             continue
@@ -139,12 +143,15 @@ def verify_archive(archive: Archive) -> Report:
         if sealed_file.exists():
             recorded = msgspec.json.decode(sealed_file.read_bytes()).get("end_lsn", 0)
             present = max((s.end_lsn for s in archive.segments(gen_id) if s.end_lsn is not None), default=0)
+            present = max(present, pruned.tape_start_lsn.get(gen_id, 0))  # every sealed one may be pruned
             if present < recorded:
                 report.problems.append(f"generation {gen_id}: sealed segments up to {format_lsn(recorded)} were "
                                        f"written, but the newest present ends at {format_lsn(present)}: the tape's "
                                        "newest segments are missing")
-        for seg in archive.segments(gen_id):
+        segments = archive.segments(gen_id)
+        for seg in segments:
             verify_segment(seg.path, report)
+        tape_from = segments[0].start_lsn if segments else gen.start_lsn
         for r in (r for r in records if r.generation == gen_id and r.status == catalog.COMPLETED):
             report.snapshots += 1
             d = catalog.snapshot_dir(archive, gen_id, r.id)
@@ -166,7 +173,15 @@ def verify_archive(archive: Archive) -> Report:
             if r.as_of_lsn is not None and r.as_of_lsn < gen.start_lsn:
                 report.problems.append(f"snapshot {r.id}: as of {format_lsn(r.as_of_lsn)}, before generation "
                                        f"{gen_id} starts ({format_lsn(gen.start_lsn)})")
-        if not any(r.kind == "initial" and r.generation == gen_id and r.status == catalog.COMPLETED
+            elif gen_id in pruned.tape_start_lsn and r.as_of_lsn is not None and r.as_of_lsn < tape_from:
+                report.problems.append(f"snapshot {r.id}: as of {format_lsn(r.as_of_lsn)}, but the pruned tape of "
+                                       f"generation {gen_id} begins at {format_lsn(tape_from)}")
+        if gen_id in pruned.tape_start_lsn:  # the initial base may be pruned: some complete base must remain
+            if not any(r.generation == gen_id and r.status == catalog.COMPLETED and set(gen.tables) <= set(r.tables)
+                       for r in records):
+                report.problems.append(f"generation {gen_id}: pruned, and no completed snapshot of all its tables "
+                                       "remains (the tape cannot be replayed)")
+        elif not any(r.kind == "initial" and r.generation == gen_id and r.status == catalog.COMPLETED
                    and r.as_of_lsn == gen.start_lsn for r in records):
             report.problems.append(f"generation {gen_id}: no completed initial base at {format_lsn(gen.start_lsn)} "
                                    "(the tape cannot be replayed from its start)")

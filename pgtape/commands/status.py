@@ -62,7 +62,8 @@ def summarize_tape(archive: Archive, gen: int) -> TapeSummary:
         end_lsn = max(end_lsn, st.end_lsn)
         first_time = first_time if first_time is not None else st.first_commit_time
         last_time = st.last_commit_time if st.last_commit_time is not None else last_time
-    return TapeSummary(gen, g.slot, g.start_lsn, end_lsn, len(segments), size, transactions, changes,
+    start = segments[0].start_lsn if segments else g.start_lsn  # later than g.start_lsn once pruned
+    return TapeSummary(gen, g.slot, start, end_lsn, len(segments), size, transactions, changes,
                        first_time, last_time)
 
 

@@ -45,6 +45,16 @@ class Generation(msgspec.Struct):
     tables: list[str]  # captured tables, schema-qualified
 
 
+class Pruned(msgspec.Struct):
+    """PRUNED.json: what `pgtape prune` deletes on purpose, so verify tells "pruned" from "missing".
+
+    Written before anything is deleted (snapshots/prune.py), so it may list what still exists."""
+
+    deleted_generations: list[int] = []  # whole older generations (may still be partly present)
+    # generation -> where its tape begins: segments ending at or before it may be gone
+    tape_start_lsn: dict[int, int] = {}
+
+
 @dataclass(frozen=True)
 class SegmentFile:
     path: Path
@@ -96,6 +106,13 @@ class Archive:
                               "archive with pgtape init --archive NEW_DIR")
         return ident
 
+    @property
+    def pruned_file(self) -> Path:
+        return self.path / "PRUNED.json"
+
+    def pruned(self) -> Pruned:
+        return _load(self.pruned_file, Pruned) if self.pruned_file.exists() else Pruned()  # type: ignore[return-value]
+
     def generation_dir(self, gen: int) -> Path:
         return self.path / "generations" / f"{gen:04d}"
 
@@ -142,8 +159,11 @@ class Archive:
         """Gaps, overlaps and misplaced open segments in a generation's tape, one line each."""
         problems: list[str] = []
         expected = self.generation(gen).start_lsn
+        pruned_to = self.pruned().tape_start_lsn.get(gen, expected)
         segs = self.segments(gen)
         for i, s in enumerate(segs):
+            if i == 0 and expected < s.start_lsn <= pruned_to:
+                expected = s.start_lsn  # prune deleted the segments before it, oldest first
             if s.start_lsn != expected:
                 kind = "gap" if s.start_lsn > expected else "overlap"
                 problems.append(f"{kind} in generation {gen}: tape covers up to {format_lsn(expected)} "

@@ -1,0 +1,212 @@
+"""What may be deleted: expired snapshots, the tape no remaining base needs, whole old generations.
+
+Rules (docs/ARCHITECTURE.md, "Retention"), whatever the clock says:
+- A snapshot goes only when its `expires_at` has passed and its status is completed or failed (an
+  interrupted one reads as failed); a running one is never touched.
+- In every generation that stays, its newest completed snapshot and its newest completed snapshot
+  holding all the tables the generation captures stay, expired or not: replay needs a base.
+- An older generation whose snapshots are all expired goes entirely; the current one never does.
+- Tape: a prefix of the sealed segments whose end LSN is at or before the as-of LSN of the oldest
+  completed snapshot that stays. Never an open segment, never the last segment (it tells where the
+  tape ends and where capture continues), never past a gap (a damaged tape is refused).
+
+Crash-safe order (`STEPS`, run in turn by `prune`), so that a kill -9 at any instant leaves an
+archive verify accepts and replay can use, and a re-run of prune finishes the job:
+1. PRUNED.json (atomic rewrite + directory fsync) records the intent first: the generations to
+   delete and where each pruned tape will begin. Verify accepts their absence from then on, and
+   until they are gone, their presence.
+2. Catalog records are unlinked (catalog directory fsynced): no reader chooses those bases any more.
+3. Their snapshot directories, then whole generation directories, are removed. A directory left
+   without a record is a leftover the next prune removes (snapshot.lock is held, so no snapshot is
+   being written).
+4. Segments are unlinked oldest first, the tape directory fsynced after each: what remains is
+   always a contiguous suffix of the tape.
+Locking: prune holds snapshot.lock (as every snapshot and init do), so it never races a snapshot
+or a new generation; capture keeps running, as it only appends to the open segment and seals it,
+and prune only deletes segments that were sealed when it listed them. Readers take no lock: a
+replay reading a base that prune deletes under it fails with an error, never a wrong result.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from pgtape.durable import fsync_dir, write_atomic
+from pgtape.errors import PgtapeError
+from pgtape.tape.archive import Archive, SegmentFile
+from replay.plan import Window, tape_extent
+from snapshots import catalog
+from snapshots.catalog import SnapshotRecord
+from snapshots.take import SnapshotLock
+
+
+@dataclass
+class PrunePlan:
+    now: int  # µs UTC: expiry is judged against it
+    snapshots: list[SnapshotRecord] = field(default_factory=list)  # records (and directories) to delete
+    leftovers: list[Path] = field(default_factory=list)  # snapshot directories without a record
+    generations: list[int] = field(default_factory=list)  # older generations to delete entirely
+    segments: list[SegmentFile] = field(default_factory=list)  # per generation, oldest first
+    tape_start: dict[int, int] = field(default_factory=dict)  # generation -> where its tape will begin
+    sizes: dict[Path, int] = field(default_factory=dict)  # bytes each deleted path holds
+    window: Window | None = None  # the current generation's recoverable window afterwards
+
+    @property
+    def empty(self) -> bool:
+        return not (self.snapshots or self.leftovers or self.generations or self.segments)
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.sizes.values())
+
+
+def plan(archive: Archive, now: int | None = None) -> PrunePlan:
+    """Decide what may be deleted, from one view of the archive (take snapshot.lock first)."""
+    now = time.time_ns() // 1000 if now is None else now
+    current = archive.identity().generation
+    pruned = archive.pruned()
+    records = catalog.load_all(archive)
+    known = {r.id for r in records}
+    p = PrunePlan(now)
+
+    def expired(r: SnapshotRecord) -> bool:
+        return r.status in (catalog.COMPLETED, catalog.FAILED) and r.expires_at is not None and r.expires_at < now
+
+    for g in range(1, current + 1):
+        recs = [r for r in records if r.generation == g]
+        gdir = archive.generation_dir(g)
+        # An old generation with no records at all is not "all expired": its catalog may be damaged.
+        if g in pruned.deleted_generations or (g < current and gdir.is_dir() and recs and all(map(expired, recs))):
+            if not (recs or gdir.exists()):
+                continue  # already gone
+            p.generations.append(g)  # (again, if an earlier prune was interrupted)
+            p.snapshots += recs
+            if gdir.is_dir():
+                p.sizes[gdir] = _size(gdir)
+            continue
+        if not gdir.is_dir():
+            continue  # missing, not pruned: verify's to report, not ours to hide
+        gen = archive.generation(g)
+        done = sorted((r for r in recs if r.status == catalog.COMPLETED and r.as_of_lsn is not None),
+                      key=lambda r: r.as_of_lsn or 0)
+        full = [r for r in done if set(gen.tables) <= set(r.tables)]
+        keep = {r.id for r in done[-1:] + full[-1:]}  # what any replay of this generation needs
+        doomed = [r for r in recs if expired(r) and r.id not in keep]
+        p.snapshots += doomed
+        for r in doomed:
+            d = catalog.snapshot_dir(archive, g, r.id)
+            p.sizes[d] = _size(d)
+        sdir = gdir / "snapshots"
+        for d in sorted(sdir.iterdir()) if sdir.is_dir() else []:
+            if d.is_dir() and not d.name.endswith(".partial") and d.name not in known:
+                p.leftovers.append(d)
+                p.sizes[d] = _size(d)
+        gone = {r.id for r in doomed}
+        remaining = [r for r in done if r.id not in gone]
+        segs = _deletable_segments(archive, g, remaining[0].as_of_lsn or 0) if remaining else []
+        p.segments += segs
+        for s in segs:
+            p.sizes[s.path] = _size(s.path)
+        if doomed or segs:
+            # where the first segment left will start (never moving back over an earlier prune's point)
+            first = segs[-1].end_lsn if segs else min((s.start_lsn for s in archive.segments(g)), default=None)
+            p.tape_start[g] = max(pruned.tape_start_lsn.get(g, gen.start_lsn), first or gen.start_lsn)
+        if g == current:
+            bases = [r for r in full if r.id not in gone]
+            if bases:
+                extent = tape_extent(archive, g)
+                p.window = Window(bases[0].as_of_lsn or 0, bases[0].as_of_time or 0, extent.end_lsn,
+                                  extent.complete_time)
+    return p
+
+
+def _deletable_segments(archive: Archive, g: int, oldest_base_lsn: int) -> list[SegmentFile]:
+    problems = archive.continuity_problems(g)
+    if problems:
+        raise PgtapeError(f"{problems[0]}: prune deletes nothing from a tape with a gap (run pgtape verify)")
+    segs = archive.segments(g)
+    out: list[SegmentFile] = []
+    for s in segs[:-1]:  # never the last: it tells where the tape ends (and capture continues)
+        if s.end_lsn is None or s.end_lsn > oldest_base_lsn:
+            break  # only a prefix goes, so no hole is ever made
+        out.append(s)
+    return out
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+# -- the crash-safe steps, in order (each is idempotent) ------------------------------------------
+def record_intent(archive: Archive, p: PrunePlan) -> None:
+    """Step 1: PRUNED.json says what is about to go, before anything goes."""
+    if not (p.generations or p.tape_start):
+        return
+    old = archive.pruned()
+    new = msgspec.structs.replace(old, deleted_generations=sorted(set(old.deleted_generations) | set(p.generations)),
+                                  tape_start_lsn={**old.tape_start_lsn, **p.tape_start})
+    if new != old:
+        write_atomic(archive.pruned_file, msgspec.json.encode(new))
+
+
+def forget_snapshots(archive: Archive, p: PrunePlan) -> None:
+    """Step 2: the catalog records go, so no replay chooses those snapshots any more."""
+    if not p.snapshots:
+        return
+    d = catalog.catalog_dir(archive)
+    for r in p.snapshots:
+        (d / f"{r.id}.json").unlink(missing_ok=True)
+    fsync_dir(d)
+
+
+def delete_directories(archive: Archive, p: PrunePlan) -> None:
+    """Step 3: snapshot directories (of records already forgotten), then whole old generations."""
+    dirs = [catalog.snapshot_dir(archive, r.generation, r.id) for r in p.snapshots if r.generation not in p.generations]
+    for d in dirs + p.leftovers:
+        if d.exists():
+            shutil.rmtree(d)
+            fsync_dir(d.parent)
+    for g in p.generations:
+        gdir = archive.generation_dir(g)
+        if gdir.exists():
+            shutil.rmtree(gdir)
+            fsync_dir(gdir.parent)
+
+
+def delete_segments(archive: Archive, p: PrunePlan) -> None:
+    """Step 4: oldest first, one durable unlink at a time: the tape left is a contiguous suffix."""
+    for s in p.segments:
+        s.path.unlink(missing_ok=True)
+        fsync_dir(s.path.parent)
+
+
+STEPS = (record_intent, forget_snapshots, delete_directories, delete_segments)
+
+
+def prune(archive: Archive, *, dry_run: bool, now: int | None = None) -> PrunePlan:
+    if dry_run:  # a reader: takes no lock and changes nothing
+        return plan(archive, now)
+    try:
+        lock = SnapshotLock(archive)
+    except PgtapeError:
+        raise PgtapeError(f"a snapshot, init or another prune is running on {archive.path}: "
+                          "run pgtape prune when it ends") from None
+    try:
+        p = plan(archive, now)
+        for step in STEPS:
+            step(archive, p)
+        return p
+    finally:
+        lock.release()
+
+
+def segment_generation(s: SegmentFile) -> int:
+    """The generation a segment file belongs to: generations/<NNNN>/tape/<file>."""
+    return int(s.path.parent.parent.name)
