@@ -84,7 +84,7 @@ def dump(conn: psycopg.Connection, tables: Iterable[str]) -> dict[str, TableStat
 
 
 def unescape_copy(field: bytes) -> str | None:
-    """One COPY text field -> its value (None for NULL), written independently of replay/copytext.py."""
+    """One COPY text field -> its value (None for NULL), written independently of pgtape/copytext.py."""
     if field == b"\\N":
         return None
     out = bytearray()
