@@ -37,7 +37,7 @@ class _Partial:
 
 
 # An entry: the whole row in the fold's current shape | None (deleted) | a _Partial.
-Entry = "bytes | None | _Partial"
+Entry = bytes | None | _Partial
 
 
 def key_reader(columns: list[str], key: list[str]) -> KeyReader | None:
@@ -80,7 +80,7 @@ class TableFold:
     types: list[str]
     key: list[str]
     base_columns: list[str]
-    entries: dict[Key, "bytes | None | _Partial"] = field(default_factory=dict)
+    entries: dict[Key, Entry] = field(default_factory=dict)
     truncated: bool = False
     _rels: dict[int, RelInfo] = field(default_factory=dict)  # by Relation id, this segment
     _types: dict[str, str] = field(default_factory=dict)  # every column type seen
@@ -124,7 +124,7 @@ class TableFold:
             self.entries[old_key] = None
         self.entries[new_key] = stored
 
-    def _merge_partial(self, old_key: Key, columns: list[str], row: bytes) -> "bytes | _Partial":
+    def _merge_partial(self, old_key: Key, columns: list[str], row: bytes) -> bytes | _Partial:
         """An UPDATE without its unchanged TOAST columns: those keep the row's previous values."""
         prev = self.entries.get(old_key, _MISSING)
         if prev is _MISSING:

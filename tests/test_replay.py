@@ -729,17 +729,8 @@ def test_in_place_restores_the_exact_text_of_equal_values(dsn: str, tmp_path: Pa
         ["UPDATE m SET n = 2.50 WHERE id = 2"],
         ["UPDATE m SET n = 1.00, j = '{\"a\": 1.00}' WHERE id = 1", "UPDATE m SET n = 2.5 WHERE id = 2"])
     try:
-        live = table_state(h.conn, "public.m")
-        want = target.state["public.m"]
-        counts = _counts(live, want)
+        counts = _dry_run_then_in_place(cli, h, target, "public.m", rows=3)
         assert counts == {"insert": 0, "delete": 0, "update": 2}
-        lsn = lsn_text(target.post_lsn)
-        r = run_pgtape("replay", *cli, "--target-lsn", lsn, "--dry-run", "--json")
-        assert r.returncode == 0, r.stderr
-        assert json.loads(r.stdout)["tables"]["public.m"] == {"rows": 3, **counts}
-        r = run_pgtape("replay", *cli, "--target-lsn", lsn, "--in-place", "--yes")
-        assert r.returncode == 0, r.stderr
-        assert table_state(h.conn, "public.m") == want
     finally:
         h.close()
 
@@ -754,17 +745,24 @@ def test_in_place_and_dry_run_with_a_json_column(dsn: str, tmp_path: Path) -> No
         ["INSERT INTO events VALUES (3, 'null')"],
         ["UPDATE events SET payload = '{\"a\": 2, \"b\": 1}' WHERE id = 1", "DELETE FROM events WHERE id = 2"])
     try:
-        live = table_state(h.conn, "public.events")
-        want = target.state["public.events"]
-        lsn = lsn_text(target.post_lsn)
-        r = run_pgtape("replay", *cli, "--target-lsn", lsn, "--dry-run", "--json")
-        assert r.returncode == 0, r.stderr
-        assert json.loads(r.stdout)["tables"]["public.events"] == {"rows": 3, **_counts(live, want)}
-        r = run_pgtape("replay", *cli, "--target-lsn", lsn, "--in-place", "--yes")
-        assert r.returncode == 0, r.stderr
-        assert table_state(h.conn, "public.events") == want
+        _dry_run_then_in_place(cli, h, target, "public.events", rows=3)
     finally:
         h.close()
+
+
+def _dry_run_then_in_place(cli: list[str], h: History, target: Step, table: str, rows: int) -> dict[str, int]:
+    """--dry-run --json must count what differs from live; --in-place --yes must then make live
+    equal to the target state. Returns the counts."""
+    want = target.state[table]
+    counts = _counts(table_state(h.conn, table), want)
+    lsn = lsn_text(target.post_lsn)
+    r = run_pgtape("replay", *cli, "--target-lsn", lsn, "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["tables"][table] == {"rows": rows, **counts}
+    r = run_pgtape("replay", *cli, "--target-lsn", lsn, "--in-place", "--yes")
+    assert r.returncode == 0, r.stderr
+    assert table_state(h.conn, table) == want
+    return counts
 
 
 def test_recovery_points_while_other_sessions_write(dsn: str, tmp_path: Path) -> None:
