@@ -1,4 +1,5 @@
-"""Scheduled snapshots: capture starts `pgtape snapshot` in a child process when one is due.
+"""Scheduled snapshots: capture starts `pgtape snapshot --prune` in a child process when one is due,
+so the retention is applied right after each new base (snapshots/prune.py).
 
 A child process, not a thread, so the snapshot's COPY never competes with the capture loop for
 the GIL and a failing snapshot cannot take capture down (capture keeps acknowledging).
@@ -40,7 +41,8 @@ class SnapshotScheduler:
             self._child = None
             if code != 0:
                 retry = min(RETRY_AFTER_FAILURE, every)
-                self.log(f"scheduled snapshot failed (exit {code}); next attempt in {retry:.0f}s")
+                self.log(f"scheduled snapshot or its prune failed (exit {code}, reason above); "
+                         f"next attempt in {retry:.0f}s")
                 self._not_before = time.monotonic() + retry
             return
         if time.monotonic() < self._not_before:
@@ -57,7 +59,8 @@ class SnapshotScheduler:
             env["PGTAPE_DSN"] = self.config.dsn  # environment, not argv: ps shows argv to everyone
         if self.config.source_file:
             env["PGTAPE_CONFIG"] = str(self.config.source_file)
-        self._child = subprocess.Popen([sys.executable, "-m", "pgtape", "snapshot", "--kind", "scheduled"], env=env)
+        self._child = subprocess.Popen([sys.executable, "-m", "pgtape", "snapshot", "--kind", "scheduled", "--prune"],
+                                       env=env)
 
     def stop(self) -> None:
         """Let a running snapshot finish: it is independent of capture."""

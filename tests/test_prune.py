@@ -22,7 +22,7 @@ from pathlib import Path
 import msgspec
 import psycopg
 
-from conftest import capture_to_now, run_pgtape
+from conftest import capture_to_now, run_pgtape, spawn_pgtape, stop_process, wait_until
 from pgtape.tape import FORMAT_VERSION
 from pgtape.tape.archive import Archive
 from pgtape.timefmt import format_time
@@ -341,3 +341,62 @@ def test_prune_is_refused_while_a_snapshot_holds_the_lock(tmp_path: Path) -> Non
         _one_line_error(run_pgtape("prune", "--archive", str(archive)), "is running", "when it ends")
     finally:
         os.close(fd)
+
+
+# -- 6 ------------------------------------------------------------------------------------------------
+def test_snapshot_prune_applies_the_retention_after_the_new_base(dsn: str, tmp_path: Path) -> None:
+    b = Built(dsn, tmp_path)
+    with oracle_connect(dsn) as c:
+        _setup(b, c)
+        b.batch(c)
+        s1 = b.snapshot()
+        b.batch(c)
+        live = b.live(c)
+        a = Archive(b.archive)
+        old = {r.id for r in catalog.load_all(a)}
+        _expire(b.archive, old)  # S0 and S1: the new base makes both unneeded
+        out = json.loads(run_pgtape("snapshot", *b.cli, "--prune", "--json", check=True).stdout)
+        assert {s["id"] for s in out["prune"]["snapshots"]} == old, out
+        assert [r.id for r in catalog.load_all(a)] == [out["id"]]
+        assert out["prune"]["segments"] and all(s.start_lsn >= (s1.as_of_lsn or 0) for s in a.segments(1)[1:])
+        _verify_ok(b.archive)
+        _replay_latest(b, c, "after_snapshot_prune", live)
+        # Human form: the snapshot line, then what prune did (here: nothing left to do).
+        r = run_pgtape("snapshot", *b.cli, "--prune")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith("snapshot ") and "nothing to prune" in r.stdout, r.stdout
+
+
+def test_scheduled_snapshots_apply_the_retention(dsn: str, tmp_path: Path) -> None:
+    b = Built(dsn, tmp_path)
+    b.conf.write_text(CONF + 'snapshot_every = "1s"\n')
+    with oracle_connect(dsn) as c:
+        _setup(b, c)
+        b.batch(c)
+        a = Archive(b.archive)
+        [s0] = catalog.load_all(a)
+        _expire(b.archive, {s0.id})
+        capture = spawn_pgtape("capture", *b.cli, "--tables", TABLES, log=tmp_path / "capture.log")
+        try:
+            def s0_gone() -> bool:
+                assert capture.poll() is None, (tmp_path / "capture.log").read_text()
+                recs = catalog.load_all(a)
+                return any(r.kind == "scheduled" and r.status == catalog.COMPLETED for r in recs) and \
+                    all(r.id != s0.id for r in recs)
+            wait_until("a scheduled snapshot, then S0 pruned", s0_gone, 30)
+        finally:
+            stop_process(capture)
+            # A scheduled snapshot (and its prune) may outlive capture: wait for any still running.
+            for r in catalog.load_all(a):
+                if r.status == catalog.RUNNING and r.pid:
+                    wait_until(f"scheduled snapshot {r.id} to end", lambda: not _alive(r.pid), 30, 0.1)
+        assert not catalog.snapshot_dir(a, 1, s0.id).exists()
+        _verify_ok(b.archive)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

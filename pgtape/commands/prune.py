@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING, Any
 
 from pgtape.config import Config
 from pgtape.lsn import format_lsn
 from pgtape.tape.archive import Archive
 from pgtape.timefmt import format_time
+
+if TYPE_CHECKING:
+    from snapshots.prune import PrunePlan
 
 HELP = "delete expired snapshots, the tape before the oldest remaining base, and expired old generations"
 
@@ -19,11 +23,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from snapshots import catalog
-    from snapshots.prune import prune, segment_generation
+    from snapshots.prune import prune
 
     archive = Archive.existing(config.require_archive())
-    p = prune(archive, dry_run=args.dry_run)
+    report(archive, prune(archive, dry_run=args.dry_run), args.dry_run, args.json)
+    return 0
+
+
+def summary(archive: Archive, p: "PrunePlan", dry_run: bool) -> dict[str, Any]:
+    """What was (or would be) deleted, as --json prints it."""
+    from snapshots import catalog
+    from snapshots.prune import segment_generation
+
     snaps = [{"id": r.id, "generation": r.generation, "kind": r.kind, "status": r.status,
               "as_of_lsn": format_lsn(r.as_of_lsn) if r.as_of_lsn is not None else None,
               "as_of_time": format_time(r.as_of_time) if r.as_of_time is not None else None,
@@ -36,25 +47,31 @@ def run(args: argparse.Namespace, config: Config) -> int:
     window = None if w is None else {"from": format_time(w.from_time), "from_lsn": format_lsn(w.from_lsn),
                                      "to": format_time(w.to_time), "to_lsn": format_lsn(w.to_lsn),
                                      "text": w.describe()}
-    if args.json:
-        print(json.dumps({"dry_run": args.dry_run, "nothing_to_prune": p.empty, "snapshots": snaps, "segments": segs,
-                          "generations": gens, "leftovers": leftovers, "bytes_freed": p.bytes, "window": window},
-                         indent=2))
-        return 0
-    verb = "would delete" if args.dry_run else "deleted"
-    for s in snaps:
+    return {"dry_run": dry_run, "nothing_to_prune": p.empty, "snapshots": snaps, "segments": segs,
+            "generations": gens, "leftovers": leftovers, "bytes_freed": p.bytes, "window": window}
+
+
+def report(archive: Archive, p: "PrunePlan", dry_run: bool, as_json: bool) -> None:
+    from snapshots import catalog
+
+    out = summary(archive, p, dry_run)
+    if as_json:
+        print(json.dumps(out, indent=2))
+        return
+    verb = "would delete" if dry_run else "deleted"
+    for s in out["snapshots"]:
         when = f"as of {s['as_of_time']} ({s['as_of_lsn']})" if s["status"] == catalog.COMPLETED else s["status"]
         print(f"{verb} snapshot {s['id']} (generation {s['generation']}, {when}, {s['bytes']} bytes)")
-    for g in gens:
+    for g in out["generations"]:
         print(f"{verb} generation {g['id']} ({archive.generation_dir(g['id'])}, {g['bytes']} bytes)")
-    for d in leftovers:
+    for d in out["leftovers"]:
         print(f"{verb} leftover snapshot directory {d['path']} ({d['bytes']} bytes)")
-    for seg in segs:
+    for seg in out["segments"]:
         print(f"{verb} segment {seg['file']} (generation {seg['generation']}, {seg['start_lsn']} .. {seg['end_lsn']}, "
               f"{seg['bytes']} bytes)")
     if p.empty:
         print("nothing to prune: no snapshot has expired and no tape is unneeded")
     else:
-        print(f"{'would free' if args.dry_run else 'freed'} {p.bytes} bytes")
-    print(w.describe() if w else "recoverable window: none (no completed snapshot holds every captured table)")
-    return 0
+        print(f"{'would free' if dry_run else 'freed'} {p.bytes} bytes")
+    print(p.window.describe() if p.window else "recoverable window: none (no completed snapshot holds every captured "
+          "table)")

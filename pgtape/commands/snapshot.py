@@ -7,6 +7,7 @@ import json
 import sys
 
 from pgtape.config import Config
+from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn
 from pgtape.tape.archive import Archive
 from pgtape.timefmt import format_time
@@ -16,6 +17,8 @@ HELP = "take a snapshot of the captured tables now (capture keeps running)"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", choices=("manual", "scheduled"), default="manual", help=argparse.SUPPRESS)
+    p.add_argument("--prune", action="store_true",
+                   help="then apply the retention: what pgtape prune does (scheduled snapshots always do)")
     p.add_argument("--json", action="store_true", help="machine-readable summary")
 
 
@@ -26,10 +29,23 @@ def run(args: argparse.Namespace, config: Config) -> int:
     # --tables picks a subset of the captured tables (default: all of them).
     captured = archive.generation(archive.identity().generation).tables
     rec = take_snapshot(config, archive, config.tables_or(captured), args.kind, log=lambda m: print(m, file=sys.stderr))
-    if args.json:
-        print(json.dumps({"id": rec.id, "as_of_lsn": format_lsn(rec.as_of_lsn or 0),
-                          "as_of_time": format_time(rec.as_of_time), "rows": rec.rows, "bytes": rec.bytes}))
-    else:
+    if not args.json:
         print(f"snapshot {rec.id} completed: as of {format_lsn(rec.as_of_lsn or 0)} "
-              f"({format_time(rec.as_of_time)}), {sum(rec.rows.values())} rows, {rec.bytes} bytes")
+              f"({format_time(rec.as_of_time)}), {sum(rec.rows.values())} rows, {rec.bytes} bytes", flush=True)
+    pruned = None
+    if args.prune:  # after the new base is complete, so it counts as the newest one prune keeps
+        from pgtape.commands.prune import report, summary
+        from snapshots.prune import prune
+        try:
+            pruned = prune(archive, dry_run=False)
+        except PgtapeError as e:
+            raise PgtapeError(f"snapshot {rec.id} completed, but applying the retention failed: {e}") from None
+        if not args.json:
+            report(archive, pruned, dry_run=False, as_json=False)
+    if args.json:
+        out = {"id": rec.id, "as_of_lsn": format_lsn(rec.as_of_lsn or 0), "as_of_time": format_time(rec.as_of_time),
+               "rows": rec.rows, "bytes": rec.bytes}
+        if pruned is not None:
+            out["prune"] = summary(archive, pruned, dry_run=False)
+        print(json.dumps(out))
     return 0
