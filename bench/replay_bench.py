@@ -420,8 +420,8 @@ def profile_replay(pgtape: list[str], common: list[str], dsn: str, target: str, 
     lines = [f"total {total_tt:.2f}s (under cProfile)", "phases (cumulative):"]
     for (file, line, fn), (_, ncalls, tt, ct, _) in raw.items():
         if (fn == "prepare" and file.endswith("replay/engine.py")) or \
-                (fn == "to_schema" and file.endswith("replay/sinks.py")) or \
-                (fn == "_load" and file.endswith("replay/sinks.py")) or \
+                (fn == "to_schema" and file.endswith("replay/sinks/schema.py")) or \
+                (fn == "_load" and file.endswith("replay/sinks/schema.py")) or \
                 (fn == "rows" and file.endswith("replay/fold.py")):
             lines.append(f"  {ct:7.2f}s cum {100 * ct / total_tt:5.1f}%  {ncalls:>9} calls  {Path(file).name}:{line}({fn})")
     lines.append("top by self time:")

@@ -1,0 +1,137 @@
+"""The live tables: how they differ from the replayed rows (dry run), and replacing them (in place)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import psycopg
+
+from pgtape.errors import PgtapeError
+from pgtape.pg import connect, first_line, quote_ident, split_table
+from replay.engine import Plan
+from replay.fold import TableFold
+from replay.sinks.load import create_table, load_rows, qual
+
+@dataclass
+class TableDiff:
+    table: str
+    rows: int  # in the replayed result
+    to_insert: int
+    to_update: int
+    to_delete: int
+
+
+def diff_live(plan: Plan, dsn: str | None, apply: bool = False) -> tuple[list[TableDiff], str | None]:
+    """Per table, how the live rows differ from the replayed ones. With `apply`: back up every row
+    that would be overwritten or deleted into a new schema, then make the live tables equal to the
+    result, all in one transaction. Returns (diffs, backup schema or None)."""
+    backup = None
+    with connect(dsn, autocommit=False, application_name="pgtape replay") as conn:
+        try:
+            staged: dict[str, str] = {}
+            diffs = []
+            for i, (table, fold) in enumerate(plan.folds.items()):
+                staged[table] = f"pgtape_replayed_{i}"
+                create_table(conn, staged[table], fold, temp=True)
+                rows = load_rows(conn, staged[table], plan.rows(table))
+                diffs.append(_diff_counts(conn, table, staged[table], fold, rows))
+            if apply:
+                now_us = time.time_ns() // 1000
+                backup = f"pgtape_backup_{time.strftime('%Y%m%dt%H%M%S', time.gmtime(now_us // 10**6))}_{now_us % 10**6:06d}"
+                _apply(conn, plan, staged, backup)
+                conn.commit()
+            else:
+                conn.rollback()
+        except psycopg.errors.ForeignKeyViolation as e:
+            conn.rollback()
+            detail = e.diag.message_detail or ""
+            raise PgtapeError(f"rolled back: {first_line(e)} {detail} — rows outside the selected tables depend "
+                              "on rows the replay would change; add those tables with --tables".strip()) from None
+        except psycopg.Error as e:
+            conn.rollback()
+            raise PgtapeError(f"rolled back: {first_line(e)}") from None
+    return diffs, backup
+
+
+def _match(fold: TableFold, a: str, b: str) -> str:
+    return " AND ".join(f"{a}.{quote_ident(k)} = {b}.{quote_ident(k)}" for k in fold.key)
+
+
+def _common(conn: psycopg.Connection, table: str, fold: TableFold) -> list[str]:
+    schema, name = split_table(table)
+    live = {r[0] for r in conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
+        (qual(schema, name),)).fetchall()}
+    if not live:
+        raise PgtapeError(f"live table {table} does not exist: replay into a recovery schema instead")
+    return [c for c in fold.columns if c in live]
+
+
+def _diff_counts(conn: psycopg.Connection, table: str, staged: str, fold: TableFold, rows: int) -> TableDiff:
+    schema, name = split_table(table)
+    live = qual(schema, name)
+    cols = _common(conn, table, fold)
+    differs = " OR ".join(f"r.{quote_ident(c)}::text IS DISTINCT FROM l.{quote_ident(c)}::text" for c in cols) or "false"
+    row = conn.execute(
+        f"SELECT (SELECT count(*) FROM {staged} r WHERE NOT EXISTS (SELECT 1 FROM {live} l WHERE {_match(fold, 'l', 'r')})),"
+        f" (SELECT count(*) FROM {staged} r JOIN {live} l ON {_match(fold, 'l', 'r')} WHERE {differs}),"
+        f" (SELECT count(*) FROM {live} l WHERE NOT EXISTS (SELECT 1 FROM {staged} r WHERE {_match(fold, 'l', 'r')}))"
+    ).fetchone()
+    assert row is not None
+    return TableDiff(table, rows, row[0], row[1], row[2])
+
+
+def fk_order(conn: psycopg.Connection, tables: list[str]) -> list[str]:
+    """Tables ordered parents first (by foreign keys among them)."""
+    edges = conn.execute(
+        "SELECT c.conrelid::regclass::text, c.confrelid::regclass::text FROM pg_constraint c "
+        "WHERE c.contype = 'f' AND c.conrelid = ANY(%s::regclass[]) AND c.confrelid = ANY(%s::regclass[])",
+        ([qual(*split_table(t)) for t in tables],) * 2).fetchall()
+    regname = {_regclass_text(conn, t): t for t in tables}
+    parents = {t: set() for t in tables}
+    for child, parent in edges:
+        if child != parent and child in regname and parent in regname:
+            parents[regname[child]].add(regname[parent])
+    ordered: list[str] = []
+    while len(ordered) < len(tables):
+        ready = [t for t in tables if t not in ordered and parents[t] <= set(ordered)]
+        ordered.extend(ready or [t for t in tables if t not in ordered])  # a cycle: keep the given order
+    return ordered
+
+
+def _regclass_text(conn: psycopg.Connection, table: str) -> str:
+    row = conn.execute("SELECT to_regclass(%s)::text", (qual(*split_table(table)),)).fetchone()
+    return row[0] if row else table
+
+
+def _apply(conn: psycopg.Connection, plan: Plan, staged: dict[str, str], backup: str) -> None:
+    order = fk_order(conn, list(plan.folds))
+    conn.execute(f"CREATE SCHEMA {quote_ident(backup)}")
+    for table in order:
+        fold = plan.folds[table]
+        schema, name = split_table(table)
+        live, r = qual(schema, name), staged[table]
+        cols = _common(conn, table, fold)
+        differs = " OR ".join(f"r.{quote_ident(c)}::text IS DISTINCT FROM l.{quote_ident(c)}::text" for c in cols) or "false"
+        conn.execute(f"CREATE TABLE {qual(backup, name)} AS SELECT l.* FROM {live} l WHERE NOT EXISTS "
+                     f"(SELECT 1 FROM {r} r WHERE {_match(fold, 'l', 'r')}) OR EXISTS (SELECT 1 FROM {r} r WHERE "
+                     f"{_match(fold, 'l', 'r')} AND ({differs}))")
+    # Inserts and updates parents first, deletes children first: no foreign key sees a missing row.
+    for table in order:
+        fold = plan.folds[table]
+        schema, name = split_table(table)
+        live, r = qual(schema, name), staged[table]
+        cols = _common(conn, table, fold)
+        names = ", ".join(quote_ident(c) for c in cols)
+        conn.execute(f"INSERT INTO {live} ({names}) SELECT {names} FROM {r} r WHERE NOT EXISTS "
+                     f"(SELECT 1 FROM {live} l WHERE {_match(fold, 'l', 'r')})")
+        sets = ", ".join(f"{quote_ident(c)} = r.{quote_ident(c)}" for c in cols if c not in fold.key)
+        differs = " OR ".join(f"r.{quote_ident(c)}::text IS DISTINCT FROM l.{quote_ident(c)}::text" for c in cols)
+        if sets:
+            conn.execute(f"UPDATE {live} l SET {sets} FROM {r} r WHERE {_match(fold, 'l', 'r')} AND ({differs})")
+    for table in reversed(order):
+        fold = plan.folds[table]
+        schema, name = split_table(table)
+        live, r = qual(schema, name), staged[table]
+        conn.execute(f"DELETE FROM {live} l WHERE NOT EXISTS (SELECT 1 FROM {r} r WHERE {_match(fold, 'l', 'r')})")

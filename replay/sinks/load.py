@@ -1,0 +1,50 @@
+"""Tables for a replay's rows and COPY into them: what every database destination shares."""
+
+from __future__ import annotations
+
+import threading
+from itertools import islice
+from typing import Iterator
+
+import psycopg
+
+from pgtape.pg import quote_ident
+from replay.fold import TableFold
+
+BATCH_ROWS = 4096  # lines per COPY write: joined in one C call
+
+
+class Stopped(Exception):
+    """The load was asked to stop (another table's load failed, or Ctrl-C)."""
+
+
+def qual(schema: str, table: str) -> str:
+    return f"{quote_ident(schema)}.{quote_ident(table)}"
+
+
+def key_list(fold: TableFold) -> str:
+    return ", ".join(quote_ident(k) for k in fold.key)
+
+
+def create_table(conn: psycopg.Connection, qualified: str, fold: TableFold, temp: bool = False,
+                 primary_key: bool = True) -> None:
+    """`primary_key=False`: the caller adds it after loading, one index build instead of row by row."""
+    cols = ", ".join(f"{quote_ident(c)} {t}" for c, t in zip(fold.columns, fold.types))
+    pk = f", PRIMARY KEY ({key_list(fold)})" if fold.key and primary_key else ""
+    conn.execute(f"CREATE {'TEMP ' if temp else ''}TABLE {qualified} ({cols}{pk})")
+
+
+def load_rows(conn: psycopg.Connection, qualified: str, rows: Iterator[bytes], freeze: bool = False,
+              stop: threading.Event | None = None) -> int:
+    """COPY the rows in; returns how many. `freeze` needs the table created in this transaction;
+    `stop`, checked before each write, abandons the COPY (raises Stopped)."""
+    n = 0
+    rows = iter(rows)
+    with conn.cursor().copy(f"COPY {qualified} FROM STDIN{' WITH (FREEZE)' if freeze else ''}") as copy:
+        while lines := list(islice(rows, BATCH_ROWS)):
+            if stop is not None and stop.is_set():
+                raise Stopped
+            n += len(lines)
+            lines.append(b"")  # every line ends with LF
+            copy.write(b"\n".join(lines))
+    return n
