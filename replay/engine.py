@@ -146,13 +146,13 @@ def _fold_segment(path: Path, folds: dict[str, TableFold], from_lsn: int, target
                 op = r.op  # type: ignore[union-attr]
                 # The common cases inline (whole rows, keys where the fold expects them);
                 # TableFold.apply has the same rules for every case.
-                if info.fast and r.absent is None:  # type: ignore[union-attr]
+                if info.fast and r.absent is None and op != "D":  # type: ignore[union-attr]
                     row = r.row  # type: ignore[union-attr]
+                    new_key = row.partition(b"\t")[0] if info.key_first else info.key_of(row)  # type: ignore
                     if op == "I":
-                        fold.entries[info.key_of(row)] = row  # type: ignore[misc]
+                        fold.entries[new_key] = row
                         continue
                     if op == "U":
-                        new_key = info.key_of(row)  # type: ignore[misc]
                         old_info = rels[r.old_rel][1] if r.old is not None else None  # type: ignore
                         if old_info is not None and old_info.key_is_line:
                             if r.old != new_key:  # type: ignore[union-attr]

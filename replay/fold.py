@@ -63,6 +63,7 @@ class RelInfo:
     columns: list[str]
     key_of: KeyReader | None
     key_is_line: bool  # the columns are the key: a line is its own key (the usual DELETE identity)
+    key_first: bool  # a one-column key in the first column: the key is the line up to its first TAB
     full_shape: bool  # columns equal the fold's current columns
     fast: bool = False  # full_shape and a key: a whole row is stored as it is
 
@@ -95,7 +96,7 @@ class TableFold:
         info = self._rels.get(rel.id)
         if info is None:
             info = RelInfo(rel.columns, key_reader(rel.columns, self.key), rel.columns == self.key,
-                           rel.columns == self.columns)
+                           self.key == rel.columns[:1], rel.columns == self.columns)
             self._rels[rel.id] = info
             self._types.update(zip(rel.columns, rel.types))
         return info
