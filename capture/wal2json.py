@@ -79,7 +79,7 @@ def to_field(value: Any, type_name: str) -> str:
     if type(value) is str:
         if type_name == "bytea":  # wal2json prints bare hex; the output is \\x<hex>, whose backslash COPY escapes
             return "\\\\x" + value
-        # pgtape.copytext.escape_text, inlined: this runs for every text value captured
+        # isprintable() is False for every control character: most values skip translate().
         return value.translate(COPY_ESCAPES) if "\\" in value or not value.isprintable() else value
     if value is None:
         return NULL_TEXT

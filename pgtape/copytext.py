@@ -2,31 +2,17 @@
 
 A row is its fields joined by TAB (a line; LF ends it in files and COPY streams); NULL is \\N.
 Escaping is exactly what COPY TO writes (backslash, and \\b \\f \\n \\r \\t \\v for those control
-characters), so a value escaped here compares byte for byte with the same value in a base file.
+characters), so a value escaped with it compares byte for byte with the same value in a base file.
 """
 
 from __future__ import annotations
 
 NULL = b"\\N"
 NULL_TEXT = "\\N"
+# For str.translate; capture escapes with it (capture/wal2json.py, only values that need it).
 COPY_ESCAPES = {ord("\\"): "\\\\", ord("\b"): "\\b", ord("\f"): "\\f", ord("\n"): "\\n", ord("\r"): "\\r",
-            ord("\t"): "\\t", ord("\v"): "\\v"}
+                ord("\t"): "\\t", ord("\v"): "\\v"}
 _UNESCAPES = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r", "b": "\b", "f": "\f", "v": "\v"}
-
-
-def escape_text(value: str) -> str:
-    """A non-NULL value as a COPY text field. Hot in capture: the common case is two C calls."""
-    if "\\" in value or not value.isprintable():  # isprintable() is False for every control character
-        return value.translate(COPY_ESCAPES)
-    return value
-
-
-def escape(value: str | None) -> bytes:
-    return NULL if value is None else escape_text(value).encode()
-
-
-def join_row(values: list[str | None]) -> bytes:
-    return "\t".join([NULL_TEXT if v is None else escape_text(v) for v in values]).encode()
 
 
 def unescape(field: bytes) -> str | None:
