@@ -583,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help=f"{QUICK.changes:,} row changes instead of {FULL.changes:,}")
     p.add_argument("--changes", type=int, help="row changes before the target time")
     p.add_argument("--workers", type=int, default=2, help="workload connections (default 2)")
-    p.add_argument("--runs", type=int, default=2, help="interleaved runs of each recovery, the best counts (default 2)")
+    p.add_argument("--runs", type=int, default=3, help="interleaved runs of each recovery, the best counts (default 3)")
     p.add_argument("--base-orders", type=int, default=0,
                    help="bulk-load this many orders before the base (default 0: the base is the empty schema)")
     p.add_argument("--profile", action="store_true", help="also cProfile one more pgtape replay (not timed)")
