@@ -1,8 +1,9 @@
 """A throwaway PostgreSQL cluster for tests, the demo and benchmarks.
 
 It lives in a private directory, listens on a free loopback port and a private socket directory,
-runs with wal_level=logical, and never touches the system's own clusters. As root, initdb and the
-server run as the `postgres` user (initdb refuses root).
+runs with wal_level=logical, lets wal2json decode (output_plugin_libraries, where the server has
+that parameter), and never touches the system's own clusters. As root, initdb and the server run
+as the `postgres` user (initdb refuses root).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 from pgtape.errors import PgtapeError
 
@@ -45,6 +47,23 @@ def find_bindir() -> Path:
     raise PgtapeError("PostgreSQL server binaries not found: install postgresql-15 or set PGTAPE_PG_BINDIR")
 
 
+def server_parameter_defaults(bindir: Path) -> dict[str, str]:
+    """Every parameter this server binary knows, with its built-in default (`postgres --describe-config`)."""
+    r = subprocess.run([str(bindir / "postgres"), "--describe-config"], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise PgtapeError(f"{bindir / 'postgres'} --describe-config failed: {r.stderr.strip()}")
+    # Tab-separated: name, context, group, type, default, min, max, descriptions.
+    return {f[0]: f[4] for f in (line.split("\t") for line in r.stdout.splitlines()) if len(f) > 4}
+
+
+def allow_output_plugins(defaults: dict[str, str], plugins: Sequence[str]) -> dict[str, str]:
+    """The setting that lets `plugins` decode, on servers (15.19+) that restrict output plugins."""
+    if "output_plugin_libraries" not in defaults or not plugins:
+        return {}  # an older server refuses to start with a parameter it does not know
+    names = [n for n in defaults["output_plugin_libraries"].replace(" ", "").split(",") if n]
+    return {"output_plugin_libraries": "'" + ", ".join([*names, *(p for p in plugins if p not in names)]) + "'"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -55,7 +74,7 @@ class EmbeddedPostgres:
     """`with EmbeddedPostgres() as pg: psycopg.connect(pg.dsn())`."""
 
     def __init__(self, base_dir: str | Path | None = None, settings: dict[str, str] | None = None,
-                 superuser: str = "postgres") -> None:
+                 superuser: str = "postgres", output_plugins: Sequence[str] = ("wal2json",)) -> None:
         self.bindir = find_bindir()
         self._own_dir = base_dir is None
         self.root = Path(base_dir or tempfile.mkdtemp(prefix="pgtape-pg-"))
@@ -63,7 +82,8 @@ class EmbeddedPostgres:
         self.sockdir = self.root / "sock"
         self.logfile = self.root / "server.log"
         self.port = free_port()
-        self.settings = {**SERVER_SETTINGS, **(settings or {})}
+        self.settings = {**SERVER_SETTINGS, **allow_output_plugins(server_parameter_defaults(self.bindir),
+                                                                   output_plugins), **(settings or {})}
         self.superuser = superuser
         self._run_as = "postgres" if os.geteuid() == 0 else None
 

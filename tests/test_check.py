@@ -21,7 +21,7 @@ import pytest
 from capture.preflight import classify_replication_error
 from conftest import run_pgtape
 from pgtape import pg as pgmod
-from pgtape.embedded import EmbeddedPostgres, free_port
+from pgtape.embedded import EmbeddedPostgres, free_port, server_parameter_defaults
 
 TABLE = "create table public.t (id int primary key, v text)"
 
@@ -222,8 +222,12 @@ def test_no_free_wal_sender(small: EmbeddedPostgres, tmp_path: Path) -> None:
 def test_missing_plugin_is_recognised(pg: EmbeddedPostgres) -> None:
     # wal2json cannot be uninstalled from the test server, so classify the real error a server gives
     # for any output plugin it cannot load: the same code path, with another file name.
-    with pgmod.connect(pg.dsn(), replication=True) as c, pytest.raises(psycopg.Error) as err:
-        c.execute("CREATE_REPLICATION_SLOT pgtape_no_plugin TEMPORARY LOGICAL no_such_plugin")
+    with pgmod.connect(pg.dsn(), replication=True) as c:
+        # 15.19+ refuses an unlisted plugin before trying to load it: list this one for this session.
+        if "output_plugin_libraries" in server_parameter_defaults(pg.bindir):
+            c.execute("SET output_plugin_libraries = no_such_plugin")
+        with pytest.raises(psycopg.Error) as err:
+            c.execute("CREATE_REPLICATION_SLOT pgtape_no_plugin TEMPORARY LOGICAL no_such_plugin")
     problem = classify_replication_error(pgmod.first_line(err.value), "postgres", 15)
     assert problem.code == "plugin_missing"
     assert problem.message == ("wal2json is not installed on the server (the server said: could not load "
