@@ -20,6 +20,7 @@ import psycopg
 from capture import wal2json
 from capture.protocol import (KEEPALIVE, KEEPALIVE_MSG, XLOG_DATA, XLOG_HEADER, XLOG_PAYLOAD_OFFSET,
                               ConnectionLost, ReplicationStream, pg_time_to_unix_us)
+from capture.plugin_allowlist import is_refusal, refusal_message
 from capture.slot import check_slot, find_slot, identify_system, open_generation
 from capture.schedule import SnapshotScheduler
 from capture.tape_writer import TapeWriter
@@ -140,7 +141,12 @@ class Capture:
 
     def _start(self, conn: psycopg.Connection, from_lsn: int) -> ReplicationStream:
         opts = wal2json.options_sql(wal2json.plugin_options(self.config.tables))
-        conn.execute(f"START_REPLICATION SLOT {self.config.slot} LOGICAL {format_lsn(from_lsn)} ({opts})")
+        try:
+            conn.execute(f"START_REPLICATION SLOT {self.config.slot} LOGICAL {format_lsn(from_lsn)} ({opts})")
+        except psycopg.errors.InsufficientPrivilege as e:
+            if is_refusal(e):  # fatal: retrying cannot help until an administrator acts
+                raise PgtapeError(refusal_message(conn)) from None
+            raise
         return ReplicationStream(conn)
 
     # -- the loop -------------------------------------------------------------------------

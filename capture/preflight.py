@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from capture.plugin_allowlist import PARAMETER, allowlist_problem, is_refusal, read_allowlist, refusal_message
 from capture.slot import PLUGIN, find_slot
 from pgtape import pg
 from pgtape.config import Config
@@ -128,6 +129,13 @@ def _check_database(conn: psycopg.Connection, config: Config, report: Report) ->
     else:
         report.add(privilege_problem(server.role))
 
+    allowlist = read_allowlist(conn)
+    if allowlist is not None and allowlist.names is not None:  # else the probe below finds out
+        if PLUGIN in allowlist.names:
+            report.passed(f"{PARAMETER} names {PLUGIN}")
+        else:
+            report.add(Problem("plugin_not_allowed", allowlist_problem(allowlist, server.role, server.database)))
+
     slot_exists = _check_slot(conn, config.slot, server, report)
     free_slot = server.slots_used < server.max_slots
     free_sender = server.senders_used < server.max_senders
@@ -143,7 +151,7 @@ def _check_database(conn: psycopg.Connection, config: Config, report: Report) ->
 
     # The probe needs a WAL sender of its own, and a free slot for its temporary one.
     if free_sender:
-        _probe_replication(config, server, create_slot=logical and free_slot, report=report)
+        _probe_replication(conn, config, server, create_slot=logical and free_slot, report=report)
 
     for table in config.tables:
         _check_table(conn, table, server, report)
@@ -171,35 +179,39 @@ def _check_slot(conn: psycopg.Connection, name: str, server: Server, report: Rep
     return True
 
 
-def _probe_replication(config: Config, server: Server, *, create_slot: bool, report: Report) -> None:
+def _probe_replication(conn: psycopg.Connection, config: Config, server: Server, *, create_slot: bool,
+                       report: Report) -> None:
     """Open a replication connection (REPLICATION privilege, a free WAL sender) and create a TEMPORARY
     wal2json slot (plugin installed, slot creation allowed); the server drops it when the session ends.
 
     pg_hba.conf needs nothing more: it matches a logical replication connection like an ordinary one
     to its database (`replication` lines are for physical replication only)."""
     try:
-        conn = pg.connect(config.dsn, replication=True, application_name="pgtape check")
+        repl = pg.connect(config.dsn, replication=True, application_name="pgtape check")
     except PgtapeError as e:
         report.add_once(classify_replication_error(str(e), server.role, server.major))
         return
-    with conn:
+    with repl:
         if not create_slot:
             report.passed("replication connection accepted (no test slot created, so wal2json is unverified)")
             return
 
         def cancel() -> None:
             try:
-                conn.cancel_safe()
+                repl.cancel_safe()
             except psycopg.Error:
                 pass  # the connection is gone: the slot attempt fails on its own
 
         timer = threading.Timer(SLOT_PROBE_TIMEOUT, cancel)
         timer.start()
         try:
-            conn.execute(f"CREATE_REPLICATION_SLOT pgtape_check_{os.getpid()}_{secrets.token_hex(3)} "
+            repl.execute(f"CREATE_REPLICATION_SLOT pgtape_check_{os.getpid()}_{secrets.token_hex(3)} "
                          f"TEMPORARY LOGICAL {PLUGIN}")
         except psycopg.Error as e:
-            report.add_once(classify_replication_error(pg.first_line(e), server.role, server.major))
+            if is_refusal(e):
+                report.add_once(Problem("plugin_not_allowed", refusal_message(conn)))
+            else:
+                report.add_once(classify_replication_error(pg.first_line(e), server.role, server.major))
             return
         finally:
             timer.cancel()
@@ -236,7 +248,7 @@ def wal_level_problem(current: str) -> Problem:
 
 def privilege_problem(role: str) -> Problem:
     return Problem("replication_privilege", f"role {role} lacks the REPLICATION privilege: run ALTER ROLE "
-                                            f"{sql_name(role)} REPLICATION as a superuser")
+                                            f"{pg.sql_name(role)} REPLICATION as a superuser")
 
 
 def slots_full_problem(detail: str = "") -> Problem:
@@ -249,11 +261,6 @@ def senders_full_problem(detail: str = "") -> Problem:
     return Problem("wal_senders_full", f"no free WAL sender{detail}: raise max_wal_senders in postgresql.conf and "
                                        "restart the server, or stop an unused replication client (see "
                                        "pg_stat_replication)")
-
-
-def sql_name(name: str) -> str:
-    """An identifier as one would type it: bare when that is unambiguous, else quoted."""
-    return name if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) else pg.quote_ident(name)
 
 
 # -- tables ------------------------------------------------------------------------------------
@@ -279,7 +286,7 @@ def _check_table(conn: psycopg.Connection, table: str, server: Server, report: R
         report.add(_identity_problem(table, replident, has_pk))
     if not can_select:
         report.add(Problem("select_privilege", f"role {server.role} lacks SELECT on {table}: GRANT SELECT ON "
-                                               f"{table} TO {sql_name(server.role)}"))
+                                               f"{table} TO {pg.sql_name(server.role)}"))
     if identity is not None and can_select:
         report.passed(f"table {table}: {identity}, SELECT granted")
 

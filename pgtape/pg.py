@@ -6,6 +6,8 @@ text wal2json prints, COPY writes and the tape stores is canonical. See docs/ARC
 
 from __future__ import annotations
 
+import re
+
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -69,6 +71,11 @@ def first_line(error: BaseException) -> str:
 
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def sql_name(name: str) -> str:
+    """An identifier as one would type it: bare when that is unambiguous, else quoted."""
+    return name if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) else quote_ident(name)
 
 
 def quote_literal(text: str) -> str:

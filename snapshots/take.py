@@ -23,6 +23,7 @@ from typing import Callable
 import msgspec
 import psycopg
 
+from capture.plugin_allowlist import is_refusal, refusal_message
 from capture.slot import PLUGIN
 from pgtape.durable import fsync_dir, make_dirs_durably, rename_durably
 from pgtape.errors import PgtapeError
@@ -61,6 +62,8 @@ def create_slot_exporting(repl: psycopg.Connection, dsn: str | None, slot: str, 
         raise PgtapeError(f"creating replication slot {slot} waited {SLOT_TIMEOUT:.0f}s for open transactions "
                           "to end: find the long-running transaction in pg_stat_activity") from None
     except psycopg.Error as e:
+        if is_refusal(e):
+            raise PgtapeError(refusal_message(repl)) from None
         raise PgtapeError(f"cannot create replication slot {slot}: {first_line(e)} (run pgtape check)") from None
     finally:
         timer.cancel()
