@@ -2,4 +2,6 @@
 FROM postgres:15-bookworm
 RUN apt-get update && apt-get install -y --no-install-recommends postgresql-15-wal2json \
     && rm -rf /var/lib/apt/lists/*
-CMD ["postgres", "-c", "wal_level=logical", "-c", "max_replication_slots=10", "-c", "max_wal_senders=10"]
+COPY docker/postgres-start.sh /usr/local/bin/
+ENTRYPOINT ["postgres-start.sh"]
+CMD ["postgres"]
