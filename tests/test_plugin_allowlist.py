@@ -8,6 +8,7 @@ the statements the message prints, run as they are, make capture work without a 
 from __future__ import annotations
 
 import itertools
+import json
 import subprocess
 from pathlib import Path
 from typing import Iterator
@@ -95,6 +96,9 @@ def test_superuser_gets_the_exact_fix_and_capture_works_after_a_reload(server: E
     dsn, archive = server.dsn(db), tmp_path / "archive"
     code, problems = check_problems(dsn, archive)
     assert (code, problems) == (1, [SERVER_WIDE_FIX])
+    report = json.loads(run_pgtape("check", "--json", "--dsn", dsn, "--archive", str(archive),
+                                   "--tables", "public.t").stdout)
+    assert report["problems"] == [{"code": "plugin_not_allowed", "message": SERVER_WIDE_FIX}]
     assert refused("init", "--dsn", dsn, "--archive", str(archive), "--tables", "public.t") == SERVER_WIDE_FIX
     assert refused("capture", "--dsn", dsn, "--archive", str(archive), "--tables", "public.t",
                    "--until-lsn", "0/1") == SERVER_WIDE_FIX
