@@ -28,7 +28,8 @@ from pgtape.config import Config
 from pgtape.durable import make_dirs_durably
 from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn
-from pgtape.pg import connect, first_line, split_table
+from pgtape.names import split_table
+from pgtape.pg import connect, first_line
 from pgtape.tape.archive import Archive
 from pgtape.tape.records import Begin, Change, Message, Truncate
 from snapshots.base import initialize

@@ -21,6 +21,7 @@ from capture.plugin_allowlist import PARAMETER, allowlist_problem, is_refusal, r
 from capture.slot import PLUGIN, find_slot
 from pgtape import pg
 from pgtape.config import Config
+from pgtape.names import split_table
 from pgtape.errors import PgtapeError, UsageError
 
 # Creating a logical slot waits until every transaction open at that moment has ended; a stuck
@@ -266,7 +267,7 @@ def senders_full_problem(detail: str = "") -> Problem:
 # -- tables ------------------------------------------------------------------------------------
 
 def _check_table(conn: psycopg.Connection, table: str, server: Server, report: Report) -> None:
-    row = conn.execute(_TABLE_SQL, pg.split_table(table)).fetchone()
+    row = conn.execute(_TABLE_SQL, split_table(table)).fetchone()
     if row is None:
         report.add(Problem("table_missing", f"table {table} does not exist in database {server.database}: "
                                             "create it or fix --tables"))

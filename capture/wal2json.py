@@ -13,7 +13,8 @@ from typing import Any
 import msgspec
 
 from pgtape.copytext import COPY_ESCAPES, NULL_TEXT
-from pgtape.pg import quote_literal, split_table
+from pgtape.names import split_table
+from pgtape.pg import quote_literal
 
 MESSAGE_PREFIX = "pgtape"  # logical messages with this prefix are captured (recovery points)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pgtape.errors import UsageError
+from pgtape.names import parse_table, resolve, split_list
 
 DEFAULT_TABLES = "public.payments,public.orders,public.tickets"
 
@@ -49,21 +50,14 @@ def parse_size(text: str | int) -> int:
     return value
 
 
-_IDENT = r'(?:[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+")'
-
-
 def parse_tables(text: str | list[str]) -> tuple[str, ...]:
-    """`payments, public.orders` -> ('public.payments', 'public.orders'); unqualified means public."""
-    items = text if isinstance(text, list) else str(text).split(",")
+    """`payments, public."Ledger Entries"` -> their canonical names (pgtape/names.py), in order."""
+    items = [str(i) for i in text] if isinstance(text, list) else split_list(str(text))
     tables: list[str] = []
-    for item in (str(i).strip() for i in items):
-        if not item:
-            continue
-        if not re.fullmatch(rf"{_IDENT}(?:\.{_IDENT})?", item):
-            raise ValueError(f"invalid table name {item!r}: use schema.table, e.g. public.payments")
-        qualified = item if re.fullmatch(rf"{_IDENT}\.{_IDENT}", item) else f"public.{item}"
-        if qualified not in tables:
-            tables.append(qualified)
+    for item in items:
+        name = parse_table(item)
+        if name not in tables:
+            tables.append(name)
     if not tables:
         raise ValueError("no tables given: name at least one, e.g. public.payments")
     return tuple(tables)
@@ -123,9 +117,10 @@ class Config:
     source_file: Path | None = field(default=None)
     defaulted: frozenset[str] = field(default=frozenset())  # options nobody set: their default applies
 
-    def tables_or(self, captured: list[str]) -> list[str]:
-        """The tables asked for, or when nobody named any, the ones the archive captures."""
-        return list(captured) if "tables" in self.defaulted else list(self.tables)
+    def selected_tables(self, captured: list[str]) -> list[str]:
+        """The tables asked for (each must be captured: else an error listing those that are), or
+        when nobody named any, every captured one."""
+        return list(captured) if "tables" in self.defaulted else resolve(list(self.tables), captured)
 
     def require_archive(self) -> Path:
         if self.archive is None:

@@ -6,12 +6,11 @@ text wal2json prints, COPY writes and the tape stores is canonical. See docs/ARC
 
 from __future__ import annotations
 
-import re
-
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgtape.errors import PgtapeError
+from pgtape.names import quote_ident, sql_name  # SQL quoting lives with the names; re-exported
 
 # Rendering settings pinned on every session, the walsender's included (it decodes with them).
 PINNED_SETTINGS = {
@@ -69,46 +68,9 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def sql_name(name: str) -> str:
-    """An identifier as one would type it: bare when that is unambiguous, else quoted."""
-    return name if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) else quote_ident(name)
-
-
 def quote_literal(text: str) -> str:
     """For the replication protocol, which takes no query parameters."""
     return "'" + text.replace("'", "''") + "'"
-
-
-def split_table(qualified: str) -> tuple[str, str]:
-    """`public.payments` or `"My Schema"."T"` -> (schema, table), unquoted."""
-    parts: list[str] = []
-    buf, quoted, i = "", False, 0
-    while i < len(qualified):
-        c = qualified[i]
-        if quoted:
-            if c == '"' and qualified[i + 1:i + 2] == '"':
-                buf += '"'
-                i += 1
-            elif c == '"':
-                quoted = False
-            else:
-                buf += c
-        elif c == '"':
-            quoted = True
-        elif c == ".":
-            parts.append(buf)
-            buf = ""
-        else:
-            buf += c
-        i += 1
-    parts.append(buf)
-    if len(parts) == 1:
-        return "public", parts[0]
-    return parts[0], parts[1]
 
 
 def primary_key(conn: psycopg.Connection, relation: str) -> list[str]:

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from pgtape.errors import PgtapeError
+from pgtape.names import canonical
 from pgtape.tape.archive import Archive
 from pgtape.tape.records import Begin, Change, Commit, Message, Relation, Truncate
 from pgtape.tape.segment import SegmentError, SegmentReader
-from pgtape.pg import split_table
 from replay.fold import RelInfo, TableFold
 from replay.plan import Window, choose_base, window
 from replay.target import Target
@@ -44,7 +44,7 @@ class Plan:
 
 
 def _base_lines(base_dir: Path, table: str) -> Iterator[bytes]:
-    path = base_dir / table_file_name(*split_table(table))
+    path = base_dir / table_file_name(table)
     try:
         reader = TableReader(path)
     except FileNotFoundError:
@@ -74,7 +74,7 @@ def prepare(archive: Archive, tables: list[str], target: Target,
     base_dir = catalog.snapshot_dir(archive, gen, base.id)
     folds: dict[str, TableFold] = {}
     for t in tables:
-        path = base_dir / table_file_name(*split_table(t))
+        path = base_dir / table_file_name(t)
         try:
             h = TableReader(path).header
         except (FileNotFoundError, SegmentError) as e:
@@ -176,11 +176,11 @@ def _fold_segment(path: Path, folds: dict[str, TableFold], from_lsn: int, target
                 last, wanted = r, True  # type: ignore[assignment]
                 transactions += 1
             elif t is Relation:
-                fold = folds.get(f"{r.schema}.{r.table}")  # type: ignore[union-attr]
+                fold = folds.get(canonical(r.schema, r.table))  # type: ignore[union-attr]
                 rels.extend([None] * (r.id + 1 - len(rels)))  # type: ignore[union-attr]
                 rels[r.id] = (fold, fold.info(r)) if fold is not None else None  # type: ignore
             elif t is Truncate:
-                fold = folds.get(f"{r.schema}.{r.table}")  # type: ignore[union-attr]
+                fold = folds.get(canonical(r.schema, r.table))  # type: ignore[union-attr]
                 if wanted and fold is not None:
                     fold.truncate()
                     changes += 1

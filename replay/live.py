@@ -14,7 +14,8 @@ import time
 from pgtape.config import Config
 from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn, parse_lsn
-from pgtape.pg import connect, quote_ident, quote_literal, split_table
+from pgtape.names import quoted
+from pgtape.pg import connect, quote_literal
 from pgtape.tape.archive import Archive
 from replay.compare import Side, column_types, compare, render
 from replay.engine import prepare
@@ -25,7 +26,7 @@ from snapshots.take import create_slot_exporting, temporary_slot_name
 
 def verify_live(config: Config, archive: Archive, timeout: float, as_json: bool) -> int:
     gen = archive.generation(archive.identity().generation)
-    tables = config.tables_or(gen.tables)
+    tables = config.selected_tables(gen.tables)
     repl = connect(config.dsn, replication=True, application_name="pgtape verify")
     try:
         snap = create_slot_exporting(repl, config.dsn, temporary_slot_name(), temporary=True, read_only=False)
@@ -39,8 +40,7 @@ def verify_live(config: Config, archive: Archive, timeout: float, as_json: bool)
             staged = f"pgtape_verify_{i}"
             create_table(conn, staged, fold, temp=True)
             load_rows(conn, staged, plan.rows(table))
-            schema, name = split_table(table)
-            live_rel = f"{quote_ident(schema)}.{quote_ident(name)}"
+            live_rel = quoted(table)
             results.append(compare(conn, table, fold.key, Side("live", live_rel, column_types(conn, live_rel)),
                                    Side("replay", staged, column_types(conn, staged))))
         conn.rollback()

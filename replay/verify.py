@@ -19,7 +19,6 @@ from pgtape.lsn import format_lsn
 from pgtape.tape.archive import Archive
 from pgtape.tape.records import Begin, Change, Commit, Record, Relation, Truncate
 from pgtape.tape.segment import OPEN_RE, SEALED_FILE, SEALED_RE, SegmentError, SegmentReader
-from pgtape.pg import split_table
 from snapshots import catalog
 from snapshots.format import TableReader, table_file_name
 
@@ -160,7 +159,7 @@ def verify_archive(archive: Archive) -> Report:
                 continue
             size = 0
             for table in r.tables:
-                f = d / table_file_name(*split_table(table))
+                f = d / table_file_name(table)
                 if not f.exists():
                     report.problems.append(f"snapshot {r.id}: {f} is missing")
                     continue

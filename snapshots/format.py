@@ -17,6 +17,7 @@ from typing import BinaryIO, Iterator
 import msgspec
 import zstandard
 
+from pgtape.names import file_stem
 from pgtape.tape import FORMAT_VERSION
 from pgtape.tape.frames import KIND_DATA, KIND_FOOTER, KIND_HEADER, KIND_NAMES, FrameError, encode_frame, read_frame
 from pgtape.tape.segment import SegmentError
@@ -43,11 +44,9 @@ class TableFooter(msgspec.Struct, frozen=True):
     data_crc32: int  # CRC-32 of every byte before the footer frame
 
 
-def table_file_name(schema: str, table: str) -> str:
-    # Percent-encode what a file name cannot hold; a dot separates schema and table.
-    def enc(part: str) -> str:
-        return "".join(c if c.isalnum() or c in "_-$" else f"%{ord(c):02X}" for c in part)
-    return f"{enc(schema)}.{enc(table)}.snap"
+def table_file_name(table: str) -> str:
+    """`<schema>.<table>.snap` for a canonical table name, percent-encoded (pgtape/names.py)."""
+    return f"{file_stem(table)}.snap"
 
 
 class TableWriter:

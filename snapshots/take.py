@@ -28,7 +28,8 @@ from capture.slot import PLUGIN
 from pgtape.durable import fsync_dir, make_dirs_durably, rename_durably
 from pgtape.errors import PgtapeError
 from pgtape.lsn import parse_lsn
-from pgtape.pg import connect, first_line, primary_key, quote_ident, split_table
+from pgtape.names import quote_ident, quoted, split_table
+from pgtape.pg import connect, first_line, primary_key
 from pgtape.tape import FORMAT_VERSION
 from pgtape.tape.archive import Archive
 from snapshots import catalog
@@ -118,9 +119,7 @@ def copy_tables(archive: Archive, record: SnapshotRecord, snap: ExportedSnapshot
     catalog.save(archive, record)
     try:
         for table in record.tables:  # before copying anything: a missing table fails at once
-            schema, name = split_table(table)
-            found = snap.conn.execute("SELECT to_regclass(%s)", (f"{quote_ident(schema)}.{quote_ident(name)}",)
-                                      ).fetchone()
+            found = snap.conn.execute("SELECT to_regclass(%s)", (quoted(table),)).fetchone()
             if found is None or found[0] is None:
                 raise PgtapeError(f"table {table} does not exist")
         make_dirs_durably(partial)
@@ -163,7 +162,7 @@ def _copy_table(snap: ExportedSnapshot, directory: Path, record: SnapshotRecord,
     key = primary_key(conn, oid[0])
     header = TableHeader(FORMAT_VERSION, record.id, record.generation, schema, name, [c[0] for c in cols],
                          [c[1] for c in cols], key, snap.as_of_lsn, snap.as_of_time)
-    writer = TableWriter(directory / table_file_name(schema, name), header)
+    writer = TableWriter(directory / table_file_name(table), header)
     try:
         select = ", ".join(quote_ident(c[0]) for c in cols)
         with conn.cursor().copy(f"COPY (SELECT {select} FROM {quote_ident(schema)}.{quote_ident(name)}) "

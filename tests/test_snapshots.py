@@ -67,7 +67,7 @@ def _records(archive: Path) -> list[dict]:
 def _snap_file(archive: Path, rec: SnapshotRecord | dict, table: str) -> Path:
     gen, sid = (rec.generation, rec.id) if isinstance(rec, SnapshotRecord) else (rec["generation"], rec["id"])
     schema, name = table.split(".")
-    return catalog.snapshot_dir(Archive(archive), gen, sid) / table_file_name(schema, name)
+    return catalog.snapshot_dir(Archive(archive), gen, sid) / table_file_name(f"{schema}.{name}")
 
 
 def _parse_copy(text: str, columns: list[str]) -> Iterator[Row]:

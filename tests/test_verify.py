@@ -229,7 +229,7 @@ def _damaged_copy(archive: Path, name: str) -> tuple[Path, list, Path]:
     shutil.copytree(archive, copy)
     a = Archive(copy)
     [base] = [r for r in catalog.load_all(a) if r.kind == "initial"]
-    return copy, a.segments(1), catalog.snapshot_dir(a, 1, base.id) / table_file_name("public", "payments")
+    return copy, a.segments(1), catalog.snapshot_dir(a, 1, base.id) / table_file_name("public.payments")
 
 
 def test_verify_names_every_kind_of_damage(sealed_archive: Path) -> None:
@@ -301,7 +301,7 @@ def test_verify_one_file(sealed_archive: Path) -> None:
     segs = Archive(sealed_archive).segments(1)
     a = Archive(sealed_archive)
     [base] = catalog.load_all(a)
-    snap = catalog.snapshot_dir(a, 1, base.id) / table_file_name("public", "payments")
+    snap = catalog.snapshot_dir(a, 1, base.id) / table_file_name("public.payments")
     for good in (segs[0].path, segs[-1].path, snap):  # sealed, open, snapshot
         r = run_pgtape("verify", str(good))
         _no_traceback(r)

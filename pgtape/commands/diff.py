@@ -7,7 +7,8 @@ import json
 
 from pgtape.config import Config
 from pgtape.errors import PgtapeError, UsageError
-from pgtape.pg import connect, primary_key, quote_ident, split_table
+from pgtape.names import canonical, names_in_one_schema, quote_ident, split_table
+from pgtape.pg import connect, primary_key
 from pgtape.tape.archive import Archive
 
 HELP = "compare a recovery schema or a replay at a target with the live tables (or another schema)"
@@ -33,24 +34,26 @@ def run(args: argparse.Namespace, config: Config) -> int:
         raise UsageError(f"--against {args.against!r}: use live or schema:NAME")
     archive = Archive.existing(config.require_archive())
     gen = archive.generation(archive.identity().generation)
-    tables = config.tables_or(gen.tables)
+    tables = config.selected_tables(gen.tables)
     plan = None
     if not args.schema:
         plan = prepare(archive, tables, target_from_args(args))
     left_label = f"schema {args.schema}" if args.schema else "replay"
     right_label = "live" if args.against == "live" else f"schema {args.against[7:]}"
     results = []
+    in_schema = names_in_one_schema(tables)  # how replay names them in a recovery schema
     with connect(config.dsn, autocommit=False, application_name="pgtape diff") as conn:
         for i, table in enumerate(tables):
             schema, name = split_table(table)
-            right_rel = _existing(conn, schema if args.against == "live" else args.against[7:], name)
+            right_rel = (_existing(conn, schema, name) if args.against == "live"
+                         else _existing(conn, args.against[7:], in_schema[table]))
             if plan is not None:
                 left_rel = f"pgtape_diff_{i}"
                 create_table(conn, left_rel, plan.folds[table], temp=True)
                 load_rows(conn, left_rel, plan.rows(table))
                 key = plan.folds[table].key
             else:
-                left_rel = _existing(conn, args.schema, name)
+                left_rel = _existing(conn, args.schema, in_schema[table])
                 key = primary_key(conn, right_rel) or primary_key(conn, left_rel)
             if not key:
                 raise PgtapeError(f"{table} has no primary key: rows cannot be matched")
@@ -69,5 +72,5 @@ def run(args: argparse.Namespace, config: Config) -> int:
 def _existing(conn, schema: str, name: str) -> str:  # type: ignore[no-untyped-def]
     rel = f"{quote_ident(schema)}.{quote_ident(name)}"
     if conn.execute("SELECT to_regclass(%s)", (rel,)).fetchone()[0] is None:
-        raise PgtapeError(f"table {schema}.{name} does not exist")
+        raise PgtapeError(f"table {canonical(schema, name)} does not exist")
     return rel

@@ -9,6 +9,7 @@ import sys
 from pgtape.config import Config
 from pgtape.errors import UsageError
 from pgtape.lsn import format_lsn, parse_lsn
+from pgtape.names import canonical, resolve
 from pgtape.tape.archive import Archive
 from pgtape.tape.reader import RowChange, iter_changes
 from pgtape.timefmt import format_time, parse_time
@@ -18,7 +19,8 @@ OPS = {"I": "INSERT", "U": "UPDATE", "D": "DELETE", "T": "TRUNCATE", "M": "MESSA
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--table", action="append", metavar="T", help="only this table (repeatable)")
+    p.add_argument("--table", action="append", metavar="T",
+                   help='only this captured table, as in SQL: payments, public."Ledger Entries" (repeatable)')
     p.add_argument("--since", metavar="TIME", help="only transactions committed at or after TIME (ISO 8601 with zone)")
     p.add_argument("--until", metavar="TIME", help="only transactions committed at or before TIME")
     p.add_argument("--from-lsn", metavar="LSN", help="only transactions ending after LSN")
@@ -32,9 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, config: Config) -> int:
     archive = Archive.existing(config.require_archive())
     gen = archive.identity().generation
+    tables = set(resolve(args.table or [], archive.generation(gen).tables, "--table"))
     since = parse_time(args.since, "--since") if args.since else None
     until = parse_time(args.until, "--until") if args.until else None
-    tables = {t if "." in t else f"public.{t}" for t in args.table or []}
     keys: list[tuple[str, str]] = []
     for k in args.key or []:
         col, sep, value = k.partition("=")
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
             continue
         if args.xid is not None and c.txn.xid != args.xid:
             continue
-        if tables and f"{c.schema}.{c.table}" not in tables:
+        if tables and canonical(c.schema, c.table) not in tables:
             continue
         if keys and not all(_has(c, col, value) for col, value in keys):
             continue
@@ -70,7 +72,7 @@ def as_json(c: RowChange) -> dict[str, object]:
     if c.op == "M" and c.message is not None:
         d.update(prefix=c.message.prefix, content=c.message.content)
         return d
-    d.update(table=f"{c.schema}.{c.table}", new=c.new, old=c.old, absent=c.absent, types=c.types, key=c.key)
+    d.update(table=canonical(c.schema, c.table), new=c.new, old=c.old, absent=c.absent, types=c.types, key=c.key)
     return d
 
 
@@ -78,7 +80,7 @@ def as_line(c: RowChange) -> str:
     head = f"{format_time(c.txn.commit_time)}  {format_lsn(c.txn.end_lsn):>12}  xid {c.txn.xid}  {OPS[c.op]:<8}"
     if c.op == "M" and c.message is not None:
         return f"{head} {c.message.prefix}: {c.message.content}"
-    parts = [f"{c.schema}.{c.table}"]
+    parts = [canonical(c.schema, c.table)]
     if c.old is not None:
         parts.append("old(" + ", ".join(f"{k}={_v(v)}" for k, v in c.old.items()) + ")")
     if c.new is not None:

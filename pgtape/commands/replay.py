@@ -10,6 +10,7 @@ from pathlib import Path
 from pgtape.config import Config
 from pgtape.errors import UsageError
 from pgtape.lsn import format_lsn
+from pgtape.names import names_in_one_schema, sql_name
 from pgtape.tape.archive import Archive
 from pgtape.timefmt import format_time
 
@@ -47,10 +48,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         raise UsageError("--into, --schema and --force are for a recovery schema (not --output, --in-place, --dry-run)")
     archive = Archive.existing(config.require_archive())
     gen = archive.generation(archive.identity().generation)
-    tables = config.tables_or(gen.tables)
-    unknown = [t for t in tables if t not in gen.tables]
-    if unknown:
-        raise UsageError(f"{', '.join(unknown)} not captured (captured: {', '.join(gen.tables)}): fix --tables")
+    tables = config.selected_tables(gen.tables)
     target = target_from_args(args)
     tty = sys.stderr.isatty() and not args.json
     plan = prepare(archive, tables, target,
@@ -84,7 +82,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
         return 0
     schema = args.schema or f"pgtape_recovered_{plan.target.slug()}"
     counts = sinks.to_schema(plan, args.into or config.dsn, schema, args.force)
-    summary.update(schema=schema, rows=counts)
+    summary.update(schema=schema, rows=counts,
+                   relations={t: f"{sql_name(schema)}.{sql_name(n)}" for t, n in names_in_one_schema(tables).items()})
     _print(args, summary, f"recovered into schema {schema}")
     return 0
 
@@ -109,4 +108,8 @@ def _print(args: argparse.Namespace, s: dict[str, object], outcome: str) -> None
     rows = s.get("rows")
     if isinstance(rows, dict):
         print("rows        " + ", ".join(f"{t} {n}" for t, n in rows.items()))
+    relations = s.get("relations")
+    if isinstance(relations, dict) and len({t.rsplit(".", 1)[-1] for t in relations}) < len(relations):
+        # Two tables share a name: each went in as "schema.table" (pgtape/names.py).
+        print("tables      " + ", ".join(f"{t} as {r}" for t, r in relations.items()))
     print(outcome)

@@ -8,13 +8,14 @@ from pathlib import Path
 
 from pgtape.copytext import unescape
 from pgtape.durable import fsync_dir, make_dirs_durably
+from pgtape.names import file_stem
 from replay.engine import Plan
 
 def to_files(plan: Plan, directory: Path, fmt: str) -> dict[str, int]:
     make_dirs_durably(directory)
     counts: dict[str, int] = {}
     for table, fold in plan.folds.items():
-        final = directory / f"{table}.{fmt}"
+        final = directory / f"{file_stem(table)}.{fmt}"
         tmp = final.with_name(final.name + ".partial")
         n = 0
         with open(tmp, "w", newline="", encoding="utf-8") as f:

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import psycopg
 
 from pgtape.errors import PgtapeError
-from pgtape.pg import connect, first_line, quote_ident, split_table
+from pgtape.names import names_in_one_schema, quote_ident, split_table
+from pgtape.pg import connect, first_line
 from replay.engine import Plan
 from replay.fold import TableFold
 from replay.sinks.load import create_table, load_rows, qual
@@ -107,6 +108,7 @@ def _regclass_text(conn: psycopg.Connection, table: str) -> str:
 
 def _apply(conn: psycopg.Connection, plan: Plan, staged: dict[str, str], backup: str) -> None:
     order = fk_order(conn, list(plan.folds))
+    in_backup = names_in_one_schema(order)
     conn.execute(f"CREATE SCHEMA {quote_ident(backup)}")
     for table in order:
         fold = plan.folds[table]
@@ -114,7 +116,7 @@ def _apply(conn: psycopg.Connection, plan: Plan, staged: dict[str, str], backup:
         live, r = qual(schema, name), staged[table]
         cols = _common(conn, table, fold)
         differs = " OR ".join(f"r.{quote_ident(c)}::text IS DISTINCT FROM l.{quote_ident(c)}::text" for c in cols) or "false"
-        conn.execute(f"CREATE TABLE {qual(backup, name)} AS SELECT l.* FROM {live} l WHERE NOT EXISTS "
+        conn.execute(f"CREATE TABLE {qual(backup, in_backup[table])} AS SELECT l.* FROM {live} l WHERE NOT EXISTS "
                      f"(SELECT 1 FROM {r} r WHERE {_match(fold, 'l', 'r')}) OR EXISTS (SELECT 1 FROM {r} r WHERE "
                      f"{_match(fold, 'l', 'r')} AND ({differs}))")
     # Inserts and updates parents first, deletes children first: no foreign key sees a missing row.

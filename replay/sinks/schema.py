@@ -12,7 +12,8 @@ import psycopg
 from psycopg import sql
 
 from pgtape.errors import PgtapeError
-from pgtape.pg import connect, first_line, quote_ident, split_table
+from pgtape.names import names_in_one_schema, quote_ident
+from pgtape.pg import connect, first_line
 from replay.engine import Plan
 from replay.sinks.load import Stopped, create_table, key_list, load_rows, qual
 
@@ -102,6 +103,7 @@ class _ParallelLoad:
 
     def __init__(self, plan: Plan, dsn: str | None, staging: str) -> None:
         self.plan, self.dsn, self.staging = plan, dsn, staging
+        self.names = names_in_one_schema(list(plan.folds))
         self.stop = threading.Event()
         self.wake = threading.Event()  # a worker finished
         self.slots = threading.BoundedSemaphore(PARALLEL)
@@ -171,7 +173,7 @@ class _ParallelLoad:
 
     def _load(self, table: str) -> int:
         fold = self.plan.folds[table]
-        q = qual(self.staging, split_table(table)[1])
+        q = qual(self.staging, self.names[table])
         with connect(self.dsn, autocommit=False, application_name=APP) as conn:
             with self.lock:
                 self.conns[table] = conn
