@@ -73,9 +73,12 @@ def quote_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def primary_key(conn: psycopg.Connection, relation: str) -> list[str]:
-    """Primary-key columns of a relation (a name or an oid), in key order; [] without one."""
+def replica_key(conn: psycopg.Connection, relation: str) -> list[str]:
+    """The columns that identify a row of a relation (a name or an oid) on the tape, in key order:
+    the REPLICA IDENTITY index's columns, else the primary key's; [] with REPLICA IDENTITY FULL and
+    no primary key (rows are then matched whole) or with REPLICA IDENTITY NOTHING."""
     return [r[0] for r in conn.execute(
-        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
-        "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::regclass AND i.indisprimary "
+        "SELECT a.attname FROM pg_class c JOIN pg_index i ON i.indrelid = c.oid "
+        "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey) WHERE c.oid = %s::regclass "
+        "AND CASE c.relreplident WHEN 'i' THEN i.indisreplident WHEN 'n' THEN false ELSE i.indisprimary END "
         "ORDER BY array_position(i.indkey::int2[], a.attnum)", (str(relation),)).fetchall()]

@@ -74,10 +74,11 @@ def _norm(column: str, type_name: str) -> str:
 
 
 def _exprs(side: Side, columns: list[str], key: list[str]) -> tuple[str, str, str]:
-    """(row hash, key text, array of normalised values) expressions for one side."""
+    """(row hash, key text, array of normalised values) expressions for one side. Without a key
+    (REPLICA IDENTITY FULL) the whole row is the key, and equal rows are told apart by number."""
     norm = [f"quote_nullable({_norm(c, side.types[c])})" for c in columns]
     row = "hashtextextended(concat_ws(',', " + ", ".join(norm) + "), 0)"
-    k = "concat_ws(',', " + ", ".join(f"quote_nullable({_norm(c, side.types[c])})" for c in key) + ")"
+    k = "concat_ws(',', " + ", ".join(f"quote_nullable({_norm(c, side.types[c])})" for c in key or columns) + ")"
     values = "ARRAY[" + ", ".join(f"{_norm(c, side.types[c])}" for c in columns) + "]::text[]"
     return row, k, values
 
@@ -107,11 +108,13 @@ def compare(conn: psycopg.Connection, table: str, key: list[str], expected: Side
 
     be, ba = buckets(expected, eh, ek), buckets(actual, ah, ak)
     differing = sorted(b for b in set(be) | set(ba) if be.get(b) != ba.get(b))
+    # n numbers rows of equal key: always 1 with a key; the copies of a duplicated row without one.
     rows = conn.execute(
-        f"WITH e AS (SELECT {ek} AS k, {eh} AS h, {ev} AS v FROM {expected.relation} "
-        f"WHERE {bucket.format(k=ek)} = ANY(%(b)s)), "
-        f"a AS (SELECT {ak} AS k, {ah} AS h, {av} AS v FROM {actual.relation} WHERE {bucket.format(k=ak)} = ANY(%(b)s)) "
-        "SELECT e.k, a.k, e.v, a.v FROM e FULL JOIN a ON e.k = a.k WHERE e.h IS DISTINCT FROM a.h",
+        f"WITH e AS (SELECT {ek} AS k, row_number() OVER (PARTITION BY {ek}) AS n, {eh} AS h, {ev} AS v "
+        f"FROM {expected.relation} WHERE {bucket.format(k=ek)} = ANY(%(b)s)), "
+        f"a AS (SELECT {ak} AS k, row_number() OVER (PARTITION BY {ak}) AS n, {ah} AS h, {av} AS v "
+        f"FROM {actual.relation} WHERE {bucket.format(k=ak)} = ANY(%(b)s)) "
+        "SELECT e.k, a.k, e.v, a.v FROM e FULL JOIN a ON e.k = a.k AND e.n = a.n WHERE e.h IS DISTINCT FROM a.h",
         {"b": differing}).fetchall()
     for ekey, akey, evals, avals in rows:
         e_row = dict(zip(columns, evals)) if evals is not None else {}
@@ -158,4 +161,4 @@ def render(results: list[TableComparison], expected: str, actual: str) -> list[s
 
 
 def _key(row: dict[str, object], key: list[str]) -> str:
-    return ", ".join(f"{k}={row.get(k)}" for k in key)
+    return ", ".join(f"{k}={row.get(k)}" for k in key or row)  # without a key, the whole row

@@ -16,7 +16,7 @@ from pgtape.names import canonical
 from pgtape.tape.archive import Archive
 from pgtape.tape.records import Begin, Change, Commit, Message, Relation, Truncate
 from pgtape.tape.segment import SegmentError, SegmentReader
-from replay.fold import RelInfo, TableFold
+from replay.fold import BagFold, RelInfo, TableFold
 from replay.plan import Window, choose_base, window
 from replay.target import Target
 from snapshots import catalog
@@ -79,9 +79,9 @@ def prepare(archive: Archive, tables: list[str], target: Target,
             h = TableReader(path).header
         except (FileNotFoundError, SegmentError) as e:
             raise PgtapeError(f"base {base.id} is unreadable for {t}: {e} (run pgtape verify)") from None
-        if not h.key:
-            raise PgtapeError(f"{t} has no primary key: replay matches rows by primary key")
-        folds[t] = TableFold(t, list(h.columns), list(h.types), list(h.key), list(h.columns))
+        # Without a key (REPLICA IDENTITY FULL) rows are matched as whole rows, duplicates and all.
+        fold_class = TableFold if h.key else BagFold
+        folds[t] = fold_class(t, list(h.columns), list(h.types), list(h.key), list(h.columns))
     last: Begin | None = None
     transactions = changes = 0
     stop_after: int | None = None  # end LSN of the transaction holding the named mark

@@ -211,4 +211,72 @@ class TableFold:
         return b"\t".join(parts)
 
 
+class BagFold(TableFold):
+    """A table without a key (REPLICA IDENTITY FULL): its rows are a multiset of whole lines.
+
+    A DELETE's identity is the whole old row: it removes one equal row, whichever (duplicates are
+    legal and equal rows are indistinguishable). An UPDATE removes one old row and adds the new one,
+    its absent (unchanged TOAST) columns taken from the old row. `entries` counts, per line in the
+    fold's shape, how many more (or fewer) copies the result has than the base."""
+
+    def apply(self, c: Change, info: RelInfo, old: RelInfo | None) -> None:
+        entries = self.entries
+        old_line = None
+        if c.old is not None:
+            assert old is not None
+            old_line = self._in_shape(old.columns, c.old)
+            entries[old_line] = entries.get(old_line, 0) - 1  # type: ignore[operator]
+        if c.op == "D":
+            if old_line is None:
+                raise PgtapeError(f"{self.name}: a DELETE without its old row; the table needs REPLICA IDENTITY FULL")
+            return
+        assert c.row is not None
+        if not info.full_shape and not c.absent and c.op == "I":
+            self._reshape(info.columns, None)
+        values = dict(zip(info.columns, c.row.split(b"\t")))
+        if c.absent:
+            if old_line is None:
+                raise PgtapeError(f"{self.name}: an UPDATE leaves out columns {c.absent} and has no old row to take "
+                                  "them from; the table needs REPLICA IDENTITY FULL")
+            values = dict(zip(self.columns, old_line.split(b"\t"))) | values
+        new_line = b"\t".join([values.get(col, NULL) for col in self.columns])
+        entries[new_line] = entries.get(new_line, 0) + 1  # type: ignore[operator]
+
+    def _reshape(self, columns: list[str], absent: list[str] | None) -> None:
+        old = self.columns
+        super()._reshape(columns, absent)  # the counts are not lines: only the shape changes there
+        if self.columns != old:
+            counts: dict[Key, Entry] = {}
+            for line, n in self.entries.items():
+                k = self._in_shape(old, line)
+                counts[k] = counts.get(k, 0) + n  # type: ignore[operator]
+            self.entries = counts
+
+    def _in_shape(self, columns: list[str], line: bytes) -> bytes:
+        if columns == self.columns:
+            return line
+        values = dict(zip(columns, line.split(b"\t")))
+        return b"\t".join([values.get(col, NULL) for col in self.columns])
+
+    def rows(self, base_lines: Iterator[bytes]) -> Iterator[bytes]:
+        counts = {line: n for line, n in self.entries.items() if n}
+        base_idx = {c: i for i, c in enumerate(self.base_columns)}
+        same_shape = self.base_columns == self.columns
+        if not self.truncated:
+            for line in base_lines:
+                if not same_shape:
+                    line = b"\t".join(self._take(line.split(b"\t"), base_idx))
+                n = counts.get(line)
+                if n is not None and n < 0:  # a deleted copy of this row
+                    counts[line] = n + 1
+                    continue
+                yield line
+        for line, n in counts.items():
+            if n < 0:
+                raise PgtapeError(f"{self.name}: the tape deletes a row the table did not hold ({line[:80]!r}); "
+                                  "the tape or the base is inconsistent (run pgtape verify)")
+            for _ in range(n):
+                yield line
+
+
 _MISSING = object()

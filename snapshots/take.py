@@ -29,7 +29,7 @@ from pgtape.durable import fsync_dir, make_dirs_durably, rename_durably
 from pgtape.errors import PgtapeError
 from pgtape.lsn import parse_lsn
 from pgtape.names import quote_ident, quoted, split_table
-from pgtape.pg import connect, first_line, primary_key
+from pgtape.pg import connect, first_line, replica_key
 from pgtape.tape import FORMAT_VERSION
 from pgtape.tape.archive import Archive
 from snapshots import catalog
@@ -159,7 +159,7 @@ def _copy_table(snap: ExportedSnapshot, directory: Path, record: SnapshotRecord,
         "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
         "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
         (oid[0],)).fetchall()
-    key = primary_key(conn, oid[0])
+    key = replica_key(conn, oid[0])
     header = TableHeader(FORMAT_VERSION, record.id, record.generation, schema, name, [c[0] for c in cols],
                          [c[1] for c in cols], key, snap.as_of_lsn, snap.as_of_time)
     writer = TableWriter(directory / table_file_name(table), header)

@@ -8,7 +8,7 @@ import json
 from pgtape.config import Config
 from pgtape.errors import PgtapeError, UsageError
 from pgtape.names import canonical, names_in_one_schema, quote_ident, split_table
-from pgtape.pg import connect, primary_key
+from pgtape.pg import connect, replica_key
 from pgtape.tape.archive import Archive
 
 HELP = "compare a recovery schema or a replay at a target with the live tables (or another schema)"
@@ -54,9 +54,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
                 key = plan.folds[table].key
             else:
                 left_rel = _existing(conn, args.schema, in_schema[table])
-                key = primary_key(conn, right_rel) or primary_key(conn, left_rel)
-            if not key:
-                raise PgtapeError(f"{table} has no primary key: rows cannot be matched")
+                key = replica_key(conn, right_rel) or replica_key(conn, left_rel)
             results.append(compare(conn, table, key, Side(right_label, right_rel, column_types(conn, right_rel)),
                                    Side(left_label, left_rel, column_types(conn, left_rel))))
         conn.rollback()

@@ -69,10 +69,30 @@ def _common(conn: psycopg.Connection, table: str, fold: TableFold) -> list[str]:
     return [c for c in fold.columns if c in live]
 
 
+def _bag_sets(conn: psycopg.Connection, live: str, staged: str, cols: list[str]) -> tuple[int, int]:
+    """A table without a key holds a multiset of rows: pair live and replayed rows that are equal,
+    copy by copy (row_number among equal rows), into temp tables `<staged>_del` (live rows no
+    replayed row matches) and `<staged>_ins` (replayed rows no live row matches). Their sizes."""
+    texts = ", ".join(f"{quote_ident(c)}::text AS k{i}" for i, c in enumerate(cols))
+    part = ", ".join(f"{quote_ident(c)}::text" for c in cols) or "1"
+    same = " AND ".join(f"x.k{i} IS NOT DISTINCT FROM y.k{i}" for i in range(len(cols))) or "true"
+    numbered = "SELECT tableoid AS t, ctid AS c, row_number() OVER (PARTITION BY {p}) AS n, {k} FROM {rel}"
+    for out, mine, other in ((f"{staged}_del", live, staged), (f"{staged}_ins", staged, live)):
+        conn.execute(f"CREATE TEMP TABLE {out} AS SELECT x.t, x.c FROM ({numbered.format(p=part, k=texts, rel=mine)}) x "
+                     f"WHERE NOT EXISTS (SELECT 1 FROM ({numbered.format(p=part, k=texts, rel=other)}) y "
+                     f"WHERE y.n = x.n AND {same})")
+    row = conn.execute(f"SELECT (SELECT count(*) FROM {staged}_del), (SELECT count(*) FROM {staged}_ins)").fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
 def _diff_counts(conn: psycopg.Connection, table: str, staged: str, fold: TableFold, rows: int) -> TableDiff:
     schema, name = split_table(table)
     live = qual(schema, name)
     cols = _common(conn, table, fold)
+    if not fold.key:
+        to_delete, to_insert = _bag_sets(conn, live, staged, cols)
+        return TableDiff(table, rows, to_insert, 0, to_delete)
     differs = " OR ".join(f"r.{quote_ident(c)}::text IS DISTINCT FROM l.{quote_ident(c)}::text" for c in cols) or "false"
     row = conn.execute(
         f"SELECT (SELECT count(*) FROM {staged} r WHERE NOT EXISTS (SELECT 1 FROM {live} l WHERE {_match(fold, 'l', 'r')})),"
@@ -115,6 +135,10 @@ def _apply(conn: psycopg.Connection, plan: Plan, staged: dict[str, str], backup:
         schema, name = split_table(table)
         live, r = qual(schema, name), staged[table]
         cols = _common(conn, table, fold)
+        if not fold.key:  # the live rows _bag_sets found no replayed row for
+            conn.execute(f"CREATE TABLE {qual(backup, in_backup[table])} AS SELECT l.* FROM {live} l "
+                         f"WHERE (l.tableoid, l.ctid) IN (SELECT t, c FROM {r}_del)")
+            continue
         differs = " OR ".join(f"r.{quote_ident(c)}::text IS DISTINCT FROM l.{quote_ident(c)}::text" for c in cols) or "false"
         conn.execute(f"CREATE TABLE {qual(backup, in_backup[table])} AS SELECT l.* FROM {live} l WHERE NOT EXISTS "
                      f"(SELECT 1 FROM {r} r WHERE {_match(fold, 'l', 'r')}) OR EXISTS (SELECT 1 FROM {r} r WHERE "
@@ -126,6 +150,9 @@ def _apply(conn: psycopg.Connection, plan: Plan, staged: dict[str, str], backup:
         live, r = qual(schema, name), staged[table]
         cols = _common(conn, table, fold)
         names = ", ".join(quote_ident(c) for c in cols)
+        if not fold.key:
+            conn.execute(f"INSERT INTO {live} ({names}) SELECT {names} FROM {r} WHERE ctid IN (SELECT c FROM {r}_ins)")
+            continue
         conn.execute(f"INSERT INTO {live} ({names}) SELECT {names} FROM {r} r WHERE NOT EXISTS "
                      f"(SELECT 1 FROM {live} l WHERE {_match(fold, 'l', 'r')})")
         sets = ", ".join(f"{quote_ident(c)} = r.{quote_ident(c)}" for c in cols if c not in fold.key)
@@ -136,4 +163,7 @@ def _apply(conn: psycopg.Connection, plan: Plan, staged: dict[str, str], backup:
         fold = plan.folds[table]
         schema, name = split_table(table)
         live, r = qual(schema, name), staged[table]
+        if not fold.key:
+            conn.execute(f"DELETE FROM {live} l WHERE (l.tableoid, l.ctid) IN (SELECT t, c FROM {r}_del)")
+            continue
         conn.execute(f"DELETE FROM {live} l WHERE NOT EXISTS (SELECT 1 FROM {r} r WHERE {_match(fold, 'l', 'r')})")
