@@ -17,7 +17,7 @@ from pgtape.tape.archive import Archive
 from pgtape.tape.records import Begin, Change, Commit, Message, Relation, Truncate
 from pgtape.tape.segment import SegmentError, SegmentReader
 from replay.fold import BagFold, RelInfo, TableFold
-from replay.plan import Window, choose_base, window
+from replay.plan import Window, choose_bases, window
 from replay.target import Target
 from snapshots import catalog
 from snapshots.catalog import SnapshotRecord
@@ -30,17 +30,22 @@ MARK_PREFIX = "pgtape"
 class Plan:
     generation: int
     window: Window
-    base: SnapshotRecord
+    bases: dict[str, SnapshotRecord]  # each table's base
     target: Target
     folds: dict[str, TableFold]
-    last_txn: Begin | None  # the last transaction applied (None: the base alone)
+    last_txn: Begin | None  # the last transaction applied (None: the bases alone)
     transactions: int
     changes: int
-    base_dir: Path
+    base_dirs: dict[str, Path]
+
+    @property
+    def base(self) -> SnapshotRecord:
+        """The oldest of the bases: where the tape is read from."""
+        return min(self.bases.values(), key=lambda b: b.as_of_lsn or 0)
 
     def rows(self, table: str) -> Iterator[bytes]:
         """The table's rows at the target, COPY text lines without LF."""
-        return self.folds[table].rows(_base_lines(self.base_dir, table))
+        return self.folds[table].rows(_base_lines(self.base_dirs[table], table))
 
 
 def _base_lines(base_dir: Path, table: str) -> Iterator[bytes]:
@@ -70,26 +75,28 @@ def prepare(archive: Archive, tables: list[str], target: Target,
         w = Window(w.from_lsn, w.from_time, complete_to, w.to_time)
     if target.kind == "name":
         target = resolve_mark(archive, target)
-    base = choose_base(w, bases, target)
-    base_dir = catalog.snapshot_dir(archive, gen, base.id)
+    chosen = choose_bases(w, bases, target)
+    base_dirs = {t: catalog.snapshot_dir(archive, gen, b.id) for t, b in chosen.items()}
     folds: dict[str, TableFold] = {}
     for t in tables:
-        path = base_dir / table_file_name(t)
+        path = base_dirs[t] / table_file_name(t)
         try:
             h = TableReader(path).header
         except (FileNotFoundError, SegmentError) as e:
-            raise PgtapeError(f"base {base.id} is unreadable for {t}: {e} (run pgtape verify)") from None
+            raise PgtapeError(f"base {chosen[t].id} is unreadable for {t}: {e} (run pgtape verify)") from None
         # Without a key (REPLICA IDENTITY FULL) rows are matched as whole rows, duplicates and all.
         fold_class = TableFold if h.key else BagFold
-        folds[t] = fold_class(t, list(h.columns), list(h.types), list(h.key), list(h.columns))
+        folds[t] = fold_class(t, list(h.columns), list(h.types), list(h.key), list(h.columns),
+                              from_lsn=chosen[t].as_of_lsn or 0)
+    from_lsn = min(f.from_lsn for f in folds.values())
     last: Begin | None = None
     transactions = changes = 0
     stop_after: int | None = None  # end LSN of the transaction holding the named mark
     try:
         for seg in archive.segments(gen):
-            if seg.end_lsn is not None and seg.end_lsn <= (base.as_of_lsn or 0):
+            if seg.end_lsn is not None and seg.end_lsn <= from_lsn:
                 continue
-            result = _fold_segment(seg.path, folds, base.as_of_lsn or 0, target, last, stop_after)
+            result = _fold_segment(seg.path, folds, from_lsn, target, last, stop_after)
             last, stop_after, stopped = result.last, result.stop_after, result.stopped
             transactions += result.transactions
             changes += result.changes
@@ -101,7 +108,7 @@ def prepare(archive: Archive, tables: list[str], target: Target,
         raise PgtapeError(f"damaged tape: {e} (run pgtape verify)") from None
     if target.kind == "name" and stop_after is None:
         raise PgtapeError(f"recovery point {target.name!r} is not on the tape yet: is capture running?")
-    return Plan(gen, w, base, target, folds, last, transactions, changes, base_dir)
+    return Plan(gen, w, chosen, target, folds, last, transactions, changes, base_dirs)
 
 
 @dataclass
@@ -129,6 +136,10 @@ def _fold_segment(path: Path, folds: dict[str, TableFold], from_lsn: int, target
     # fold knows of it; None: a table not replayed.
     rels: list[tuple[TableFold, RelInfo] | None] = []
     wanted = False
+    # Until the newest base's position, a table whose base is newer skips what its base holds.
+    lag_until = max(f.from_lsn for f in folds.values())
+    lagging = False
+    txn_end = 0
     transactions = changes = 0
     name_target = target.kind == "name"
     max_time, max_lsn = target.last_allowed()
@@ -141,8 +152,10 @@ def _fold_segment(path: Path, folds: dict[str, TableFold], from_lsn: int, target
                 h = rels[r.rel]  # type: ignore[union-attr]
                 if h is None:
                     continue
-                changes += 1
                 fold, info = h
+                if lagging and txn_end <= fold.from_lsn:
+                    continue
+                changes += 1
                 op = r.op  # type: ignore[union-attr]
                 # The common cases inline (whole rows, keys where the fold expects them);
                 # TableFold.apply has the same rules for every case.
@@ -174,6 +187,8 @@ def _fold_segment(path: Path, folds: dict[str, TableFold], from_lsn: int, target
                 if stop_after is not None or r.commit_time > max_time or r.commit_lsn > max_lsn:  # type: ignore
                     return _SegmentResult(last, stop_after, True, transactions, changes)
                 last, wanted = r, True  # type: ignore[assignment]
+                txn_end = r.end_lsn  # type: ignore[union-attr]
+                lagging = txn_end <= lag_until
                 transactions += 1
             elif t is Relation:
                 fold = folds.get(canonical(r.schema, r.table))  # type: ignore[union-attr]
@@ -181,7 +196,7 @@ def _fold_segment(path: Path, folds: dict[str, TableFold], from_lsn: int, target
                 rels[r.id] = (fold, fold.info(r)) if fold is not None else None  # type: ignore
             elif t is Truncate:
                 fold = folds.get(canonical(r.schema, r.table))  # type: ignore[union-attr]
-                if wanted and fold is not None:
+                if wanted and fold is not None and not (lagging and txn_end <= fold.from_lsn):
                     fold.truncate()
                     changes += 1
             elif t is Message:

@@ -81,6 +81,7 @@ class TableFold:
     types: list[str]
     key: list[str]
     base_columns: list[str]
+    from_lsn: int = 0  # the base's as-of LSN: transactions ending at or before it are in the base
     entries: dict[Key, Entry] = field(default_factory=dict)
     truncated: bool = False
     _rels: dict[int, RelInfo] = field(default_factory=dict)  # by Relation id, this segment

@@ -48,23 +48,28 @@ def tape_extent(archive: Archive, gen: int) -> SegmentStats:
     return end
 
 
-def window(archive: Archive, gen: int, tables: list[str]) -> tuple[Window, list[SnapshotRecord]]:
-    bases = sorted((r for r in catalog.load_all(archive) if r.generation == gen and r.status == catalog.COMPLETED
-                    and set(tables) <= set(r.tables) and r.as_of_lsn is not None and r.as_of_time is not None),
-                   key=lambda r: r.as_of_lsn or 0)
-    if not bases:
-        raise PgtapeError(f"no completed snapshot of generation {gen} holds {', '.join(tables)}: "
+def window(archive: Archive, gen: int, tables: list[str]) -> tuple[Window, dict[str, list[SnapshotRecord]]]:
+    """The window in which every one of `tables` is recoverable, and each table's completed bases
+    (oldest first). Tables may have bases of their own (`pgtape snapshot --tables`, or a base capture
+    took after a schema change): each replays from its own."""
+    completed = [r for r in catalog.load_all(archive) if r.generation == gen and r.status == catalog.COMPLETED
+                 and r.as_of_lsn is not None and r.as_of_time is not None]
+    bases = {t: sorted((r for r in completed if t in r.tables), key=lambda r: r.as_of_lsn or 0) for t in tables}
+    missing = [t for t, found in bases.items() if not found]
+    if missing:
+        raise PgtapeError(f"no completed snapshot of generation {gen} holds {', '.join(missing)}: "
                           "take one with pgtape snapshot (or pgtape init)")
     extent = tape_extent(archive, gen)
-    first = bases[0]
+    first = max((found[0] for found in bases.values()), key=lambda r: r.as_of_lsn or 0)
     assert first.as_of_lsn is not None and first.as_of_time is not None
     # The window ends where the tape is known complete, even if a newer base exists: a target past
     # the tape's end could be missing transactions committed before it (capture lagging).
     return Window(first.as_of_lsn, first.as_of_time, extent.end_lsn, extent.complete_time), bases
 
 
-def choose_base(w: Window, bases: list[SnapshotRecord], target: Target) -> SnapshotRecord:
-    """The newest base at or before the target; raises with the window when the target is outside it."""
+def choose_bases(w: Window, bases: dict[str, list[SnapshotRecord]], target: Target) -> dict[str, SnapshotRecord]:
+    """Each table's newest base at or before the target; raises with the window when the target is
+    outside it."""
     if target.kind == "time":
         assert target.time is not None
         if target.time < w.from_time or (target.exclusive and target.time == w.from_time):
@@ -72,17 +77,27 @@ def choose_base(w: Window, bases: list[SnapshotRecord], target: Target) -> Snaps
         if w.to_time is None or target.time > w.to_time:
             raise PgtapeError(f"target time {format_time(target.time)} is after what the tape is known to hold; "
                               f"{w.describe()} (use --latest, or wait for capture to catch up)")
-        usable = [b for b in bases if (b.as_of_time or 0) < target.time or
-                  (not target.exclusive and b.as_of_time == target.time)]
     elif target.kind in ("lsn", "name"):
         assert target.lsn is not None
         if target.lsn < w.from_lsn:
             raise PgtapeError(f"target {target.describe()} is before the oldest base; {w.describe()}")
         if target.lsn > w.to_lsn:
             raise PgtapeError(f"target {target.describe()} is beyond the tape's end; {w.describe()}")
-        usable = [b for b in bases if (b.as_of_lsn or 0) <= target.lsn]  # a mark's lsn: its message
-    else:
-        usable = bases
-    if not usable:
-        raise PgtapeError(f"no base at or before {target.describe()}; {w.describe()}")
-    return usable[-1]
+    chosen = {}
+    for table, found in bases.items():
+        usable = [b for b in found if _at_or_before(b, target)]
+        if not usable:
+            raise PgtapeError(f"no base of {table} at or before {target.describe()}; {w.describe()}")
+        chosen[table] = usable[-1]
+    return chosen
+
+
+def _at_or_before(base: SnapshotRecord, target: Target) -> bool:
+    """None of the base's transactions is past the target."""
+    if target.kind == "time":
+        assert target.time is not None
+        return (base.as_of_time or 0) < target.time or (not target.exclusive and base.as_of_time == target.time)
+    if target.kind in ("lsn", "name"):
+        assert target.lsn is not None
+        return (base.as_of_lsn or 0) <= target.lsn  # a mark's lsn: its message
+    return True

@@ -60,6 +60,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         "target": plan.target.describe(),
         "base": {"id": plan.base.id, "as_of_lsn": format_lsn(plan.base.as_of_lsn or 0),
                  "as_of_time": format_time(plan.base.as_of_time)},
+        "bases": {t: b.id for t, b in plan.bases.items()},  # a table may have a newer base of its own
         "tape_from_lsn": format_lsn(plan.base.as_of_lsn or 0),
         "resolved_lsn": format_lsn(plan.last_txn.end_lsn) if plan.last_txn else format_lsn(plan.base.as_of_lsn or 0),
         "resolved_commit_time": format_time(plan.last_txn.commit_time) if plan.last_txn else None,
@@ -97,6 +98,11 @@ def _print(args: argparse.Namespace, s: dict[str, object], outcome: str) -> None
     print(f"target      {s['target']}: last transaction applied ends at {s['resolved_lsn']}"
           f" (committed {s['resolved_commit_time'] or '-'})")
     print(f"base        snapshot {base['id']} as of {base['as_of_lsn']} ({base['as_of_time']})")
+    bases = s["bases"]
+    assert isinstance(bases, dict)
+    for t, b in bases.items():
+        if b != base["id"]:
+            print(f"            {t} from its newer snapshot {b}")
     print(f"tape        {s['transactions']} transactions, {s['changes']} changes after the base")
     tables = s.get("tables")
     if isinstance(tables, dict):
