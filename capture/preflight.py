@@ -2,8 +2,9 @@
 
 Checks the server settings, the role's privileges, the replication connection, wal2json, the
 tables and the archive directory. Each problem is one line that says what is wrong and how to
-fix it. Only what a role with REPLICATION and SELECT may do is used (catalog views, settings and
-a TEMPORARY slot), so such a role can check itself; no superuser needed.
+fix it; so is each warning (a risk that does not fail the check: values wal2json cannot carry).
+Only what a role with REPLICATION and SELECT may do is used (catalog views, settings and a
+TEMPORARY slot), so such a role can check itself; no superuser needed.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Problem:
 class Report:
     checks: list[str] = field(default_factory=list)  # what passed, one line each
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)  # risks that do not fail the check
 
     @property
     def ok(self) -> bool:
@@ -49,6 +51,9 @@ class Report:
 
     def add(self, problem: Problem) -> None:
         self.problems.append(problem)
+
+    def warn(self, warning: Problem) -> None:
+        self.warnings.append(warning)
 
     def add_once(self, problem: Problem) -> None:
         """For server-level problems that two checks can find (settings, then the real attempt)."""
@@ -276,6 +281,7 @@ def _check_table(conn: psycopg.Connection, table: str, server: Server, report: R
     if relkind == "p":
         report.add(Problem("table_partitioned", f"table {table} is partitioned: {PLUGIN} reports changes under "
                                                 "each partition's name; list the partitions in --tables instead"))
+        _check_value_limits(conn, table, report)  # its partitions share its columns and CHECK constraints
         return
     if relkind != "r":
         report.add(Problem("table_kind", f"{table} is {_RELKINDS.get(relkind, f'of relkind {relkind}')}, not a "
@@ -290,6 +296,7 @@ def _check_table(conn: psycopg.Connection, table: str, server: Server, report: R
                                                f"{table} TO {pg.sql_name(server.role)}"))
     if identity is not None and can_select:
         report.passed(f"table {table}: {identity}, SELECT granted")
+    _check_value_limits(conn, table, report)
 
 
 def _replica_identity(replident: str, has_pk: bool, has_identity_index: bool) -> str | None:
@@ -314,6 +321,127 @@ def _identity_problem(table: str, replident: str, has_pk: bool) -> Problem:
                                            f"{dropped}; run ALTER TABLE {table} REPLICA IDENTITY FULL")
     return Problem("replica_identity", f"table {table} has neither a primary key nor REPLICA IDENTITY FULL: "
                                        f"{dropped}; add a primary key or run ALTER TABLE {table} REPLICA IDENTITY FULL")
+
+
+# -- values wal2json cannot carry ----------------------------------------------------------------
+#
+# wal2json 2.5 prints a numeric, real or double precision NaN, Infinity or -Infinity as JSON null,
+# which the tape cannot tell from NULL, and a float -0 as the JSON integer -0, which decodes as 0.
+# It decides by the column's own type oid: a domain over these types has an oid of its own and its
+# values arrive as JSON strings ("NaN", "-0"), intact, as do arrays ("{NaN}"). So only columns of
+# exactly these three types are at risk; domains and array elements are not examined.
+
+# The values of each type that wal2json loses, as PostgreSQL literals.
+_LOSSY = {"numeric": ("NaN", "Infinity", "-Infinity"),  # numeric has no -0
+          "real": ("NaN", "Infinity", "-Infinity", "-0"),
+          "double precision": ("NaN", "Infinity", "-Infinity", "-0")}
+
+_COLUMNS_SQL = """
+select a.attnum, a.attname, format_type(a.atttypid, a.atttypmod), format_type(a.atttypid, null)
+from pg_attribute a
+where a.attrelid = (select c.oid from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                    where n.nspname = %s and c.relname = %s)
+  and a.attnum > 0 and not a.attisdropped
+  and a.atttypid in ('numeric'::regtype, 'real'::regtype, 'double precision'::regtype)
+order by a.attnum
+"""
+
+# Validated CHECK constraints on this one column only (NOT VALID ones may not hold for old rows).
+_CONSTRAINTS_SQL = """
+select pg_get_expr(k.conbin, k.conrelid), k.conbin::text from pg_constraint k
+where k.conrelid = (select c.oid from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                    where n.nspname = %s and c.relname = %s)
+  and k.contype = 'c' and k.convalidated and k.conkey = array[%s]::int2[]
+"""
+
+# The functions a stored expression (its pg_node_tree text) calls: FuncExprs, operators (whose
+# function the parser records next to them) and the hash and negator functions of IN lists.
+_CALLS = re.compile(r":(?:funcid|opfuncid|hashfuncid|negfuncid) (\d+)")
+# Nodes that run code the tree does not name by function: a domain's constraints, a row
+# comparison's operators.
+_OPAQUE = ("{COERCETODOMAIN", "{ROWCOMPAREEXPR")
+# Built in (below FirstNormalObjectId) and immutable, so free of side effects.
+_HARMLESS_SQL = "select count(*) from pg_proc where oid = any(%s::oid[]) and oid < 16384 and provolatile = 'i'"
+
+
+def _check_value_limits(conn: psycopg.Connection, table: str, report: Report) -> None:
+    """Warn about the numeric and float columns whose NaN, Infinity, -Infinity or -0 the tape would lose.
+
+    Whether a CHECK constraint rules a value out is undecidable in general, so PostgreSQL decides:
+    each constraint on that column alone is evaluated with the column set to the value. A CHECK
+    passes when true or NULL, so only false rules the value out; an error counts as not ruling it out.
+    """
+    schema, name = split_table(table)
+    lost: dict[str, list[str]] = {}  # column -> the values it loses
+    for attnum, column, type_sql, base in conn.execute(_COLUMNS_SQL, (schema, name)).fetchall():
+        exprs = [expr for expr, tree in conn.execute(_CONSTRAINTS_SQL, (schema, name, attnum)).fetchall()
+                 if _harmless(conn, tree)]
+        values = [v for v in _LOSSY[base] if not _ruled_out(conn, pg.quote_literal(v), type_sql, type_sql != base,
+                                                             column, exprs)]
+        if values:
+            lost[column] = values
+    if not lost:
+        return
+    sends = []
+    if any(v != "-0" for values in lost.values() for v in values):
+        sends.append("NaN, Infinity and -Infinity as null (the same as NULL)")
+    if any("-0" in values for values in lost.values()):
+        sends.append("float -0 as 0")
+    columns = ", ".join(f"{pg.sql_name(c)} ({', '.join(values)})" for c, values in lost.items())
+    fixes = ", ".join(f"ADD CHECK ({_exclusion(c, values)})" for c, values in lost.items())
+    plural = "s" if len(lost) > 1 else ""
+    report.warn(Problem("lossy_values", f"table {table}: {PLUGIN} sends {' and '.join(sends)}, so the tape would "
+                                        f"lose them in column{plural} {columns}; if they never occur, rule them "
+                                        f"out: ALTER TABLE {table} {fixes}"))
+
+
+def _harmless(conn: psycopg.Connection, tree: str) -> bool:
+    """May this stored CHECK expression be evaluated as the role running check? Only when all it calls
+    is built in and immutable: a function of the table owner's (even one declared IMMUTABLE) or a
+    volatile built-in like pg_terminate_backend would otherwise run with this role's privileges.
+    A constraint not evaluated rules nothing out."""
+    if any(node in tree for node in _OPAQUE):
+        return False
+    functions = sorted({int(f) for f in _CALLS.findall(tree)} - {0})  # 0: none (no hash function, ...)
+    row = conn.execute(_HARMLESS_SQL, (functions,)).fetchone()
+    return row is not None and row[0] == len(functions)
+
+
+def _ruled_out(conn: psycopg.Connection, literal: str, type_sql: str, typmod: bool, column: str,
+               exprs: list[str]) -> bool:
+    """Can the column not hold this value: its type modifier refuses it (numeric(10,2) has no
+    Infinity), or a constraint is false for it?"""
+    value = f"{literal}::{type_sql}"  # the column's exact type, typmod included
+    return (typmod and not _probe(conn, f"select {value} is not null")
+            or any(_probe(conn, f"select ({e}) is false from (values ({value})) as v({pg.quote_ident(column)})")
+                   for e in exprs))
+
+
+def _probe(conn: psycopg.Connection, sql: str) -> bool:
+    """True when `sql` returns true. An error (the value does not fit the type, the expression fails
+    for it) is false, and is contained: the probe runs in a transaction block of its own (a savepoint
+    if the connection were not in autocommit mode; pg.connect's is) that always rolls back."""
+    try:
+        with conn.transaction(force_rollback=True):
+            row = conn.execute(sql).fetchone()
+    except psycopg.Error:
+        if conn.broken:
+            raise
+        return False
+    return bool(row and row[0])
+
+
+def _exclusion(column: str, values: list[str]) -> str:
+    """A CHECK expression that is false for exactly these values. NaN = NaN and -0 = 0 in PostgreSQL,
+    so NOT IN rules out NaN and the infinities but not -0; only its text output tells -0 apart."""
+    name = pg.sql_name(column)
+    parts = []
+    specials = [v for v in values if v != "-0"]
+    if specials:
+        parts.append(f"{name} NOT IN ({', '.join(pg.quote_literal(v) for v in specials)})")
+    if "-0" in values:
+        parts.append(f"{name}::text <> '-0'")
+    return " AND ".join(parts)
 
 
 # -- archive -------------------------------------------------------------------------------------
