@@ -20,9 +20,11 @@ import psycopg
 from capture import wal2json
 from capture.protocol import (KEEPALIVE, KEEPALIVE_MSG, XLOG_DATA, XLOG_HEADER, XLOG_PAYLOAD_OFFSET,
                               ConnectionLost, ReplicationStream, pg_time_to_unix_us)
+from capture.follow import Follower, FilterChanged
 from capture.plugin_allowlist import is_refusal, refusal_message
 from capture.slot import check_slot, find_slot, identify_system, open_generation
 from capture.schedule import SnapshotScheduler
+from capture.tables import load_view
 from capture.tape_writer import TapeWriter
 from pgtape.config import Config
 from pgtape.durable import make_dirs_durably
@@ -54,7 +56,6 @@ class Capture:
         self.until_lsn = until_lsn
         self.log = log or _stderr_log(sys.stderr)
         self.stopping = False
-        self._full_columns: dict[tuple[str, str], tuple[str, ...]] = {}
 
     def stop(self, *_: object) -> None:
         self.stopping = True
@@ -71,10 +72,12 @@ class Capture:
             conn = connect(self.config.dsn, replication=True)
             system, gen = open_generation(conn, self.archive, self.config)
             self.scheduler = SnapshotScheduler(self.config, self.archive, gen.id, self.log)
-            self._load_columns()
             writer = TapeWriter(self.archive, gen.id, system.system_id, self.config.slot, self.config.segment_size)
             if writer.repaired_bytes:
                 self.log(f"cut {writer.repaired_bytes} bytes of unfinished transaction from {writer.segment.path.name}")
+            self.follower = Follower(self.archive, gen.id, load_view(self.archive, gen.id, writer.tape_lsn),
+                                     writer.tape_lsn, writer.segment.stats.complete_time, self.config.dsn, self.log,
+                                     self.scheduler.request)
             # A long-lived loop allocating millions of short-lived objects: keep start-up objects out of
             # the collector's scans and collect young objects less often (about 10% less CPU).
             gc.freeze()
@@ -96,6 +99,10 @@ class Capture:
                         backoff = 0.5
                     finally:
                         stream.close()
+                except FilterChanged as e:  # the transaction comes again, decoded with the new filter
+                    writer.abort_transaction()
+                    self.follower.abort()
+                    self.log(f"{e}; restarting the stream at {format_lsn(writer.durable_lsn)}")
                 except (ConnectionLost, psycopg.OperationalError) as e:
                     conn = _close(conn)
                     self._retry_later(writer, f"replication connection lost: {first_line(e)}", backoff)
@@ -108,6 +115,7 @@ class Capture:
                     backoff = min(backoff * 2, MAX_BACKOFF)
             _close(conn)
             writer.close()
+            self.follower.close()
             self.scheduler.stop()
             self.log(f"stopped; tape durable up to {format_lsn(writer.durable_lsn)} "
                      f"({writer.transactions} transactions, {writer.changes} changes this run)")
@@ -117,6 +125,7 @@ class Capture:
 
     def _retry_later(self, writer: TapeWriter, why: str, delay: float) -> None:
         writer.abort_transaction()  # the server sends it again from its beginning
+        self.follower.abort()
         if self.stopping:
             return
         self.log(f"{why}; reconnecting in {delay:g}s")
@@ -127,21 +136,8 @@ class Capture:
     def _reached(self, writer: TapeWriter) -> bool:
         return self.until_lsn is not None and writer.durable_lsn >= self.until_lsn
 
-    def _load_columns(self) -> None:
-        """Each table's columns now, to tell an UPDATE's unchanged TOAST columns from absent ones."""
-        with connect(self.config.dsn) as c:
-            for qualified in self.config.tables:
-                schema, table = split_table(qualified)
-                rows = c.execute(
-                    "SELECT a.attname FROM pg_attribute a JOIN pg_class r ON r.oid = a.attrelid "
-                    "JOIN pg_namespace n ON n.oid = r.relnamespace WHERE n.nspname = %s AND r.relname = %s "
-                    "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum", (schema, table)).fetchall()
-                if not rows:
-                    raise PgtapeError(f"table {qualified} does not exist: fix --tables or run pgtape check")
-                self._full_columns[(schema, table)] = tuple(r[0] for r in rows)
-
     def _start(self, conn: psycopg.Connection, from_lsn: int) -> ReplicationStream:
-        opts = wal2json.options_sql(wal2json.plugin_options(self.config.tables))
+        opts = wal2json.options_sql(wal2json.plugin_options(sorted(self.follower.filter)))
         try:
             conn.execute(f"START_REPLICATION SLOT {self.config.slot} LOGICAL {format_lsn(from_lsn)} ({opts})")
         except psycopg.errors.InsufficientPrivilege as e:
@@ -155,13 +151,14 @@ class Capture:
         cfg = self.config
         decode = wal2json.decoder.decode
         to_field = wal2json.to_field
-        full_columns = self._full_columns
+        follower = self.follower
         monotonic = time.monotonic
         received = writer.durable_lsn  # highest LSN received: the 'write' position we report
         next_status = 0.0
         last_position = monotonic()
         skip = False  # current transaction is already on the tape (re-sent after a reconnect)
         in_txn = False
+        txn_end = txn_time = 0
         next_check = 0.0  # housekeeping runs at most every HOUSEKEEPING seconds while busy
         while True:
             buf = stream.read()
@@ -177,28 +174,38 @@ class Capture:
                     action = msg.action
                     if action == "B":
                         in_txn = True
-                        end = wal2json.lsn(msg.nextlsn)
+                        txn_end = wal2json.lsn(msg.nextlsn)
                         # Rule D1: a transaction whose commit ends at or before the tape's end is a repeat.
-                        skip = end <= writer.tape_lsn
+                        skip = txn_end <= writer.tape_lsn
                         if not skip:
-                            writer.begin(Begin(msg.xid or 0, wal2json.lsn(msg.lsn), end,
-                                               wal2json.parse_commit_time(msg.timestamp or "")))
+                            txn_time = wal2json.parse_commit_time(msg.timestamp or "")
+                            writer.begin(Begin(msg.xid or 0, wal2json.lsn(msg.lsn), txn_end, txn_time))
+                            follower.begin()
                     elif action == "C":
                         in_txn = False
                         end = start  # a C message's header LSN is its nextlsn (end of the commit record)
-                        if not skip and not writer.commit(end):
-                            writer.advance_idle(end)  # Rule A3: nothing captured, nothing pending
+                        if not skip:
+                            follower.commit(end, txn_time, writer.durable_lsn)  # before `end` can be durable
+                            if not writer.commit(end):
+                                writer.advance_idle(end)  # Rule A3: nothing captured, nothing pending
                     elif not skip:
                         record: Change | Truncate | Message | None
                         if action == "M":
                             # Recovery points are transactional; a non-transactional message has no
                             # place in the commit order, so it is not kept.
-                            record = Message(wal2json.lsn(msg.lsn), True, msg.prefix or "",
-                                             msg.content or "") if msg.transactional else None
+                            record = None
+                            if msg.prefix == wal2json.DDL_PREFIX:
+                                if msg.transactional:
+                                    for schema in follower.message(msg.content or "", txn_end, txn_time):
+                                        writer.change(schema, len(payload))
+                            elif msg.transactional:
+                                record = Message(wal2json.lsn(msg.lsn), True, msg.prefix or "", msg.content or "")
                         elif action == "T":
-                            record = Truncate(msg.schema or "", msg.table or "")
+                            identity = follower.identity(msg.schema or "", msg.table or "")
+                            record = (follower.truncate(msg.schema or "", msg.table or "", identity)
+                                      if identity is not None else None)
                         else:
-                            record = self._change(writer, msg, to_field, full_columns)
+                            record = self._change(writer, msg, to_field, follower)
                         if record is not None:
                             writer.change(record, len(payload))
                 elif kind == KEEPALIVE:
@@ -226,6 +233,8 @@ class Capture:
             if self.stopping or self._reached(writer):
                 stream.send_status(received, writer.durable_lsn)
                 return
+            follower.housekeeping(received, in_txn, writer.tape_lsn, writer.segment.stats.complete_time,
+                                  writer.durable_lsn)
             if buf is None:
                 timeout = cfg.status_interval
                 if writer.unsynced_since is not None:
@@ -236,8 +245,15 @@ class Capture:
         return self.until_lsn is not None and writer.tape_lsn >= self.until_lsn
 
     @staticmethod
-    def _change(writer: TapeWriter, msg: wal2json.W2JMessage, to_field: Callable, full_columns: dict) -> Change:
-        schema, table = msg.schema or "", msg.table or ""
+    def _change(writer: TapeWriter, msg: wal2json.W2JMessage, to_field: Callable, follower: Follower) -> Change | None:
+        """A row change, on the tape under its captured table's identity; None for a name that belongs
+        to no captured table at this point (a table dropped and created again, a detached partition)."""
+        reported = (msg.schema or "", msg.table or "")
+        identity = follower.identity(*reported)
+        if identity is None:
+            return None
+        schema, table = split_table(identity)
+        full_columns = follower.full_columns
         key = tuple([k.name for k in msg.pk]) if msg.pk else ()
         row = names = None
         rel = old_rel = -1
@@ -255,14 +271,14 @@ class Capture:
         action = msg.action
         if action == "I":
             if names is not None:
-                full_columns[(schema, table)] = names  # an INSERT always carries every column
+                full_columns[reported] = names  # an INSERT always carries every column
         elif action == "U":
-            full = full_columns.get((schema, table), ())
+            full = full_columns.get(reported, ())
             if names is not None and names != full:  # the common full-row UPDATE skips this
                 present = set(names)
                 absent = [c for c in full if c not in present] or None
                 if any(n not in full for n in names):  # ALTER TABLE ADD COLUMN: the shape grew
-                    full_columns[(schema, table)] = tuple(full) + tuple(n for n in names if n not in full)
+                    full_columns[reported] = tuple(full) + tuple(n for n in names if n not in full)
         elif action == "D":
             rel = old_rel
         else:

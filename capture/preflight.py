@@ -279,8 +279,16 @@ def _check_table(conn: psycopg.Connection, table: str, server: Server, report: R
         return
     relkind, replident, has_pk, has_identity_index, can_select = row
     if relkind == "p":
-        report.add(Problem("table_partitioned", f"table {table} is partitioned: {PLUGIN} reports changes under "
-                                                "each partition's name; list the partitions in --tables instead"))
+        # Captured through its root: its partitions, later ones included, are filed under it.
+        if not has_pk:
+            report.add(Problem("partitioned_without_key", f"partitioned table {table} has no primary key: pgtape "
+                                                          "replays a partitioned table by its primary key; add one"))
+        if not can_select:
+            report.add(Problem("select_privilege", f"role {server.role} lacks SELECT on {table}: GRANT SELECT ON "
+                                                   f"{table} TO {pg.sql_name(server.role)}"))
+        if has_pk and can_select:
+            report.passed(f"table {table}: partitioned (its partitions, later ones too, are captured as it), "
+                          "primary key, SELECT granted")
         _check_value_limits(conn, table, report)  # its partitions share its columns and CHECK constraints
         return
     if relkind != "r":

@@ -1,5 +1,6 @@
-"""Scheduled snapshots: capture starts `pgtape snapshot --prune` in a child process when one is due,
-so the retention is applied right after each new base (snapshots/prune.py).
+"""Snapshots capture takes by itself, in a child process: a scheduled one (`pgtape snapshot --prune`)
+when one is due, so the retention is applied right after each new base (snapshots/prune.py); and a
+new base of a table whose rows changed without row changes on the tape (snapshots/rebase.py).
 
 A child process, not a thread, so the snapshot's COPY never competes with the capture loop for
 the GIL and a failing snapshot cannot take capture down (capture keeps acknowledging).
@@ -18,6 +19,7 @@ from pgtape.tape.archive import Archive
 from snapshots import catalog
 
 RETRY_AFTER_FAILURE = 300.0  # seconds
+REBASE_RETRY = 30.0  # seconds: a table without a usable base cannot be replayed past its rebase point
 
 
 class SnapshotScheduler:
@@ -27,25 +29,42 @@ class SnapshotScheduler:
         self.generation = generation
         self.log = log
         self._child: subprocess.Popen[bytes] | None = None
+        self._child_tables: set[str] = set()  # the new bases the running child takes
         self._not_before = 0.0
+        self._wanted: set[str] = set()  # tables that need a new base
+        self._wanted_not_before = 0.0
+
+    def request(self, table: str) -> None:
+        """A new base of this table, as soon as no other snapshot runs."""
+        self._wanted.add(table)
 
     def poll(self) -> None:
         """Call now and then (cheap): reaps a finished child, starts one when due."""
         every = self.config.snapshot_every
-        if every is None:
-            return
         if self._child is not None:
             code = self._child.poll()
             if code is None:
                 return
             self._child = None
             if code != 0:
-                retry = min(RETRY_AFTER_FAILURE, every)
-                self.log(f"scheduled snapshot or its prune failed (exit {code}, reason above); "
-                         f"next attempt in {retry:.0f}s")
-                self._not_before = time.monotonic() + retry
+                retry = min(RETRY_AFTER_FAILURE, every or RETRY_AFTER_FAILURE)
+                if self._child_tables:
+                    self._wanted |= self._child_tables
+                    self._wanted_not_before = time.monotonic() + REBASE_RETRY
+                    self.log(f"the new base of {', '.join(sorted(self._child_tables))} failed (exit {code}, "
+                             f"reason above); next attempt in {REBASE_RETRY:.0f}s")
+                else:
+                    self.log(f"scheduled snapshot or its prune failed (exit {code}, reason above); "
+                             f"next attempt in {retry:.0f}s")
+                    self._not_before = time.monotonic() + retry
+            self._child_tables = set()
             return
-        if time.monotonic() < self._not_before:
+        if self._wanted and time.monotonic() >= self._wanted_not_before:
+            self._child_tables, self._wanted = self._wanted, set()
+            self.log(f"taking a new base of {', '.join(sorted(self._child_tables))}")
+            self._child = self._spawn(["--kind", "rebase"], tables=sorted(self._child_tables))
+            return
+        if every is None or time.monotonic() < self._not_before:
             return
         newest = catalog.newest_completed(self.archive, self.generation)
         age = (time.time_ns() // 1000 - newest.as_of_time) / 1e6 if newest and newest.as_of_time else None
@@ -53,14 +72,16 @@ class SnapshotScheduler:
             self._not_before = time.monotonic() + min(every - age, 60.0)
             return
         self.log("starting a scheduled snapshot")
-        env = {**os.environ, "PGTAPE_ARCHIVE": str(self.archive.path), "PGTAPE_TABLES": ",".join(self.config.tables),
+        self._child = self._spawn(["--kind", "scheduled", "--prune"], tables=list(self.config.tables))
+
+    def _spawn(self, args: list[str], tables: list[str]) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "PGTAPE_ARCHIVE": str(self.archive.path), "PGTAPE_TABLES": ",".join(tables),
                "PGTAPE_SLOT": self.config.slot}
         if self.config.dsn:
             env["PGTAPE_DSN"] = self.config.dsn  # environment, not argv: ps shows argv to everyone
         if self.config.source_file:
             env["PGTAPE_CONFIG"] = str(self.config.source_file)
-        self._child = subprocess.Popen([sys.executable, "-m", "pgtape", "snapshot", "--kind", "scheduled", "--prune"],
-                                       env=env)
+        return subprocess.Popen([sys.executable, "-m", "pgtape", "snapshot", *args], env=env)
 
     def stop(self) -> None:
         """Let a running snapshot finish: it is independent of capture."""

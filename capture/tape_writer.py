@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from pgtape.tape.archive import Archive
-from pgtape.tape.records import Begin, Change, Commit, Message, Position, Record, Relation, Truncate
+from pgtape.tape.records import Begin, Change, Commit, Message, Position, Record, Relation, Schema, Truncate
 from pgtape.tape.segment import SegmentWriter
 
 FRAME_BYTES = 4 << 20  # decoded bytes buffered before an unfinished transaction goes to disk
@@ -99,10 +99,10 @@ class TapeWriter:
             self._buffer.append(Relation(rel, schema, table, list(columns), list(types), list(key)))
         return rel
 
-    def change(self, record: Change | Truncate | Message, size_hint: int) -> None:
+    def change(self, record: Change | Truncate | Message | Schema, size_hint: int) -> None:
         self._open_txn()
         self._buffer.append(record)
-        if not isinstance(record, Message):
+        if type(record) is Change or type(record) is Truncate:
             self._txn_changes += 1
         self._buffer_bytes += size_hint
         if self._buffer_bytes >= self.frame_bytes:

@@ -17,9 +17,12 @@ from pgtape.names import split_table
 from pgtape.pg import quote_literal
 
 MESSAGE_PREFIX = "pgtape"  # logical messages with this prefix are captured (recovery points)
+DDL_PREFIX = "pgtape_schema"  # the DDL trigger's (capture/ddl_trigger.py): they become Schema records
 
 
-def plugin_options(tables: tuple[str, ...]) -> dict[str, str]:
+def plugin_options(tables: list[str]) -> dict[str, str]:
+    """`tables`: the names wal2json reports the captured rows under (a partition's own, not its
+    partitioned table's)."""
     return {
         "format-version": "2",
         "include-xids": "1",
@@ -29,7 +32,7 @@ def plugin_options(tables: tuple[str, ...]) -> dict[str, str]:
         "include-typmod": "1",
         "include-pk": "1",
         "add-tables": ",".join(_add_tables_entry(t) for t in tables),
-        "add-msg-prefixes": MESSAGE_PREFIX,
+        "add-msg-prefixes": f"{MESSAGE_PREFIX},{DDL_PREFIX}",
     }
 
 

@@ -12,14 +12,16 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from pgtape.errors import PgtapeError
-from pgtape.names import canonical
+from pgtape.lsn import format_lsn
+from pgtape.timefmt import format_time
+from pgtape.names import canonical, names_in_one_schema
 from pgtape.tape.archive import Archive
-from pgtape.tape.records import Begin, Change, Commit, Message, Relation, Truncate
+from pgtape.tape.records import Begin, Change, Commit, Message, Relation, Schema, Truncate
 from pgtape.tape.segment import SegmentError, SegmentReader
 from replay.fold import BagFold, RelInfo, TableFold
 from replay.plan import Window, choose_bases, window
 from replay.target import Target
-from snapshots import catalog
+from snapshots import catalog, rebase
 from snapshots.catalog import SnapshotRecord
 from snapshots.format import TableReader, table_file_name
 
@@ -46,6 +48,16 @@ class Plan:
     def rows(self, table: str) -> Iterator[bytes]:
         """The table's rows at the target, COPY text lines without LF."""
         return self.folds[table].rows(_base_lines(self.base_dirs[table], table))
+
+    @property
+    def present(self) -> dict[str, TableFold]:
+        """The tables that exist at the target (a table dropped before it has no rows to restore)."""
+        return {t: f for t, f in self.folds.items() if not f.dropped}
+
+    def names_in_one_schema(self) -> dict[str, str]:
+        """Each present table's name in a recovery schema: its name at the target (pgtape/names.py)."""
+        at_target = {f.relname: t for t, f in self.present.items()}
+        return {at_target[n]: name for n, name in names_in_one_schema(list(at_target)).items()}
 
 
 def _base_lines(base_dir: Path, table: str) -> Iterator[bytes]:
@@ -87,7 +99,8 @@ def prepare(archive: Archive, tables: list[str], target: Target,
         # Without a key (REPLICA IDENTITY FULL) rows are matched as whole rows, duplicates and all.
         fold_class = TableFold if h.key else BagFold
         folds[t] = fold_class(t, list(h.columns), list(h.types), list(h.key), list(h.columns),
-                              from_lsn=chosen[t].as_of_lsn or 0)
+                              from_lsn=chosen[t].as_of_lsn or 0, attnums=list(h.attnums), relname=h.name,
+                              oid=h.oid)
     from_lsn = min(f.from_lsn for f in folds.values())
     last: Begin | None = None
     transactions = changes = 0
@@ -108,7 +121,42 @@ def prepare(archive: Archive, tables: list[str], target: Target,
         raise PgtapeError(f"damaged tape: {e} (run pgtape verify)") from None
     if target.kind == "name" and stop_after is None:
         raise PgtapeError(f"recovery point {target.name!r} is not on the tape yet: is capture running?")
+    _refuse_unreplayable(archive, gen, folds, chosen, bases, last.end_lsn if last else from_lsn, target)
     return Plan(gen, w, chosen, target, folds, last, transactions, changes, base_dirs)
+
+
+def _refuse_unreplayable(archive: Archive, gen: int, folds: dict[str, TableFold], chosen: dict[str, SnapshotRecord],
+                         bases: dict[str, list[SnapshotRecord]], stop_lsn: int, target: Target) -> None:
+    """A table whose rows changed without row changes on the tape between its base and the stop
+    point (snapshots/rebase.py) needs a base taken after that: refuse, naming the window."""
+    for point in rebase.load(archive, gen):
+        fold, base = folds.get(point.table), chosen.get(point.table)
+        if fold is None or base is None:
+            continue
+        # Past the point: a transaction after it is applied, or (the change itself may not be on the
+        # tape: a DDL noticed by polling) the target lies after where it may have happened.
+        past = max(stop_lsn, base.as_of_lsn or 0) > point.since_lsn or _target_after(target, point)
+        if past and (base.as_of_lsn or 0) < point.at_lsn:
+            after = next((b for b in bases[point.table] if (b.as_of_lsn or 0) >= point.at_lsn), None)
+            since = format_time(point.since_time) if point.since_time else format_lsn(point.since_lsn)
+            until = (f"a base of it taken {format_time(after.as_of_time)} ({format_lsn(after.as_of_lsn or 0)})"
+                     if after else "a new base of it (none has completed yet: capture takes one by itself; see "
+                                   "pgtape snapshots)")
+            raise PgtapeError(f"{point.table} cannot be replayed to {target.describe()}: {point.reason} at "
+                              f"{format_time(point.at_time)} ({format_lsn(point.at_lsn)}), and the tape holds no row "
+                              f"changes for that; choose a target before {since}, or at or after {until}")
+    for fold in folds.values():
+        if fold.stale:  # a rebase point names this too; without one (an older capture) still refuse
+            raise PgtapeError(f"{fold.name} cannot be replayed to {target.describe()}: {fold.stale}; take a new "
+                              f"base of it (pgtape snapshot --tables {fold.name}) and replay to a target after it")
+
+
+def _target_after(target: Target, point: rebase.RebasePoint) -> bool:
+    if target.kind == "time":
+        return point.since_time is None or (target.time or 0) > point.since_time
+    if target.kind in ("lsn", "name"):
+        return (target.lsn or 0) > point.since_lsn
+    return True  # latest
 
 
 @dataclass
@@ -194,6 +242,10 @@ def _fold_segment(path: Path, folds: dict[str, TableFold], from_lsn: int, target
                 fold = folds.get(canonical(r.schema, r.table))  # type: ignore[union-attr]
                 rels.extend([None] * (r.id + 1 - len(rels)))  # type: ignore[union-attr]
                 rels[r.id] = (fold, fold.info(r)) if fold is not None else None  # type: ignore
+            elif t is Schema:
+                fold = folds.get(r.table)  # type: ignore[union-attr]
+                if wanted and fold is not None and not (lagging and txn_end <= fold.from_lsn):
+                    fold.apply_schema(r)  # type: ignore[arg-type]
             elif t is Truncate:
                 fold = folds.get(canonical(r.schema, r.table))  # type: ignore[union-attr]
                 if wanted and fold is not None and not (lagging and txn_end <= fold.from_lsn):

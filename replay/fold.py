@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 
 from pgtape.copytext import NULL
 from pgtape.errors import PgtapeError
-from pgtape.tape.records import Change, Relation
+from pgtape.tape.records import Change, Relation, Schema
 
 Key = bytes  # the key fields of a COPY text line, joined by TAB
 KeyReader = Callable[[bytes], Key]
@@ -76,19 +76,30 @@ class RelInfo:
 
 @dataclass
 class TableFold:
-    name: str  # schema.table
+    name: str  # the captured table (its identity, pgtape/names.py)
     columns: list[str]
     types: list[str]
     key: list[str]
     base_columns: list[str]
     from_lsn: int = 0  # the base's as-of LSN: transactions ending at or before it are in the base
+    attnums: list[int] = field(default_factory=list)  # of `columns`, to follow renames (Schema records)
+    relname: str = ""  # the table's canonical name at this point of the tape (changes with a rename)
+    oid: int = 0  # the table's object: the live table, whatever its name now
     entries: dict[Key, Entry] = field(default_factory=dict)
     truncated: bool = False
+    dropped: bool = False  # the table no longer exists at this point
+    stale: str | None = None  # why the fold cannot go on (a key change): replay refuses targets past it
+    base_pos: list[int | None] = field(default_factory=list)  # per column: its field in base lines, or None
+    fill: list[bytes] = field(default_factory=list)  # per column: what rows lacking it hold (missing value)
     _rels: dict[int, RelInfo] = field(default_factory=dict)  # by Relation id, this segment
     _types: dict[str, str] = field(default_factory=dict)  # every column type seen
 
     def __post_init__(self) -> None:
         self._types.update(zip(self.columns, self.types))
+        if not self.base_pos:
+            self.base_pos = [self.base_columns.index(c) if c in self.base_columns else None for c in self.columns]
+            self.fill = [NULL] * len(self.columns)
+        self.relname = self.relname or self.name
 
     def new_segment(self) -> None:
         self._rels.clear()
@@ -107,9 +118,45 @@ class TableFold:
         self.truncated = True
         self.entries.clear()
 
+    def apply_schema(self, s: Schema) -> None:
+        """The table's shape from here on (DDL at this point of its transaction). Columns follow
+        their attnum, so a renamed column keeps its values; rows that existed before a column was
+        added hold its missing value; a dropped column's values go."""
+        if s.dropped:
+            self.truncate()
+            self.dropped = True
+            return
+        self.relname = s.name
+        if s.key != self.key:
+            self.stale = f"its key changed from ({', '.join(self.key)}) to ({', '.join(s.key)})"
+            return
+        src, fill = self._mapping(s)
+        old_columns = self.columns
+        for k, e in self.entries.items():
+            if type(e) is bytes:
+                fields = e.split(b"\t")
+                self.entries[k] = b"\t".join([fields[i] if i is not None else f for i, f in zip(src, fill)])
+            elif isinstance(e, _Partial):
+                e.values = {c: e.values[old_columns[i]] for c, i in zip(s.columns, src)
+                            if i is not None and old_columns[i] in e.values}
+        self.base_pos = [self.base_pos[i] if i is not None else None for i in src]
+        self.fill = fill
+        self.columns, self.types, self.attnums = list(s.columns), list(s.types), list(s.attnums)
+        self._types.update(zip(self.columns, self.types))
+        for info in self._rels.values():
+            info.set_shape(info.columns == self.columns)
+
+    def _mapping(self, s: Schema) -> tuple[list[int | None], list[bytes]]:
+        """For each column of `s`: where it was (by attnum) in the current shape, and what rows
+        lacking it hold (a column added here: its missing value)."""
+        src = [self.attnums.index(a) if a in self.attnums else None for a in s.attnums]
+        return src, [self.fill[i] if i is not None else (m if m is not None else NULL) for i, m in zip(src, s.missing)]
+
     def apply(self, c: Change, info: RelInfo, old: RelInfo | None) -> None:
         """One change; `info` describes c.rel, `old` c.old_rel. The engine inlines the common
         cases (RelInfo.fast) and calls this for the rest."""
+        if self.stale:
+            return  # replay refuses every target past this point (replay/engine.py)
         op = c.op
         if op == "D":
             self.entries[self._key(old, c.old)] = None
@@ -159,6 +206,10 @@ class TableFold:
         for k, e in self.entries.items():
             if type(e) is bytes:
                 self.entries[k] = _Partial(dict(zip(old, e.split(b"\t"))), None)
+        where = {c: i for i, c in enumerate(old)}
+        self.base_pos = [self.base_pos[where[c]] if c in where else None for c in shape]
+        self.fill = [self.fill[where[c]] if c in where else NULL for c in shape]
+        self.attnums = []  # a shape seen only in rows: columns are known by name from here on
         self.columns, self.types = shape, [self._types[n] for n in shape]
         for info in self._rels.values():
             info.set_shape(info.columns == shape)
@@ -172,9 +223,9 @@ class TableFold:
     def rows(self, base_lines: Iterator[bytes]) -> Iterator[bytes]:
         """COPY text lines (without LF) of the table at the target: untouched base rows first,
         then every row the tape left behind."""
-        out = self.columns
-        base_idx = {c: i for i, c in enumerate(self.base_columns)}
-        same_shape = self.base_columns == out
+        if self.dropped:
+            return
+        same_shape = self.base_pos == list(range(len(self.base_columns)))
         entries = self.entries
         inherit_from = {e.inherit for e in entries.values() if type(e) is _Partial and e.inherit is not None}
         saved: dict[Key, list[bytes]] = {}  # base rows that partial entries take columns from
@@ -189,26 +240,27 @@ class TableFold:
                 if k in inherit_from:
                     saved[k] = line.split(b"\t")
                 if k not in entries:
-                    yield line if same_shape else b"\t".join(self._take(line.split(b"\t"), base_idx))
+                    yield line if same_shape else b"\t".join(self._take(line.split(b"\t")))
         for e in entries.values():
             if type(e) is bytes:
                 yield e
             elif e is not None:
-                yield self._complete(e, saved.get(e.inherit) if e.inherit is not None else None, base_idx)  # type: ignore
+                yield self._complete(e, saved.get(e.inherit) if e.inherit is not None else None)  # type: ignore
 
-    def _take(self, fields: list[bytes], base_idx: dict[str, int]) -> list[bytes]:
-        return [fields[base_idx[c]] if c in base_idx else NULL for c in self.columns]
+    def _take(self, fields: list[bytes]) -> list[bytes]:
+        """A base row in the current shape."""
+        return [fields[p] if p is not None else f for p, f in zip(self.base_pos, self.fill)]
 
-    def _complete(self, e: _Partial, base_fields: list[bytes] | None, base_idx: dict[str, int]) -> bytes:
+    def _complete(self, e: _Partial, base_fields: list[bytes] | None) -> bytes:
         values = e.values
         parts = []
-        for c in self.columns:
+        for c, p, f in zip(self.columns, self.base_pos, self.fill):
             if c in values:
                 parts.append(values[c])
-            elif base_fields is not None and c in base_idx:
-                parts.append(base_fields[base_idx[c]])
+            elif base_fields is not None and p is not None:
+                parts.append(base_fields[p])
             else:
-                parts.append(NULL)
+                parts.append(f)
         return b"\t".join(parts)
 
 
@@ -221,6 +273,8 @@ class BagFold(TableFold):
     fold's shape, how many more (or fewer) copies the result has than the base."""
 
     def apply(self, c: Change, info: RelInfo, old: RelInfo | None) -> None:
+        if self.stale:
+            return
         entries = self.entries
         old_line = None
         if c.old is not None:
@@ -243,6 +297,17 @@ class BagFold(TableFold):
         new_line = b"\t".join([values.get(col, NULL) for col in self.columns])
         entries[new_line] = entries.get(new_line, 0) + 1  # type: ignore[operator]
 
+    def apply_schema(self, s: Schema) -> None:
+        if not s.dropped and s.key == self.key:  # the counted lines follow the new shape too
+            src, fill = self._mapping(s)
+            counts: dict[Key, Entry] = {}
+            for line, n in self.entries.items():
+                fields = line.split(b"\t")
+                k = b"\t".join([fields[i] if i is not None else f for i, f in zip(src, fill)])
+                counts[k] = counts.get(k, 0) + n  # type: ignore[operator]
+            self.entries = counts
+        super().apply_schema(s)  # the counts are not lines: there only the shape changes
+
     def _reshape(self, columns: list[str], absent: list[str] | None) -> None:
         old = self.columns
         super()._reshape(columns, absent)  # the counts are not lines: only the shape changes there
@@ -260,13 +325,14 @@ class BagFold(TableFold):
         return b"\t".join([values.get(col, NULL) for col in self.columns])
 
     def rows(self, base_lines: Iterator[bytes]) -> Iterator[bytes]:
+        if self.dropped:
+            return
         counts = {line: n for line, n in self.entries.items() if n}
-        base_idx = {c: i for i, c in enumerate(self.base_columns)}
-        same_shape = self.base_columns == self.columns
+        same_shape = self.base_pos == list(range(len(self.base_columns)))
         if not self.truncated:
             for line in base_lines:
                 if not same_shape:
-                    line = b"\t".join(self._take(line.split(b"\t"), base_idx))
+                    line = b"\t".join(self._take(line.split(b"\t")))
                 n = counts.get(line)
                 if n is not None and n < 0:  # a deleted copy of this row
                     counts[line] = n + 1

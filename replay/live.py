@@ -14,12 +14,11 @@ import time
 from pgtape.config import Config
 from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn, parse_lsn
-from pgtape.names import quoted
 from pgtape.pg import connect, quote_literal
 from pgtape.tape.archive import Archive
 from replay.compare import Side, column_types, compare, render
 from replay.engine import prepare
-from replay.sinks import create_table, load_rows
+from replay.sinks import create_table, live_relation, load_rows
 from replay.target import Target
 from snapshots.take import create_slot_exporting, temporary_slot_name
 
@@ -36,11 +35,11 @@ def verify_live(config: Config, archive: Archive, timeout: float, as_json: bool)
         confirmed = _wait_durable(conn, gen.slot, snap.as_of_lsn, timeout)
         plan = prepare(archive, tables, Target("lsn", lsn=snap.as_of_lsn, exclusive=True), complete_to=confirmed)
         results = []
-        for i, (table, fold) in enumerate(plan.folds.items()):
+        for i, (table, fold) in enumerate(plan.present.items()):
             staged = f"pgtape_verify_{i}"
             create_table(conn, staged, fold, temp=True)
             load_rows(conn, staged, plan.rows(table))
-            live_rel = quoted(table)
+            live_rel = live_relation(conn, fold)
             results.append(compare(conn, table, fold.key, Side("live", live_rel, column_types(conn, live_rel)),
                                    Side("replay", staged, column_types(conn, staged))))
         conn.rollback()

@@ -12,7 +12,9 @@ from typing import Callable
 
 import psycopg
 
+from capture import ddl_trigger
 from capture.slot import find_slot, identify_system
+from capture.tables import load_view, resolve_tables, save_view
 from pgtape.config import Config
 from pgtape.errors import PgtapeError, UsageError
 from pgtape.lsn import format_lsn
@@ -44,6 +46,7 @@ def initialize(config: Config, archive: Archive, *, restart: bool, log: Log) -> 
                     raise PgtapeError(f"{archive.path} belongs to database system {ident.system_id}, not "
                                       f"{system.system_id}: use another --archive, or --restart to start over")
                 if base is not None:
+                    _ddl_trigger(config, log)
                     return gen, None  # initialised; a vanished slot is capture's fatal error, not a reason to redo
                 if not archive.tape_is_empty(gen.id):
                     raise UsageError(f"{archive.path} already has a tape for generation {gen.id}; re-initialising "
@@ -56,6 +59,9 @@ def initialize(config: Config, archive: Archive, *, restart: bool, log: Log) -> 
                 f"SELECT pg_drop_replication_slot('{config.slot}')")
         else:
             reason = "initial"
+        with connect(config.dsn, application_name="pgtape init") as conn:
+            resolve_tables(conn, list(config.tables))  # refuse what cannot be captured before touching a slot
+        _ddl_trigger(config, log)  # before the slot: every schema change after its start is in the stream
         if slot is not None:
             _drop_slot(repl, config.slot)
         if archive.exists():
@@ -64,12 +70,14 @@ def initialize(config: Config, archive: Archive, *, restart: bool, log: Log) -> 
         try:
             snap = create_slot_exporting(repl, config.dsn, config.slot, temporary=False)
             with snap.conn:
+                view = resolve_tables(snap.conn, list(config.tables))  # the catalog as of the start LSN
                 gen = archive.start_generation(system.system_id, system.database, config.slot, snap.as_of_lsn,
                                                reason, list(config.tables))
+                save_view(archive, gen.id, gen.start_lsn, view)
                 log(f"generation {gen.id}: slot {config.slot} created at {format_lsn(gen.start_lsn)}; "
                     "copying the initial base")
                 record = new_record(archive, gen.id, list(config.tables), "initial", config.retention)
-                done = copy_tables(archive, record, snap, progress=log)
+                done = copy_tables(archive, record, snap, {t: s.oid for t, s in view.items() if s}, progress=log)
         finally:
             lock.release()
         return gen, done
@@ -92,6 +100,10 @@ def take_snapshot(config: Config, archive: Archive, tables: list[str], kind: str
             if system.system_id != gen.system_id or system.database != gen.database:
                 raise PgtapeError(f"the server is database system {system.system_id} database {system.database}, "
                                   f"but generation {gen.id} captures {gen.system_id} database {gen.database}")
+            view = load_view(archive, gen.id, at_lsn=2**64 - 1)  # the newest: the tables' objects (oids)
+            dropped = [t for t in tables if view.get(t) is None]
+            if dropped:
+                raise PgtapeError(f"{', '.join(dropped)} no longer exists (dropped): there is nothing to snapshot")
             record = new_record(archive, gen.id, tables, kind, config.retention)
             catalog.save(archive, record)
             try:
@@ -103,9 +115,32 @@ def take_snapshot(config: Config, archive: Archive, tables: list[str], kind: str
             repl.close()  # drops the temporary slot; the imported snapshot lives on in snap.conn
         log(f"snapshot {record.id} of {', '.join(tables)} as of {format_lsn(snap.as_of_lsn)}")
         with snap.conn:
-            return copy_tables(archive, record, snap, progress=log)
+            return copy_tables(archive, record, snap, {t: view[t].oid for t in tables}, progress=log)  # type: ignore[union-attr]
     finally:
         lock.release()
+
+
+def _ddl_trigger(config: Config, log: Log) -> None:
+    """Install the DDL trigger where this role may (a superuser), so that schema changes are in the
+    stream at their exact position (capture/ddl_trigger.py)."""
+    with connect(config.dsn, application_name="pgtape init") as conn:
+        _install_ddl_trigger(conn, log)
+
+
+def _install_ddl_trigger(conn: psycopg.Connection, log: Log) -> None:
+    if ddl_trigger.installed(conn):
+        return
+    if ddl_trigger.may_install(conn):
+        ddl_trigger.install(conn)
+        off = ddl_trigger.disabled(conn)
+        if off:
+            log(f"the DDL trigger is disabled ({', '.join(off)}): capture notices schema changes by polling the "
+                "catalog, at an approximate position; ALTER EVENT TRIGGER ... ENABLE records them exactly")
+        else:
+            log("installed the DDL trigger: schema changes are recorded on the tape at their exact position")
+    else:
+        log("the DDL trigger is not installed (that needs a superuser): capture notices schema changes by polling "
+            "the catalog, at an approximate position; run pgtape init once as a superuser to install it")
 
 
 def _initial_base(archive: Archive, generation: int) -> SnapshotRecord | None:

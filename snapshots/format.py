@@ -29,11 +29,14 @@ class TableHeader(msgspec.Struct, frozen=True):
     format_version: int
     snapshot_id: str
     generation: int
-    schema: str
-    table: str
+    schema: str  # the captured table's identity (pgtape/names.py): schema ...
+    table: str  # ... and table, as when the generation started
+    name: str  # its canonical name at the as-of LSN (differs after a rename)
+    oid: int
     columns: list[str]
     types: list[str]  # format_type() with typmod
-    key: list[str]  # primary-key columns, [] without one
+    attnums: list[int]
+    key: list[str]  # the replica key (pgtape.pg.replica_key), [] without one
     as_of_lsn: int
     as_of_time: int  # µs UTC
 

@@ -95,7 +95,10 @@ def plan(archive: Archive, now: int | None = None) -> PrunePlan:
         done = sorted((r for r in recs if r.status == catalog.COMPLETED and r.as_of_lsn is not None),
                       key=lambda r: r.as_of_lsn or 0)
         full = [r for r in done if set(gen.tables) <= set(r.tables)]
-        keep = {r.id for r in done[-1:] + full[-1:]}  # what any replay of this generation needs
+        # What any replay of this generation needs: each table replays from its own newest base (after a
+        # schema change that needed one, capture's base of that table alone: snapshots/rebase.py).
+        newest_of_each = [[r for r in done if t in r.tables][-1:] for t in gen.tables]
+        keep = {r.id for r in done[-1:] + full[-1:] + [r for rs in newest_of_each for r in rs]}
         doomed = [r for r in recs if expired(r) and r.id not in keep]
         p.snapshots += doomed
         for r in doomed:

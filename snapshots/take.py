@@ -25,11 +25,12 @@ import psycopg
 
 from capture.plugin_allowlist import is_refusal, refusal_message
 from capture.slot import PLUGIN
+from capture.tables import TableShape, read_shapes
 from pgtape.durable import fsync_dir, make_dirs_durably, rename_durably
 from pgtape.errors import PgtapeError
 from pgtape.lsn import parse_lsn
-from pgtape.names import quote_ident, quoted, split_table
-from pgtape.pg import connect, first_line, replica_key
+from pgtape.names import quote_ident, split_table
+from pgtape.pg import connect, first_line
 from pgtape.tape import FORMAT_VERSION
 from pgtape.tape.archive import Archive
 from snapshots import catalog
@@ -108,26 +109,27 @@ class SnapshotLock:
         os.close(self._fd)
 
 
-def copy_tables(archive: Archive, record: SnapshotRecord, snap: ExportedSnapshot,
+def copy_tables(archive: Archive, record: SnapshotRecord, snap: ExportedSnapshot, oids: dict[str, int],
                 progress: Callable[[str], None] | None = None) -> SnapshotRecord:
-    """Stream every table of `record` under `snap` into a published snapshot; returns the
-    completed record (saved). On any error the record is saved as failed, nothing is published,
-    and PgtapeError is raised."""
+    """Stream every table of `record` (`oids`: each one's object) under `snap` into a published
+    snapshot; returns the completed record (saved). On any error the record is saved as failed,
+    nothing is published, and PgtapeError is raised."""
     final = catalog.snapshot_dir(archive, record.generation, record.id)
     partial = final.with_name(final.name + ".partial")
     record = msgspec.structs.replace(record, as_of_lsn=snap.as_of_lsn, as_of_time=snap.as_of_time)
     catalog.save(archive, record)
     try:
-        for table in record.tables:  # before copying anything: a missing table fails at once
-            found = snap.conn.execute("SELECT to_regclass(%s)", (quoted(table),)).fetchone()
-            if found is None or found[0] is None:
-                raise PgtapeError(f"table {table} does not exist")
+        # The shapes as of the snapshot (a catalog read under it); a missing table fails before any copy.
+        shapes = read_shapes(snap.conn, [oids[t] for t in record.tables])
+        for table in record.tables:
+            if oids[table] not in shapes:
+                raise PgtapeError(f"table {table} does not exist (it was dropped)")
         make_dirs_durably(partial)
         rows: dict[str, int] = {}
         size = 0
         for table in record.tables:
             started = time.monotonic()
-            n, b = _copy_table(snap, partial, record, table)
+            n, b = _copy_table(snap, partial, record, table, shapes[oids[table]])
             rows[table], size = n, size + b
             if progress:
                 progress(f"{table}: {n} rows, {b} bytes in {time.monotonic() - started:.1f}s")
@@ -149,24 +151,18 @@ def copy_tables(archive: Archive, record: SnapshotRecord, snap: ExportedSnapshot
     return done
 
 
-def _copy_table(snap: ExportedSnapshot, directory: Path, record: SnapshotRecord, table: str) -> tuple[int, int]:
+def _copy_table(snap: ExportedSnapshot, directory: Path, record: SnapshotRecord, table: str,
+                shape: TableShape) -> tuple[int, int]:
     schema, name = split_table(table)
-    conn = snap.conn
-    oid = conn.execute("SELECT to_regclass(%s)", (f"{quote_ident(schema)}.{quote_ident(name)}",)).fetchone()
-    if oid is None or oid[0] is None:
-        raise PgtapeError(f"table {table} does not exist")
-    cols = conn.execute(
-        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-        "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-        (oid[0],)).fetchall()
-    key = replica_key(conn, oid[0])
-    header = TableHeader(FORMAT_VERSION, record.id, record.generation, schema, name, [c[0] for c in cols],
-                         [c[1] for c in cols], key, snap.as_of_lsn, snap.as_of_time)
+    header = TableHeader(FORMAT_VERSION, record.id, record.generation, schema, name, shape.name, shape.oid,
+                         [c.name for c in shape.columns], [c.type for c in shape.columns],
+                         [c.attnum for c in shape.columns], shape.key, snap.as_of_lsn, snap.as_of_time)
     writer = TableWriter(directory / table_file_name(table), header)
     try:
-        select = ", ".join(quote_ident(c[0]) for c in cols)
-        with conn.cursor().copy(f"COPY (SELECT {select} FROM {quote_ident(schema)}.{quote_ident(name)}) "
-                                "TO STDOUT") as copy:
+        select = ", ".join(quote_ident(c.name) for c in shape.columns)
+        # By oid: the table may have been renamed since (a partitioned table: its rows, every partition's).
+        relation = snap.conn.execute("SELECT %s::regclass::text", (shape.oid,)).fetchone()[0]  # type: ignore[index]
+        with snap.conn.cursor().copy(f"COPY (SELECT {select} FROM {relation}) TO STDOUT") as copy:
             for data in copy:
                 writer.write(data)
         return writer.finish()

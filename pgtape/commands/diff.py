@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, config: Config) -> int:
     from replay.compare import Side, column_types, compare, render
     from replay.engine import prepare
-    from replay.sinks import create_table, load_rows
+    from replay.sinks import create_table, live_relation, load_rows
     from replay.target import target_from_args
 
     if args.against != "live" and not args.against.startswith("schema:"):
@@ -41,12 +41,19 @@ def run(args: argparse.Namespace, config: Config) -> int:
     left_label = f"schema {args.schema}" if args.schema else "replay"
     right_label = "live" if args.against == "live" else f"schema {args.against[7:]}"
     results = []
-    in_schema = names_in_one_schema(tables)  # how replay names them in a recovery schema
+    # How replay names them in a recovery schema (by their names at its target when it is replayed here).
+    in_schema = plan.names_in_one_schema() if plan is not None else names_in_one_schema(tables)
+    if plan is not None:
+        tables = list(plan.present)
     with connect(config.dsn, autocommit=False, application_name="pgtape diff") as conn:
         for i, table in enumerate(tables):
             schema, name = split_table(table)
-            right_rel = (_existing(conn, schema, name) if args.against == "live"
-                         else _existing(conn, args.against[7:], in_schema[table]))
+            if args.against != "live":
+                right_rel = _existing(conn, args.against[7:], in_schema[table])
+            elif plan is not None:
+                right_rel = live_relation(conn, plan.folds[table])  # by its object: it may be renamed since
+            else:
+                right_rel = _existing(conn, schema, name)
             if plan is not None:
                 left_rel = f"pgtape_diff_{i}"
                 create_table(conn, left_rel, plan.folds[table], temp=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 from pgtape.config import Config
 from pgtape.errors import UsageError
 from pgtape.lsn import format_lsn
-from pgtape.names import names_in_one_schema, sql_name
+from pgtape.names import sql_name
 from pgtape.tape.archive import Archive
 from pgtape.timefmt import format_time
 
@@ -66,6 +66,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
         "resolved_commit_time": format_time(plan.last_txn.commit_time) if plan.last_txn else None,
         "transactions": plan.transactions, "changes": plan.changes,
         "window": {"from": format_time(plan.window.from_time), "to": format_time(plan.window.to_time)},
+        # Tables dropped before the target: there was nothing of them to restore at it.
+        "absent": sorted(t for t in plan.folds if t not in plan.present),
     }
     if args.dry_run or args.in_place:
         diffs, backup = sinks.diff_live(plan, config.dsn, apply=args.in_place and args.yes)
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     schema = args.schema or f"pgtape_recovered_{plan.target.slug()}"
     counts = sinks.to_schema(plan, args.into or config.dsn, schema, args.force)
     summary.update(schema=schema, rows=counts,
-                   relations={t: f"{sql_name(schema)}.{sql_name(n)}" for t, n in names_in_one_schema(tables).items()})
+                   relations={t: f"{sql_name(schema)}.{sql_name(n)}" for t, n in plan.names_in_one_schema().items()})
     _print(args, summary, f"recovered into schema {schema}")
     return 0
 
@@ -114,6 +116,8 @@ def _print(args: argparse.Namespace, s: dict[str, object], outcome: str) -> None
     rows = s.get("rows")
     if isinstance(rows, dict):
         print("rows        " + ", ".join(f"{t} {n}" for t, n in rows.items()))
+    if s.get("absent"):
+        print(f"absent      {', '.join(s['absent'])} (dropped before the target: nothing to restore)")  # type: ignore[arg-type]
     relations = s.get("relations")
     if isinstance(relations, dict) and len({t.rsplit(".", 1)[-1] for t in relations}) < len(relations):
         # Two tables share a name: each went in as "schema.table" (pgtape/names.py).

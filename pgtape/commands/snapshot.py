@@ -16,7 +16,7 @@ HELP = "take a snapshot of the captured tables now (capture keeps running)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--kind", choices=("manual", "scheduled"), default="manual", help=argparse.SUPPRESS)
+    p.add_argument("--kind", choices=("manual", "scheduled", "rebase"), default="manual", help=argparse.SUPPRESS)
     p.add_argument("--prune", action="store_true",
                    help="then apply the retention: what pgtape prune does (scheduled snapshots always do)")
     p.add_argument("--json", action="store_true", help="machine-readable summary")

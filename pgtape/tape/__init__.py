@@ -7,4 +7,4 @@ archive  - the archive directory: identity, generations, the ordered list of seg
 The format is specified in docs/FORMAT.md; bump FORMAT_VERSION on any change to it.
 """
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3

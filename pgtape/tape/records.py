@@ -54,6 +54,21 @@ class Message(msgspec.Struct, tag="M", array_like=True):
     content: str
 
 
+class Schema(msgspec.Struct, tag="S", array_like=True):
+    """A captured table's shape from here on: a schema change (DDL) at its position in its
+    transaction, or the table dropped. Columns are matched to earlier ones by attnum, so a renamed
+    column keeps its values; a column new here holds `missing` in every row that existed before."""
+
+    table: str  # the captured table: its canonical name when the generation started (its identity)
+    name: str  # its canonical name from here on (differs after ALTER TABLE ... RENAME / SET SCHEMA)
+    columns: list[str]
+    types: list[str]  # with typmod
+    attnums: list[int]
+    missing: list[bytes | None]  # COPY text field earlier rows read for a column added here; None: NULL
+    key: list[str]
+    dropped: bool  # the table no longer exists (its other fields are empty)
+
+
 class Commit(msgspec.Struct, tag="E", array_like=True):
     end_lsn: int
     changes: int  # Change and Truncate records in the transaction, for verification
@@ -68,7 +83,7 @@ class Position(msgspec.Struct, tag="P", array_like=True):
     time: int
 
 
-Record = Relation | Begin | Change | Truncate | Message | Commit | Position
+Record = Relation | Begin | Change | Truncate | Message | Schema | Commit | Position
 
 
 class SegmentHeader(msgspec.Struct, frozen=True):

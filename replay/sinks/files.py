@@ -14,8 +14,8 @@ from replay.engine import Plan
 def to_files(plan: Plan, directory: Path, fmt: str) -> dict[str, int]:
     make_dirs_durably(directory)
     counts: dict[str, int] = {}
-    for table, fold in plan.folds.items():
-        final = directory / f"{file_stem(table)}.{fmt}"
+    for table, fold in plan.present.items():
+        final = directory / f"{file_stem(fold.relname)}.{fmt}"  # named as the table was at the target
         tmp = final.with_name(final.name + ".partial")
         n = 0
         with open(tmp, "w", newline="", encoding="utf-8") as f:

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import psycopg
 
 from pgtape.errors import PgtapeError
-from pgtape.names import names_in_one_schema, quote_ident, split_table
+from pgtape.names import quote_ident
 from pgtape.pg import connect, first_line
 from replay.engine import Plan
 from replay.fold import TableFold
-from replay.sinks.load import create_table, load_rows, qual
+from replay.sinks.load import create_table, live_relation, load_rows, qual
 
 @dataclass
 class TableDiff:
@@ -32,7 +32,7 @@ def diff_live(plan: Plan, dsn: str | None, apply: bool = False) -> tuple[list[Ta
         try:
             staged: dict[str, str] = {}
             diffs = []
-            for i, (table, fold) in enumerate(plan.folds.items()):
+            for i, (table, fold) in enumerate(plan.present.items()):
                 staged[table] = f"pgtape_replayed_{i}"
                 create_table(conn, staged[table], fold, temp=True)
                 rows = load_rows(conn, staged[table], plan.rows(table))
@@ -60,10 +60,9 @@ def _match(fold: TableFold, a: str, b: str) -> str:
 
 
 def _common(conn: psycopg.Connection, table: str, fold: TableFold) -> list[str]:
-    schema, name = split_table(table)
     live = {r[0] for r in conn.execute(
-        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
-        (qual(schema, name),)).fetchall()}
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped",
+        (fold.oid,)).fetchall()}
     if not live:
         raise PgtapeError(f"live table {table} does not exist: replay into a recovery schema instead")
     return [c for c in fold.columns if c in live]
@@ -87,8 +86,7 @@ def _bag_sets(conn: psycopg.Connection, live: str, staged: str, cols: list[str])
 
 
 def _diff_counts(conn: psycopg.Connection, table: str, staged: str, fold: TableFold, rows: int) -> TableDiff:
-    schema, name = split_table(table)
-    live = qual(schema, name)
+    live = live_relation(conn, fold)
     cols = _common(conn, table, fold)
     if not fold.key:
         to_delete, to_insert = _bag_sets(conn, live, staged, cols)
@@ -103,13 +101,14 @@ def _diff_counts(conn: psycopg.Connection, table: str, staged: str, fold: TableF
     return TableDiff(table, rows, row[0], row[1], row[2])
 
 
-def fk_order(conn: psycopg.Connection, tables: list[str]) -> list[str]:
+def fk_order(conn: psycopg.Connection, folds: dict[str, TableFold]) -> list[str]:
     """Tables ordered parents first (by foreign keys among them)."""
+    tables = list(folds)
     edges = conn.execute(
-        "SELECT c.conrelid::regclass::text, c.confrelid::regclass::text FROM pg_constraint c "
-        "WHERE c.contype = 'f' AND c.conrelid = ANY(%s::regclass[]) AND c.confrelid = ANY(%s::regclass[])",
-        ([qual(*split_table(t)) for t in tables],) * 2).fetchall()
-    regname = {_regclass_text(conn, t): t for t in tables}
+        "SELECT c.conrelid, c.confrelid FROM pg_constraint c "
+        "WHERE c.contype = 'f' AND c.conrelid = ANY(%s::oid[]) AND c.confrelid = ANY(%s::oid[])",
+        ([f.oid for f in folds.values()],) * 2).fetchall()
+    regname = {f.oid: t for t, f in folds.items()}
     parents = {t: set() for t in tables}
     for child, parent in edges:
         if child != parent and child in regname and parent in regname:
@@ -121,19 +120,13 @@ def fk_order(conn: psycopg.Connection, tables: list[str]) -> list[str]:
     return ordered
 
 
-def _regclass_text(conn: psycopg.Connection, table: str) -> str:
-    row = conn.execute("SELECT to_regclass(%s)::text", (qual(*split_table(table)),)).fetchone()
-    return row[0] if row else table
-
-
 def _apply(conn: psycopg.Connection, plan: Plan, staged: dict[str, str], backup: str) -> None:
-    order = fk_order(conn, list(plan.folds))
-    in_backup = names_in_one_schema(order)
+    order = fk_order(conn, plan.present)
+    in_backup = plan.names_in_one_schema()
     conn.execute(f"CREATE SCHEMA {quote_ident(backup)}")
     for table in order:
         fold = plan.folds[table]
-        schema, name = split_table(table)
-        live, r = qual(schema, name), staged[table]
+        live, r = live_relation(conn, fold), staged[table]
         cols = _common(conn, table, fold)
         if not fold.key:  # the live rows _bag_sets found no replayed row for
             conn.execute(f"CREATE TABLE {qual(backup, in_backup[table])} AS SELECT l.* FROM {live} l "
@@ -146,8 +139,7 @@ def _apply(conn: psycopg.Connection, plan: Plan, staged: dict[str, str], backup:
     # Inserts and updates parents first, deletes children first: no foreign key sees a missing row.
     for table in order:
         fold = plan.folds[table]
-        schema, name = split_table(table)
-        live, r = qual(schema, name), staged[table]
+        live, r = live_relation(conn, fold), staged[table]
         cols = _common(conn, table, fold)
         names = ", ".join(quote_ident(c) for c in cols)
         if not fold.key:
@@ -161,8 +153,7 @@ def _apply(conn: psycopg.Connection, plan: Plan, staged: dict[str, str], backup:
             conn.execute(f"UPDATE {live} l SET {sets} FROM {r} r WHERE {_match(fold, 'l', 'r')} AND ({differs})")
     for table in reversed(order):
         fold = plan.folds[table]
-        schema, name = split_table(table)
-        live, r = qual(schema, name), staged[table]
+        live, r = live_relation(conn, fold), staged[table]
         if not fold.key:
             conn.execute(f"DELETE FROM {live} l WHERE (l.tableoid, l.ctid) IN (SELECT t, c FROM {r}_del)")
             continue

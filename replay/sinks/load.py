@@ -8,6 +8,7 @@ from typing import Iterator
 
 import psycopg
 
+from pgtape.errors import PgtapeError
 from pgtape.pg import quote_ident
 from replay.fold import TableFold
 
@@ -24,6 +25,14 @@ def qual(schema: str, table: str) -> str:
 
 def key_list(fold: TableFold) -> str:
     return ", ".join(quote_ident(k) for k in fold.key)
+
+
+def live_relation(conn: psycopg.Connection, fold: TableFold) -> str:
+    """The live table the fold replays, by its object (oid): renamed since, it is still the one."""
+    row = conn.execute("SELECT oid::regclass::text FROM pg_class WHERE oid = %s", (fold.oid,)).fetchone()
+    if row is None:
+        raise PgtapeError(f"live table {fold.name} no longer exists (dropped): replay into a recovery schema instead")
+    return row[0]
 
 
 def create_table(conn: psycopg.Connection, qualified: str, fold: TableFold, temp: bool = False,

@@ -12,7 +12,7 @@ import psycopg
 from psycopg import sql
 
 from pgtape.errors import PgtapeError
-from pgtape.names import names_in_one_schema, quote_ident
+from pgtape.names import quote_ident
 from pgtape.pg import connect, first_line
 from replay.engine import Plan
 from replay.sinks.load import Stopped, create_table, key_list, load_rows, qual
@@ -103,19 +103,19 @@ class _ParallelLoad:
 
     def __init__(self, plan: Plan, dsn: str | None, staging: str) -> None:
         self.plan, self.dsn, self.staging = plan, dsn, staging
-        self.names = names_in_one_schema(list(plan.folds))
+        self.names = plan.names_in_one_schema()
         self.stop = threading.Event()
         self.wake = threading.Event()  # a worker finished
         self.slots = threading.BoundedSemaphore(PARALLEL)
         self.lock = threading.Lock()  # guards the fields below
-        self.pending = len(plan.folds)
+        self.pending = len(plan.present)
         self.error: BaseException | None = None
         self.conns: dict[str, psycopg.Connection] = {}
         self.counts: dict[str, int] = {}
 
     def run(self) -> dict[str, int]:
         threads = [threading.Thread(target=self._worker, args=(t,), name=f"pgtape load {t}", daemon=True)
-                   for t in self.plan.folds]
+                   for t in self.plan.present]
         try:
             for t in threads:
                 t.start()
@@ -126,7 +126,7 @@ class _ParallelLoad:
         if self.error is not None:
             self._halt(threads)
             raise self.error  # a PgtapeError as it was; _schema_errors words a database error
-        return {t: self.counts[t] for t in self.plan.folds}
+        return {t: self.counts[t] for t in self.plan.present}
 
     def _wait(self) -> None:
         # Short timed waits: the main thread stays responsive to SIGINT.

@@ -1,0 +1,296 @@
+"""What capture knows of each captured table, at a position of the tape.
+
+A captured table is an object (its oid), known on the tape by its identity: its canonical name
+when the generation started (pgtape/names.py). Capture keeps, per identity, the table's shape now:
+name, kind (a table or a partitioned table), columns by attnum with their types and the value rows
+that existed before an ADD COLUMN read, its key, and a partitioned table's leaves. This maps the
+names wal2json reports (a renamed table's new name, a partition's own name) to identities, builds
+the stream's table filter, and tells a change of shape from the last one.
+
+The view starts from the catalog inside the exported snapshot of the generation's first base (so
+it describes exactly the start LSN) and follows the DDL trigger's messages in the stream
+(capture/ddl_trigger.py), or, without the trigger, the catalog as polled. Each new view is saved in
+`generations/NNNN/TABLES.json` with the tape position it describes, before that position can be
+durable, so a restarted capture resumes with the view of the tape's end. docs/ARCHITECTURE.md,
+"Schema changes", states the rules.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import msgspec
+import psycopg
+
+from capture.ddl_trigger import SHAPE_SQL
+from pgtape.copytext import COPY_ESCAPES
+from pgtape.durable import write_atomic
+from pgtape.errors import PgtapeError
+from pgtape.names import canonical, quoted, split_table
+from pgtape.tape.archive import Archive
+from pgtape.tape.records import Schema
+
+TABLES_FILE = "TABLES.json"
+KEEP_VIEWS = 50  # views kept in TABLES.json beyond the newest one at or before the tape's end
+
+
+class Column(msgspec.Struct, array_like=True, frozen=True):
+    attnum: int
+    name: str
+    type: str  # format_type() with typmod
+    missing: str | None  # what rows that existed when the column was added read (attmissingval), as text
+
+
+class TableShape(msgspec.Struct, frozen=True):
+    oid: int
+    name: str  # canonical, now
+    kind: str  # "r" a table, "p" a partitioned table
+    identity: str  # pg_class.relreplident
+    columns: list[Column]
+    key: list[str]  # the replica key (pgtape.pg.replica_key): [] with REPLICA IDENTITY FULL and no key
+    leaves: dict[int, str] = {}  # a partitioned table's leaf partitions: oid -> canonical name
+
+    def same_rows_shape(self, other: "TableShape") -> bool:
+        return (self.columns, self.key, self.name) == (other.columns, other.key, other.name)
+
+
+View = dict[str, TableShape | None]  # identity -> its shape; None once the table is dropped
+
+
+class _SavedView(msgspec.Struct):
+    as_of_lsn: int
+    tables: View
+
+
+class _TablesFile(msgspec.Struct):
+    views: list[_SavedView]
+
+
+def shape_from_json(doc: dict) -> TableShape:  # type: ignore[type-arg]
+    return TableShape(int(doc["oid"]), canonical(doc["schema"], doc["name"]), doc["kind"], doc["identity"],
+                      [Column(int(a), n, t, m) for a, n, t, m in doc["columns"]], list(doc["key"]),
+                      {int(o): canonical(s, n) for o, s, n in doc.get("leaves") or []})
+
+
+def read_shapes(conn: psycopg.Connection, oids: list[int]) -> dict[int, TableShape]:
+    """The current shape of each table that still exists, from the catalog (the trigger's query)."""
+    query = SHAPE_SQL.format(rel="%(rel)s::oid", event="'catalog'", created="'{}'")
+    shapes = {}
+    for oid in oids:
+        row = conn.execute(query, {"rel": oid}).fetchone()
+        if row is not None:
+            shapes[oid] = shape_from_json(json.loads(row[0]))
+    return shapes
+
+
+def resolve_tables(conn: psycopg.Connection, tables: list[str]) -> View:
+    """The configured tables' shapes now, refusing any that cannot be captured and replayed."""
+    view: View = {}
+    for table in tables:
+        row = conn.execute("SELECT to_regclass(%s)::oid", (quoted(table),)).fetchone()
+        if row is None or row[0] is None:
+            raise PgtapeError(f"table {table} does not exist: create it or fix --tables (run pgtape check)")
+        shape = read_shapes(conn, [row[0]]).get(row[0])
+        if shape is None or shape.kind not in ("r", "p"):
+            raise PgtapeError(f"{table} is not a table: list only tables in --tables (run pgtape check)")
+        problem = capturable(table, shape)
+        if problem:
+            raise PgtapeError(problem)
+        view[table] = shape
+    return view
+
+
+def capturable(table: str, shape: TableShape) -> str | None:
+    """Why a table cannot be captured exactly, or None. wal2json silently drops the UPDATEs and
+    DELETEs of a table without a replica identity; a partitioned table is replayed by its key."""
+    if shape.kind == "p" and not shape.key:
+        return (f"partitioned table {table} has no primary key: pgtape replays a partitioned table by its primary "
+                "key; add one")
+    if not shape.key and shape.identity != "f":
+        return (f"table {table} has neither a primary key nor REPLICA IDENTITY FULL: wal2json would silently drop "
+                f"its UPDATEs and DELETEs; add a primary key or run ALTER TABLE {table} REPLICA IDENTITY FULL")
+    return None
+
+
+# -- saved views ----------------------------------------------------------------------------------
+def _path(archive: Archive, gen: int):  # type: ignore[no-untyped-def]
+    return archive.generation_dir(gen) / TABLES_FILE
+
+
+def load_view(archive: Archive, gen: int, at_lsn: int) -> View:
+    """The view of the tape at `at_lsn` (its end): the newest one saved at or before it."""
+    path = _path(archive, gen)
+    try:
+        saved = msgspec.json.decode(path.read_bytes(), type=_TablesFile)
+    except FileNotFoundError:
+        raise PgtapeError(f"{path} is missing: the archive is incomplete") from None
+    except msgspec.DecodeError as e:
+        raise PgtapeError(f"{path} is damaged: {e}") from None
+    usable = [v for v in saved.views if v.as_of_lsn <= at_lsn]
+    if not usable:
+        raise PgtapeError(f"{path} holds no view of the tables at {at_lsn:X}: the archive is inconsistent")
+    return dict(max(usable, key=lambda v: v.as_of_lsn).tables)
+
+
+def save_view(archive: Archive, gen: int, as_of_lsn: int, view: View, keep_from: int | None = None) -> None:
+    """Add the view of the tape at `as_of_lsn`; views no restart can need (all but the newest at or
+    before `keep_from`, the durable end of the tape) are dropped."""
+    path = _path(archive, gen)
+    views: list[_SavedView] = []
+    if path.exists():
+        views = msgspec.json.decode(path.read_bytes(), type=_TablesFile).views
+    views = [v for v in views if v.as_of_lsn < as_of_lsn] + [_SavedView(as_of_lsn, dict(view))]
+    if keep_from is not None:
+        older = [v for v in views if v.as_of_lsn <= keep_from]
+        if older:
+            views = [max(older, key=lambda v: v.as_of_lsn)] + [v for v in views if v.as_of_lsn > keep_from]
+    write_atomic(path, msgspec.json.encode(_TablesFile(views[-KEEP_VIEWS:])))
+
+
+# -- names -------------------------------------------------------------------------------------------
+def names_of(view: View) -> dict[tuple[str, str], str]:
+    """(schema, table) as wal2json reports them -> the identity they belong to."""
+    names: dict[tuple[str, str], str] = {}
+    for identity, shape in view.items():
+        if shape is None:
+            continue
+        if shape.kind == "p":
+            for leaf in shape.leaves.values():
+                names[split_table(leaf)] = identity
+        else:
+            names[split_table(shape.name)] = identity
+    return names
+
+
+def columns_of(view: View) -> dict[tuple[str, str], tuple[str, ...]]:
+    """Every reported name's full list of columns (a partition has its partitioned table's)."""
+    return {name: tuple(c.name for c in view[identity].columns)  # type: ignore[union-attr]
+            for name, identity in names_of(view).items()}
+
+
+# -- what a schema change means -------------------------------------------------------------------
+@dataclass
+class Effects:
+    """What one DDL message (or one catalog poll) asks of capture."""
+
+    records: list[Schema] = field(default_factory=list)  # for the tape, at this position
+    rebases: list[tuple[str, str]] = field(default_factory=list)  # (table, why): rows changed unseen
+    notes: list[str] = field(default_factory=list)  # for the log
+
+    def __bool__(self) -> bool:
+        return bool(self.records or self.rebases or self.notes)
+
+
+def owner(view: View, oid: int) -> tuple[str, bool] | None:
+    """(identity, is a leaf of it) for a table oid capture follows."""
+    for identity, shape in view.items():
+        if shape is None:
+            continue
+        if shape.oid == oid:
+            return identity, False
+        if oid in shape.leaves:
+            return identity, True
+    return None
+
+
+def schema_record(identity: str, shape: TableShape | None) -> Schema:
+    if shape is None:
+        return Schema(identity, identity, [], [], [], [], [], True)
+    return Schema(identity, shape.name, [c.name for c in shape.columns], [c.type for c in shape.columns],
+                  [c.attnum for c in shape.columns], [_copy_field(c.missing) for c in shape.columns],
+                  list(shape.key), False)
+
+
+def _copy_field(text: str | None) -> bytes | None:
+    """A missing value's text output as a COPY text field (None stays None: rows read NULL)."""
+    return None if text is None else text.translate(COPY_ESCAPES).encode()
+
+
+def apply_message(view: View, content: str) -> Effects:
+    """One message of the DDL trigger, applied to `view` (changed in place)."""
+    try:
+        doc = json.loads(content)
+        oid = int(doc["oid"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise PgtapeError(f"undecodable schema-change message from the DDL trigger ({e}): {content[:200]!r}") from None
+    found = owner(view, oid)
+    effects = Effects()
+    if found is None:
+        return effects  # a table capture does not follow
+    identity, is_leaf = found
+    old = view[identity]
+    assert old is not None
+    event = doc.get("event")
+    if event == "rewrite":
+        what = "a partition of it" if is_leaf else "it"
+        effects.rebases.append((identity, f"ALTER TABLE rewrote {what} (no row changes are decoded for that)"))
+        return effects
+    if event == "drop":
+        if is_leaf:
+            leaves = {o: n for o, n in old.leaves.items() if o != oid}
+            view[identity] = msgspec.structs.replace(old, leaves=leaves)
+            effects.rebases.append((identity, f"its partition {old.leaves[oid]} was dropped with its rows"))
+        else:
+            view[identity] = None
+            effects.records.append(schema_record(identity, None))
+            effects.notes.append(f"captured table {identity} was dropped; a new table of that name would not be "
+                                 "captured (pgtape init --restart starts a generation that does)")
+        return effects
+    if is_leaf:
+        return effects  # a partition's own shape: its partitioned table's message follows
+    new = shape_from_json(doc)
+    created = {int(o) for o in doc.get("created") or []}
+    view[identity] = new
+    return _changes(identity, old, new, created, effects)
+
+
+def apply_polled(view: View, polled: dict[int, TableShape]) -> Effects:
+    """The catalog as polled, where it differs from `view` (changed in place): each difference is a
+    schema change the stream did not report (no DDL trigger), at a position only approximately known,
+    so each changed table needs a new base (docs/ARCHITECTURE.md, "Schema changes")."""
+    effects = Effects()
+    for identity, old in list(view.items()):
+        if old is None:
+            continue
+        new = polled.get(old.oid)
+        if new is None:
+            view[identity] = None
+            effects.rebases.append((identity, "it was dropped (noticed by polling the catalog)"))
+            effects.notes.append(f"captured table {identity} was dropped (noticed by polling the catalog)")
+            continue
+        if new == old:
+            continue
+        view[identity] = new
+        what = []
+        if new.name != old.name:
+            what.append(f"renamed to {new.name}")
+        if new.columns != old.columns:
+            what.append("its columns changed")
+        if new.key != old.key or new.identity != old.identity:
+            what.append("its key or replica identity changed")
+        if new.leaves != old.leaves:
+            what.append("its partitions changed")
+        effects.rebases.append((identity, f"{', '.join(what) or 'its definition changed'} (noticed by polling the "
+                                          "catalog: the position is approximate)"))
+    return effects
+
+
+def _changes(identity: str, old: TableShape, new: TableShape, created: set[int], effects: Effects) -> Effects:
+    if not new.same_rows_shape(old):
+        effects.records.append(schema_record(identity, new))
+    if new.key != old.key:
+        # Rows are matched by key: a fold keyed by the old one cannot carry on with the new one.
+        effects.rebases.append((identity, f"its key changed from ({', '.join(old.key)}) to ({', '.join(new.key)})"))
+    problem = capturable(identity, new)
+    if problem:
+        effects.notes.append(f"warning: {problem}")
+    for oid, name in new.leaves.items():
+        if oid not in old.leaves and oid not in created:
+            effects.rebases.append((identity, f"{name} was attached as a partition, with its rows"))
+    for oid, name in old.leaves.items():
+        if oid not in new.leaves:
+            effects.rebases.append((identity, f"its partition {name} was detached or dropped, with its rows"))
+    if new.name != old.name:
+        effects.notes.append(f"captured table {identity} is now named {new.name}")
+    return effects
