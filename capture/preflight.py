@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from capture import ddl_trigger
 from capture.plugin_allowlist import PARAMETER, allowlist_problem, is_refusal, read_allowlist, refusal_message
 from capture.slot import PLUGIN, find_slot
 from pgtape import pg
@@ -159,6 +160,7 @@ def _check_database(conn: psycopg.Connection, config: Config, report: Report) ->
     if free_sender:
         _probe_replication(conn, config, server, create_slot=logical and free_slot, report=report)
 
+    _check_ddl_trigger(conn, server, report)
     for table in config.tables:
         _check_table(conn, table, server, report)
 
@@ -267,6 +269,21 @@ def senders_full_problem(detail: str = "") -> Problem:
     return Problem("wal_senders_full", f"no free WAL sender{detail}: raise max_wal_senders in postgresql.conf and "
                                        "restart the server, or stop an unused replication client (see "
                                        "pg_stat_replication)")
+
+
+def _check_ddl_trigger(conn: psycopg.Connection, server: Server, report: Report) -> None:
+    """Schema changes are exact only with the DDL trigger (capture/ddl_trigger.py)."""
+    if ddl_trigger.installed(conn):
+        report.passed("DDL trigger installed: schema changes are recorded at their exact position")
+        return
+    off = ddl_trigger.disabled(conn)
+    fix = (f"run ALTER EVENT TRIGGER ... ENABLE for {', '.join(off)}" if off else
+           "pgtape init installs it (this role is a superuser)" if server.superuser else
+           "run pgtape init once as a superuser to install it")
+    report.warn(Problem("schema_changes_approximate",
+                        f"the DDL trigger is {'disabled' if off else 'not installed'}: capture notices schema changes "
+                        "by polling the catalog, at an approximate position, and replay refuses targets around each "
+                        f"one until capture has taken a new base; to record them exactly, {fix}"))
 
 
 # -- tables ------------------------------------------------------------------------------------

@@ -71,6 +71,10 @@ def test_replication_role_without_superuser_passes(pg: EmbeddedPostgres, dbname:
     assert "ok: table public.full_t: REPLICA IDENTITY FULL, SELECT granted" in out
     assert "ok: table public.idx_t: REPLICA IDENTITY USING INDEX, SELECT granted" in out
     assert "s3cret" not in out
+    # Without superuser the DDL trigger cannot be installed: a warning says what that means and the fix.
+    assert ("warning: the DDL trigger is not installed: capture notices schema changes by polling the catalog, at "
+            "an approximate position, and replay refuses targets around each one until capture has taken a new "
+            "base; to record them exactly, run pgtape init once as a superuser to install it") in out, out
     with psycopg.connect(pg.dsn(dbname), autocommit=True) as c:  # the probe slot was temporary
         assert c.execute("select slot_name from pg_replication_slots").fetchall() == []
 
@@ -78,6 +82,13 @@ def test_replication_role_without_superuser_passes(pg: EmbeddedPostgres, dbname:
     report = json.loads(r.stdout)
     assert (r.returncode, report["ok"], report["problems"]) == (0, True, [])
     assert "wal_level = logical" in report["checks"]
+
+    # As a superuser, init installs the DDL trigger; the same role's check then says so.
+    run_pgtape("init", "--dsn", pg.dsn(dbname), "--archive", str(tmp_path / "archive"), "--tables",
+               "public.t,public.full_t,public.idx_t", check=True)
+    code, out, problems = check(dsn, tmp_path / "archive", tables="public.t,public.full_t,public.idx_t")
+    assert (code, problems) == (0, []), out
+    assert "ok: DDL trigger installed: schema changes are recorded at their exact position" in out, out
 
 
 def test_json_lists_problems(dsn: str, tmp_path: Path) -> None:

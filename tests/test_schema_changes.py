@@ -98,6 +98,11 @@ def test_columns_added_renamed_dropped_and_a_renamed_table(dsn: str, tmp_path: P
             assert r.returncode == 0, r.stderr
             assert json.loads(r.stdout)["relations"] == {"public.orders": relation}
             assert table_state(c, relation) == p.state
+        # log shows each change of shape where it happened, under the table's identity.
+        r = run_pgtape("log", *cli, "--table", "orders", "--json")
+        shapes = [json.loads(line) for line in r.stdout.splitlines() if '"op": "SCHEMA"' in line]
+        assert [s["name"] for s in shapes][-2:] == ["public.orders_v2", "sales.orders_v2"], r.stdout
+        assert [col["name"] for col in shapes[-1]["columns"]] == list(points[-1].state.columns)
         # In place, into the live table under its new name and schema.
         r = run_pgtape("replay", *cli, "--target-lsn", lsn_text(points[-2].lsn), "--in-place", "--yes")
         assert r.returncode == 0, r.stderr

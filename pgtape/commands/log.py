@@ -15,7 +15,7 @@ from pgtape.tape.reader import RowChange, iter_changes
 from pgtape.timefmt import format_time, parse_time
 
 HELP = "show captured changes in commit order"
-OPS = {"I": "INSERT", "U": "UPDATE", "D": "DELETE", "T": "TRUNCATE", "M": "MESSAGE"}
+OPS = {"I": "INSERT", "U": "UPDATE", "D": "DELETE", "T": "TRUNCATE", "M": "MESSAGE", "S": "SCHEMA"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -72,6 +72,11 @@ def as_json(c: RowChange) -> dict[str, object]:
     if c.op == "M" and c.message is not None:
         d.update(prefix=c.message.prefix, content=c.message.content)
         return d
+    if c.op == "S" and c.shape is not None:
+        s = c.shape
+        d.update(table=canonical(c.schema, c.table), name=s.name, dropped=s.dropped,
+                 columns=[{"name": n, "type": t} for n, t in zip(s.columns, s.types)], key=s.key)
+        return d
     d.update(table=canonical(c.schema, c.table), new=c.new, old=c.old, absent=c.absent, types=c.types, key=c.key)
     return d
 
@@ -80,6 +85,12 @@ def as_line(c: RowChange) -> str:
     head = f"{format_time(c.txn.commit_time)}  {format_lsn(c.txn.end_lsn):>12}  xid {c.txn.xid}  {OPS[c.op]:<8}"
     if c.op == "M" and c.message is not None:
         return f"{head} {c.message.prefix}: {c.message.content}"
+    if c.op == "S" and c.shape is not None:
+        s, table = c.shape, canonical(c.schema, c.table)
+        if s.dropped:
+            return f"{head} {table}  dropped"
+        named = f" (named {s.name})" if s.name != table else ""
+        return f"{head} {table}{named}  " + ", ".join(f"{n} {t}" for n, t in zip(s.columns, s.types))
     parts = [canonical(c.schema, c.table)]
     if c.old is not None:
         parts.append("old(" + ", ".join(f"{k}={_v(v)}" for k, v in c.old.items()) + ")")

@@ -6,6 +6,7 @@ import argparse
 import json
 from dataclasses import asdict, dataclass
 
+from capture import ddl_trigger
 from pgtape.config import Config
 from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn, parse_lsn
@@ -41,6 +42,7 @@ class ServerSummary:
     slot_confirmed_lsn: int | None  # None: the slot is gone
     capture_connected: bool
     server_time: int  # µs UTC
+    exact_schema_changes: bool  # the DDL trigger is installed and enabled (capture/ddl_trigger.py)
 
 
 def summarize_tape(archive: Archive, gen: int) -> TapeSummary:
@@ -73,8 +75,9 @@ def summarize_server(config: Config, slot: str) -> ServerSummary:
             "SELECT pg_current_wal_lsn()::text, s.confirmed_flush_lsn::text, coalesce(s.active, false), "
             "(extract(epoch from clock_timestamp()) * 1000000)::bigint FROM (SELECT 1) one LEFT JOIN "
             f"pg_replication_slots s ON s.slot_name = {quote_literal(slot)}").fetchone()
+        exact = ddl_trigger.installed(c)
     assert row is not None
-    return ServerSummary(parse_lsn(row[0]), parse_lsn(row[1]) if row[1] else None, row[2], row[3])
+    return ServerSummary(parse_lsn(row[0]), parse_lsn(row[1]) if row[1] else None, row[2], row[3], exact)
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
@@ -108,7 +111,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
         out["server"] = None if server is None else {
             "wal_lsn": format_lsn(server.wal_lsn), "slot_exists": server.slot_confirmed_lsn is not None,
             "slot_confirmed_lsn": format_lsn(server.slot_confirmed_lsn) if server.slot_confirmed_lsn else None,
-            "capture_connected": server.capture_connected}
+            "capture_connected": server.capture_connected,
+            "schema_changes": "exact" if server.exact_schema_changes else "approximate"}
         out.update(server_error=server_error, lag_bytes=lag_bytes, last_commit_age_seconds=age)
         out["newest_snapshot"] = {t: None if r is None else {"id": r.id, "as_of_lsn": format_lsn(r.as_of_lsn or 0),
                                                              "as_of_time": format_time(r.as_of_time)}
@@ -134,6 +138,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
     print(f"server             WAL at {format_lsn(server.wal_lsn)}; slot {slot}")
     print(f"lag                {_size(lag_bytes or 0)} of WAL behind the server"
           + (f", newest commit on tape {age:.1f}s old" if age is not None else ""))
+    print("schema changes     " + ("recorded at their exact position (DDL trigger)" if server.exact_schema_changes else
+                                   "APPROXIMATE: noticed by polling the catalog (no DDL trigger: run pgtape init once "
+                                   "as a superuser); replay refuses targets around each until a new base"))
     return 0
 
 

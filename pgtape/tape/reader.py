@@ -12,7 +12,8 @@ from typing import Iterator
 from pgtape.copytext import split_row
 from pgtape.lsn import format_lsn
 from pgtape.tape.archive import Archive, SegmentFile
-from pgtape.tape.records import Begin, Change, Commit, Message, Relation, Truncate
+from pgtape.names import split_table
+from pgtape.tape.records import Begin, Change, Commit, Message, Relation, Schema, Truncate
 from pgtape.tape.segment import SegmentError, SegmentReader
 
 
@@ -29,7 +30,7 @@ class RowChange:
     """One change with names resolved. `new`/`old` map column -> text value (None = NULL)."""
 
     txn: Txn
-    op: str  # I, U, D, T (truncate), M (logical message)
+    op: str  # I, U, D, T (truncate), M (logical message), S (schema change)
     schema: str
     table: str
     new: dict[str, str | None] | None
@@ -38,6 +39,7 @@ class RowChange:
     types: dict[str, str]
     key: list[str]
     message: Message | None = None
+    shape: Schema | None = None  # S: the table's shape from here on
 
 
 def iter_changes(archive: Archive, generation: int, from_lsn: int | None = None,
@@ -76,6 +78,11 @@ def _segment_changes(seg: SegmentFile, from_lsn: int | None, to_lsn: int | None)
         elif isinstance(r, Message):
             if wanted and txn is not None:
                 yield RowChange(txn, "M", "", "", None, None, [], {}, [], r)
+        elif isinstance(r, Schema):
+            if wanted and txn is not None:
+                schema, table = split_table(r.table)
+                yield RowChange(txn, "S", schema, table, None, None, [], dict(zip(r.columns, r.types)), r.key,
+                                shape=r)
         elif isinstance(r, Commit):
             txn = None
     if txn is not None:
