@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 
 from capture.capture import Capture
+from capture.follow import Follower
+from capture.tables import Column, TableShape, View
 from capture.tape_writer import TapeWriter
 from pgtape.config import load_config
 from pgtape.lsn import parse_lsn
@@ -72,6 +74,17 @@ class _Stream:
         pass
 
 
+def _view(messages: list[bytes], tables: list[str]) -> View:
+    """The captured tables as capture would know them: columns from each table's first INSERT."""
+    columns: dict[str, list[str]] = {}
+    for m in messages:
+        doc = json.loads(m[_XLOG.size:])
+        if doc["action"] == "I":
+            columns.setdefault(f"{doc['schema']}.{doc['table']}", [c["name"] for c in doc["columns"]])
+    return {t: TableShape(i + 1, t, "r", "d", [Column(n + 1, c, "text", None) for n, c in enumerate(columns.get(t, []))],
+                          ["id"]) for i, t in enumerate(tables)}
+
+
 class _NoSnapshots:
     def poll(self) -> None:
         pass
@@ -89,6 +102,9 @@ def replay_once(messages: list[bytes], end_lsn: int) -> tuple[float, float, int]
         archive.start_generation("0", "bench", config.slot, 0, "bench", list(config.tables))
         cap = Capture(config, until_lsn=end_lsn, log=lambda _: None)
         cap.scheduler = _NoSnapshots()  # type: ignore[attr-defined]
+        cap.follower = Follower(archive, 1, _view(messages, list(config.tables)), 0, None, None, lambda _: None,
+                                lambda _: None)
+        cap.follower._next_poll = float("inf")  # no catalog to poll offline
         writer = TapeWriter(archive, 1, "0", config.slot, config.segment_size)
         cpu, wall = time.process_time(), time.perf_counter()
         cap._stream(_Stream(messages), writer)  # type: ignore[arg-type]

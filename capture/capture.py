@@ -30,7 +30,6 @@ from pgtape.config import Config
 from pgtape.durable import make_dirs_durably
 from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn
-from pgtape.names import split_table
 from pgtape.pg import connect, first_line
 from pgtape.tape.archive import Archive
 from pgtape.tape.records import Begin, Change, Message, Truncate
@@ -249,10 +248,10 @@ class Capture:
         """A row change, on the tape under its captured table's identity; None for a name that belongs
         to no captured table at this point (a table dropped and created again, a detached partition)."""
         reported = (msg.schema or "", msg.table or "")
-        identity = follower.identity(*reported)
-        if identity is None:
+        target = follower.targets.get(reported)
+        if target is None:
             return None
-        schema, table = split_table(identity)
+        _, schema, table = target
         full_columns = follower.full_columns
         key = tuple([k.name for k in msg.pk]) if msg.pk else ()
         row = names = None

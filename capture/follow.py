@@ -58,6 +58,8 @@ class Follower:
 
     def _set_active(self, view: View) -> None:
         self.names = names_of(view)
+        # reported (schema, table) -> (identity, its schema, its table): what a change is filed under
+        self.targets = {name: (identity, *split_table(identity)) for name, identity in self.names.items()}
         self.full_columns = columns_of(view)
 
     # -- a transaction ----------------------------------------------------------------------
@@ -73,6 +75,7 @@ class Follower:
     def identity(self, schema: str, table: str) -> str | None:
         """The captured table a reported name belongs to at this point of the stream."""
         return self.names.get((schema, table))
+
 
     def message(self, content: str, txn_end: int, txn_time: int) -> list[Schema]:
         """A DDL trigger message inside the current transaction: the Schema records to write here."""
