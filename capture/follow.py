@@ -158,7 +158,7 @@ class Follower:
                 self.exact = exact
             shapes = read_shapes(self._conn, [s.oid for s in self._committed.values() if s is not None])
             row = self._conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()  # after the shapes
-        except (psycopg.Error, Exception) as e:  # the catalog is a second source: never stop capture
+        except Exception as e:  # the catalog is a second source: a failed poll never stops capture
             self.log(f"could not poll the catalog for schema changes ({e}); retrying")
             if self._conn is not None:
                 self._conn.close()

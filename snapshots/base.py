@@ -102,8 +102,11 @@ def take_snapshot(config: Config, archive: Archive, tables: list[str], kind: str
                                   f"but generation {gen.id} captures {gen.system_id} database {gen.database}")
             view = load_view(archive, gen.id, at_lsn=2**64 - 1)  # the newest: the tables' objects (oids)
             dropped = [t for t in tables if view.get(t) is None]
-            if dropped:
+            if dropped == tables:
                 raise PgtapeError(f"{', '.join(dropped)} no longer exists (dropped): there is nothing to snapshot")
+            if dropped:  # a table dropped since the generation began: its last bases stay as they are
+                log(f"skipping {', '.join(dropped)}: dropped")
+                tables = [t for t in tables if t not in dropped]
             record = new_record(archive, gen.id, tables, kind, config.retention)
             catalog.save(archive, record)
             try:

@@ -164,6 +164,13 @@ def test_a_dropped_table_is_absent_after_its_drop(dsn: str, tmp_path: Path) -> N
         assert out["absent"] == ["public.gone"] and out["rows"] == {"public.keep": 1}
         assert table_state(c, "rec.keep").lines == (b"1",)
         assert c.execute("SELECT to_regclass('rec.gone')").fetchone() == (None,)
+        # A snapshot of every table skips the dropped one; of that one alone, it is refused.
+        r = run_pgtape("snapshot", *cli, "--json")
+        assert r.returncode == 0 and "skipping public.gone: dropped" in r.stderr, r.stderr
+        assert json.loads(r.stdout)["rows"] == {"public.keep": 1}
+        r = run_pgtape("snapshot", *cli, "--tables", "gone")
+        assert r.returncode == 1 and r.stderr.strip() == ("pgtape: public.gone no longer exists (dropped): there is "
+                                                          "nothing to snapshot"), r.stderr
 
 
 def test_without_the_trigger_a_change_is_noticed_by_polling_and_refused_around_it(dsn: str, dbname: str,
