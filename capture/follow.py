@@ -55,6 +55,7 @@ class Follower:
         self._poll: tuple[int, dict[int, TableShape]] | None = None  # (WAL position after it, shapes)
         # Where the view was last known to match the catalog: the tape's end, then each matching poll.
         self._clean: tuple[int, int | None] = (tape_lsn, tape_time)
+        self._history: list[tuple[int, View]] = [(tape_lsn, view)]  # committed views, by position
 
     def _set_active(self, view: View) -> None:
         self.names = names_of(view)
@@ -115,6 +116,7 @@ class Follower:
         self._truncated.clear()
         if self._pending is not None:
             self._committed, self._pending = self._pending, None
+            self._history.append((txn_end, self._committed))
             save_view(self.archive, self.generation, txn_end, self._committed, keep_from=durable_lsn)
 
     # -- without the trigger: polling the catalog ---------------------------------------------
@@ -129,14 +131,20 @@ class Follower:
             return
         position, shapes = self._poll
         self._poll = None
+        # The views the stream held from the last matching poll's position to this poll's: the catalog
+        # read may fall anywhere among them (its snapshot lies between the two positions).
+        start = max((p for p, _ in self._history if p <= self._clean[0]), default=None)
+        seen = [v for p, v in self._history if (start is None or p >= start) and p <= position] or [self._committed]
         view = copy.deepcopy(self._committed)
-        effects = apply_polled(view, shapes)
+        effects = apply_polled(view, shapes, seen)
+        self._history = [(p, v) for p, v in self._history if start is None or p >= start]
         if not effects:
             self._clean = (position, tape_time)
             return
         if self.exact:
             self.log("the DDL trigger did not report a schema change; noticed it by polling the catalog")
         self._committed = view
+        self._history.append((received, view))
         self._set_active(view)
         save_view(self.archive, self.generation, tape_lsn, view, keep_from=durable_lsn)
         self._effects(effects, self._clean[0], self._clean[1], position, tape_time)

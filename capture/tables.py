@@ -245,28 +245,30 @@ def apply_message(view: View, content: str) -> Effects:
     return _changes(identity, old, new, created, effects)
 
 
-def apply_polled(view: View, polled: dict[int, TableShape]) -> Effects:
-    """The catalog as polled, where it differs from `view` (changed in place): each difference is a
-    schema change the stream did not report (no DDL trigger), at a position only approximately known,
-    so each changed table needs a new base (docs/ARCHITECTURE.md, "Schema changes")."""
+def apply_polled(view: View, polled: dict[int, TableShape], seen: list[View]) -> Effects:
+    """The catalog as polled, where it differs from every view the stream passed through while the
+    poll read it (`seen`: a DDL that committed during the poll may be decoded already, or not yet):
+    each such difference is a schema change the stream did not report, at a position only
+    approximately known, so that table needs a new base (docs/ARCHITECTURE.md, "Schema changes").
+    `view` is changed in place."""
     effects = Effects()
     for identity, old in list(view.items()):
         if old is None:
             continue
         new = polled.get(old.oid)
+        if any(v.get(identity) == new for v in seen):
+            continue
         if new is None:
             view[identity] = None
             effects.rebases.append((identity, "it was dropped (noticed by polling the catalog)"))
             effects.notes.append(f"captured table {identity} was dropped (noticed by polling the catalog)")
-            continue
-        if new == old:
             continue
         view[identity] = new
         what = []
         if new.name != old.name:
             what.append(f"renamed to {new.name}")
         if new.columns != old.columns:
-            what.append("its columns changed")
+            what.append(f"its columns changed from ({_columns(old)}) to ({_columns(new)})")
         if new.key != old.key or new.identity != old.identity:
             what.append("its key or replica identity changed")
         if new.leaves != old.leaves:
@@ -274,6 +276,10 @@ def apply_polled(view: View, polled: dict[int, TableShape]) -> Effects:
         effects.rebases.append((identity, f"{', '.join(what) or 'its definition changed'} (noticed by polling the "
                                           "catalog: the position is approximate)"))
     return effects
+
+
+def _columns(shape: TableShape) -> str:
+    return ", ".join(f"{c.name} {c.type}" for c in shape.columns)
 
 
 def _changes(identity: str, old: TableShape, new: TableShape, created: set[int], effects: Effects) -> Effects:

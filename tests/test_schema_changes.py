@@ -9,16 +9,20 @@ without decoded row changes are refused until capture has taken a new base by it
 from __future__ import annotations
 
 import json
+import random
+import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from conftest import capture_to_now, run_pgtape, spawn_pgtape, stop_process, wait_until
 from pgtape.tape.archive import Archive
 from replay.engine import prepare
 from replay.target import Target
-from replay_oracle import TableState, lsn_int, lsn_text, oracle_connect, table_state
+from replay_oracle import TableState, lsn_int, lsn_text, oracle_connect, seed_for, table_state
 from snapshots import catalog
 
 
@@ -208,3 +212,53 @@ def test_without_the_trigger_a_change_is_noticed_by_polling_and_refused_around_i
         finally:
             c.execute(f"DROP OWNED BY {role}")
             c.execute(f"DROP ROLE {role}")
+
+
+def test_kill_9_around_schema_changes_loses_nothing(dsn: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Capture killed at random instants while tables are renamed, reshaped and partitioned: every
+    restart resumes with the view of the tape's end (TABLES.json) and the replay stays exact."""
+    rng = random.Random(seed_for(request))
+    archive = tmp_path / "archive"
+    cli = ["--dsn", dsn, "--archive", str(archive), "--tables", "orders,pay"]
+    with oracle_connect(dsn) as c:
+        for s in ORDERS + ["CREATE TABLE pay (id int, m int, v text, PRIMARY KEY (id, m)) PARTITION BY RANGE (m)",
+                           "CREATE TABLE pay_0 PARTITION OF pay FOR VALUES FROM (0) TO (10)",
+                           "INSERT INTO pay VALUES (1, 1, 'a')"]:
+            c.execute(s)
+        run_pgtape("init", *cli, check=True)
+        orders, columns, partitions, points = "orders", 0, 1, {"public.orders": [], "public.pay": []}
+        for round_ in range(8):
+            capture = spawn_pgtape("capture", *cli, log=tmp_path / f"capture-{round_}.log")
+            try:
+                for _ in range(rng.randint(1, 4)):
+                    kind = rng.choice(["add", "rename column", "rename table", "partition", "rows"])
+                    stmts = [f"UPDATE {orders} SET id = id + 100 WHERE id = (SELECT min(id) FROM {orders})",
+                             f"UPDATE pay SET v = v || 'x', m = (m + 7) % ({partitions} * 10)"]
+                    if kind == "add":
+                        columns += 1
+                        stmts.insert(rng.randint(0, 2), f"ALTER TABLE {orders} ADD COLUMN c{columns} text "
+                                                        f"DEFAULT 'd{columns}'")
+                    elif kind == "rename column" and columns:
+                        stmts.insert(1, f"ALTER TABLE {orders} RENAME COLUMN c{columns} TO c{columns}_r")
+                        columns += 1
+                        stmts.insert(2, f"ALTER TABLE {orders} RENAME COLUMN c{columns - 1}_r TO c{columns}")
+                    elif kind == "rename table":
+                        new = "orders_b" if orders == "orders" else "orders"
+                        stmts.insert(1, f"ALTER TABLE {orders} RENAME TO {new}")
+                        stmts[2:] = [s.replace(orders, new) for s in stmts[2:]]
+                        orders = new
+                    elif kind == "partition":
+                        stmts.insert(0, f"CREATE TABLE pay_{partitions} PARTITION OF pay FOR VALUES FROM "
+                                        f"({partitions * 10}) TO ({partitions * 10 + 10})")
+                        partitions += 1
+                        stmts.append(f"INSERT INTO pay VALUES ({partitions}, {partitions * 10 - 1}, 'new')")
+                    p = step(c, kind, stmts, orders)
+                    points["public.orders"].append(p)
+                    points["public.pay"].append(Point(kind, p.lsn, table_state(c, "pay")))
+                    time.sleep(rng.uniform(0, 0.3))
+            finally:
+                stop_process(capture, signal.SIGKILL)
+        capture_to_now(dsn, archive, tables="orders,pay")
+    print(f"{request.node.name}: {len(points['public.orders'])} points over 8 kills")
+    for table, ps in points.items():
+        assert_replays(archive, table, ps)
