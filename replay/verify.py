@@ -15,11 +15,13 @@ from pathlib import Path
 
 import msgspec
 
+from capture.tables import load_view
+from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn
 from pgtape.tape.archive import Archive
 from pgtape.tape.records import Begin, Change, Commit, Record, Relation, Truncate
 from pgtape.tape.segment import OPEN_RE, SEALED_FILE, SEALED_RE, SegmentError, SegmentReader
-from snapshots import catalog
+from snapshots import catalog, rebase
 from snapshots.format import TableReader, table_file_name
 
 
@@ -150,6 +152,12 @@ def verify_archive(archive: Archive) -> Report:
         segments = archive.segments(gen_id)
         for seg in segments:
             verify_segment(seg.path, report)
+        # What capture resumes with, and where replay needs newer bases (capture/tables.py, snapshots/rebase.py).
+        for read in (lambda: load_view(archive, gen_id, 2**64 - 1), lambda: rebase.load(archive, gen_id)):
+            try:
+                read()
+            except PgtapeError as e:
+                report.problems.append(f"generation {gen_id}: {e}")
         tape_from = segments[0].start_lsn if segments else gen.start_lsn
         for r in (r for r in records if r.generation == gen_id and r.status == catalog.COMPLETED):
             report.snapshots += 1

@@ -175,6 +175,11 @@ def test_a_dropped_table_is_absent_after_its_drop(dsn: str, tmp_path: Path) -> N
         r = run_pgtape("snapshot", *cli, "--tables", "gone")
         assert r.returncode == 1 and r.stderr.strip() == ("pgtape: public.gone no longer exists (dropped): there is "
                                                           "nothing to snapshot"), r.stderr
+        # verify reads the tables' view too: capture cannot resume without it.
+        assert run_pgtape("verify", *cli).returncode == 0
+        (archive / "generations" / "0001" / "TABLES.json").write_text("{damaged")
+        r = run_pgtape("verify", *cli)
+        assert r.returncode == 1 and "problem: generation 1: " in r.stdout and "TABLES.json is damaged" in r.stdout
 
 
 def test_without_the_trigger_a_change_is_noticed_by_polling_and_refused_around_it(dsn: str, dbname: str,
