@@ -5,7 +5,8 @@ PostgreSQL 15) emit a transactional logical message, prefix `pgtape_schema`, ins
 transaction that changes a table, at the point of the change:
   ddl_command_end  the new shape of each table the command touched, and of the partitioned tables
                    above it (their leaves anew): columns with attnum, type and the value rows that
-                   existed before an ADD COLUMN read (attmissingval), the key, the name;
+                   existed before an ADD COLUMN read (attmissingval), the key, the name; and, for an
+                   ALTER TYPE, each table with a column of that type (its values may print anew);
   sql_drop         each table dropped;
   table_rewrite    a table whose rows are about to be rewritten (ALTER COLUMN TYPE, a volatile
                    default, ...): its rows change without any decoded row change.
@@ -38,7 +39,17 @@ SELECT json_build_object(
                                                         CASE WHEN a.atthasmissing
                                                              THEN (a.attmissingval::text::text[])[1] END)
                                        ORDER BY a.attnum), '[]')
-              FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+              FROM (SELECT a.attnum, a.attname, a.atttypid, a.atttypmod,
+                           coalesce(l.atthasmissing, a.atthasmissing) AS atthasmissing,
+                           CASE WHEN l.atthasmissing THEN l.attmissingval ELSE a.attmissingval END AS attmissingval
+                    FROM pg_attribute a
+                    -- A partitioned table holds no rows, so no missing values: its leaves do, the same in
+                    -- each for a column added through it.
+                    LEFT JOIN LATERAL (SELECT la.atthasmissing, la.attmissingval FROM pg_partition_tree(c.oid) t
+                                       JOIN pg_attribute la ON la.attrelid = t.relid AND la.attname = a.attname
+                                       WHERE c.relkind = 'p' AND t.isleaf AND la.atthasmissing
+                                       ORDER BY t.relid LIMIT 1) l ON true
+                    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) a),
   'key', (SELECT coalesce(json_agg(a.attname ORDER BY array_position(i.indkey::int2[], a.attnum)), '[]')
           FROM pg_index i JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey)
           WHERE i.indrelid = c.oid AND CASE c.relreplident WHEN 'i' THEN i.indisreplident
@@ -76,6 +87,20 @@ BEGIN
   EXCEPTION WHEN OTHERS THEN
     RAISE WARNING 'pgtape could not record this schema change (%); capture notices it later by polling', SQLERRM;
     RETURN;
+  END;
+  BEGIN
+    -- ALTER TYPE can change how existing values print without any row change (an enum label
+    -- renamed, an attribute added to a composite type): each table with such a column hears of it.
+    SELECT shapes || array_agg(json_build_object('event', 'type', 'oid', a.attrelid::bigint,
+                                                 'type', format_type(d.objid, NULL))::text)
+      INTO shapes
+      FROM pg_event_trigger_ddl_commands() d JOIN pg_type t ON true
+      JOIN pg_attribute a ON a.atttypid = t.oid AND a.attnum > 0 AND NOT a.attisdropped
+     WHERE d.classid = 'pg_type'::regclass AND d.command_tag = 'ALTER TYPE'
+       AND (t.oid = d.objid OR t.typelem = d.objid OR t.typbasetype = d.objid);
+  EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'pgtape could not record this type change (%): replays of the tables using it may print old '
+                  'values of it until their next base', SQLERRM;
   END;
   -- Emitted outside the exception block: a message alone in a subtransaction is decoded after the
   -- changes its transaction makes later (PostgreSQL 15), so it would land out of place.

@@ -18,6 +18,7 @@ durable, so a restarted capture resumes with the view of the tape's end. docs/AR
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 import msgspec
@@ -51,9 +52,6 @@ class TableShape(msgspec.Struct, frozen=True):
     key: list[str]  # the replica key (pgtape.pg.replica_key): [] with REPLICA IDENTITY FULL and no key
     leaves: dict[int, str] = {}  # a partitioned table's leaf partitions: oid -> canonical name
 
-    def same_rows_shape(self, other: "TableShape") -> bool:
-        return (self.columns, self.key, self.name) == (other.columns, other.key, other.name)
-
 
 View = dict[str, TableShape | None]  # identity -> its shape; None once the table is dropped
 
@@ -74,13 +72,19 @@ def shape_from_json(doc: dict) -> TableShape:  # type: ignore[type-arg]
 
 
 def read_shapes(conn: psycopg.Connection, oids: list[int]) -> dict[int, TableShape]:
-    """The current shape of each table that still exists, from the catalog (the trigger's query)."""
+    """The current shape of each table that still exists, from the catalog (the trigger's query).
+
+    Types are named as the trigger names them, with only pg_catalog on the search path (a type of
+    another schema is qualified: public.mood), whatever this session's search path; in a transaction
+    the setting lasts until its end."""
     query = SHAPE_SQL.format(rel="%(rel)s::oid", event="'catalog'", created="'{}'")
     shapes = {}
-    for oid in oids:
-        row = conn.execute(query, {"rel": oid}).fetchone()
-        if row is not None:
-            shapes[oid] = shape_from_json(json.loads(row[0]))
+    with conn.transaction():
+        conn.execute("SET LOCAL search_path = pg_catalog")
+        for oid in oids:
+            row = conn.execute(query, {"rel": oid}).fetchone()
+            if row is not None:
+                shapes[oid] = shape_from_json(json.loads(row[0]))
     return shapes
 
 
@@ -222,6 +226,10 @@ def apply_message(view: View, content: str) -> Effects:
     old = view[identity]
     assert old is not None
     event = doc.get("event")
+    if event == "type":
+        effects.rebases.append((identity, f"ALTER TYPE {doc.get('type')} may have changed how its values print (no "
+                                          "row changes are decoded for that)"))
+        return effects
     if event == "rewrite":
         what = "a partition of it" if is_leaf else "it"
         effects.rebases.append((identity, f"ALTER TABLE rewrote {what} (no row changes are decoded for that)"))
@@ -278,13 +286,31 @@ def apply_polled(view: View, polled: dict[int, TableShape], seen: list[View]) ->
     return effects
 
 
+def _same_text(old: str, new: str) -> bool:
+    """Does a type change without a rewrite keep the text of every existing value? Only a new type
+    modifier (varchar(20) -> varchar(40), numeric(10,2) -> numeric(12,2): PostgreSQL rewrites the
+    table when a value would change) or text <-> varchar. Any other change (timestamp -> timestamptz,
+    cidr -> inet, int -> oid) may print a value anew, so it is a rebase point."""
+    base = [re.sub(r"\(\d+(,\d+)?\)", "", t) for t in (old, new)]  # timestamp(3) with time zone -> ...
+    return base[0] == base[1] or set(base) <= {"text", "character varying"}
+
+
 def _columns(shape: TableShape) -> str:
     return ", ".join(f"{c.name} {c.type}" for c in shape.columns)
 
 
 def _changes(identity: str, old: TableShape, new: TableShape, created: set[int], effects: Effects) -> Effects:
-    if not new.same_rows_shape(old):
+    if new != old:
+        # Recorded even when only the partitions changed: the view a restarted capture resumes with is
+        # the one of the tape's end, so a transaction that changes it must be on the tape.
         effects.records.append(schema_record(identity, new))
+    before = {c.attnum: c for c in old.columns}
+    for c in new.columns:
+        was = before.get(c.attnum)
+        if was is not None and was.type != c.type and not _same_text(was.type, c.type):
+            effects.rebases.append((identity, f"the type of its column {c.name} changed from {was.type} to {c.type}, "
+                                              "which may print existing values differently (no row changes are "
+                                              "decoded for that)"))
     if new.key != old.key:
         # Rows are matched by key: a fold keyed by the old one cannot carry on with the new one.
         effects.rebases.append((identity, f"its key changed from ({', '.join(old.key)}) to ({', '.join(new.key)})"))

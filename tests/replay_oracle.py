@@ -73,9 +73,15 @@ def copy_lines(conn: psycopg.Connection, query: str) -> tuple[bytes, ...]:
 
 
 def table_state(conn: psycopg.Connection, table: str) -> TableState:
-    cols = conn.execute(
-        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = %s::regclass "
-        "AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (table,)).fetchall()
+    """Columns, types and sorted COPY lines. Types are named as format_type names them with only
+    pg_catalog on the search path (a type of another schema qualified: public.mood), so a type's
+    name does not depend on the session that reads it."""
+    oid = conn.execute("SELECT %s::regclass::oid", (table,)).fetchone()[0]  # type: ignore[index]
+    with conn.transaction():
+        conn.execute("SET LOCAL search_path = pg_catalog")
+        cols = conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = %s "
+            "AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (oid,)).fetchall()
     return TableState(tuple(c for c, _ in cols), tuple(t for _, t in cols), copy_lines(conn, f"SELECT * FROM {table}"))
 
 

@@ -102,3 +102,35 @@ def test_partitioned_table_without_a_primary_key_is_refused(dsn: str, tmp_path: 
         "pgtape: partitioned table public.nokey has no primary key: pgtape replays a partitioned table by its "
         "primary key; add one"), r.stderr
     assert not (tmp_path / "a" / "ARCHIVE.json").exists()
+
+
+def test_a_default_added_through_the_partitioned_table_is_what_old_rows_read(dsn: str, tmp_path: Path) -> None:
+    """The partitioned table keeps no missing value of its own: its partitions do."""
+    archive = tmp_path / "archive"
+    with oracle_connect(dsn) as c:
+        for s in SETUP:
+            c.execute(s)
+        capture_to_now(dsn, archive, tables="pay")
+        points = [step(c, "add column", ["ALTER TABLE pay ADD COLUMN channel text DEFAULT 'web'"], "pay"),
+                  step(c, "after", ["UPDATE pay SET channel = 'app' WHERE id = 1"], "pay")]
+        capture_to_now(dsn, archive, tables="pay")
+        assert_replays(archive, PAY, points)
+
+
+def test_a_partition_made_or_renamed_alone_survives_a_capture_restart(dsn: str, tmp_path: Path) -> None:
+    """A transaction that only creates or renames a partition changes what capture follows: it must be
+    on the tape, or a capture restarted after it resumes without the partition and drops its rows."""
+    archive = tmp_path / "archive"
+    with oracle_connect(dsn) as c:
+        for s in SETUP:
+            c.execute(s)
+        capture_to_now(dsn, archive, tables="pay")
+        points = []
+        for ddl, row in (("CREATE TABLE pay_2026_02 PARTITION OF pay FOR VALUES FROM ('2026-02-01') TO "
+                          "('2026-03-01')", "(10, '2026-02-05', 1.00, 'new partition')"),
+                         ("ALTER TABLE pay_2026_01 RENAME TO pay_january", "(11, '2026-01-20', 2.00, 'renamed')")):
+            points.append(step(c, ddl, [ddl], "pay"))
+            capture_to_now(dsn, archive, tables="pay")  # capture stops right after the DDL
+            points.append(step(c, "row", [f"INSERT INTO pay VALUES {row}"], "pay"))
+            capture_to_now(dsn, archive, tables="pay")
+        assert_replays(archive, PAY, points)

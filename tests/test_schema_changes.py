@@ -267,3 +267,38 @@ def test_kill_9_around_schema_changes_loses_nothing(dsn: str, tmp_path: Path, re
     print(f"{request.node.name}: {len(points['public.orders'])} points over 8 kills")
     for table, ps in points.items():
         assert_replays(archive, table, ps)
+
+
+def test_changes_that_print_old_values_anew_are_rebase_points(dsn: str, tmp_path: Path) -> None:
+    """No row change is decoded when an enum label is renamed, or when timestamp becomes timestamptz
+    without a rewrite (a UTC session), yet existing values print differently: replay refuses across
+    them until capture's new base, then replays exactly."""
+    archive = tmp_path / "archive"
+    cli = ["--dsn", dsn, "--archive", str(archive), "--tables", "moods"]
+    with oracle_connect(dsn) as c:
+        for s in ["CREATE TYPE mood AS ENUM ('sad', 'ok')",
+                  "CREATE TABLE moods (id int PRIMARY KEY, m mood, at timestamp, v varchar(10))",
+                  "INSERT INTO moods VALUES (1, 'sad', '2026-01-02 03:04:05', 'x')"]:
+            c.execute(s)
+        run_pgtape("init", *cli, check=True)
+        capture = spawn_pgtape("capture", *cli, log=tmp_path / "capture.log")
+        try:
+            before = step(c, "before", ["UPDATE moods SET v = 'y'"], "moods")
+            relabel = step(c, "relabel", ["ALTER TYPE mood RENAME VALUE 'sad' TO 'unhappy'"], "moods")
+            wait_until("a new base after the relabel", lambda: new_bases(archive), 60)
+            widen = step(c, "widen", ["ALTER TABLE moods ALTER COLUMN v TYPE varchar(20)"], "moods")  # text kept
+            retype = step(c, "retype", ["SET TimeZone = 'UTC'", "ALTER TABLE moods ALTER COLUMN at TYPE timestamptz"],
+                          "moods")
+            wait_until("a new base after the type change", lambda: len(new_bases(archive)) >= 2, 60)
+            after = step(c, "after", ["UPDATE moods SET v = 'z'"], "moods")
+            wait_until("capture to record the last change", lambda: capture_done(archive, after.lsn, "public.moods"),
+                       30)
+        finally:
+            stop_process(capture)
+        assert relabel.state.lines == (b"1\tunhappy\t2026-01-02 03:04:05\ty",)
+        assert_replays(archive, "public.moods", [before, widen, after])
+        for p, reason in ((relabel, "ALTER TYPE public.mood may have changed how its values print"),
+                          (retype, "the type of its column at changed from timestamp without time zone to "
+                                   "timestamp with time zone")):
+            r = run_pgtape("replay", *cli, "--target-lsn", lsn_text(p.lsn), "--dry-run")
+            assert r.returncode == 1 and reason in r.stderr, (p.label, r.stderr)
