@@ -62,7 +62,12 @@ def load_all(archive: Archive) -> list[SnapshotRecord]:
     d = catalog_dir(archive)
     if not d.is_dir():
         return []
-    records = [msgspec.json.decode(p.read_bytes(), type=SnapshotRecord) for p in sorted(d.glob("*.json"))]
+    records = []
+    for p in sorted(d.glob("*.json")):
+        try:
+            records.append(msgspec.json.decode(p.read_bytes(), type=SnapshotRecord))
+        except FileNotFoundError:
+            continue  # pgtape prune deleted it since the listing: readers take no lock
     return [stale_as_failed(r) for r in records]
 
 
