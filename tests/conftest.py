@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -50,6 +51,19 @@ def dbname(pg: EmbeddedPostgres, request: pytest.FixtureRequest) -> Iterator[str
 @pytest.fixture
 def dsn(pg: EmbeddedPostgres, dbname: str) -> str:
     return pg.dsn(dbname)
+
+
+@pytest.fixture
+def role(pg: EmbeddedPostgres, dbname: str) -> Iterator[str]:
+    """A login role with REPLICATION but not superuser; what it owns in `dbname`, and it, dropped afterwards."""
+    name = f"checker_{secrets.token_hex(4)}"
+    with psycopg.connect(pg.dsn(), autocommit=True) as c:
+        c.execute(f"create role {name} login replication")
+    yield name
+    with psycopg.connect(pg.dsn(dbname), autocommit=True) as c:
+        c.execute(f"drop owned by {name}")
+    with psycopg.connect(pg.dsn(), autocommit=True) as c:
+        c.execute(f"drop role {name}")
 
 
 def run_pgtape(*args: str, env: dict[str, str] | None = None, timeout: float = 120,

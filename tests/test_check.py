@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from pathlib import Path
 from typing import Iterator
 
@@ -44,16 +43,6 @@ def assert_only_problem(result: tuple[int, str, list[str]], message: str) -> Non
     code, out, problems = result
     assert code == 1, out
     assert problems == [message], out
-
-
-@pytest.fixture
-def role(pg: EmbeddedPostgres, dbname: str) -> Iterator[str]:
-    """A login role with REPLICATION but not superuser; dropped afterwards."""
-    name = f"checker_{secrets.token_hex(4)}"
-    _sql(pg.dsn(), f"create role {name} login replication")
-    yield name
-    _sql(pg.dsn(dbname), f"drop owned by {name}")
-    _sql(pg.dsn(), f"drop role {name}")
 
 
 def test_replication_role_without_superuser_passes(pg: EmbeddedPostgres, dbname: str, role: str,

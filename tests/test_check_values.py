@@ -8,7 +8,6 @@ every fix it suggests is applied and shown to reject exactly the values it names
 from __future__ import annotations
 
 import json
-import secrets
 from pathlib import Path
 from typing import Iterator
 
@@ -51,16 +50,6 @@ def suggested_fix(warning: str) -> str:
     _, sep, fix = warning.partition("rule them out: ")
     assert sep and fix.startswith("ALTER TABLE "), warning
     return fix
-
-
-@pytest.fixture
-def role(pg: EmbeddedPostgres, dbname: str) -> Iterator[str]:
-    """A login role with REPLICATION but not superuser; dropped afterwards."""
-    name = f"checker_{secrets.token_hex(4)}"
-    _sql(pg.dsn(), f"create role {name} login replication")
-    yield name
-    _sql(pg.dsn(dbname), f"drop owned by {name}")
-    _sql(pg.dsn(), f"drop role {name}")
 
 
 PAYMENTS = [
