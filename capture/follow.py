@@ -77,7 +77,6 @@ class Follower:
         """The captured table a reported name belongs to at this point of the stream."""
         return self.names.get((schema, table))
 
-
     def message(self, content: str, txn_end: int, txn_time: int) -> list[Schema]:
         """A DDL trigger message inside the current transaction: the Schema records to write here."""
         try:
