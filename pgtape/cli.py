@@ -28,6 +28,20 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message}; see '{self.prog} --help'")
 
 
+def _nonblank(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty (is a shell variable unset?)")
+    return text
+
+
+def _refuse_blank(parser: argparse.ArgumentParser) -> None:
+    """Every option or argument that takes text refuses an empty one: `--target-time "$T"` with T
+    unset must not mean something else (the latest state, the current directory, ...)."""
+    for action in parser._actions:
+        if action.nargs != 0 and action.type is None and action.choices is None and action.dest != "help":
+            action.type = _nonblank
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pgtape", description="Point-in-time recovery for PostgreSQL tables.")
     parser.add_argument("--version", action="version", version=f"pgtape {__version__}")
@@ -42,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                 p.add_argument(opt.flag, dest=f"opt_{opt.name}", metavar=opt.name.upper(), help=opt.help)
         module.add_arguments(p)
         p.set_defaults(run=module.run)
+        _refuse_blank(p)
+    _refuse_blank(parser)
     return parser
 
 

@@ -79,27 +79,28 @@ class Option:
     parse: Callable[[Any], Any]
     default: Any
     help: str
+    kind: str = "text"  # what pgtape.toml must hold: text, tables (text or a list of text), duration, size
 
 
 OPTIONS: tuple[Option, ...] = (
     Option("dsn", "source", "dsn", "PGTAPE_DSN", "--dsn", str, None,
            "libpq connection string of the source database (default: libpq's PG* environment)"),
     Option("tables", "source", "tables", "PGTAPE_TABLES", "--tables", parse_tables, DEFAULT_TABLES,
-           "comma-separated tables to capture"),
+           "comma-separated tables to capture", "tables"),
     Option("slot", "source", "slot", "PGTAPE_SLOT", "--slot", parse_slot, "pgtape",
            "logical replication slot name"),
     Option("archive", "archive", "path", "PGTAPE_ARCHIVE", "--archive", lambda v: Path(str(v)), None,
            "archive directory that holds the tape"),
     Option("fsync_interval", "capture", "fsync_interval", None, None, parse_duration, "200ms",
-           "group-commit interval: the longest a received commit waits to be fsynced (the RPO)"),
+           "group-commit interval: the longest a received commit waits to be fsynced (the RPO)", "duration"),
     Option("segment_size", "capture", "segment_size", None, None, parse_size, "64MiB",
-           "compressed size at which a tape segment is sealed and a new one begun"),
+           "compressed size at which a tape segment is sealed and a new one begun", "size"),
     Option("status_interval", "capture", "status_interval", None, None, parse_duration, "1s",
-           "how often capture reports its position to the server"),
+           "how often capture reports its position to the server", "duration"),
     Option("snapshot_every", "capture", "snapshot_every", None, None, parse_duration, None,
-           "capture takes a snapshot when the newest is this old (e.g. 24h; default: never)"),
+           "capture takes a snapshot when the newest is this old (e.g. 24h; default: never)", "duration"),
     Option("retention", "snapshots", "retention", None, None, parse_duration, "30d",
-           "how long a snapshot is kept: its expiry time in the catalog"),
+           "how long a snapshot is kept: its expiry time in the catalog", "duration"),
 )
 
 
@@ -154,6 +155,7 @@ def load_config(
         raw, where = opt.default, "default"
         if opt.key in file_values.get(opt.section, {}):
             raw, where = file_values[opt.section][opt.key], f"{path} [{opt.section}] {opt.key}"
+            _check_file_value(where, opt, raw)
         if opt.env and env.get(opt.env):
             raw, where = env[opt.env], f"environment variable {opt.env}"
         if overrides and overrides.get(opt.name) is not None:
@@ -165,6 +167,25 @@ def load_config(
         except ValueError as e:
             raise UsageError(f"{where}: {e}") from None
     return Config(**values, source_file=path, defaulted=frozenset(defaulted))
+
+
+_KINDS = {  # what each kind of option may be in TOML, and how to say so
+    "text": ((str,), 'a string, e.g. "..."'),
+    "tables": ((str, list), 'a string or a list of strings, e.g. ["public.payments", "public.orders"]'),
+    "duration": ((str, int, float), 'a duration, e.g. "200ms", "24h" or a number of seconds'),
+    "size": ((str, int), 'a size, e.g. "64MiB" or a number of bytes'),
+}
+
+
+def _check_file_value(where: str, opt: Option, raw: Any) -> None:
+    """A value of the wrong TOML type is refused as such, not turned into text; an empty one too."""
+    types, wanted = _KINDS[opt.kind]
+    items = raw if isinstance(raw, list) else [raw]
+    if isinstance(raw, bool) or not isinstance(raw, types) or not all(isinstance(i, str) for i in items
+                                                                          if isinstance(raw, list)):
+        raise UsageError(f"{where} must be {wanted}, not {type(raw).__name__} {raw!r}")
+    if any(isinstance(i, str) and not i.strip() for i in items) or items == []:
+        raise UsageError(f"{where} is empty: give a value or remove the line")
 
 
 def _check_known_keys(path: Path, data: dict[str, Any]) -> None:

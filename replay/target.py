@@ -75,12 +75,12 @@ def add_target_options(group: argparse._MutuallyExclusiveGroup, latest: bool = T
 
 def target_from_args(args: argparse.Namespace) -> Target:
     exclusive = getattr(args, "target_exclusive", False)
-    if args.target_time:
+    if args.target_time is not None:
         return Target("time", time=parse_time(args.target_time, "--target-time"), exclusive=exclusive)
-    if args.target_lsn:
+    if args.target_lsn is not None:
         return Target("lsn", lsn=parse_lsn(args.target_lsn), exclusive=exclusive)
     if exclusive:
         raise UsageError("--target-exclusive needs --target-time or --target-lsn")
-    if args.target_name:
+    if args.target_name is not None:
         return Target("name", name=args.target_name)
     return Target("latest")
