@@ -15,6 +15,7 @@ import time
 from typing import Callable
 
 from pgtape.config import Config
+from pgtape.errors import PgtapeError
 from pgtape.tape.archive import Archive
 from snapshots import catalog
 
@@ -66,7 +67,12 @@ class SnapshotScheduler:
             return
         if every is None or time.monotonic() < self._not_before:
             return
-        newest = catalog.newest_completed(self.archive, self.generation)
+        try:
+            newest = catalog.newest_completed(self.archive, self.generation)
+        except PgtapeError as e:  # a damaged catalog must not stop capture: verify names it
+            self.log(f"not scheduling a snapshot: {e}")
+            self._not_before = time.monotonic() + min(RETRY_AFTER_FAILURE, every)
+            return
         age = (time.time_ns() // 1000 - newest.as_of_time) / 1e6 if newest and newest.as_of_time else None
         if age is not None and age < every:
             self._not_before = time.monotonic() + min(every - age, 60.0)

@@ -26,7 +26,7 @@ import psycopg
 
 from capture.ddl_trigger import SHAPE_SQL
 from pgtape.copytext import COPY_ESCAPES
-from pgtape.durable import write_atomic
+from pgtape import metadata
 from pgtape.errors import PgtapeError
 from pgtape.names import canonical, quoted, split_table
 from pgtape.tape.archive import Archive
@@ -126,11 +126,9 @@ def load_view(archive: Archive, gen: int, at_lsn: int) -> View:
     """The view of the tape at `at_lsn` (its end): the newest one saved at or before it."""
     path = _path(archive, gen)
     try:
-        saved = msgspec.json.decode(path.read_bytes(), type=_TablesFile)
+        saved = metadata.read(path, _TablesFile)
     except FileNotFoundError:
         raise PgtapeError(f"{path} is missing: the archive is incomplete") from None
-    except msgspec.DecodeError as e:
-        raise PgtapeError(f"{path} is damaged: {e}") from None
     usable = [v for v in saved.views if v.as_of_lsn <= at_lsn]
     if not usable:
         raise PgtapeError(f"{path} holds no view of the tables at {at_lsn:X}: the archive is inconsistent")
@@ -143,13 +141,13 @@ def save_view(archive: Archive, gen: int, as_of_lsn: int, view: View, keep_from:
     path = _path(archive, gen)
     views: list[_SavedView] = []
     if path.exists():
-        views = msgspec.json.decode(path.read_bytes(), type=_TablesFile).views
+        views = metadata.read(path, _TablesFile).views
     views = [v for v in views if v.as_of_lsn < as_of_lsn] + [_SavedView(as_of_lsn, dict(view))]
     if keep_from is not None:
         older = [v for v in views if v.as_of_lsn <= keep_from]
         if older:
             views = [max(older, key=lambda v: v.as_of_lsn)] + [v for v in views if v.as_of_lsn > keep_from]
-    write_atomic(path, msgspec.json.encode(_TablesFile(views[-KEEP_VIEWS:])))
+    metadata.write(path, _TablesFile(views[-KEEP_VIEWS:]))
 
 
 # -- names -------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from pgtape import __version__
 from pgtape.config import OPTIONS, load_config
 from pgtape.errors import PgtapeError, UsageError
 from pgtape.pg import first_line
+from pgtape.tape.segment import SegmentError
 
 SUBCOMMANDS = ("check", "init", "capture", "snapshot", "snapshots", "mark", "replay", "verify", "diff", "log", "status", "prune")
 
@@ -75,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PgtapeError as e:
         print(f"pgtape: {e}", file=sys.stderr)
         return e.exit_code
+    except SegmentError as e:  # a damaged file where a command met it first: named, never a traceback
+        print(f"pgtape: damaged archive file: {e} (run pgtape verify)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("pgtape: interrupted", file=sys.stderr)
         return 130

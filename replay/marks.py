@@ -13,7 +13,8 @@ from pathlib import Path
 
 import msgspec
 
-from pgtape.durable import make_dirs_durably, write_atomic
+from pgtape import metadata
+from pgtape.durable import make_dirs_durably
 from pgtape.errors import PgtapeError, UsageError
 from pgtape.lsn import parse_lsn
 from pgtape.pg import connect
@@ -44,22 +45,14 @@ def create_mark(archive: Archive, dsn: str | None, name: str, description: str |
     assert row is not None
     mark = Mark(name, parse_lsn(row[0]), int(row[1]), description, archive.identity().generation)
     make_dirs_durably(_path(archive, name).parent)
-    write_atomic(_path(archive, name), msgspec.json.encode(mark))
+    metadata.write(_path(archive, name), mark)
     return mark
 
 
 def load_mark(archive: Archive, name: str) -> Mark:
     try:
-        return msgspec.json.decode(_path(archive, name).read_bytes(), type=Mark)
+        return metadata.read(_path(archive, name), Mark)
     except FileNotFoundError:
         known = sorted(p.stem for p in _path(archive, "x").parent.glob("*.json"))
         raise PgtapeError(f"no recovery point named {name!r}; known: {', '.join(known) or 'none'} "
                           "(create one with pgtape mark NAME)") from None
-
-
-def list_marks(archive: Archive) -> list[Mark]:
-    d = archive.path / "catalog" / "marks"
-    return sorted((msgspec.json.decode(p.read_bytes(), type=Mark) for p in d.glob("*.json")),
-                  key=lambda m: m.lsn) if d.is_dir() else []
-
-

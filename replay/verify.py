@@ -16,6 +16,7 @@ from pathlib import Path
 import msgspec
 
 from capture.tables import load_view
+from pgtape import metadata
 from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn
 from pgtape.tape.archive import Archive
@@ -130,7 +131,7 @@ def verify_file(path: Path) -> Report:
 def verify_archive(archive: Archive) -> Report:
     report = Report()
     ident = archive.identity()
-    records = catalog.load_all(archive)
+    records = catalog.load_all(archive, damaged=report.problems)
     pruned = archive.pruned()
     for gen_id in range(1, ident.generation + 1):
         if gen_id in pruned.deleted_generations:
@@ -142,7 +143,11 @@ def verify_archive(archive: Archive) -> Report:
         report.problems.extend(archive.continuity_problems(gen_id))
         sealed_file = archive.generation_dir(gen_id) / SEALED_FILE
         if sealed_file.exists():
-            recorded = msgspec.json.decode(sealed_file.read_bytes()).get("end_lsn", 0)
+            try:
+                recorded = metadata.read(sealed_file, dict).get("end_lsn", 0)
+            except PgtapeError as e:
+                report.problems.append(str(e))
+                recorded = 0
             present = max((s.end_lsn for s in archive.segments(gen_id) if s.end_lsn is not None), default=0)
             present = max(present, pruned.tape_start_lsn.get(gen_id, 0))  # every sealed one may be pruned
             if present < recorded:

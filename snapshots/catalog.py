@@ -15,7 +15,8 @@ from pathlib import Path
 
 import msgspec
 
-from pgtape.durable import make_dirs_durably, write_atomic
+from pgtape import metadata
+from pgtape.durable import make_dirs_durably
 from pgtape.tape.archive import Archive
 
 RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
@@ -54,20 +55,26 @@ def snapshot_dir(archive: Archive, generation: int, snapshot_id: str) -> Path:
 def save(archive: Archive, record: SnapshotRecord) -> None:
     d = catalog_dir(archive)
     make_dirs_durably(d)
-    write_atomic(d / f"{record.id}.json", msgspec.json.encode(record))
+    metadata.write(d / f"{record.id}.json", record)
 
 
-def load_all(archive: Archive) -> list[SnapshotRecord]:
-    """Every record, oldest first; interrupted ones shown as failed."""
+def load_all(archive: Archive, damaged: list[str] | None = None) -> list[SnapshotRecord]:
+    """Every record, oldest first; interrupted ones shown as failed. A record that fails its
+    checksum is an error (no replay chooses a base from what it cannot trust), or, given `damaged`,
+    is named there and left out (verify)."""
     d = catalog_dir(archive)
     if not d.is_dir():
         return []
     records = []
     for p in sorted(d.glob("*.json")):
         try:
-            records.append(msgspec.json.decode(p.read_bytes(), type=SnapshotRecord))
+            records.append(metadata.read(p, SnapshotRecord))
         except FileNotFoundError:
             continue  # pgtape prune deleted it since the listing: readers take no lock
+        except metadata.DamagedMetadata as e:
+            if damaged is None:
+                raise
+            damaged.append(str(e))
     return [stale_as_failed(r) for r in records]
 
 

@@ -36,7 +36,8 @@ from pathlib import Path
 
 import msgspec
 
-from pgtape.durable import fsync_dir, write_atomic
+from pgtape import metadata
+from pgtape.durable import fsync_dir
 from pgtape.errors import PgtapeError
 from pgtape.tape.archive import Archive, SegmentFile
 from replay.plan import Window, tape_extent
@@ -156,7 +157,7 @@ def record_intent(archive: Archive, p: PrunePlan) -> None:
     new = msgspec.structs.replace(old, deleted_generations=sorted(set(old.deleted_generations) | set(p.generations)),
                                   tape_start_lsn={**old.tape_start_lsn, **p.tape_start})
     if new != old:
-        write_atomic(archive.pruned_file, msgspec.json.encode(new))
+        metadata.write(archive.pruned_file, new)
 
 
 def forget_snapshots(archive: Archive, p: PrunePlan) -> None:

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import msgspec
 
-from pgtape.durable import write_atomic
-from pgtape.errors import PgtapeError
+from pgtape import metadata
 from pgtape.tape.archive import Archive
 
 REBASES_FILE = "REBASES.json"
@@ -36,11 +35,9 @@ class _File(msgspec.Struct):
 def load(archive: Archive, gen: int) -> list[RebasePoint]:
     path = archive.generation_dir(gen) / REBASES_FILE
     try:
-        return msgspec.json.decode(path.read_bytes(), type=_File).points
+        return metadata.read(path, _File).points
     except FileNotFoundError:
         return []
-    except msgspec.DecodeError as e:
-        raise PgtapeError(f"{path} is damaged: {e}") from None
 
 
 def add(archive: Archive, gen: int, point: RebasePoint) -> None:
@@ -49,4 +46,4 @@ def add(archive: Archive, gen: int, point: RebasePoint) -> None:
     points = load(archive, gen)
     if any(p.table == point.table and p.at_lsn == point.at_lsn for p in points):
         return
-    write_atomic(archive.generation_dir(gen) / REBASES_FILE, msgspec.json.encode(_File([*points, point])))
+    metadata.write(archive.generation_dir(gen) / REBASES_FILE, _File([*points, point]))

@@ -23,8 +23,9 @@ import msgspec
 import psycopg
 
 from conftest import capture_to_now, run_pgtape, spawn_pgtape, stop_process, wait_until
+from pgtape import metadata
 from pgtape.tape import FORMAT_VERSION
-from pgtape.tape.archive import Archive
+from pgtape.tape.archive import Archive, ArchiveIdentity
 from pgtape.timefmt import format_time
 from replay.engine import prepare
 from replay.target import Target
@@ -332,9 +333,7 @@ def test_prune_is_refused_while_a_snapshot_holds_the_lock(tmp_path: Path) -> Non
 
     archive = tmp_path / "archive"
     archive.mkdir()
-    (archive / "ARCHIVE.json").write_bytes(json.dumps({"format_version": FORMAT_VERSION, "system_id": "1",
-                                                       "database": "d", "slot": "s", "generation": 1,
-                                                       "created_at": 0}).encode())
+    metadata.write(archive / "ARCHIVE.json", ArchiveIdentity(FORMAT_VERSION, "1", "d", "s", 1, 0))
     fd = os.open(archive / "snapshot.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

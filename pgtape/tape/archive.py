@@ -18,7 +18,8 @@ from pathlib import Path
 
 import msgspec
 
-from pgtape.durable import make_dirs_durably, write_atomic
+from pgtape import metadata
+from pgtape.durable import make_dirs_durably
 from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn
 from pgtape.tape import FORMAT_VERSION
@@ -99,7 +100,10 @@ class Archive:
     def identity(self) -> ArchiveIdentity:
         if not self.exists():
             raise PgtapeError(f"{self.path} is not a pgtape archive yet (no ARCHIVE.json): run pgtape init (or pgtape capture) first")
-        ident = _load(self.identity_file, ArchiveIdentity)
+        try:
+            ident = _load(self.identity_file, ArchiveIdentity)
+        except metadata.DamagedMetadata:
+            ident = _older_format(self.identity_file)  # an archive another pgtape wrote reads as damaged
         if ident.format_version != FORMAT_VERSION:
             raise PgtapeError(f"{self.path} holds tape format {ident.format_version}; this pgtape reads format "
                               f"{FORMAT_VERSION} (docs/FORMAT.md): use the pgtape that wrote it, or start a new "
@@ -129,10 +133,9 @@ class Archive:
         now = time.time_ns() // 1000
         gen = Generation(current + 1, system_id, database, slot, start_lsn, now, reason, tables)
         make_dirs_durably(self.tape_dir(gen.id))
-        write_atomic(self.generation_dir(gen.id) / "GENERATION.json", msgspec.json.encode(gen))
+        metadata.write(self.generation_dir(gen.id) / "GENERATION.json", gen)
         created = self.identity().created_at if self.exists() else now
-        write_atomic(self.identity_file, msgspec.json.encode(
-            ArchiveIdentity(FORMAT_VERSION, system_id, database, slot, gen.id, created)))
+        metadata.write(self.identity_file, ArchiveIdentity(FORMAT_VERSION, system_id, database, slot, gen.id, created))
         return gen
 
     def segments(self, gen: int) -> list[SegmentFile]:
@@ -177,8 +180,17 @@ class Archive:
 
 def _load(path: Path, kind: type) -> object:
     try:
-        return msgspec.json.decode(path.read_bytes(), type=kind)
+        return metadata.read(path, kind)
     except FileNotFoundError:
         raise PgtapeError(f"{path} is missing: the archive is incomplete") from None
-    except msgspec.DecodeError as e:
-        raise PgtapeError(f"{path} is damaged: {e}") from None
+
+
+def _older_format(path: Path) -> ArchiveIdentity:
+    """ARCHIVE.json of another format version (no checksum envelope), for the message that says so."""
+    try:
+        ident = msgspec.json.decode(path.read_bytes(), type=ArchiveIdentity)
+    except msgspec.DecodeError:
+        ident = None
+    if ident is None or ident.format_version == FORMAT_VERSION:
+        return _load(path, ArchiveIdentity)  # type: ignore[return-value]  # (raises: damaged)
+    return ident

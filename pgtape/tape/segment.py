@@ -20,7 +20,8 @@ from typing import BinaryIO, Iterator
 import msgspec
 import zstandard
 
-from pgtape.durable import fsync_dir, rename_durably, write_atomic
+from pgtape import metadata
+from pgtape.durable import fsync_dir, rename_durably
 from pgtape.lsn import lsn_filename_part
 from pgtape.tape import FORMAT_VERSION
 from pgtape.tape.frames import (FLAG_BOUNDARY, HEADER, HEADER_SIZE, KIND_DATA, KIND_FOOTER, KIND_HEADER,
@@ -222,7 +223,7 @@ class SegmentWriter:
         final = self.path.with_name(sealed_name(self.header.start_lsn, s.end_lsn))
         rename_durably(self.path, final)
         # Remembered beside the tape, so verify notices when the newest sealed segments vanish.
-        write_atomic(final.parent.parent / SEALED_FILE, msgspec.json.encode({"end_lsn": s.end_lsn}))
+        metadata.write(final.parent.parent / SEALED_FILE, {"end_lsn": s.end_lsn})
         return final
 
     def close(self) -> None:
