@@ -61,6 +61,7 @@ class Capture:
 
     # -- lifecycle ------------------------------------------------------------------------
     def run(self) -> CaptureResult:
+        self.archive.require_directory()
         make_dirs_durably(self.archive.path)
         if self.archive.exists() and "tables" in self.config.defaulted:
             gen = self.archive.generation(self.archive.identity().generation)

@@ -39,8 +39,11 @@ def _pinned_options(dsn: str | None) -> str:
     if dsn:
         try:
             existing = conninfo_to_dict(dsn).get("options") or ""
-        except psycopg.ProgrammingError as e:
-            raise PgtapeError(f"invalid connection string: {e}") from None
+        except psycopg.ProgrammingError:
+            # libpq's message quotes the text around the fault, which may be a password: say where to look.
+            raise PgtapeError("the connection string (--dsn, PGTAPE_DSN or [source] dsn) cannot be parsed; it is not "
+                              "shown, as it may hold a password: write it as key=value pairs separated by spaces, "
+                              "quoting values with spaces as key='a value', or as a postgresql:// URI") from None
     pinned = " ".join(f"-c {k}={v}" for k, v in PINNED_SETTINGS.items())
     return f"{existing} {pinned}".strip()
 

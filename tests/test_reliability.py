@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import capture_to_now, run_pgtape
+from conftest import capture_to_now, run_pgtape, spawn_pgtape, stop_process, wait_until
 from replay_oracle import oracle_connect
 
 
@@ -111,3 +111,77 @@ def test_capture_on_an_open_segment_with_a_damaged_header_says_so(dsn: str, tmp_
     line = one_line(run_pgtape("capture", "--dsn", dsn, "--archive", str(archive), "--until-lsn", "0/1"), 1)
     assert line.startswith("pgtape: damaged archive file: ") and str(segment) in line and \
         "segment header is missing or damaged" in line, line
+
+
+# -- clear errors ------------------------------------------------------------------------------------
+def test_an_archive_path_that_is_a_file(dsn: str, tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    for args in (["init"], ["capture"], ["status"], ["replay", "--latest"]):
+        line = one_line(run_pgtape(*args, "--dsn", dsn, "--archive", str(a_file), "--tables", "t"), 1)
+        assert line == f"pgtape: archive path {a_file} exists but is not a directory: choose another --archive", args
+
+
+def test_a_malformed_dsn_never_shows_any_part_of_it(tmp_path: Path) -> None:
+    for dsn in ("host=db password -Pw_zq81", "host=db password='unterminated -Pw_zq81", "dbname=x p@ss=-Pw_zq81"):
+        for args in (["check"], ["init"]):
+            r = run_pgtape(*args, "--dsn", dsn, "--archive", str(tmp_path / "a"), "--tables", "t")
+            assert "-Pw_zq81" not in r.stdout + r.stderr and "Traceback" not in r.stderr, r.stdout + r.stderr
+            assert "cannot be parsed; it is not shown" in r.stdout + r.stderr and r.returncode == 1, (dsn, args)
+
+
+def test_log_refuses_an_unknown_key_column(dsn: str, tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    _archive_with_a_tape(dsn, archive)
+    cli = ["--dsn", dsn, "--archive", str(archive)]
+    assert run_pgtape("log", *cli, "--key", "id=2").stdout.count("INSERT") == 1
+    assert run_pgtape("log", *cli, "--key", "id=99").stdout == ""  # a real column, no such value: no error
+    line = one_line(run_pgtape("log", *cli, "--key", "nosuchcol=1"))
+    assert line == "pgtape: --key: no change looked at has a column nosuchcol (columns: id, v)", line
+
+
+def test_replay_names_the_missing_grant_and_diff_every_missing_table(pg, dbname: str, role: str,  # type: ignore[no-untyped-def]
+                                                                     tmp_path: Path) -> None:
+    dsn = pg.dsn(dbname)
+    archive = tmp_path / "archive"
+    with oracle_connect(dsn) as c:
+        c.execute("CREATE TABLE a (id int PRIMARY KEY)")
+        c.execute("CREATE TABLE b (id int PRIMARY KEY)")
+        c.execute(f"GRANT SELECT ON a, b TO {role}")
+        c.execute(f"REVOKE CREATE ON DATABASE {dbname} FROM PUBLIC")
+        capture_to_now(dsn, archive, tables="a,b")
+    cli = ["--dsn", pg.dsn(dbname, user=role), "--archive", str(archive)]
+    line = one_line(run_pgtape("replay", *cli, "--latest", "--schema", "rec"), 1)
+    assert line == (f"pgtape: role {role} may not create schemas in database {dbname}: GRANT CREATE ON DATABASE "
+                    f"{dbname} TO {role} (as its owner or a superuser), or replay --output DIR, or --into a database "
+                    "where it may"), line
+    cli = ["--dsn", dsn, "--archive", str(archive)]
+    run_pgtape("replay", *cli, "--latest", "--schema", "rec", "--tables", "a", check=True)
+    line = one_line(run_pgtape("diff", *cli, "--schema", "rec", "--against", "schema:nope"), 1)
+    assert line == "pgtape: not found: rec.b, nope.a, nope.b (a replay of only some tables? name them with --tables)"
+
+
+def test_two_forced_replays_into_one_schema_take_turns(dsn: str, tmp_path: Path) -> None:
+    """Concurrent replays into one new schema: publishing is serialized (the advisory lock replays
+    take on the schema's name, held here until all four wait for it), so none fails with "schema
+    already exists" and the last one's schema stays."""
+    archive = tmp_path / "archive"
+    _archive_with_a_tape(dsn, archive)
+    cli = ["--dsn", dsn, "--archive", str(archive), "--latest", "--schema", "rec", "--force"]
+    with oracle_connect(dsn) as holder, oracle_connect(dsn) as c:
+        holder.execute("SELECT pg_advisory_lock(hashtext('pgtape replay schema ' || 'rec'))")
+        procs = [spawn_pgtape("replay", *cli, log=tmp_path / f"replay-{i}.log") for i in range(4)]
+        try:
+            wait_until("four replays waiting to publish", lambda: c.execute(
+                "SELECT count(*) = 4 FROM pg_stat_activity WHERE application_name = 'pgtape replay' "
+                "AND wait_event = 'advisory'").fetchone()[0], 60)  # type: ignore[index]
+            holder.execute("SELECT pg_advisory_unlock_all()")
+            for p in procs:
+                p.wait(120)
+        finally:
+            for p in procs:
+                stop_process(p)
+        logs = [(tmp_path / f"replay-{i}.log").read_text() for i in range(4)]
+        assert [p.returncode for p in procs] == [0, 0, 0, 0], logs
+        assert c.execute("SELECT count(*) FROM rec.t").fetchone() == (2,)
+        assert c.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'pgtape_incomplete_%'").fetchone() == (0,)

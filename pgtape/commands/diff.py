@@ -46,6 +46,13 @@ def run(args: argparse.Namespace, config: Config) -> int:
     if plan is not None:
         tables = list(plan.present)
     with connect(config.dsn, autocommit=False, application_name="pgtape diff") as conn:
+        schemas = [s for s in (args.schema, args.against[7:] if args.against != "live" else None) if s]
+        missing = [canonical(s, in_schema[t]) for s in schemas for t in tables
+                   if conn.execute("SELECT to_regclass(%s)", (f"{quote_ident(s)}.{quote_ident(in_schema[t])}",)
+                                   ).fetchone()[0] is None]  # type: ignore[index]
+        if missing:  # all of them at once, not the first
+            raise PgtapeError(f"not found: {', '.join(missing)} (a replay of only some tables? name them with "
+                              "--tables)")
         for i, table in enumerate(tables):
             schema, name = split_table(table)
             if args.against != "live":

@@ -25,6 +25,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     from snapshots.base import initialize
 
     archive = Archive(config.require_archive())
+    archive.require_directory()
     make_dirs_durably(archive.path)
     lock = archive.lock_capture()
     try:

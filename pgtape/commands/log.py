@@ -46,6 +46,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     from_lsn = parse_lsn(args.from_lsn) if args.from_lsn else None
     to_lsn = parse_lsn(args.to_lsn) if args.to_lsn else None
     out = sys.stdout
+    columns: set[str] = set()  # of the rows looked at: a --key column none of them has is a typo, not "no match"
     for c in iter_changes(archive, gen, from_lsn, to_lsn):
         t = c.txn.commit_time
         if (since is not None and t < since) or (until is not None and t > until):
@@ -54,9 +55,15 @@ def run(args: argparse.Namespace, config: Config) -> int:
             continue
         if tables and canonical(c.schema, c.table) not in tables:
             continue
-        if keys and not all(_has(c, col, value) for col, value in keys):
-            continue
+        if keys:
+            columns.update(c.types)
+            if not all(_has(c, col, value) for col, value in keys):
+                continue
         out.write((json.dumps(as_json(c)) if args.json else as_line(c)) + "\n")
+    unknown = [col for col, _ in keys if col not in columns]
+    if unknown and columns:
+        raise UsageError(f"--key: no change looked at has a column {', '.join(unknown)} (columns: "
+                         f"{', '.join(sorted(columns))})")
     return 0
 
 

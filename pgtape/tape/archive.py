@@ -75,13 +75,19 @@ class Archive:
     def existing(cls, path: Path) -> "Archive":
         """An archive that must already hold a tape (for readers: log, status, ...)."""
         archive = cls(path)
+        archive.require_directory()
         if not path.is_dir():
             raise PgtapeError(f"archive {path} does not exist: check --archive / PGTAPE_ARCHIVE")
         archive.identity()
         return archive
 
+    def require_directory(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise PgtapeError(f"archive path {self.path} exists but is not a directory: choose another --archive")
+
     def lock_capture(self) -> int:
         """The archive's writer lock (capture, init): returns the fd that holds it."""
+        self.require_directory()
         fd = os.open(self.path / "capture.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -12,7 +12,7 @@ import psycopg
 from psycopg import sql
 
 from pgtape.errors import PgtapeError
-from pgtape.names import quote_ident
+from pgtape.names import quote_ident, sql_name
 from pgtape.pg import connect, first_line
 from replay.engine import Plan
 from replay.sinks.load import Stopped, create_table, key_list, load_rows, qual
@@ -66,14 +66,23 @@ def _target_exists(conn: psycopg.Connection, schema: str, force: bool) -> bool:
 
 def _create_staging(conn: psycopg.Connection, staging: str, comment: str) -> None:
     """Committed at once: the workers' connections must see it."""
-    conn.execute(f"CREATE SCHEMA {quote_ident(staging)}")
+    try:
+        conn.execute(f"CREATE SCHEMA {quote_ident(staging)}")
+    except psycopg.errors.InsufficientPrivilege:
+        conn.rollback()
+        role, db = conn.execute("SELECT current_user, current_database()").fetchone()  # type: ignore[misc]
+        raise PgtapeError(f"role {role} may not create schemas in database {db}: GRANT CREATE ON DATABASE "
+                          f"{sql_name(db)} TO {sql_name(role)} (as its owner or a superuser), or replay --output DIR, "
+                          "or --into a database where it may") from None
     _comment(conn, staging, comment)
     conn.commit()
 
 
 def _publish(conn: psycopg.Connection, staging: str, schema: str, force: bool, comment: str) -> None:
-    """Swap the complete staging schema in, in one transaction. The target is checked again: another
-    session may have filled it while the tables loaded."""
+    """Swap the complete staging schema in, in one transaction. Replays into one schema take turns
+    here (an advisory lock on its name), and the target is checked again: another replay may have
+    published it while the tables loaded."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext('pgtape replay schema ' || %s))", (schema,))
     if _target_exists(conn, schema, force):
         conn.execute(f"DROP SCHEMA {quote_ident(schema)} CASCADE")
     conn.execute(f"ALTER SCHEMA {quote_ident(staging)} RENAME TO {quote_ident(schema)}")
