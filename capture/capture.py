@@ -22,7 +22,7 @@ from capture.protocol import (KEEPALIVE, KEEPALIVE_MSG, XLOG_DATA, XLOG_HEADER, 
                               ConnectionLost, ReplicationStream, pg_time_to_unix_us)
 from capture.follow import Follower, FilterChanged
 from capture.plugin_allowlist import is_refusal, refusal_message
-from capture.slot import check_slot, find_slot, identify_system, open_generation
+from capture.slot import check_no_gap, check_slot, find_slot, identify_system, open_generation
 from capture.schedule import SnapshotScheduler
 from capture.tables import load_view
 from capture.tape_writer import TapeWriter
@@ -35,7 +35,7 @@ from pgtape.tape.archive import Archive
 from pgtape.tape.records import Begin, Change, Message, Truncate
 from snapshots.base import initialize
 
-POSITION_EVERY = 10.0  # seconds between Position records while captured tables are idle
+POSITION_EVERY = 10.0  # seconds between Position records (the idle progress acknowledged, Rule A3)
 HOUSEKEEPING = 0.005  # seconds between clock checks (fsync due, status due, stop) while messages flow
 MAX_BACKOFF = 30.0
 
@@ -73,6 +73,7 @@ class Capture:
             system, gen = open_generation(conn, self.archive, self.config)
             self.scheduler = SnapshotScheduler(self.config, self.archive, gen.id, self.log)
             writer = TapeWriter(self.archive, gen.id, system.system_id, self.config.slot, self.config.segment_size)
+            check_no_gap(find_slot(conn, self.config.slot), writer.durable_lsn)
             if writer.repaired_bytes:
                 self.log(f"cut {writer.repaired_bytes} bytes of unfinished transaction from {writer.segment.path.name}")
             self.follower = Follower(self.archive, gen.id, load_view(self.archive, gen.id, writer.tape_lsn),
@@ -89,8 +90,9 @@ class Capture:
                 try:
                     if conn is None:
                         conn = connect(self.config.dsn, replication=True)
-                        check_slot(find_slot(conn, self.config.slot), self.config.slot,
-                                   identify_system(conn).database, gen)
+                        slot = find_slot(conn, self.config.slot)
+                        check_slot(slot, self.config.slot, identify_system(conn).database, gen)
+                        check_no_gap(slot, writer.durable_lsn)
                         self.log(f"reconnected; resuming at {format_lsn(writer.durable_lsn)}")
                     stream = self._start(conn, writer.durable_lsn)
                     conn = None
@@ -115,6 +117,7 @@ class Capture:
                     backoff = min(backoff * 2, MAX_BACKOFF)
             _close(conn)
             writer.close()
+            writer.note_durable()
             self.follower.close()
             self.scheduler.stop()
             self.log(f"stopped; tape durable up to {format_lsn(writer.durable_lsn)} "
@@ -187,7 +190,7 @@ class Capture:
                         if not skip:
                             follower.commit(end, txn_time, writer.durable_lsn)  # before `end` can be durable
                             if not writer.commit(end):
-                                writer.advance_idle(end)  # Rule A3: nothing captured, nothing pending
+                                writer.advance_idle(end, txn_time)  # Rule A3: nothing captured
                     elif not skip:
                         record: Change | Truncate | Message | None
                         if action == "M":
@@ -212,15 +215,20 @@ class Capture:
                     _, wal_end, server_time, reply = KEEPALIVE_MSG.unpack_from(buf)
                     if wal_end > received:
                         received = wal_end
-                    if not in_txn and writer.advance_idle(wal_end):  # Rule A3
-                        if now - last_position >= POSITION_EVERY and wal_end > writer.segment.stats.end_lsn:
-                            writer.position(wal_end, pg_time_to_unix_us(server_time))
-                            last_position = now
+                    if not in_txn:
+                        writer.advance_idle(wal_end, pg_time_to_unix_us(server_time))  # Rule A3
                     if reply:
                         next_status = next_check = 0.0
                 if now < next_check:
                     continue
             next_check = now + HOUSEKEEPING
+            # Idle progress is acknowledged only once a Position records it (Rule A3): every
+            # POSITION_EVERY, when --until-lsn is reached by it, and when stopping.
+            if not in_txn and (now - last_position >= POSITION_EVERY or self.stopping or
+                               (self.until_lsn is not None and writer.idle_lsn >= self.until_lsn)):
+                writer.record_idle()
+                writer.note_durable()  # what was durable up to now (the Position: with the next sync)
+                last_position = now
             # Housekeeping: group commit (Rule A1), then report what is durable (Rule A2).
             if writer.unsynced_since is not None and (now - writer.unsynced_since >= cfg.fsync_interval
                                                       or self.stopping or self._reached_tape(writer)):

@@ -82,3 +82,19 @@ def check_slot(slot: SlotInfo | None, name: str, database: str, gen: Generation)
         raise PgtapeError(f"replication slot {name} uses plugin {slot.plugin}, not {PLUGIN}: use another --slot")
     if slot.database != database:
         raise PgtapeError(f"replication slot {name} belongs to database {slot.database}, not {database}")
+
+
+def gap_message(slot_name: str, confirmed: int, tape_end: int) -> str:
+    return (f"replication slot {slot_name} has confirmed up to {format_lsn(confirmed)}, but the tape ends at "
+            f"{format_lsn(tape_end)}: the transactions in ({format_lsn(tape_end)}, {format_lsn(confirmed)}] were "
+            "acknowledged yet are not on the tape, and the server will not send them again (was the archive "
+            "restored from an older copy, or did its disk lose its last writes?)")
+
+
+def check_no_gap(slot: SlotInfo | None, tape_end: int) -> None:
+    """The gap rule (docs/ARCHITECTURE.md): capture never resumes across positions the slot confirmed
+    that the tape does not hold."""
+    if slot is not None and slot.confirmed_flush_lsn is not None and slot.confirmed_flush_lsn > tape_end:
+        raise PgtapeError(f"{gap_message(slot.name, slot.confirmed_flush_lsn, tape_end)}; the tape up to "
+                          f"{format_lsn(tape_end)} stays replayable, and pgtape init --restart starts a new "
+                          "generation to capture again")

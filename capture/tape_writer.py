@@ -3,7 +3,7 @@
 The writer tracks two positions (docs/ARCHITECTURE.md, "LSN rules"):
   tape_lsn     end LSN of the last whole transaction (or Position) handed to the writer
   durable_lsn  the largest LSN up to which everything captured is fsynced: the only LSN
-               capture may confirm (a synced tape_lsn, or a later idle position, Rule A3)
+               capture may confirm (a synced tape_lsn: idle progress is recorded by a Position, Rule A3)
 A transaction bigger than `frame_bytes` is written in non-boundary frames as it arrives, so
 memory stays bounded; they become meaningful only with the boundary frame holding its Commit.
 """
@@ -13,7 +13,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from pgtape import metadata
 from pgtape.tape.archive import Archive
+from pgtape.tape.segment import DURABLE_FILE
 from pgtape.tape.records import Begin, Change, Commit, Message, Position, Record, Relation, Schema, Truncate
 from pgtape.tape.segment import SegmentWriter
 
@@ -45,7 +47,9 @@ class TapeWriter:
         self._txn_open = False
         self._txn_changes = 0
         self.unsynced_since: float | None = None  # monotonic time of the oldest unsynced commit
-        self._idle_lsn = 0  # latest idle position received (see advance_idle)
+        self._idle_lsn = 0  # latest idle position received (see advance_idle), and its server time
+        self._idle_time = 0
+        self._noted = 0  # durable position last written to DURABLE.json
         self.transactions = 0
         self.changes = 0
 
@@ -132,17 +136,22 @@ class TapeWriter:
         if self.unsynced_since is None:
             self.unsynced_since = time.monotonic()
 
-    def advance_idle(self, lsn: int) -> bool:
-        """Between transactions, the end of one with nothing captured, or a keepalive's WAL end.
-
-        Everything received before it is on the tape once what is buffered is synced, so it
-        becomes durable now if nothing is unsynced, else with the next sync (Rule A3)."""
+    def advance_idle(self, lsn: int, time_us: int) -> None:
+        """Between transactions: the end of one with nothing captured, or a keepalive's WAL end. The
+        tape is complete up to it once what came before is durable, but it is acknowledged only once
+        a Position records it (record_idle): the slot never confirms past the tape (Rule A3)."""
         if lsn > self._idle_lsn:
-            self._idle_lsn = lsn
-        if self.in_transaction or self.has_unsynced or self._committed:
+            self._idle_lsn, self._idle_time = lsn, time_us
+
+    @property
+    def idle_lsn(self) -> int:
+        return self._idle_lsn
+
+    def record_idle(self) -> bool:
+        """Write a Position for idle progress beyond the tape (the next sync makes it durable)."""
+        if self.in_transaction or self._idle_lsn <= self.tape_lsn:
             return False
-        if lsn > self.durable_lsn:
-            self.durable_lsn = lsn
+        self.position(self._idle_lsn, self._idle_time)
         return True
 
     # -- disk -----------------------------------------------------------------------------
@@ -168,11 +177,18 @@ class TapeWriter:
                 self._buffer_bytes = 0
         if self.unsynced_since is not None:
             self.segment.sync()
-        self.durable_lsn = max(self.durable_lsn, self.tape_lsn, self._idle_lsn)
+        self.durable_lsn = max(self.durable_lsn, self.tape_lsn)
         self.unsynced_since = None
         if self.segment.offset >= self.segment_size and not self.in_transaction:
             self.rotate()
         return self.durable_lsn
+
+    def note_durable(self) -> None:
+        """Record the durable position beside the tape (DURABLE.json), so that verify notices a tape
+        that later lost its last writes (docs/ARCHITECTURE.md, the gap rule)."""
+        if self.durable_lsn > self._noted:
+            metadata.write(self.archive.generation_dir(self.generation) / DURABLE_FILE, {"lsn": self.durable_lsn})
+            self._noted = self.durable_lsn
 
     def rotate(self) -> Path:
         sealed = self.segment.seal()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 
+from capture.slot import gap_message
 from pgtape.config import Config
 from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn, parse_lsn
@@ -18,6 +19,7 @@ from pgtape.pg import connect, quote_literal
 from pgtape.tape.archive import Archive
 from replay.compare import Side, column_types, compare, render
 from replay.engine import prepare
+from replay.plan import tape_extent
 from replay.sinks import create_table, live_relation, load_rows
 from replay.target import Target
 from snapshots.take import create_slot_exporting, temporary_slot_name
@@ -32,6 +34,7 @@ def verify_live(config: Config, archive: Archive, timeout: float, as_json: bool)
     finally:
         repl.close()
     with snap.conn as conn:
+        _refuse_gap(conn, archive, gen.id, gen.slot)
         confirmed = _wait_durable(conn, gen.slot, snap.as_of_lsn, timeout)
         plan = prepare(archive, tables, Target("lsn", lsn=snap.as_of_lsn, exclusive=True), complete_to=confirmed)
         results = []
@@ -54,6 +57,15 @@ def verify_live(config: Config, archive: Archive, timeout: float, as_json: bool)
         print("\n".join(render(results, "live", "replay")))
         print("ok: the replay equals the live tables" if ok else "FAILED: the replay differs from the live tables")
     return 0 if ok else 1
+
+
+def _refuse_gap(conn, archive: Archive, gen: int, slot: str) -> None:  # type: ignore[no-untyped-def]
+    """A slot confirmed past the tape's end: no replay can equal the live tables (the gap rule)."""
+    row = conn.execute(f"SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
+                       f"WHERE slot_name = {quote_literal(slot)}").fetchone()
+    end = tape_extent(archive, gen).end_lsn
+    if row is not None and row[0] and parse_lsn(row[0]) > end:
+        raise PgtapeError(gap_message(slot, parse_lsn(row[0]), end))
 
 
 def _wait_durable(conn, slot: str, lsn: int, timeout: float) -> int:  # type: ignore[no-untyped-def]

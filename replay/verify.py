@@ -21,7 +21,8 @@ from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn
 from pgtape.tape.archive import Archive
 from pgtape.tape.records import Begin, Change, Commit, Record, Relation, Truncate
-from pgtape.tape.segment import OPEN_RE, SEALED_FILE, SEALED_RE, SegmentError, SegmentReader
+from pgtape.tape.segment import (DURABLE_FILE, OPEN_RE, SEALED_FILE, SEALED_RE, SegmentError, SegmentReader,
+                                 footer_stats, open_segment_end, read_footer)
 from snapshots import catalog, rebase
 from snapshots.format import TableReader, table_file_name
 
@@ -128,6 +129,28 @@ def verify_file(path: Path) -> Report:
     return report
 
 
+def _check_durable(archive: Archive, gen_id: int, report: Report) -> None:
+    """The tape must reach the durable position capture recorded (the gap rule): else it lost writes."""
+    path = archive.generation_dir(gen_id) / DURABLE_FILE
+    try:
+        recorded = metadata.read(path, dict).get("lsn", 0)
+    except FileNotFoundError:
+        return
+    except PgtapeError as e:
+        report.problems.append(f"generation {gen_id}: {e}")
+        return
+    end = archive.generation(gen_id).start_lsn
+    for s in archive.segments(gen_id):
+        try:
+            end = max(end, (open_segment_end(s.path, s.start_lsn) if s.is_open else footer_stats(read_footer(s.path))).end_lsn)
+        except SegmentError:
+            pass  # named already, by verify_segment
+    if end < recorded:
+        report.problems.append(f"generation {gen_id}: the tape ends at {format_lsn(end)}, but capture recorded it "
+                               f"durable up to {format_lsn(recorded)} ({path.name}): the tape lost its last writes "
+                               f"in ({format_lsn(end)}, {format_lsn(recorded)}]")
+
+
 def verify_archive(archive: Archive) -> Report:
     report = Report()
     ident = archive.identity()
@@ -157,6 +180,7 @@ def verify_archive(archive: Archive) -> Report:
         segments = archive.segments(gen_id)
         for seg in segments:
             verify_segment(seg.path, report)
+        _check_durable(archive, gen_id, report)
         # What capture resumes with, and where replay needs newer bases (capture/tables.py, snapshots/rebase.py).
         for read in (lambda: load_view(archive, gen_id, 2**64 - 1), lambda: rebase.load(archive, gen_id)):
             try:

@@ -185,3 +185,28 @@ def test_two_forced_replays_into_one_schema_take_turns(dsn: str, tmp_path: Path)
         assert [p.returncode for p in procs] == [0, 0, 0, 0], logs
         assert c.execute("SELECT count(*) FROM rec.t").fetchone() == (2,)
         assert c.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'pgtape_incomplete_%'").fetchone() == (0,)
+
+
+# -- the gap rule ------------------------------------------------------------------------------------
+def test_a_tape_that_lost_its_last_writes_is_refused_and_reported(dsn: str, tmp_path: Path) -> None:
+    """Acknowledged transactions cut off the open segment (a disk that lost its last writes, an
+    archive restored from an older copy): capture does not resume across the gap, status and
+    verify name it."""
+    archive = tmp_path / "archive"
+    cli = ["--dsn", dsn, "--archive", str(archive)]
+    with oracle_connect(dsn) as c:
+        c.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        capture_to_now(dsn, archive, tables="t")
+        for i in range(20):
+            c.execute("INSERT INTO t VALUES (%s, 'x')", (i,))
+        capture_to_now(dsn, archive, tables="t")
+    assert run_pgtape("verify", *cli).returncode == 0
+    [segment] = list(archive.glob("generations/0001/tape/*.tape.open"))
+    with open(segment, "r+b") as f:
+        f.truncate(segment.stat().st_size - 37)
+    r = run_pgtape("verify", *cli)
+    assert r.returncode == 1 and "the tape lost its last writes in (" in r.stdout, r.stdout
+    line = one_line(run_pgtape("capture", *cli, "--until-lsn", "FF/0"), 1)
+    assert "has confirmed up to" in line and "pgtape init --restart" in line, line
+    r = run_pgtape("status", *cli)
+    assert r.returncode == 1 and "GAP                replication slot pgtape has confirmed up to" in r.stdout, r.stdout

@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from capture import ddl_trigger
+from capture.slot import gap_message
 from pgtape.config import Config
 from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn, parse_lsn
@@ -102,6 +103,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
     except PgtapeError as e:
         recoverable, window_error = None, str(e)
     lag_bytes = max(0, server.wal_lsn - tape.end_lsn) if server else None
+    # The gap rule: a slot confirmed past the tape's end lost what lies between (capture refuses to go on).
+    gap = (gap_message(tape.slot, server.slot_confirmed_lsn, tape.end_lsn)
+           if server and server.slot_confirmed_lsn is not None and server.slot_confirmed_lsn > tape.end_lsn else None)
     age = (max(0, server.server_time - tape.last_commit_time) / 1e6
            if server and tape.last_commit_time is not None else None)
     if args.json:
@@ -113,12 +117,12 @@ def run(args: argparse.Namespace, config: Config) -> int:
             "slot_confirmed_lsn": format_lsn(server.slot_confirmed_lsn) if server.slot_confirmed_lsn else None,
             "capture_connected": server.capture_connected,
             "schema_changes": "exact" if server.exact_schema_changes else "approximate"}
-        out.update(server_error=server_error, lag_bytes=lag_bytes, last_commit_age_seconds=age)
+        out.update(server_error=server_error, lag_bytes=lag_bytes, last_commit_age_seconds=age, gap=gap)
         out["newest_snapshot"] = {t: None if r is None else {"id": r.id, "as_of_lsn": format_lsn(r.as_of_lsn or 0),
                                                              "as_of_time": format_time(r.as_of_time)}
                                   for t, r in newest.items()}
         print(json.dumps(out, indent=2))
-        return 0
+        return 1 if gap else 0
     print(f"archive            {archive.path} (generation {tape.generation}, slot {tape.slot})")
     print(f"tape               {tape.segments} segment(s), {_size(tape.bytes)}, "
           f"{tape.transactions} transactions, {tape.changes} changes")
@@ -138,10 +142,12 @@ def run(args: argparse.Namespace, config: Config) -> int:
     print(f"server             WAL at {format_lsn(server.wal_lsn)}; slot {slot}")
     print(f"lag                {_size(lag_bytes or 0)} of WAL behind the server"
           + (f", newest commit on tape {age:.1f}s old" if age is not None else ""))
+    if gap:
+        print(f"GAP                {gap}")
     print("schema changes     " + ("recorded at their exact position (DDL trigger)" if server.exact_schema_changes else
                                    "APPROXIMATE: noticed by polling the catalog (no DDL trigger: run pgtape init once "
                                    "as a superuser); replay refuses targets around each until a new base"))
-    return 0
+    return 1 if gap else 0
 
 
 def _size(n: float) -> str:

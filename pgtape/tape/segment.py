@@ -30,6 +30,7 @@ from pgtape.tape.records import Begin, Change, Commit, Position, Record, Relatio
 
 OPEN_SUFFIX = ".tape.open"
 SEALED_FILE = "SEALED.json"  # in the generation directory: end LSN of the newest sealed segment
+DURABLE_FILE = "DURABLE.json"  # in the generation directory: a durable position capture reached
 SEALED_RE = re.compile(r"^([0-9A-F]{16})-([0-9A-F]{16})\.tape$")
 OPEN_RE = re.compile(r"^([0-9A-F]{16})\.tape\.open$")
 
