@@ -47,6 +47,10 @@ class CaptureResult:
     changes: int
 
 
+class ArchiveGone(PgtapeError):
+    """The archive directory or its open segment is not the one capture opened."""
+
+
 class Capture:
     def __init__(self, config: Config, until_lsn: int | None = None,
                  log: Callable[[str], None] | None = None) -> None:
@@ -74,6 +78,8 @@ class Capture:
             self.scheduler = SnapshotScheduler(self.config, self.archive, gen.id, self.log)
             writer = TapeWriter(self.archive, gen.id, system.system_id, self.config.slot, self.config.segment_size)
             check_no_gap(find_slot(conn, self.config.slot), writer.durable_lsn)
+            st = os.stat(self.archive.path)
+            self._archive_identity = (st.st_dev, st.st_ino)
             if writer.repaired_bytes:
                 self.log(f"cut {writer.repaired_bytes} bytes of unfinished transaction from {writer.segment.path.name}")
             self.follower = Follower(self.archive, gen.id, load_view(self.archive, gen.id, writer.tape_lsn),
@@ -235,10 +241,12 @@ class Capture:
                 writer.sync()
                 next_status = 0.0
             if now >= next_status:
+                self._check_archive(writer)
                 stream.send_status(received, writer.durable_lsn)
                 next_status = now + cfg.status_interval
                 self.scheduler.poll()
             if self.stopping or self._reached(writer):
+                self._check_archive(writer)
                 stream.send_status(received, writer.durable_lsn)
                 return
             follower.housekeeping(received, in_txn, writer.tape_lsn, writer.segment.stats.complete_time,
@@ -248,6 +256,23 @@ class Capture:
                 if writer.unsynced_since is not None:
                     timeout = min(timeout, writer.unsynced_since + cfg.fsync_interval - now)
                 stream.wait(min(timeout, 0.2))
+
+    def _check_archive(self, writer: TapeWriter) -> None:
+        """Before acknowledging anything: the archive (its directory, the open segment) must still be
+        the one capture opened. Deleted or replaced, what capture wrote is not where a replay looks:
+        acknowledging more would let the server forget changes that exist nowhere."""
+        try:
+            st = os.stat(self.archive.path)
+            moved = (st.st_dev, st.st_ino) != self._archive_identity
+            segment = os.stat(writer.segment.path)
+            moved = moved or (segment.st_dev, segment.st_ino) != writer.segment.file_identity()
+        except FileNotFoundError:
+            moved = True
+        if moved:
+            raise ArchiveGone(f"the archive at {self.archive.path} is no longer the one capture opened (deleted, "
+                              f"moved or replaced): capture stops without acknowledging anything more; the slot "
+                              f"keeps every change after {format_lsn(writer.durable_lsn)} for the next capture into "
+                              "a restored archive (or pgtape init --restart into a new one)")
 
     def _reached_tape(self, writer: TapeWriter) -> bool:
         return self.until_lsn is not None and writer.tape_lsn >= self.until_lsn

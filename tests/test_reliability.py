@@ -4,12 +4,13 @@ a silent fallback or a silent loss. Each test here failed before its fix (issue 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from conftest import capture_to_now, run_pgtape, spawn_pgtape, stop_process, wait_until
-from replay_oracle import oracle_connect
+from replay_oracle import lsn_int, oracle_connect
 
 
 def one_line(r, code: int = 2) -> str:  # type: ignore[no-untyped-def]
@@ -210,3 +211,34 @@ def test_a_tape_that_lost_its_last_writes_is_refused_and_reported(dsn: str, tmp_
     assert "has confirmed up to" in line and "pgtape init --restart" in line, line
     r = run_pgtape("status", *cli)
     assert r.returncode == 1 and "GAP                replication slot pgtape has confirmed up to" in r.stdout, r.stdout
+
+
+def test_capture_stops_acknowledging_when_its_archive_is_deleted(dsn: str, tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    cli = ["--dsn", dsn, "--archive", str(archive), "--tables", "t"]
+    with oracle_connect(dsn) as c:
+        c.execute("CREATE TABLE t (id int PRIMARY KEY)")
+        run_pgtape("init", *cli, check=True)
+        capture = spawn_pgtape("capture", *cli, log=tmp_path / "capture.log")
+        try:
+            c.execute("INSERT INTO t VALUES (1)")
+            wait_until("capture to confirm the first change", lambda: _confirmed(c) >= _now(c), 30)
+            shutil.rmtree(archive)
+            c.execute("INSERT INTO t VALUES (2)")  # exists nowhere but in the server's WAL, for the slot to keep
+            after = _now(c)
+            capture.wait(30)
+        finally:
+            stop_process(capture)
+        log = (tmp_path / "capture.log").read_text()
+        assert capture.returncode == 1 and "Traceback" not in log, log
+        assert f"pgtape: the archive at {archive} is no longer the one capture opened" in log.splitlines()[-1], log
+        assert _confirmed(c) < after  # nothing acknowledged after the deletion
+
+
+def _confirmed(c) -> int:  # type: ignore[no-untyped-def]
+    return lsn_int(c.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = "
+                             "'pgtape'").fetchone()[0])
+
+
+def _now(c) -> int:  # type: ignore[no-untyped-def]
+    return lsn_int(c.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])

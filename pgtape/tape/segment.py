@@ -194,6 +194,11 @@ class SegmentWriter:
             self._since_cut = []
             self._cut = _CutPoint(self.offset, self._crc, self.stats, dict(self.relations))
 
+    def file_identity(self) -> tuple[int, int]:
+        """(device, inode) of the file being written: what its path must still lead to."""
+        st = os.fstat(self._f.fileno())
+        return st.st_dev, st.st_ino
+
     def sync(self) -> None:
         """Make every appended frame durable."""
         self._f.flush()
