@@ -7,6 +7,7 @@ The LSN rules it follows are in docs/ARCHITECTURE.md; each is cited where it is 
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import signal
@@ -25,7 +26,7 @@ from capture.plugin_allowlist import is_refusal, refusal_message
 from capture.slot import check_no_gap, check_slot, find_slot, identify_system, open_generation
 from capture.schedule import SnapshotScheduler
 from capture.tables import load_view
-from capture.tape_writer import TapeWriter
+from capture.tape_writer import FRAME_BYTES, TapeWriter
 from pgtape.config import Config
 from pgtape.durable import make_dirs_durably
 from pgtape.errors import PgtapeError
@@ -76,30 +77,28 @@ class Capture:
             conn = connect(self.config.dsn, replication=True)
             system, gen = open_generation(conn, self.archive, self.config)
             self.scheduler = SnapshotScheduler(self.config, self.archive, gen.id, self.log)
-            writer = TapeWriter(self.archive, gen.id, system.system_id, self.config.slot, self.config.segment_size)
-            check_no_gap(find_slot(conn, self.config.slot), writer.durable_lsn)
-            st = os.stat(self.archive.path)
-            self._archive_identity = (st.st_dev, st.st_ino)
-            if writer.repaired_bytes:
-                self.log(f"cut {writer.repaired_bytes} bytes of unfinished transaction from {writer.segment.path.name}")
-            self.follower = Follower(self.archive, gen.id, load_view(self.archive, gen.id, writer.tape_lsn),
-                                     writer.tape_lsn, writer.segment.stats.complete_time, self.config.dsn, self.log,
-                                     self.scheduler.request)
+            writer = self._open_tape(conn, system.system_id, gen.id)
             # A long-lived loop allocating millions of short-lived objects: keep start-up objects out of
             # the collector's scans and collect young objects less often (about 10% less CPU).
             gc.freeze()
             gc.set_threshold(100_000, 50, 100)
             self.log(f"capturing {', '.join(self.config.tables)} through slot {self.config.slot} from "
                      f"{format_lsn(writer.durable_lsn)} into {self.archive.path} (generation {gen.id})")
-            backoff = 0.5
-            while not self.stopping and not self._reached(writer):
+            backoff = disk_backoff = 0.5
+            writable = True  # False after a full disk, until the tape is opened again
+            while not self.stopping and not (writable and self._reached(writer)):
                 try:
                     if conn is None:
                         conn = connect(self.config.dsn, replication=True)
                         slot = find_slot(conn, self.config.slot)
                         check_slot(slot, self.config.slot, identify_system(conn).database, gen)
-                        check_no_gap(slot, writer.durable_lsn)
+                        if writable:
+                            check_no_gap(slot, writer.durable_lsn)
                         self.log(f"reconnected; resuming at {format_lsn(writer.durable_lsn)}")
+                    if not writable:  # as after a crash: the open segment cut back to its last boundary
+                        writer = self._open_tape(conn, system.system_id, gen.id)
+                        writable = True
+                        self.log(f"tape reopened after a full disk; resuming at {format_lsn(writer.durable_lsn)}")
                     stream = self._start(conn, writer.durable_lsn)
                     conn = None
                     try:
@@ -121,7 +120,19 @@ class Capture:
                     conn = _close(conn)
                     self._retry_later(writer, str(e), backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF)
+                except OSError as e:
+                    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                        raise
+                    conn = _close(conn)
+                    if writable:
+                        writer.abandon()  # nothing more is written or acknowledged through this writer
+                        self.follower.close()
+                        writable = False
+                    self._disk_full(e, disk_backoff)
+                    disk_backoff = min(disk_backoff * 2, MAX_BACKOFF)
             _close(conn)
+            if not writable:  # stopped while the disk was full: the tape stays as recovery will cut it
+                return CaptureResult(writer.durable_lsn, writer.transactions, writer.changes)
             writer.close()
             writer.note_durable()
             self.follower.close()
@@ -256,6 +267,39 @@ class Capture:
                 if writer.unsynced_since is not None:
                     timeout = min(timeout, writer.unsynced_since + cfg.fsync_interval - now)
                 stream.wait(min(timeout, 0.2))
+
+    def _open_tape(self, conn: psycopg.Connection, system_id: str, gen_id: int) -> TapeWriter:
+        """The tape's writer (its open segment repaired), checked against the slot (the gap rule),
+        and the view of the tables as of its end."""
+        writer = TapeWriter(self.archive, gen_id, system_id, self.config.slot, self.config.segment_size)
+        check_no_gap(find_slot(conn, self.config.slot), writer.durable_lsn)
+        st = os.stat(self.archive.path)
+        self._archive_identity = (st.st_dev, st.st_ino)
+        if writer.repaired_bytes:
+            self.log(f"cut {writer.repaired_bytes} bytes of unfinished transaction from {writer.segment.path.name}")
+        self.follower = Follower(self.archive, gen_id, load_view(self.archive, gen_id, writer.tape_lsn),
+                                 writer.tape_lsn, writer.segment.stats.complete_time, self.config.dsn, self.log,
+                                 self.scheduler.request)
+        return writer
+
+    def _disk_full(self, e: OSError, delay: float) -> None:
+        """No space for the tape: acknowledge nothing (the slot keeps every change), say where and how much
+        is needed, and wait; or exit, as [capture] on_disk_full says."""
+        where = e.filename or self.archive.path
+        try:
+            st = os.statvfs(self.archive.path)
+            free = f"{st.f_bavail * st.f_frsize / (1 << 20):.1f} MiB free"
+        except OSError:
+            free = "free space unknown"
+        what = (f"no space left for the tape at {where} ({free}; it needs at least {FRAME_BYTES >> 20} MiB, one "
+                "frame)")
+        if self.config.on_disk_full == "exit":
+            raise PgtapeError(f"{what}: capture stops ([capture] on_disk_full = \"exit\"); the slot keeps every change "
+                              "since the last acknowledged position") from None
+        self.log(f"{what}: acknowledging nothing until it can write; retrying in {delay:g}s")
+        deadline = time.monotonic() + delay
+        while not self.stopping and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def _check_archive(self, writer: TapeWriter) -> None:
         """Before acknowledging anything: the archive (its directory, the open segment) must still be

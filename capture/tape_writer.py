@@ -34,6 +34,7 @@ class TapeWriter:
         self.segment_size = segment_size
         self.frame_bytes = frame_bytes
         self.repaired_bytes = 0
+        self.abandoned = False
         self.segment = self._open_segment()
         self.tape_lsn = self.segment.stats.end_lsn
         self.durable_lsn = self.tape_lsn
@@ -197,8 +198,16 @@ class TapeWriter:
         self._relation_ids.clear()
         return sealed
 
+    def abandon(self) -> None:
+        """Stop writing (a full disk): nothing more goes to the tape or gets acknowledged through this
+        writer; a new one recovers the open segment as after a crash."""
+        self.abandoned = True
+        self.segment.abandon()
+
     def abort_transaction(self) -> None:
         """Forget a transaction the server will send again (the connection was lost in it)."""
+        if self.abandoned:
+            return
         del self._buffer[self._committed:]
         self._buffer_bytes = 0
         self._pending_begin = None

@@ -63,6 +63,12 @@ def parse_tables(text: str | list[str]) -> tuple[str, ...]:
     return tuple(tables)
 
 
+def parse_disk_full(text: str) -> str:
+    if text not in ("wait", "exit"):
+        raise ValueError(f"invalid value {text!r}: use \"wait\" or \"exit\"")
+    return text
+
+
 def parse_slot(text: str) -> str:
     if not re.fullmatch(r"[a-z0-9_]{1,63}", text):
         raise ValueError(f"invalid slot name {text!r}: use lower-case letters, digits and _ (at most 63)")
@@ -99,6 +105,8 @@ OPTIONS: tuple[Option, ...] = (
            "how often capture reports its position to the server", "duration"),
     Option("snapshot_every", "capture", "snapshot_every", None, None, parse_duration, None,
            "capture takes a snapshot when the newest is this old (e.g. 24h; default: never)", "duration"),
+    Option("on_disk_full", "capture", "on_disk_full", None, None, parse_disk_full, "wait",
+           "when the archive's disk is full: wait (acknowledge nothing, retry with backoff) or exit"),
     Option("retention", "snapshots", "retention", None, None, parse_duration, "30d",
            "how long a snapshot is kept: its expiry time in the catalog", "duration"),
 )
@@ -114,6 +122,7 @@ class Config:
     segment_size: int
     status_interval: float
     snapshot_every: float | None
+    on_disk_full: str
     retention: float | None
     source_file: Path | None = field(default=None)
     defaulted: frozenset[str] = field(default=frozenset())  # options nobody set: their default applies

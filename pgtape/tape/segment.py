@@ -120,12 +120,18 @@ class SegmentWriter:
     def create(cls, directory: Path, generation: int, system_id: str, slot: str, start_lsn: int) -> "SegmentWriter":
         header = SegmentHeader(FORMAT_VERSION, generation, system_id, slot, start_lsn, time.time_ns() // 1000)
         path = directory / open_name(start_lsn)
-        f = open(path, "w+b")
         frame = encode_frame(KIND_HEADER, msgspec.msgpack.encode(header), boundary=True)
-        f.write(frame)
-        f.flush()
-        os.fsync(f.fileno())
+        # Header written under a temporary name, then renamed: a full disk never leaves an open
+        # segment without its header (which recovery would refuse to touch).
+        tmp = path.with_name(path.name + ".new")
+        with open(tmp, "wb") as new:
+            new.write(frame)
+            new.flush()
+            os.fsync(new.fileno())
+        os.rename(tmp, path)
         fsync_dir(directory)
+        f = open(path, "r+b")
+        f.seek(len(frame))
         return cls(path, f, header, _CutPoint(len(frame), zlib.crc32(frame), SegmentStats(end_lsn=start_lsn), {}))
 
     @classmethod
@@ -234,6 +240,13 @@ class SegmentWriter:
 
     def close(self) -> None:
         self._f.close()
+
+    def abandon(self) -> None:
+        """Close without the last buffered bytes (a full disk): recovery cuts back to the last boundary."""
+        try:
+            self._f.close()
+        except OSError:
+            pass
 
 
 def _frame_or_none(f: BinaryIO, offset: int, dec: zstandard.ZstdDecompressor, crc: int = 0) -> Frame | None:
