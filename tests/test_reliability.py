@@ -3,18 +3,21 @@ a silent fallback or a silent loss. Each test here failed before its fix (issue 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
 
+import psycopg
 import pytest
 
 from conftest import capture_to_now, run_pgtape, spawn_pgtape, stop_process, wait_until
-from replay_oracle import lsn_int, oracle_connect
+from replay_oracle import lsn_int, lsn_text, oracle_connect
 
 
 def one_line(r, code: int = 2) -> str:  # type: ignore[no-untyped-def]
@@ -296,3 +299,80 @@ def test_a_full_disk_makes_capture_wait_and_resume_without_loss(dsn: str, tmp_pa
         run_pgtape("replay", *cli, "--latest", "--output", str(out), check=True)
         assert len((out / "public.t.csv").read_text().splitlines()) == 9
         assert run_pgtape("verify", *cli).returncode == 0
+
+
+# -- in place, with writers ------------------------------------------------------------------------
+class _Writers:
+    """Threads that update their own keys as fast as they can, each write a unique token; `last`
+    holds, per key, the token of its last committed write."""
+
+    def __init__(self, dsn: str, keys: range, threads: int = 4) -> None:
+        self.stop = threading.Event()
+        self.last: dict[int, str] = {}
+        self.writes = 0
+        self.threads = [threading.Thread(target=self._run, args=(dsn, list(keys)[i::threads], i), daemon=True)
+                        for i in range(threads)]
+
+    def _run(self, dsn: str, keys: list[int], n: int) -> None:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            for seq in itertools.count():
+                if self.stop.is_set():
+                    return
+                k = keys[seq % len(keys)]
+                token = f"w{n}-{seq}"
+                c.execute("UPDATE t SET v = %s WHERE id = %s", (token, k))
+                self.last[k] = token
+                self.writes += 1
+
+    def __enter__(self) -> "_Writers":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+
+def test_in_place_under_concurrent_writes_loses_no_write(dsn: str, tmp_path: Path) -> None:
+    """Every key's last write is in the restored table (it waited for the restore, then applied) or in
+    the backup schema (the restore overwrote it): never in neither."""
+    archive = tmp_path / "archive"
+    cli = ["--dsn", dsn, "--archive", str(archive), "--tables", "t"]
+    with oracle_connect(dsn) as c:
+        c.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        c.execute("INSERT INTO t SELECT g, 'target' FROM generate_series(1, 50000) g")
+        capture_to_now(dsn, archive, tables="t")
+        target = lsn_text(_now(c))
+        c.execute("UPDATE t SET v = 'after target'")
+        capture_to_now(dsn, archive, tables="t")
+        with _Writers(dsn, range(1, 50001, 50)) as w:  # 1,000 keys spread over the table
+            wait_until("the writers to write", lambda: w.writes > 200, 30)
+            r = run_pgtape("replay", *cli, "--target-lsn", target, "--in-place", "--yes", "--json")
+            during = w.writes
+            wait_until("writes after the restore", lambda: w.writes > during + 200, 30)
+        assert r.returncode == 0, r.stderr
+        backup = json.loads(r.stdout)["backup_schema"]
+        final = dict(c.execute("SELECT id, v FROM t").fetchall())
+        saved = {(k, v) for k, v in c.execute(f"SELECT id, v FROM {backup}.t").fetchall()}
+        lost = [k for k, token in w.last.items() if final[k] != token and (k, token) not in saved]
+        assert lost == [], f"{len(lost)} keys lost their last write, e.g. {lost[:5]}"
+        assert "locked      public.t against writes while restoring" in run_pgtape(
+            "replay", *cli, "--target-lsn", target, "--in-place", "--yes").stdout
+
+
+def test_in_place_waits_for_the_lock_at_most_lock_timeout(dsn: str, tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    cli = ["--dsn", dsn, "--archive", str(archive), "--tables", "t"]
+    with oracle_connect(dsn) as c, oracle_connect(dsn) as holder:
+        c.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        capture_to_now(dsn, archive, tables="t")
+        c.execute("INSERT INTO t VALUES (1, 'x')")
+        holder.execute("BEGIN")
+        holder.execute("UPDATE t SET v = 'held' WHERE id = 1")  # an open writer's lock
+        line = one_line(run_pgtape("replay", *cli, "--latest", "--in-place", "--yes", "--lock-timeout", "1"), 1)
+        holder.execute("ROLLBACK")
+        assert line == ("pgtape: could not lock public.t against writes within 1s: other sessions hold locks on them "
+                        "(see pg_locks); nothing was changed; retry, or wait longer with --lock-timeout"), line
+        assert c.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'pgtape_backup_%'").fetchone() == (0,)

@@ -32,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schema", metavar="NAME", help="recovery schema (default: pgtape_recovered_<target>)")
     p.add_argument("--force", action="store_true", help="replace an existing non-empty recovery schema")
     p.add_argument("--yes", action="store_true", help="with --in-place: really change the live tables")
+    p.add_argument("--lock-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="with --in-place --yes: how long to wait for the lock that holds writers off the tables "
+                        "(default 30)")
     p.add_argument("--json", action="store_true", help="machine-readable summary")
 
 
@@ -44,6 +47,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
         raise UsageError("--format goes with --output DIR")
     if args.yes and not args.in_place:
         raise UsageError("--yes goes with --in-place")
+    if args.lock_timeout <= 0:
+        raise UsageError("--lock-timeout must be a positive number of seconds")
     if (args.into or args.schema or args.force) and (args.output or args.in_place or args.dry_run):
         raise UsageError("--into, --schema and --force are for a recovery schema (not --output, --in-place, --dry-run)")
     archive = Archive.existing(config.require_archive())
@@ -70,7 +75,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
         "absent": sorted(t for t in plan.folds if t not in plan.present),
     }
     if args.dry_run or args.in_place:
-        diffs, backup = sinks.diff_live(plan, config.dsn, apply=args.in_place and args.yes)
+        diffs, backup = sinks.diff_live(plan, config.dsn, apply=args.in_place and args.yes,
+                                        lock_timeout=args.lock_timeout)
         summary["tables"] = {d.table: {"rows": d.rows, "insert": d.to_insert, "update": d.to_update,
                                        "delete": d.to_delete} for d in diffs}
         summary["applied"] = backup is not None
@@ -112,6 +118,8 @@ def _print(args: argparse.Namespace, s: dict[str, object], outcome: str) -> None
         for t, d in tables.items():
             print(f"{t:<24} {d['rows']:>10} {d['insert']:>8} {d['update']:>8} {d['delete']:>8}")
         if s.get("backup_schema"):
+            print(f"locked      {', '.join(tables)} against writes while restoring (reads went on; writes waited "
+                  "and applied after it)")
             print(f"backup      rows overwritten or deleted are in schema {s['backup_schema']}")
     rows = s.get("rows")
     if isinstance(rows, dict):

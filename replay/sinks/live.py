@@ -23,20 +23,24 @@ class TableDiff:
     to_delete: int
 
 
-def diff_live(plan: Plan, dsn: str | None, apply: bool = False) -> tuple[list[TableDiff], str | None]:
-    """Per table, how the live rows differ from the replayed ones. With `apply`: back up every row
-    that would be overwritten or deleted into a new schema, then make the live tables equal to the
-    result, all in one transaction. Returns (diffs, backup schema or None)."""
+def diff_live(plan: Plan, dsn: str | None, apply: bool = False,
+              lock_timeout: float = 30.0) -> tuple[list[TableDiff], str | None]:
+    """Per table, how the live rows differ from the replayed ones. With `apply`: lock the live tables
+    against writes (EXCLUSIVE: reads go on, writes wait and apply after the restore commits), back up
+    every row that would be overwritten or deleted into a new schema, then make the live tables equal
+    to the result, all in one transaction. Returns (diffs, backup schema or None)."""
     backup = None
     with connect(dsn, autocommit=False, application_name="pgtape replay") as conn:
         try:
             staged: dict[str, str] = {}
-            diffs = []
-            for i, (table, fold) in enumerate(plan.present.items()):
+            counts = {}
+            for i, (table, fold) in enumerate(plan.present.items()):  # loaded before the lock: it stays short
                 staged[table] = f"pgtape_replayed_{i}"
                 create_table(conn, staged[table], fold, temp=True)
-                rows = load_rows(conn, staged[table], plan.rows(table))
-                diffs.append(_diff_counts(conn, table, staged[table], fold, rows))
+                counts[table] = load_rows(conn, staged[table], plan.rows(table))
+            if apply:
+                _lock(conn, plan, lock_timeout)
+            diffs = [_diff_counts(conn, t, staged[t], plan.folds[t], n) for t, n in counts.items()]
             if apply:
                 now_us = time.time_ns() // 1000
                 backup = f"pgtape_backup_{time.strftime('%Y%m%dt%H%M%S', time.gmtime(now_us // 10**6))}_{now_us % 10**6:06d}"
@@ -44,6 +48,11 @@ def diff_live(plan: Plan, dsn: str | None, apply: bool = False) -> tuple[list[Ta
                 conn.commit()
             else:
                 conn.rollback()
+        except psycopg.errors.LockNotAvailable:
+            conn.rollback()
+            raise PgtapeError(f"could not lock {', '.join(plan.present)} against writes within {lock_timeout:g}s: "
+                              "other sessions hold locks on them (see pg_locks); nothing was changed; retry, or wait "
+                              "longer with --lock-timeout") from None
         except psycopg.errors.ForeignKeyViolation as e:
             conn.rollback()
             detail = e.diag.message_detail or ""
@@ -53,6 +62,14 @@ def diff_live(plan: Plan, dsn: str | None, apply: bool = False) -> tuple[list[Ta
             conn.rollback()
             raise PgtapeError(f"rolled back: {first_line(e)}") from None
     return diffs, backup
+
+
+def _lock(conn: psycopg.Connection, plan: Plan, timeout: float) -> None:
+    """All the live tables at once (one statement: no lock-order deadlock between two restores)."""
+    conn.execute(f"SET LOCAL lock_timeout = '{max(1, round(timeout * 1000))}ms'")
+    relations = [live_relation(conn, f) for f in plan.present.values()]
+    conn.execute(f"LOCK TABLE {', '.join(relations)} IN EXCLUSIVE MODE")
+    conn.execute("SET LOCAL lock_timeout = 0")
 
 
 def _match(fold: TableFold, a: str, b: str) -> str:
