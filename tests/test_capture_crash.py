@@ -37,6 +37,7 @@ from pgtape.tape.archive import Archive
 from pgtape.tape.frames import HEADER, HEADER_SIZE, KIND_DATA, encode_frame
 from pgtape.tape.reader import iter_changes
 from pgtape.tape.segment import open_segment_stats
+from examples.temba.workload import TABLES as TEMBA_TABLES, apply_schema, run_workload
 
 ROOT = Path(__file__).resolve().parent.parent
 SLOT = "pgtape"
@@ -406,12 +407,12 @@ def table_columns(dsn: str) -> dict[str, tuple[str, ...]]:
     return {k: tuple(v) for k, v in cols.items()}
 
 
-def run_recvlogical(pg: EmbeddedPostgres, dbname: str, endpos: str, out: Path) -> None:
+def run_recvlogical(pg: EmbeddedPostgres, dbname: str, endpos: str, out: Path, tables: str = TABLES) -> None:
     cmd = [str(find_bindir() / "pg_recvlogical"), "--dbname", dbname, "-h", "127.0.0.1", "-p", str(pg.port),
            "-U", pg.superuser, "-S", COPY_SLOT, "--start", "--endpos", endpos, "-f", str(out), "--no-loop",
            "-o", "format-version=2", "-o", "include-xids=1", "-o", "include-lsn=1", "-o", "include-timestamp=1",
            "-o", "include-types=1", "-o", "include-typmod=1", "-o", "include-pk=1",
-           "-o", f"add-tables={TABLES}", "-o", "add-msg-prefixes=pgtape"]
+           "-o", f"add-tables={tables}", "-o", "add-msg-prefixes=pgtape"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**_env(), "PGOPTIONS": PINNED_PGOPTIONS})
     assert r.returncode == 0, f"pg_recvlogical failed ({r.returncode}): {r.stderr}"
 
@@ -510,9 +511,9 @@ def count_changes(txns: list[tuple[TxnKey, list[Row]]]) -> int:
 
 
 def check_against_reference(pg: EmbeddedPostgres, dbname: str, archive: Path, until: str, tmp: Path,
-                            ctx: str) -> list[tuple[TxnKey, list[Row]]]:
+                            ctx: str, tables: str = TABLES) -> list[tuple[TxnKey, list[Row]]]:
     out = tmp / "recvlogical.json"
-    run_recvlogical(pg, dbname, until, out)
+    run_recvlogical(pg, dbname, until, out, tables)
     cols = table_columns(pg.dsn(dbname))
     expected = reference_txns(out, cols, parse_lsn(until))
     actual = tape_txns(archive, parse_lsn(until))
@@ -591,6 +592,89 @@ def test_kill9_exactly_once_matches_pg_recvlogical(pg: EmbeddedPostgres, dbname:
     assert changes > 1000 and len(txns) > 100, f"{ctx}: too little traffic to mean anything ({changes} changes)"
     assert mid_stream >= 2, f"{ctx}: only {mid_stream} of {kills} kills landed while capture was streaming"
     assert segments > 1, f"{ctx}: the tape never rotated ({segments} segment)"
+
+
+class TembaWorkload(threading.Thread):
+    """The Temba workload flat out on one connection, again after each server restart (a new seed,
+    so its new orders never collide with the old ones)."""
+
+    def __init__(self, dsn: str, seed: int) -> None:
+        super().__init__(daemon=True)
+        self.dsn, self.seed = dsn, seed
+        self.stopping = threading.Event()
+        self.transactions = self.restarts = 0
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        for round_ in range(10_000):
+            if self.stopping.is_set():
+                return
+            try:
+                stats = run_workload(self.dsn, rate=None, duration=0.5, transactions=None,
+                                     seed=self.seed * 1000 + round_)
+                self.transactions += stats.transactions
+            except psycopg.OperationalError:
+                self.restarts += 1
+                time.sleep(0.2)
+            except Exception as e:  # noqa: BLE001 - reported by the test
+                self.errors.append(f"{type(e).__name__}: {e}")
+                return
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(60)
+
+
+def test_crash_loop_under_the_temba_workload(tmp_path: Path, seed: int) -> None:
+    """30 kill -9 of capture at random moments and two immediate server restarts, under the Temba
+    workload: the tape then equals, change for change, what pg_recvlogical reads from a copy of the
+    slot made before any traffic."""
+    rng = random.Random(seed)
+    ctx = f"PGTAPE_TEST_SEED={seed}"
+    tables = ",".join(TEMBA_TABLES)
+    with EmbeddedPostgres() as pg, Procs(tmp_path) as procs:
+        dsn = pg.dsn()
+        with psycopg.connect(dsn, autocommit=True) as c:
+            apply_schema(c)
+        archive = tmp_path / "archive"
+        config = write_config(tmp_path / "pgtape.toml", segment_size="256kB", fsync_interval="100ms",
+                              status_interval="20ms")
+        proc, log = procs.capture(dsn, archive, config, "--tables", tables)
+        copy_slot_when_ready(dsn, archive, log, ctx)
+        restart_at = set(rng.sample(range(4, 30), 2))
+        kills = restarts = 0
+        work = TembaWorkload(dsn, seed)
+        work.start()
+        try:
+            for i in range(30):
+                if i > 0:
+                    proc, log = procs.capture(dsn, archive, config, "--tables", tables)
+                if rng.random() < 0.7:
+                    wait_for(lambda log=log, proc=proc: "capturing" in log.read_text() or proc.poll() is not None,
+                             30, f"capture #{i} to start streaming ({ctx})")
+                time.sleep(rng.uniform(0.05, 0.6))
+                if i in restart_at:
+                    pg.restart("immediate")
+                    restarts += 1
+                    time.sleep(rng.uniform(0.05, 0.5))
+                assert proc.poll() is None, f"{ctx}: capture #{i} died by itself:\n{procs.logs()}"
+                os.kill(proc.pid, signal.SIGKILL)
+                assert proc.wait(timeout=15) == -signal.SIGKILL
+                kills += 1
+                assert not work.errors, f"{ctx}: workload failed: {work.errors[:3]}"
+        finally:
+            work.stop()
+        assert not work.errors, f"{ctx}: workload failed: {work.errors[:3]}"
+        until = current_lsn(dsn)
+        r = subprocess.run(capture_cmd(dsn, archive, config, "--tables", tables, "--until-lsn", until),
+                           capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=180)
+        assert r.returncode == 0, f"{ctx}: {r.stderr}"
+        no_traceback(procs, ctx)
+        txns = check_against_reference(pg, "postgres", archive, until, tmp_path, ctx, tables)
+        print(f"{ctx}: {kills} kills, {restarts} immediate server restarts, {work.transactions} Temba transactions; "
+              f"{len(txns)} transactions and {count_changes(txns)} changes on the tape, equal to pg_recvlogical's")
+        assert kills >= 30 and restarts == 2
+        assert len(txns) > 200, f"{ctx}: too little traffic to mean anything ({len(txns)} transactions)"
 
 
 # -- 2. torn tails ---------------------------------------------------------------------------------
