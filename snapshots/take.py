@@ -188,6 +188,9 @@ def _describe(e: BaseException) -> str:
         return "interrupted"
     if isinstance(e, OSError):
         return f"cannot write the archive: {e.strerror or e} ({e.filename or ''})".replace(" ()", "")
+    if isinstance(e, psycopg.errors.InsufficientPrivilege):
+        return (f"{first_line(e)}: the role needs SELECT on every captured table (GRANT SELECT ON ... TO ...; "
+                "pgtape check names each one missing)")
     if isinstance(e, psycopg.Error):
         return f"the source failed mid-copy: {first_line(e)}"
     return str(e) or type(e).__name__

@@ -376,3 +376,15 @@ def test_in_place_waits_for_the_lock_at_most_lock_timeout(dsn: str, tmp_path: Pa
         assert line == ("pgtape: could not lock public.t against writes within 1s: other sessions hold locks on them "
                         "(see pg_locks); nothing was changed; retry, or wait longer with --lock-timeout"), line
         assert c.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'pgtape_backup_%'").fetchone() == (0,)
+
+
+def test_a_snapshot_without_select_names_the_grant(pg, dbname: str, role: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    dsn = pg.dsn(dbname)
+    archive = tmp_path / "archive"
+    with oracle_connect(dsn) as c:
+        c.execute("CREATE TABLE t (id int PRIMARY KEY)")
+        capture_to_now(dsn, archive, tables="t")
+    r = run_pgtape("snapshot", "--dsn", pg.dsn(dbname, user=role), "--archive", str(archive))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.splitlines()[-1]  # (after the progress line that names the snapshot)
+    assert "permission denied for table t: the role needs SELECT on every captured table (GRANT SELECT ON" in last
