@@ -27,10 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from capture.capture import Capture
-from capture.follow import Follower
-from capture.tables import Column, TableShape, View
-from capture.tape_writer import TapeWriter
+from pgtape.capture.capture import Capture
+from pgtape.capture.follow import Follower
+from pgtape.capture.tables import Column, TableShape, View
+from pgtape.capture.tape_writer import TapeWriter
 from pgtape.config import load_config
 from pgtape.lsn import parse_lsn
 from pgtape.tape.archive import Archive

@@ -4,7 +4,7 @@
     python -m bench.diff_bench --quick      # 100,000 rows (well under a minute)
     python -m bench.diff_bench --rows N     # any size
 
-One throwaway pgtape.embedded.EmbeddedPostgres (always stopped, even on failure):
+One throwaway testkit.cluster.EmbeddedPostgres (always stopped, even on failure):
   1. public.t (id bigint primary key, amount numeric(12,2), status text, meta jsonb,
      created timestamptz) with N rows, and an equal copy copy.t (CREATE TABLE AS + primary key);
      VACUUM ANALYZE both (hint bits and statistics set before anything is timed);
@@ -36,7 +36,7 @@ from typing import Any
 import psycopg
 
 from bench.measure import ProcResult, machine_info, run, save_results, work_dir
-from pgtape.embedded import EmbeddedPostgres
+from testkit.cluster import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
 DBNAME = "diffbench"
@@ -131,7 +131,7 @@ def _kind(sql: str) -> str:
 def profile_compare(dsn: str, explain: bool) -> dict:
     """compare() in-process with every statement timed; EXPLAIN ANALYZE of one of each kind."""
     from pgtape.pg import connect
-    from replay.compare import Side, column_types, compare
+    from pgtape.replay.compare import Side, column_types, compare
 
     with connect(dsn, autocommit=True, application_name="diff_bench profile") as conn:
         live, copy = "public.t", "copy.t"

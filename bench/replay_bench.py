@@ -4,7 +4,7 @@
     python -m bench.replay_bench --quick      # >= 50,000 (well under a minute)
     python -m bench.replay_bench --profile    # also cProfile one more pgtape replay (not timed)
 
-One throwaway pgtape.embedded.EmbeddedPostgres with wal_level=logical, archive_mode=on and an
+One throwaway testkit.cluster.EmbeddedPostgres with wal_level=logical, archive_mode=on and an
 archive_command copying every WAL segment into a directory (always stopped, with everything else
 this starts):
   1. the Temba schema, `pgtape init` (the initial base: the tables are empty), `pgtape capture`
@@ -53,7 +53,7 @@ import psycopg
 
 from bench.measure import chown_tree, save_results, work_dir
 from examples.temba.workload import WorkloadStats, apply_schema, bulk_load, run_workload
-from pgtape.embedded import EmbeddedPostgres, free_port
+from testkit.cluster import EmbeddedPostgres, free_port
 from pgtape.lsn import format_lsn, parse_lsn
 from pgtape.pg import PINNED_SETTINGS
 

@@ -28,10 +28,10 @@ from typing import Any, Callable
 import psycopg
 
 from bench.measure import Child, ProcResult, SlotPoller, machine_info, percentile, run
-from capture import wal2json
+from pgtape.capture import wal2json
 from examples.temba.workload import WorkloadStats, apply_schema, large_transaction, run_workload
 from pgtape.config import DEFAULT_TABLES, parse_tables
-from pgtape.embedded import EmbeddedPostgres
+from testkit.cluster import EmbeddedPostgres
 from pgtape.lsn import format_lsn, parse_lsn
 from pgtape.pg import PINNED_SETTINGS
 from pgtape.tape.archive import Archive

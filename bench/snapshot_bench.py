@@ -4,7 +4,7 @@
     python -m bench.snapshot_bench --quick    # ~135,000 rows, for a smoke run
     python -m bench.snapshot_bench --profile  # also cProfile one snapshot and print where time goes
 
-On a throwaway pgtape.embedded.EmbeddedPostgres (always stopped): the Temba schema, `pgtape init`
+On a throwaway testkit.cluster.EmbeddedPostgres (always stopped): the Temba schema, `pgtape init`
 while the tables are empty (so init copies nothing), bulk_load, VACUUM ANALYZE (so neither tool
 pays for setting hint bits), then each tool runs `--runs` times, interleaved, best wall time
 kept. Times are wall clock from spawn to exit of the client process, CPU and peak RSS are the
@@ -31,7 +31,7 @@ from pathlib import Path
 import psycopg
 
 from examples.temba.workload import apply_schema, bulk_load
-from pgtape.embedded import EmbeddedPostgres
+from testkit.cluster import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = ("public.payments", "public.orders", "public.tickets")

@@ -18,15 +18,15 @@ from typing import Callable, TextIO
 
 import psycopg
 
-from capture import wal2json
-from capture.protocol import (KEEPALIVE, KEEPALIVE_MSG, XLOG_DATA, XLOG_HEADER, XLOG_PAYLOAD_OFFSET,
+from pgtape.capture import wal2json
+from pgtape.capture.protocol import (KEEPALIVE, KEEPALIVE_MSG, XLOG_DATA, XLOG_HEADER, XLOG_PAYLOAD_OFFSET,
                               ConnectionLost, ReplicationStream, pg_time_to_unix_us)
-from capture.follow import Follower, FilterChanged
-from capture.plugin_allowlist import is_refusal, refusal_message
-from capture.slot import check_no_gap, check_slot, find_slot, identify_system, open_generation
-from capture.schedule import SnapshotScheduler
-from capture.tables import load_view
-from capture.tape_writer import FRAME_BYTES, TapeWriter
+from pgtape.capture.follow import Follower, FilterChanged
+from pgtape.capture.plugin_allowlist import is_refusal, refusal_message
+from pgtape.capture.slot import check_no_gap, check_slot, find_slot, identify_system, open_generation
+from pgtape.capture.schedule import SnapshotScheduler
+from pgtape.capture.tables import load_view
+from pgtape.capture.tape_writer import FRAME_BYTES, TapeWriter
 from pgtape.config import Config
 from pgtape.durable import make_dirs_durably
 from pgtape.errors import PgtapeError
@@ -34,7 +34,7 @@ from pgtape.lsn import format_lsn
 from pgtape.pg import connect, first_line
 from pgtape.tape.archive import Archive
 from pgtape.tape.records import Begin, Change, Message, Truncate
-from snapshots.base import initialize
+from pgtape.snapshots.base import initialize
 
 POSITION_EVERY = 10.0  # seconds between Position records (the idle progress acknowledged, Rule A3)
 HOUSEKEEPING = 0.005  # seconds between clock checks (fsync due, status due, stop) while messages flow

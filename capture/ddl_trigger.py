@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import psycopg
 
-from capture.wal2json import DDL_PREFIX as MESSAGE_PREFIX
+from pgtape.capture.wal2json import DDL_PREFIX as MESSAGE_PREFIX
 SCHEMA = "pgtape"
 TRIGGERS = ("pgtape_ddl_command_end", "pgtape_sql_drop", "pgtape_table_rewrite")
 

@@ -20,15 +20,15 @@ from typing import Callable
 
 import psycopg
 
-from capture import ddl_trigger
-from capture.tables import (Effects, TableShape, View, apply_message, apply_polled, columns_of, names_of, owner,
+from pgtape.capture import ddl_trigger
+from pgtape.capture.tables import (Effects, TableShape, View, apply_message, apply_polled, columns_of, names_of, owner,
                             read_shapes, save_view)
 from pgtape.names import canonical, split_table
 from pgtape.pg import connect
 from pgtape.tape.archive import Archive
 from pgtape.tape.records import Schema, Truncate
-from snapshots import rebase
-from snapshots.rebase import RebasePoint
+from pgtape.snapshots import rebase
+from pgtape.snapshots.rebase import RebasePoint
 
 POLL_EVERY = 1.0  # seconds between catalog polls without the DDL trigger
 POLL_EVERY_EXACT = 10.0  # with it: only to notice a trigger that failed or was dropped

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from capture.slot import PLUGIN
+from pgtape.capture.slot import PLUGIN
 from pgtape.pg import quote_literal, sql_name
 
 PARAMETER = "output_plugin_libraries"

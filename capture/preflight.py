@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from capture import ddl_trigger
-from capture.plugin_allowlist import PARAMETER, allowlist_problem, is_refusal, read_allowlist, refusal_message
-from capture.slot import PLUGIN, find_slot
+from pgtape.capture import ddl_trigger
+from pgtape.capture.plugin_allowlist import PARAMETER, allowlist_problem, is_refusal, read_allowlist, refusal_message
+from pgtape.capture.slot import PLUGIN, find_slot
 from pgtape import pg
 from pgtape.config import Config
 from pgtape.names import split_table

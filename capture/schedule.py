@@ -17,7 +17,7 @@ from typing import Callable
 from pgtape.config import Config
 from pgtape.errors import PgtapeError
 from pgtape.tape.archive import Archive
-from snapshots import catalog
+from pgtape.snapshots import catalog
 
 RETRY_AFTER_FAILURE = 300.0  # seconds
 REBASE_RETRY = 30.0  # seconds: a table without a usable base cannot be replayed past its rebase point

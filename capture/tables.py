@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import msgspec
 import psycopg
 
-from capture.ddl_trigger import SHAPE_SQL
+from pgtape.capture.ddl_trigger import SHAPE_SQL
 from pgtape.copytext import COPY_ESCAPES
 from pgtape import metadata
 from pgtape.errors import PgtapeError

@@ -20,7 +20,7 @@ from pathlib import Path
 import psycopg
 
 from examples.temba.workload import apply_schema, run_workload
-from pgtape.embedded import EmbeddedPostgres
+from testkit.cluster import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = ("payments", "orders", "tickets")

@@ -11,18 +11,18 @@ from __future__ import annotations
 import json
 import time
 
-from capture.slot import gap_message
+from pgtape.capture.slot import gap_message
 from pgtape.config import Config
 from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn, parse_lsn
 from pgtape.pg import connect, quote_literal
 from pgtape.tape.archive import Archive
-from replay.compare import Side, column_types, compare, render
-from replay.engine import prepare
-from replay.plan import tape_extent
-from replay.sinks import create_table, live_relation, load_rows
-from replay.target import Target
-from snapshots.take import create_slot_exporting, temporary_slot_name
+from pgtape.replay.compare import Side, column_types, compare, render
+from pgtape.replay.engine import prepare
+from pgtape.replay.plan import tape_extent
+from pgtape.replay.sinks import create_table, live_relation, load_rows
+from pgtape.replay.target import Target
+from pgtape.snapshots.take import create_slot_exporting, temporary_slot_name
 
 
 def verify_live(config: Config, archive: Archive, timeout: float, as_json: bool) -> int:

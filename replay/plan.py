@@ -14,9 +14,9 @@ from pgtape.lsn import format_lsn
 from pgtape.tape.archive import Archive
 from pgtape.tape.segment import SegmentError, SegmentStats, footer_stats, open_segment_end, read_footer
 from pgtape.timefmt import format_time
-from replay.target import Target
-from snapshots import catalog
-from snapshots.catalog import SnapshotRecord
+from pgtape.replay.target import Target
+from pgtape.snapshots import catalog
+from pgtape.snapshots.catalog import SnapshotRecord
 
 
 @dataclass(frozen=True)

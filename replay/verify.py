@@ -15,7 +15,7 @@ from pathlib import Path
 
 import msgspec
 
-from capture.tables import load_view
+from pgtape.capture.tables import load_view
 from pgtape import metadata
 from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn
@@ -23,8 +23,8 @@ from pgtape.tape.archive import Archive
 from pgtape.tape.records import Begin, Change, Commit, Record, Relation, Truncate
 from pgtape.tape.segment import (DURABLE_FILE, OPEN_RE, SEALED_FILE, SEALED_RE, SegmentError, SegmentReader,
                                  footer_stats, open_segment_end, read_footer)
-from snapshots import catalog, rebase
-from snapshots.format import TableReader, table_file_name
+from pgtape.snapshots import catalog, rebase
+from pgtape.snapshots.format import TableReader, table_file_name
 
 
 @dataclass

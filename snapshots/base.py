@@ -12,18 +12,18 @@ from typing import Callable
 
 import psycopg
 
-from capture import ddl_trigger
-from capture.slot import find_slot, identify_system
-from capture.tables import load_view, resolve_tables, save_view
+from pgtape.capture import ddl_trigger
+from pgtape.capture.slot import find_slot, identify_system
+from pgtape.capture.tables import load_view, resolve_tables, save_view
 from pgtape.config import Config
 from pgtape.errors import PgtapeError, UsageError
 from pgtape.lsn import format_lsn
 from pgtape.pg import connect
 from pgtape.tape.archive import Archive, Generation
 from pgtape.tape.segment import SegmentWriter
-from snapshots import catalog
-from snapshots.catalog import SnapshotRecord
-from snapshots.take import SnapshotLock, copy_tables, create_slot_exporting, new_record, temporary_slot_name
+from pgtape.snapshots import catalog
+from pgtape.snapshots.catalog import SnapshotRecord
+from pgtape.snapshots.take import SnapshotLock, copy_tables, create_slot_exporting, new_record, temporary_slot_name
 
 Log = Callable[[str], None]
 

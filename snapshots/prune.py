@@ -40,10 +40,10 @@ from pgtape import metadata
 from pgtape.durable import fsync_dir
 from pgtape.errors import PgtapeError
 from pgtape.tape.archive import Archive, SegmentFile
-from replay.plan import Window, tape_extent
-from snapshots import catalog
-from snapshots.catalog import SnapshotRecord
-from snapshots.take import SnapshotLock
+from pgtape.replay.plan import Window, tape_extent
+from pgtape.snapshots import catalog
+from pgtape.snapshots.catalog import SnapshotRecord
+from pgtape.snapshots.take import SnapshotLock
 
 
 @dataclass

@@ -23,9 +23,9 @@ from typing import Callable
 import msgspec
 import psycopg
 
-from capture.plugin_allowlist import is_refusal, refusal_message
-from capture.slot import PLUGIN
-from capture.tables import TableShape, read_shapes
+from pgtape.capture.plugin_allowlist import is_refusal, refusal_message
+from pgtape.capture.slot import PLUGIN
+from pgtape.capture.tables import TableShape, read_shapes
 from pgtape.durable import fsync_dir, make_dirs_durably, rename_durably
 from pgtape.errors import PgtapeError
 from pgtape.lsn import parse_lsn
@@ -33,9 +33,9 @@ from pgtape.names import quote_ident, split_table
 from pgtape.pg import connect, first_line
 from pgtape.tape import FORMAT_VERSION
 from pgtape.tape.archive import Archive
-from snapshots import catalog
-from snapshots.catalog import SnapshotRecord
-from snapshots.format import TableHeader, TableWriter, table_file_name
+from pgtape.snapshots import catalog
+from pgtape.snapshots.catalog import SnapshotRecord
+from pgtape.snapshots.format import TableHeader, TableWriter, table_file_name
 
 # Creating a logical slot waits for every transaction open at that moment to end.
 SLOT_TIMEOUT = 60.0

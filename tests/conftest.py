@@ -1,6 +1,6 @@
 """Shared fixtures: one embedded PostgreSQL cluster per test session, fresh databases per test.
 
-The cluster is started by pgtape's own code (pgtape.embedded) and always stopped, even when
+The cluster is started by pgtape's own code (testkit.cluster) and always stopped, even when
 tests fail. Tests that need a server of their own (restarts, settings) start another.
 """
 
@@ -19,7 +19,7 @@ from typing import Callable, Iterator, TypeVar
 import psycopg
 import pytest
 
-from pgtape.embedded import EmbeddedPostgres
+from testkit.cluster import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from conftest import capture_to_now, run_pgtape
 from pgtape.tape.archive import Archive
-from replay.engine import prepare
-from replay.target import Target
+from pgtape.replay.engine import prepare
+from pgtape.replay.target import Target
 from replay_oracle import History, compare, lsn_text
 
 

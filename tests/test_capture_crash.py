@@ -29,9 +29,9 @@ import pytest
 import zstandard
 from psycopg.types.json import Jsonb
 
-from capture.wal2json import parse_commit_time, to_field
+from pgtape.capture.wal2json import parse_commit_time, to_field
 from pgtape.copytext import unescape
-from pgtape.embedded import EmbeddedPostgres, find_bindir
+from testkit.cluster import EmbeddedPostgres, find_bindir
 from pgtape.lsn import format_lsn, parse_lsn
 from pgtape.tape.archive import Archive
 from pgtape.tape.frames import HEADER, HEADER_SIZE, KIND_DATA, encode_frame

@@ -17,10 +17,10 @@ from typing import Iterator
 import psycopg
 import pytest
 
-from capture.preflight import classify_replication_error
+from pgtape.capture.preflight import classify_replication_error
 from conftest import run_pgtape
 from pgtape import pg as pgmod
-from pgtape.embedded import EmbeddedPostgres, free_port, server_parameter_defaults
+from testkit.cluster import EmbeddedPostgres, free_port, server_parameter_defaults
 
 TABLE = "create table public.t (id int primary key, v text)"
 

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from conftest import run_pgtape
-from pgtape.embedded import EmbeddedPostgres
+from testkit.cluster import EmbeddedPostgres
 
 SPECIALS = ("'NaN'", "'Infinity'", "'-Infinity'")
 SENDS_NULL = "wal2json sends NaN, Infinity and -Infinity as null (the same as NULL), so the tape would lose them in"

@@ -55,13 +55,13 @@ import psycopg
 import pytest
 
 from conftest import capture_to_now, run_pgtape, spawn_pgtape, stop_process, wait_until
-from pgtape.embedded import EmbeddedPostgres
+from testkit.cluster import EmbeddedPostgres
 from pgtape.errors import PgtapeError
 from pgtape.tape.archive import Archive
-from replay.engine import prepare
-from replay.target import Target
+from pgtape.replay.engine import prepare
+from pgtape.replay.target import Target
 from replay_oracle import TableState, compare, iso, lsn_int, lsn_text, oracle_connect, seed_for, table_state, us
-from snapshots import catalog, rebase
+from pgtape.snapshots import catalog, rebase
 
 LEDGER = '"Billing"."Ledger Entries"'
 PAY = '"Billing"."Pay.Plan"'

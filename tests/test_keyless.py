@@ -16,8 +16,8 @@ import pytest
 from conftest import capture_to_now, run_pgtape, spawn_pgtape, stop_process
 from pgtape.tape.archive import Archive
 from pgtape.tape.reader import iter_changes
-from replay.engine import prepare
-from replay.target import Target
+from pgtape.replay.engine import prepare
+from pgtape.replay.target import Target
 from replay_oracle import History, compare, lsn_text, seed_for, table_state
 
 TABLE = "public.lines"

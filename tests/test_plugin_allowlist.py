@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from conftest import capture_to_now, run_pgtape
-from pgtape.embedded import EmbeddedPostgres, find_bindir, server_parameter_defaults
+from testkit.cluster import EmbeddedPostgres, find_bindir, server_parameter_defaults
 from pgtape.tape.archive import Archive
 from pgtape.tape.reader import iter_changes
 

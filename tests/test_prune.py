@@ -27,12 +27,12 @@ from pgtape import metadata
 from pgtape.tape import FORMAT_VERSION
 from pgtape.tape.archive import Archive, ArchiveIdentity
 from pgtape.timefmt import format_time
-from replay.engine import prepare
-from replay.target import Target
-from replay.verify import verify_archive
+from pgtape.replay.engine import prepare
+from pgtape.replay.target import Target
+from pgtape.replay.verify import verify_archive
 from replay_oracle import TableState, compare, iso, lsn_text, oracle_connect, table_state
-from snapshots import catalog, prune
-from snapshots.catalog import SnapshotRecord
+from pgtape.snapshots import catalog, prune
+from pgtape.snapshots.catalog import SnapshotRecord
 
 CONF = '[capture]\nsegment_size = "8kB"\nfsync_interval = "10ms"\n'
 TABLES = "public.payments,public.orders"

@@ -21,15 +21,15 @@ import pytest
 import zstandard
 
 from conftest import capture_to_now, run_pgtape
-from pgtape.embedded import EmbeddedPostgres
+from testkit.cluster import EmbeddedPostgres
 from pgtape.tape.archive import Archive
 from pgtape.tape.frames import KIND_DATA, read_frame
 from pgtape.tape.reader import Txn, iter_changes
-from replay.engine import prepare
-from replay.target import Target
+from pgtape.replay.engine import prepare
+from pgtape.replay.target import Target
 from replay_oracle import (History, Step, TableState, compare, copy_lines, dump, iso, lsn_int, lsn_text, oracle_connect,
                            parse_pg_csv, seed_for, table_state, unescape_copy)
-from snapshots import catalog
+from pgtape.snapshots import catalog
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -790,7 +790,7 @@ def test_recovery_points_while_other_sessions_write(dsn: str, tmp_path: Path) ->
     other commits) land between it and the mark's own commit. Replay must still stop right after
     the mark's transaction (docs: the transaction that recorded mark N is the last one applied)."""
     import threading
-    from replay.marks import create_mark
+    from pgtape.replay.marks import create_mark
 
     archive = tmp_path / "archive"
     cli = _cli(dsn, archive, "t")
@@ -849,7 +849,7 @@ def test_recovery_points_while_other_sessions_write(dsn: str, tmp_path: Path) ->
 
 def test_two_in_place_restores_in_a_row_keep_both_backups(dsn: str, tmp_path: Path) -> None:
     """Restoring tables one after the other (a script, a loop) must not collide on the backup name."""
-    from replay import sinks
+    from pgtape.replay import sinks
 
     archive = tmp_path / "archive"
     with oracle_connect(dsn) as c:
@@ -916,7 +916,7 @@ from itertools import cycle, islice  # noqa: E402
 from typing import Iterator  # noqa: E402
 
 from conftest import spawn_pgtape, stop_process, wait_until  # noqa: E402
-from replay import sinks  # noqa: E402
+from pgtape.replay import sinks  # noqa: E402
 
 STAGED_TABLES = ["public.big", "public.small", "public.pair"]
 

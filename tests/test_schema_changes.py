@@ -20,10 +20,10 @@ import pytest
 
 from conftest import capture_to_now, run_pgtape, spawn_pgtape, stop_process, wait_until
 from pgtape.tape.archive import Archive
-from replay.engine import prepare
-from replay.target import Target
+from pgtape.replay.engine import prepare
+from pgtape.replay.target import Target
 from replay_oracle import TableState, lsn_int, lsn_text, oracle_connect, seed_for, table_state
-from snapshots import catalog
+from pgtape.snapshots import catalog
 
 
 @dataclass

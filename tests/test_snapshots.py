@@ -23,16 +23,16 @@ import pytest
 import zstandard
 
 from conftest import ROOT, capture_to_now, run_pgtape, spawn_pgtape, stop_process, wait_until
-from pgtape.embedded import EmbeddedPostgres
+from testkit.cluster import EmbeddedPostgres
 from pgtape.lsn import parse_lsn
 from pgtape.pg import connect
 from pgtape.tape.archive import Archive
 from pgtape.tape.frames import KIND_DATA, read_frame
 from pgtape.tape.reader import RowChange, iter_changes
 from pgtape.tape.segment import SegmentError
-from snapshots import catalog
-from snapshots.catalog import SnapshotRecord
-from snapshots.format import TableReader, table_file_name
+from pgtape.snapshots import catalog
+from pgtape.snapshots.catalog import SnapshotRecord
+from pgtape.snapshots.format import TableReader, table_file_name
 
 Row = dict[str, str | None]
 

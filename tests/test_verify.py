@@ -27,8 +27,8 @@ import zstandard
 from conftest import capture_to_now, run_pgtape, spawn_pgtape, stop_process, wait_until
 from pgtape.tape.archive import Archive
 from pgtape.tape.frames import HEADER_SIZE, KIND_DATA, Frame, read_frame
-from snapshots import catalog
-from snapshots.format import table_file_name
+from pgtape.snapshots import catalog
+from pgtape.snapshots.format import table_file_name
 
 
 SEGMENT_CONF = '[capture]\nsegment_size = "8kB"\nfsync_interval = "10ms"\n'

@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from capture.capture import Capture, install_signal_handlers
+    from pgtape.capture.capture import Capture, install_signal_handlers
 
     until = parse_lsn(args.until_lsn) if args.until_lsn else None
     cap = Capture(config, until_lsn=until)

@@ -8,7 +8,7 @@ import argparse
 import json
 from dataclasses import asdict
 
-from capture.preflight import preflight
+from pgtape.capture.preflight import preflight
 from pgtape.config import Config
 
 HELP = "check the server, role, tables and archive before capturing (exit 1 on any problem)"

@@ -15,7 +15,7 @@ HELP = "compare a recovery schema or a replay at a target with the live tables (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from replay.target import add_target_options
+    from pgtape.replay.target import add_target_options
     left = p.add_mutually_exclusive_group(required=True)
     left.add_argument("--schema", metavar="NAME", help="the tables in this schema (e.g. a recovery schema)")
     add_target_options(left, latest=False)  # or a replay to a target
@@ -25,10 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from replay.compare import Side, column_types, compare, render
-    from replay.engine import prepare
-    from replay.sinks import create_table, live_relation, load_rows
-    from replay.target import target_from_args
+    from pgtape.replay.compare import Side, column_types, compare, render
+    from pgtape.replay.engine import prepare
+    from pgtape.replay.sinks import create_table, live_relation, load_rows
+    from pgtape.replay.target import target_from_args
 
     if args.against != "live" and not args.against.startswith("schema:"):
         raise UsageError(f"--against {args.against!r}: use live or schema:NAME")

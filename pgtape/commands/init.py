@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from snapshots.base import initialize
+    from pgtape.snapshots.base import initialize
 
     archive = Archive(config.require_archive())
     archive.require_directory()

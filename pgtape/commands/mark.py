@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from replay.marks import create_mark
+    from pgtape.replay.marks import create_mark
 
     mark = create_mark(Archive.existing(config.require_archive()), config.dsn, args.name, args.description)
     if args.json:

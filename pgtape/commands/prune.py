@@ -12,7 +12,7 @@ from pgtape.tape.archive import Archive
 from pgtape.timefmt import format_time
 
 if TYPE_CHECKING:
-    from snapshots.prune import PrunePlan
+    from pgtape.snapshots.prune import PrunePlan
 
 HELP = "delete expired snapshots, the tape before the oldest remaining base, and expired old generations"
 
@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from snapshots.prune import prune
+    from pgtape.snapshots.prune import prune
 
     archive = Archive.existing(config.require_archive())
     report(archive, prune(archive, dry_run=args.dry_run), args.dry_run, args.json)
@@ -32,8 +32,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
 def summary(archive: Archive, p: "PrunePlan", dry_run: bool) -> dict[str, Any]:
     """What was (or would be) deleted, as --json prints it."""
-    from snapshots import catalog
-    from snapshots.prune import segment_generation
+    from pgtape.snapshots import catalog
+    from pgtape.snapshots.prune import segment_generation
 
     snaps = [{"id": r.id, "generation": r.generation, "kind": r.kind, "status": r.status,
               "as_of_lsn": format_lsn(r.as_of_lsn) if r.as_of_lsn is not None else None,
@@ -52,7 +52,7 @@ def summary(archive: Archive, p: "PrunePlan", dry_run: bool) -> dict[str, Any]:
 
 
 def report(archive: Archive, p: "PrunePlan", dry_run: bool, as_json: bool) -> None:
-    from snapshots import catalog
+    from pgtape.snapshots import catalog
 
     out = summary(archive, p, dry_run)
     if as_json:

@@ -18,7 +18,7 @@ HELP = "rebuild tables as of a time, LSN or recovery point (dry run, recovery sc
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from replay.target import add_target_options
+    from pgtape.replay.target import add_target_options
     add_target_options(p.add_mutually_exclusive_group(required=True))
     p.add_argument("--target-exclusive", action="store_true",
                    help="stop before a transaction committed exactly at the target")
@@ -39,9 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from replay import sinks
-    from replay.engine import prepare
-    from replay.target import target_from_args
+    from pgtape.replay import sinks
+    from pgtape.replay.engine import prepare
+    from pgtape.replay.target import target_from_args
 
     if args.format != "csv" and not args.output:
         raise UsageError("--format goes with --output DIR")

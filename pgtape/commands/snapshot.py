@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from snapshots.base import take_snapshot
+    from pgtape.snapshots.base import take_snapshot
 
     archive = Archive.existing(config.require_archive())
     # --tables picks a subset of the captured tables (default: all of them).
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     pruned = None
     if args.prune:  # after the new base is complete, so it counts as the newest one prune keeps
         from pgtape.commands.prune import report, summary
-        from snapshots.prune import prune
+        from pgtape.snapshots.prune import prune
         try:
             pruned = prune(archive, dry_run=False)
         except PgtapeError as e:

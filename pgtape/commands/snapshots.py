@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from snapshots import catalog
+    from pgtape.snapshots import catalog
 
     records = catalog.load_all(Archive.existing(config.require_archive()))
     if args.json:

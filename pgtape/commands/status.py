@@ -6,8 +6,8 @@ import argparse
 import json
 from dataclasses import asdict, dataclass
 
-from capture import ddl_trigger
-from capture.slot import gap_message
+from pgtape.capture import ddl_trigger
+from pgtape.capture.slot import gap_message
 from pgtape.config import Config
 from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn, parse_lsn
@@ -93,8 +93,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
         server = summarize_server(config, tape.slot)
     except PgtapeError as e:
         server_error = str(e)
-    from replay.plan import window
-    from snapshots import catalog
+    from pgtape.replay.plan import window
+    from pgtape.snapshots import catalog
     tables = archive.generation(tape.generation).tables
     newest = {t: catalog.newest_completed(archive, tape.generation, t) for t in tables}
     window_error = ""

@@ -22,12 +22,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from replay.verify import verify_archive, verify_file
+    from pgtape.replay.verify import verify_archive, verify_file
 
     if args.live:
         if args.file:
             raise UsageError("--live compares the archive with the live tables: give no FILE")
-        from replay.live import verify_live
+        from pgtape.replay.live import verify_live
         return verify_live(config, Archive.existing(config.require_archive()), args.timeout, args.json)
     if args.file:
         path = Path(args.file)

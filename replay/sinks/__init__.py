@@ -7,9 +7,9 @@ leaves only a schema named pgtape_incomplete_<hex>. The live-table forms (dry ru
 one transaction. Either way an interrupted replay leaves nothing half-written under a real name.
 """
 
-from replay.sinks.load import create_table, live_relation, load_rows
-from replay.sinks.files import to_files
-from replay.sinks.live import TableDiff, diff_live, fk_order
-from replay.sinks.schema import to_schema
+from pgtape.replay.sinks.load import create_table, live_relation, load_rows
+from pgtape.replay.sinks.files import to_files
+from pgtape.replay.sinks.live import TableDiff, diff_live, fk_order
+from pgtape.replay.sinks.schema import to_schema
 
 __all__ = ["create_table", "live_relation", "load_rows", "to_files", "TableDiff", "diff_live", "fk_order", "to_schema"]

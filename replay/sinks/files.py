@@ -9,7 +9,7 @@ from pathlib import Path
 from pgtape.copytext import unescape
 from pgtape.durable import fsync_dir, make_dirs_durably
 from pgtape.names import file_stem
-from replay.engine import Plan
+from pgtape.replay.engine import Plan
 
 def to_files(plan: Plan, directory: Path, fmt: str) -> dict[str, int]:
     make_dirs_durably(directory)

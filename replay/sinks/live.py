@@ -10,9 +10,9 @@ import psycopg
 from pgtape.errors import PgtapeError
 from pgtape.names import quote_ident
 from pgtape.pg import connect, first_line
-from replay.engine import Plan
-from replay.fold import TableFold
-from replay.sinks.load import create_table, live_relation, load_rows, qual
+from pgtape.replay.engine import Plan
+from pgtape.replay.fold import TableFold
+from pgtape.replay.sinks.load import create_table, live_relation, load_rows, qual
 
 @dataclass
 class TableDiff:

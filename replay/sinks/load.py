@@ -10,7 +10,7 @@ import psycopg
 
 from pgtape.errors import PgtapeError
 from pgtape.pg import quote_ident
-from replay.fold import TableFold
+from pgtape.replay.fold import TableFold
 
 BATCH_ROWS = 4096  # lines per COPY write: joined in one C call
 

@@ -14,8 +14,8 @@ from psycopg import sql
 from pgtape.errors import PgtapeError
 from pgtape.names import quote_ident, sql_name
 from pgtape.pg import connect, first_line
-from replay.engine import Plan
-from replay.sinks.load import Stopped, create_table, key_list, load_rows, qual
+from pgtape.replay.engine import Plan
+from pgtape.replay.sinks.load import Stopped, create_table, key_list, load_rows, qual
 
 APP = "pgtape replay"
 PARALLEL = 8  # tables loading at once: one connection each, far below a default max_connections
