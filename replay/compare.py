@@ -1,26 +1,22 @@
 """Comparing two versions of a table inside PostgreSQL: values, not representations.
 
 Both sides are relations in one database (live tables, a recovery schema, or temporary tables
-holding a replay). Each row is hashed from normalised values: numbers by value (10.0 = 10.00,
-across numeric types), json/jsonb as jsonb (key order ignored), timestamptz in UTC, everything else
-as text; NULL stays distinct from ''. Equal tables cost one scan per side (count and sum of row
+holding a replay). Values are compared by the rule in pgtape.replay.values. Equal tables cost one scan per side (count and sum of row
 hashes, hashtextextended); otherwise rows are bucketed by key hash and only differing buckets are
 joined (the idea of data-diff's bisection, one level deep with 256 buckets).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import psycopg
 
 from pgtape.pg import quote_ident
+from pgtape.replay.values import column_types, value_text
 
 BUCKETS = 256
 SAMPLES = 5
-_EXACT_NUMBERS = ("numeric", "integer", "bigint", "smallint")
-_FLOATS = ("real", "double precision")
 
 
 @dataclass(frozen=True)
@@ -52,34 +48,13 @@ class TableComparison:
                     or self.columns_only_actual)
 
 
-def column_types(conn: psycopg.Connection, relation: str) -> dict[str, str]:
-    rows = conn.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
-                        "%s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (relation,)).fetchall()
-    return {r[0]: r[1] for r in rows}
-
-
-def _norm(column: str, type_name: str) -> str:
-    c = quote_ident(column)
-    base = re.sub(r"\(\d+(,\d+)?\)", "", type_name)  # numeric(12,2), timestamp(3) with time zone, ...
-    if base in _EXACT_NUMBERS:
-        return f"trim_scale(({c})::numeric)::text"
-    if base in _FLOATS:
-        # Through the shortest exact text (extra_float_digits=3 is pinned): every double distinct.
-        return f"trim_scale(({c})::text::numeric)::text"
-    if base in ("json", "jsonb"):
-        return f"({c})::jsonb::text"
-    if base == "timestamp with time zone":
-        return f"(({c}) AT TIME ZONE 'UTC')::text"
-    return f"({c})::text"
-
-
-def _exprs(side: Side, columns: list[str], key: list[str]) -> tuple[str, str, str]:
-    """(row hash, key text, array of normalised values) expressions for one side. Without a key
+def _exprs(side: Side, other: Side, columns: list[str], key: list[str]) -> tuple[str, str, str]:
+    """(row hash, key text, array of compared values) expressions for one side. Without a key
     (REPLICA IDENTITY FULL) the whole row is the key, and equal rows are told apart by number."""
-    norm = [f"quote_nullable({_norm(c, side.types[c])})" for c in columns]
-    row = "hashtextextended(concat_ws(',', " + ", ".join(norm) + "), 0)"
-    k = "concat_ws(',', " + ", ".join(f"quote_nullable({_norm(c, side.types[c])})" for c in key or columns) + ")"
-    values = "ARRAY[" + ", ".join(f"{_norm(c, side.types[c])}" for c in columns) + "]::text[]"
+    text = {c: value_text(c, side.types[c], other.types[c]) for c in columns}
+    row = "hashtextextended(concat_ws(',', " + ", ".join(f"quote_nullable({text[c]})" for c in columns) + "), 0)"
+    k = "concat_ws(',', " + ", ".join(f"quote_nullable({text[c]})" for c in key or columns) + ")"
+    values = "ARRAY[" + ", ".join(text[c] for c in columns) + "]::text[]"
     return row, k, values
 
 
@@ -88,7 +63,7 @@ def compare(conn: psycopg.Connection, table: str, key: list[str], expected: Side
     result.columns_only_expected = [c for c in expected.types if c not in actual.types]
     result.columns_only_actual = [c for c in actual.types if c not in expected.types]
     columns = [c for c in expected.types if c in actual.types]
-    (eh, ek, ev), (ah, ak, av) = _exprs(expected, columns, key), _exprs(actual, columns, key)
+    (eh, ek, ev), (ah, ak, av) = _exprs(expected, actual, columns, key), _exprs(actual, expected, columns, key)
 
     def totals(side: Side, h: str) -> tuple[int, object]:
         row = conn.execute(f"SELECT count(*), sum({h}) FROM {side.relation}").fetchone()

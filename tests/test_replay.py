@@ -749,6 +749,11 @@ def test_in_place_restores_the_exact_text_of_equal_values(dsn: str, tmp_path: Pa
         ["UPDATE m SET n = 2.50 WHERE id = 2"],
         ["UPDATE m SET n = 1.00, j = '{\"a\": 1.00}' WHERE id = 1", "UPDATE m SET n = 2.5 WHERE id = 2"])
     try:
+        # diff judges by the same rule as the dry run: the two rows whose text differs, not zero.
+        r = run_pgtape("diff", *cli, "--target-lsn", lsn_text(target.post_lsn), "--json")
+        assert r.returncode == 1, r.stderr
+        (table,) = [t for t in json.loads(r.stdout)["tables"] if t["table"] == "public.m"]
+        assert (table["different"], table["equal"]) == (2, 1), table
         counts = _dry_run_then_in_place(cli, h, target, "public.m", rows=3)
         assert counts == {"insert": 0, "delete": 0, "update": 2}
     finally:

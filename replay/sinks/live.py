@@ -13,6 +13,7 @@ from pgtape.pg import connect, first_line
 from pgtape.replay.engine import Plan
 from pgtape.replay.fold import TableFold
 from pgtape.replay.sinks.load import create_table, live_relation, load_rows, qual
+from pgtape.replay.values import column_types, differs as rows_differ
 
 @dataclass
 class TableDiff:
@@ -85,6 +86,11 @@ def _common(conn: psycopg.Connection, table: str, fold: TableFold) -> list[str]:
     return [c for c in fold.columns if c in live]
 
 
+def _differs(conn: psycopg.Connection, cols: list[str], staged: str, live: str) -> str:
+    """SQL true when replayed row r and live row l differ (the rule of pgtape.replay.values)."""
+    return rows_differ(cols, "r", "l", column_types(conn, staged), column_types(conn, live))
+
+
 def _bag_sets(conn: psycopg.Connection, live: str, staged: str, cols: list[str]) -> tuple[int, int]:
     """A table without a key holds a multiset of rows: pair live and replayed rows that are equal,
     copy by copy (row_number among equal rows), into temp tables `<staged>_del` (live rows no
@@ -108,7 +114,7 @@ def _diff_counts(conn: psycopg.Connection, table: str, staged: str, fold: TableF
     if not fold.key:
         to_delete, to_insert = _bag_sets(conn, live, staged, cols)
         return TableDiff(table, rows, to_insert, 0, to_delete)
-    differs = " OR ".join(f"r.{quote_ident(c)}::text IS DISTINCT FROM l.{quote_ident(c)}::text" for c in cols) or "false"
+    differs = _differs(conn, cols, staged, live)
     row = conn.execute(
         f"SELECT (SELECT count(*) FROM {staged} r WHERE NOT EXISTS (SELECT 1 FROM {live} l WHERE {_match(fold, 'l', 'r')})),"
         f" (SELECT count(*) FROM {staged} r JOIN {live} l ON {_match(fold, 'l', 'r')} WHERE {differs}),"
@@ -149,7 +155,7 @@ def _apply(conn: psycopg.Connection, plan: Plan, staged: dict[str, str], backup:
             conn.execute(f"CREATE TABLE {qual(backup, in_backup[table])} AS SELECT l.* FROM {live} l "
                          f"WHERE (l.tableoid, l.ctid) IN (SELECT t, c FROM {r}_del)")
             continue
-        differs = " OR ".join(f"r.{quote_ident(c)}::text IS DISTINCT FROM l.{quote_ident(c)}::text" for c in cols) or "false"
+        differs = _differs(conn, cols, r, live)
         conn.execute(f"CREATE TABLE {qual(backup, in_backup[table])} AS SELECT l.* FROM {live} l WHERE NOT EXISTS "
                      f"(SELECT 1 FROM {r} r WHERE {_match(fold, 'l', 'r')}) OR EXISTS (SELECT 1 FROM {r} r WHERE "
                      f"{_match(fold, 'l', 'r')} AND ({differs}))")
@@ -165,7 +171,7 @@ def _apply(conn: psycopg.Connection, plan: Plan, staged: dict[str, str], backup:
         conn.execute(f"INSERT INTO {live} ({names}) SELECT {names} FROM {r} r WHERE NOT EXISTS "
                      f"(SELECT 1 FROM {live} l WHERE {_match(fold, 'l', 'r')})")
         sets = ", ".join(f"{quote_ident(c)} = r.{quote_ident(c)}" for c in cols if c not in fold.key)
-        differs = " OR ".join(f"r.{quote_ident(c)}::text IS DISTINCT FROM l.{quote_ident(c)}::text" for c in cols)
+        differs = _differs(conn, cols, r, live)
         if sets:
             conn.execute(f"UPDATE {live} l SET {sets} FROM {r} r WHERE {_match(fold, 'l', 'r')} AND ({differs})")
     for table in reversed(order):
