@@ -1,7 +1,7 @@
 """The streaming replication protocol over psycopg 3's COPY_BOTH connection.
 
 Only what logical replication needs: XLogData ('w') and keepalive ('k') from the server,
-standby status updates ('r') to it. Layouts in ../shared/notes/logical-decoding.md.
+standby status updates ('r') to it. Layouts: PostgreSQL docs, "Streaming Replication Protocol".
 Reads never block while holding the GIL: the non-blocking get_copy_data plus select().
 """
 

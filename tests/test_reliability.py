@@ -1,5 +1,5 @@
 """Faults an operator meets: each ends in one clear line and a non-zero exit, never in a traceback,
-a silent fallback or a silent loss. Each test here failed before its fix (issue 11)."""
+a silent fallback or a silent loss. Each test here failed before its fix."""
 
 from __future__ import annotations
 
