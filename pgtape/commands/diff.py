@@ -10,12 +10,15 @@ from pgtape.errors import PgtapeError, UsageError
 from pgtape.names import canonical, names_in_one_schema, quote_ident, split_table
 from pgtape.pg import connect, replica_key
 from pgtape.tape.archive import Archive
+from pgtape.replay.compare import Side, column_types, compare, render
+from pgtape.replay.engine import prepare
+from pgtape.replay.sinks import create_table, live_relation, load_rows
+from pgtape.replay.target import add_target_options, target_from_args
 
 HELP = "compare a recovery schema or a replay at a target with the live tables (or another schema)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from pgtape.replay.target import add_target_options
     left = p.add_mutually_exclusive_group(required=True)
     left.add_argument("--schema", metavar="NAME", help="the tables in this schema (e.g. a recovery schema)")
     add_target_options(left, latest=False)  # or a replay to a target
@@ -25,10 +28,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from pgtape.replay.compare import Side, column_types, compare, render
-    from pgtape.replay.engine import prepare
-    from pgtape.replay.sinks import create_table, live_relation, load_rows
-    from pgtape.replay.target import target_from_args
 
     if args.against != "live" and not args.against.startswith("schema:"):
         raise UsageError(f"--against {args.against!r}: use live or schema:NAME")

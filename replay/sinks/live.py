@@ -13,6 +13,7 @@ from pgtape.pg import connect, first_line
 from pgtape.replay.engine import Plan
 from pgtape.replay.fold import TableFold
 from pgtape.replay.sinks.load import create_table, live_relation, load_rows, qual
+from pgtape.timefmt import now_us
 
 @dataclass
 class TableDiff:
@@ -42,8 +43,8 @@ def diff_live(plan: Plan, dsn: str | None, apply: bool = False,
                 _lock(conn, plan, lock_timeout)
             diffs = [_diff_counts(conn, t, staged[t], plan.folds[t], n) for t, n in counts.items()]
             if apply:
-                now_us = time.time_ns() // 1000
-                backup = f"pgtape_backup_{time.strftime('%Y%m%dt%H%M%S', time.gmtime(now_us // 10**6))}_{now_us % 10**6:06d}"
+                now = now_us()
+                backup = f"pgtape_backup_{time.strftime('%Y%m%dt%H%M%S', time.gmtime(now // 10**6))}_{now % 10**6:06d}"
                 _apply(conn, plan, staged, backup)
                 conn.commit()
             else:
