@@ -27,6 +27,7 @@ import psycopg
 from pgtape.copytext import COPY_ESCAPES
 from pgtape.errors import PgtapeError
 from pgtape.names import quoted, split_table
+from pgtape.pg import relation_oid
 from pgtape.shapes import TableShape, View, read_shapes, shape_from_json
 from pgtape.tape.records import Schema
 
@@ -35,10 +36,10 @@ def resolve_tables(conn: psycopg.Connection, tables: list[str]) -> View:
     """The configured tables' shapes now, refusing any that cannot be captured and replayed."""
     view: View = {}
     for table in tables:
-        row = conn.execute("SELECT to_regclass(%s)::oid", (quoted(table),)).fetchone()
-        if row is None or row[0] is None:
+        oid = relation_oid(conn, quoted(table))
+        if oid is None:
             raise PgtapeError(f"table {table} does not exist: create it or fix --tables (run pgtape check)")
-        shape = read_shapes(conn, [row[0]]).get(row[0])
+        shape = read_shapes(conn, [oid]).get(oid)
         if shape is None or shape.kind not in ("r", "p"):
             raise PgtapeError(f"{table} is not a table: list only tables in --tables (run pgtape check)")
         problem = capturable(table, shape)

@@ -52,12 +52,6 @@ class TableComparison:
                     or self.columns_only_actual)
 
 
-def column_types(conn: psycopg.Connection, relation: str) -> dict[str, str]:
-    rows = conn.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
-                        "%s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (relation,)).fetchall()
-    return {r[0]: r[1] for r in rows}
-
-
 def _norm(column: str, type_name: str) -> str:
     c = quote_ident(column)
     base = re.sub(r"\(\d+(,\d+)?\)", "", type_name)  # numeric(12,2), timestamp(3) with time zone, ...

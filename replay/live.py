@@ -14,11 +14,11 @@ import time
 from pgtape.config import Config
 from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn, parse_lsn
-from pgtape.pg import connect, quote_literal
+from pgtape.pg import column_types, connect, quote_literal
 from pgtape.slot import create_slot_exporting, gap_message, temporary_slot_name
 from pgtape.tape.archive import Archive
 from pgtape.tape.window import tape_extent
-from pgtape.replay.compare import Side, column_types, compare, render
+from pgtape.replay.compare import Side, compare, render
 from pgtape.replay.engine import prepare
 from pgtape.replay.sinks import create_table, live_relation, load_rows
 from pgtape.replay.target import Target

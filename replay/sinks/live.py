@@ -9,7 +9,7 @@ import psycopg
 
 from pgtape.errors import PgtapeError
 from pgtape.names import quote_ident
-from pgtape.pg import connect, first_line
+from pgtape.pg import column_types, connect, first_line
 from pgtape.replay.engine import Plan
 from pgtape.replay.fold import TableFold
 from pgtape.replay.sinks.load import create_table, live_relation, load_rows, qual
@@ -78,9 +78,7 @@ def _match(fold: TableFold, a: str, b: str) -> str:
 
 
 def _common(conn: psycopg.Connection, table: str, fold: TableFold) -> list[str]:
-    live = {r[0] for r in conn.execute(
-        "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped",
-        (fold.oid,)).fetchall()}
+    live = column_types(conn, fold.oid)
     if not live:
         raise PgtapeError(f"live table {table} does not exist: replay into a recovery schema instead")
     return [c for c in fold.columns if c in live]
