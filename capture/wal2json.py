@@ -2,7 +2,7 @@
 
 Numbers are decoded from their JSON text without ever becoming a binary float (float_hook=str):
 numeric 0.10 stays "0.10". Every value becomes PostgreSQL's canonical text output as a COPY text
-field, which is what the tape stores. See ../shared/notes/logical-decoding.md for the plugin's quirks.
+field, which is what the tape stores. The plugin's known limits: docs/ARCHITECTURE.md, "Values".
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""Replay: rebuild table state at a target from a base plus the tape (issue #4)."""
+"""Replay: rebuild table state at a target from a base plus the tape."""

@@ -1,1 +1,1 @@
-"""Snapshots: exact, consistent bases of the captured tables (issue #3)."""
+"""Snapshots: exact, consistent bases of the captured tables."""
