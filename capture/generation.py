@@ -20,7 +20,8 @@ from pgtape.config import Config
 from pgtape.errors import PgtapeError, UsageError
 from pgtape.lsn import format_lsn
 from pgtape.pg import connect
-from pgtape.slot import PLUGIN, SlotInfo, SystemInfo, create_slot_exporting, find_slot, identify_system
+from pgtape.exported_snapshot import create_slot_exporting
+from pgtape.slot import PLUGIN, SlotInfo, SystemInfo, find_slot, identify_system
 from pgtape.tape.archive import Archive, Generation
 from pgtape.tape.segment import SegmentWriter
 from pgtape.tape.views import save_view

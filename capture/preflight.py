@@ -23,8 +23,8 @@ from pgtape import pg
 from pgtape.config import Config
 from pgtape.names import split_table
 from pgtape.errors import PgtapeError, UsageError
-from pgtape.plugin_allowlist import PARAMETER, PLUGIN, allowlist_problem, is_refusal, read_allowlist, refusal_message
-from pgtape.slot import find_slot
+from pgtape.plugin_allowlist import PARAMETER, allowlist_problem, is_refusal, read_allowlist, refusal_message
+from pgtape.slot import PLUGIN, find_slot
 
 # Creating a logical slot waits until every transaction open at that moment has ended; a stuck
 # transaction would hang `check` (and capture) forever, so the probe gives up after this long.

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import psycopg
 
 from pgtape.pg import quote_literal, sql_name
+from pgtape.slot import PLUGIN
 
-PLUGIN = "wal2json"  # the logical decoding output plugin every pgtape slot uses
 PARAMETER = "output_plugin_libraries"
 _REFUSAL = f'library "{PLUGIN}" may not be used as an output plugin'
 # One element of a list-valued setting as SHOW prints it: a bare word or a "double-quoted" name.

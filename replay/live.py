@@ -15,7 +15,8 @@ from pgtape.config import Config
 from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn, parse_lsn
 from pgtape.pg import column_types, connect, quote_literal
-from pgtape.slot import create_slot_exporting, gap_message, temporary_slot_name
+from pgtape.exported_snapshot import create_slot_exporting, temporary_slot_name
+from pgtape.slot import gap_message
 from pgtape.tape.archive import Archive
 from pgtape.tape.window import tape_extent
 from pgtape.replay.compare import Side, compare, render

@@ -28,7 +28,8 @@ from pgtape.lsn import format_lsn
 from pgtape.names import quote_ident, split_table
 from pgtape.pg import connect, first_line
 from pgtape.shapes import TableShape, read_shapes
-from pgtape.slot import ExportedSnapshot, create_slot_exporting, identify_system, temporary_slot_name
+from pgtape.exported_snapshot import ExportedSnapshot, create_slot_exporting, temporary_slot_name
+from pgtape.slot import identify_system
 from pgtape.timefmt import now_us
 from pgtape.tape import FORMAT_VERSION
 from pgtape.tape.archive import Archive
