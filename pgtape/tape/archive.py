@@ -87,7 +87,8 @@ class Archive:
     def lock_capture(self) -> Lock:
         """The archive's writer lock (capture, init)."""
         self.require_directory()
-        return Lock(self.path / "capture.lock", f"pgtape capture (or init) is running on {self.path}: stop it first")
+        return Lock(self.path / "capture.lock",
+                    f"pgtape capture (or init) is running on {self.path}: stop it first")
 
     @property
     def identity_file(self) -> Path:
