@@ -1,13 +1,18 @@
 # `make test` and `make demo` set up everything themselves (scripts/bootstrap.sh).
 PY := .venv/bin/python
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench clean lint-imports
 
 setup:
 	@bash scripts/bootstrap.sh
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# The layering contract in pyproject.toml ([tool.importlinter]; docs/ARCHITECTURE.md, "Layers").
+lint-imports: setup
+	@test -x .venv/bin/lint-imports || $(PY) -m pip install --quiet --disable-pip-version-check -e '.[lint]'
+	.venv/bin/lint-imports
 
 demo: setup
 	$(PY) -m examples.demo

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from pgtape.capture.capture import Capture
 from pgtape.capture.follow import Follower
-from pgtape.capture.tables import Column, TableShape, View
+from pgtape.shapes import Column, TableShape, View
 from pgtape.capture.tape_writer import TapeWriter
 from pgtape.config import load_config
 from pgtape.lsn import parse_lsn

@@ -130,8 +130,8 @@ def _kind(sql: str) -> str:
 
 def profile_compare(dsn: str, explain: bool) -> dict:
     """compare() in-process with every statement timed; EXPLAIN ANALYZE of one of each kind."""
-    from pgtape.pg import connect
-    from pgtape.replay.compare import Side, column_types, compare
+    from pgtape.pg import column_types, connect
+    from pgtape.replay.compare import Side, compare
 
     with connect(dsn, autocommit=True, application_name="diff_bench profile") as conn:
         live, copy = "public.t", "copy.t"

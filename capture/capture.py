@@ -22,19 +22,19 @@ from pgtape.capture import wal2json
 from pgtape.capture.protocol import (KEEPALIVE, KEEPALIVE_MSG, XLOG_DATA, XLOG_HEADER, XLOG_PAYLOAD_OFFSET,
                               ConnectionLost, ReplicationStream, pg_time_to_unix_us)
 from pgtape.capture.follow import Follower, FilterChanged
-from pgtape.capture.plugin_allowlist import is_refusal, refusal_message
-from pgtape.capture.slot import check_no_gap, check_slot, find_slot, identify_system, open_generation
+from pgtape.capture.generation import check_slot, initialize, open_generation
 from pgtape.capture.schedule import SnapshotScheduler
-from pgtape.capture.tables import load_view
 from pgtape.capture.tape_writer import FRAME_BYTES, TapeWriter
 from pgtape.config import Config
 from pgtape.durable import make_dirs_durably
 from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn
 from pgtape.pg import connect, first_line
+from pgtape.plugin_allowlist import is_refusal, refusal_message
+from pgtape.slot import check_no_gap, find_slot, identify_system
 from pgtape.tape.archive import Archive
 from pgtape.tape.records import Begin, Change, Message, Truncate
-from pgtape.snapshots.base import initialize
+from pgtape.tape.views import load_view
 
 POSITION_EVERY = 10.0  # seconds between Position records (the idle progress acknowledged, Rule A3)
 HOUSEKEEPING = 0.005  # seconds between clock checks (fsync due, status due, stop) while messages flow
@@ -141,7 +141,7 @@ class Capture:
                      f"({writer.transactions} transactions, {writer.changes} changes this run)")
             return CaptureResult(writer.durable_lsn, writer.transactions, writer.changes)
         finally:
-            os.close(lock)
+            lock.release()
 
     def _retry_later(self, writer: TapeWriter, why: str, delay: float) -> None:
         writer.abort_transaction()  # the server sends it again from its beginning

@@ -21,45 +21,14 @@ from __future__ import annotations
 import psycopg
 
 from pgtape.capture.wal2json import DDL_PREFIX as MESSAGE_PREFIX
+from pgtape.shapes import SHAPE_SQL
+
 SCHEMA = "pgtape"
 TRIGGERS = ("pgtape_ddl_command_end", "pgtape_sql_drop", "pgtape_table_rewrite")
 
 # Rendering pinned as on every pgtape session (pgtape/pg.py), so a missing value's text is canonical.
 _PINNED = ("SET search_path = pg_catalog SET DateStyle = 'ISO' SET TimeZone = 'UTC' SET extra_float_digits = 3 "
            "SET bytea_output = 'hex' SET IntervalStyle = 'postgres'")
-
-# One JSON object per table (what capture/tables.py reads as a TableShape), for the trigger and for
-# capture's own reads of the catalog: {rel} the table's oid, {event} and {created} (the tables the
-# command created: a new partition is empty, an attached one is not) as the caller has them.
-SHAPE_SQL = """
-SELECT json_build_object(
-  'event', {event}, 'oid', c.oid::bigint, 'schema', n.nspname, 'name', c.relname, 'kind', c.relkind,
-  'identity', c.relreplident, 'created', {created}::bigint[],
-  'columns', (SELECT coalesce(json_agg(json_build_array(a.attnum, a.attname, format_type(a.atttypid, a.atttypmod),
-                                                        CASE WHEN a.atthasmissing
-                                                             THEN (a.attmissingval::text::text[])[1] END)
-                                       ORDER BY a.attnum), '[]')
-              FROM (SELECT a.attnum, a.attname, a.atttypid, a.atttypmod,
-                           coalesce(l.atthasmissing, a.atthasmissing) AS atthasmissing,
-                           CASE WHEN l.atthasmissing THEN l.attmissingval ELSE a.attmissingval END AS attmissingval
-                    FROM pg_attribute a
-                    -- A partitioned table holds no rows, so no missing values: its leaves do, the same in
-                    -- each for a column added through it.
-                    LEFT JOIN LATERAL (SELECT la.atthasmissing, la.attmissingval FROM pg_partition_tree(c.oid) t
-                                       JOIN pg_attribute la ON la.attrelid = t.relid AND la.attname = a.attname
-                                       WHERE c.relkind = 'p' AND t.isleaf AND la.atthasmissing
-                                       ORDER BY t.relid LIMIT 1) l ON true
-                    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) a),
-  'key', (SELECT coalesce(json_agg(a.attname ORDER BY array_position(i.indkey::int2[], a.attnum)), '[]')
-          FROM pg_index i JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey)
-          WHERE i.indrelid = c.oid AND CASE c.relreplident WHEN 'i' THEN i.indisreplident
-                                                           WHEN 'n' THEN false ELSE i.indisprimary END),
-  'leaves', CASE WHEN c.relkind = 'p' THEN
-              (SELECT coalesce(json_agg(json_build_array(l.oid::bigint, ln.nspname, l.relname) ORDER BY l.oid), '[]')
-               FROM pg_partition_tree(c.oid) t JOIN pg_class l ON l.oid = t.relid
-               JOIN pg_namespace ln ON ln.oid = l.relnamespace WHERE t.isleaf AND l.relkind = 'r') END)::text
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = {rel}
-"""
 
 INSTALL_SQL = f"""
 CREATE SCHEMA IF NOT EXISTS {SCHEMA};

@@ -21,12 +21,13 @@ from typing import Callable
 import psycopg
 
 from pgtape.capture import ddl_trigger
-from pgtape.capture.tables import (Effects, TableShape, View, apply_message, apply_polled, columns_of, names_of, owner,
-                            read_shapes, save_view)
+from pgtape.capture.tables import Effects, apply_message, apply_polled, columns_of, names_of, owner
 from pgtape.names import canonical, split_table
 from pgtape.pg import connect
+from pgtape.shapes import TableShape, View, read_shapes
 from pgtape.tape.archive import Archive
 from pgtape.tape.records import Schema, Truncate
+from pgtape.tape.views import save_view
 from pgtape.snapshots import rebase
 from pgtape.snapshots.rebase import RebasePoint
 

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 import psycopg
 
 from pgtape.capture import ddl_trigger
-from pgtape.capture.plugin_allowlist import PARAMETER, allowlist_problem, is_refusal, read_allowlist, refusal_message
-from pgtape.capture.slot import PLUGIN, find_slot
 from pgtape import pg
 from pgtape.config import Config
 from pgtape.names import split_table
 from pgtape.errors import PgtapeError, UsageError
+from pgtape.plugin_allowlist import PARAMETER, allowlist_problem, is_refusal, read_allowlist, refusal_message
+from pgtape.slot import PLUGIN, find_slot
 
 # Creating a logical slot waits until every transaction open at that moment has ended; a stuck
 # transaction would hang `check` (and capture) forever, so the probe gives up after this long.
@@ -95,10 +95,6 @@ where n.nspname = %s and c.relname = %s
 
 _RELKINDS = {"v": "a view", "m": "a materialized view", "f": "a foreign table", "S": "a sequence",
              "i": "an index", "I": "an index", "c": "a composite type", "t": "a TOAST table"}
-
-
-def run_preflight(config: Config) -> list[Problem]:
-    return preflight(config).problems
 
 
 def preflight(config: Config) -> Report:

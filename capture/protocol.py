@@ -1,7 +1,7 @@
 """The streaming replication protocol over psycopg 3's COPY_BOTH connection.
 
 Only what logical replication needs: XLogData ('w') and keepalive ('k') from the server,
-standby status updates ('r') to it. Layouts: PostgreSQL docs, "Streaming Replication Protocol".
+standby status updates ('r') to it. Layouts: PostgreSQL's "Streaming Replication Protocol" docs.
 Reads never block while holding the GIL: the non-blocking get_copy_data plus select().
 """
 
@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import selectors
 import struct
-import time
 
 import psycopg
+
+from pgtape.timefmt import now_us
 
 XLOG_DATA = ord("w")
 KEEPALIVE = ord("k")
@@ -25,7 +26,7 @@ PG_EPOCH_OFFSET_US = 946_684_800 * 1_000_000
 
 
 def pg_now() -> int:
-    return time.time_ns() // 1000 - PG_EPOCH_OFFSET_US
+    return now_us() - PG_EPOCH_OFFSET_US
 
 
 def pg_time_to_unix_us(t: int) -> int:

@@ -17,6 +17,7 @@ from typing import Callable
 from pgtape.config import Config
 from pgtape.errors import PgtapeError
 from pgtape.tape.archive import Archive
+from pgtape.timefmt import now_us
 from pgtape.snapshots import catalog
 
 RETRY_AFTER_FAILURE = 300.0  # seconds
@@ -73,7 +74,7 @@ class SnapshotScheduler:
             self.log(f"not scheduling a snapshot: {e}")
             self._not_before = time.monotonic() + min(RETRY_AFTER_FAILURE, every)
             return
-        age = (time.time_ns() // 1000 - newest.as_of_time) / 1e6 if newest and newest.as_of_time else None
+        age = (now_us() - newest.as_of_time) / 1e6 if newest and newest.as_of_time else None
         if age is not None and age < every:
             self._not_before = time.monotonic() + min(every - age, 60.0)
             return

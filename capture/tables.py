@@ -12,7 +12,7 @@ it describes exactly the start LSN) and follows the DDL trigger's messages in th
 (capture/ddl_trigger.py), or, without the trigger, the catalog as polled. Each new view is saved in
 `generations/NNNN/TABLES.json` with the tape position it describes, before that position can be
 durable, so a restarted capture resumes with the view of the tape's end. docs/ARCHITECTURE.md,
-"Schema changes", states the rules.
+"Schema changes", states the rules. Shapes: pgtape/shapes.py; saved views: pgtape/tape/views.py.
 """
 
 from __future__ import annotations
@@ -24,78 +24,22 @@ from dataclasses import dataclass, field
 import msgspec
 import psycopg
 
-from pgtape.capture.ddl_trigger import SHAPE_SQL
 from pgtape.copytext import COPY_ESCAPES
-from pgtape import metadata
 from pgtape.errors import PgtapeError
-from pgtape.names import canonical, quoted, split_table
-from pgtape.tape.archive import Archive
+from pgtape.names import quoted, split_table
+from pgtape.pg import relation_oid
+from pgtape.shapes import TableShape, View, read_shapes, shape_from_json
 from pgtape.tape.records import Schema
-
-TABLES_FILE = "TABLES.json"
-KEEP_VIEWS = 50  # views kept in TABLES.json beyond the newest one at or before the tape's end
-
-
-class Column(msgspec.Struct, array_like=True, frozen=True):
-    attnum: int
-    name: str
-    type: str  # format_type() with typmod
-    missing: str | None  # what rows that existed when the column was added read (attmissingval), as text
-
-
-class TableShape(msgspec.Struct, frozen=True):
-    oid: int
-    name: str  # canonical, now
-    kind: str  # "r" a table, "p" a partitioned table
-    identity: str  # pg_class.relreplident
-    columns: list[Column]
-    key: list[str]  # the replica key (pgtape.pg.replica_key): [] with REPLICA IDENTITY FULL and no key
-    leaves: dict[int, str] = {}  # a partitioned table's leaf partitions: oid -> canonical name
-
-
-View = dict[str, TableShape | None]  # identity -> its shape; None once the table is dropped
-
-
-class _SavedView(msgspec.Struct):
-    as_of_lsn: int
-    tables: View
-
-
-class _TablesFile(msgspec.Struct):
-    views: list[_SavedView]
-
-
-def shape_from_json(doc: dict) -> TableShape:  # type: ignore[type-arg]
-    return TableShape(int(doc["oid"]), canonical(doc["schema"], doc["name"]), doc["kind"], doc["identity"],
-                      [Column(int(a), n, t, m) for a, n, t, m in doc["columns"]], list(doc["key"]),
-                      {int(o): canonical(s, n) for o, s, n in doc.get("leaves") or []})
-
-
-def read_shapes(conn: psycopg.Connection, oids: list[int]) -> dict[int, TableShape]:
-    """The current shape of each table that still exists, from the catalog (the trigger's query).
-
-    Types are named as the trigger names them, with only pg_catalog on the search path (a type of
-    another schema is qualified: public.mood), whatever this session's search path; in a transaction
-    the setting lasts until its end."""
-    query = SHAPE_SQL.format(rel="%(rel)s::oid", event="'catalog'", created="'{}'")
-    shapes = {}
-    with conn.transaction():
-        conn.execute("SET LOCAL search_path = pg_catalog")
-        for oid in oids:
-            row = conn.execute(query, {"rel": oid}).fetchone()
-            if row is not None:
-                shapes[oid] = shape_from_json(json.loads(row[0]))
-    return shapes
 
 
 def resolve_tables(conn: psycopg.Connection, tables: list[str]) -> View:
     """The configured tables' shapes now, refusing any that cannot be captured and replayed."""
     view: View = {}
     for table in tables:
-        row = conn.execute("SELECT to_regclass(%s)::oid", (quoted(table),)).fetchone()
-        if row is None or row[0] is None:
+        oid = relation_oid(conn, quoted(table))
+        if oid is None:
             raise PgtapeError(f"table {table} does not exist: create it or fix --tables (run pgtape check)")
-        shape = read_shapes(conn, [row[0]]).get(row[0])
+        shape = read_shapes(conn, [oid]).get(oid)
         if shape is None or shape.kind not in ("r", "p"):
             raise PgtapeError(f"{table} is not a table: list only tables in --tables (run pgtape check)")
         problem = capturable(table, shape)
@@ -115,39 +59,6 @@ def capturable(table: str, shape: TableShape) -> str | None:
         return (f"table {table} has neither a primary key nor REPLICA IDENTITY FULL: wal2json would silently drop "
                 f"its UPDATEs and DELETEs; add a primary key or run ALTER TABLE {table} REPLICA IDENTITY FULL")
     return None
-
-
-# -- saved views ----------------------------------------------------------------------------------
-def _path(archive: Archive, gen: int):  # type: ignore[no-untyped-def]
-    return archive.generation_dir(gen) / TABLES_FILE
-
-
-def load_view(archive: Archive, gen: int, at_lsn: int) -> View:
-    """The view of the tape at `at_lsn` (its end): the newest one saved at or before it."""
-    path = _path(archive, gen)
-    try:
-        saved = metadata.read(path, _TablesFile)
-    except FileNotFoundError:
-        raise PgtapeError(f"{path} is missing: the archive is incomplete") from None
-    usable = [v for v in saved.views if v.as_of_lsn <= at_lsn]
-    if not usable:
-        raise PgtapeError(f"{path} holds no view of the tables at {at_lsn:X}: the archive is inconsistent")
-    return dict(max(usable, key=lambda v: v.as_of_lsn).tables)
-
-
-def save_view(archive: Archive, gen: int, as_of_lsn: int, view: View, keep_from: int | None = None) -> None:
-    """Add the view of the tape at `as_of_lsn`; views no restart can need (all but the newest at or
-    before `keep_from`, the durable end of the tape) are dropped."""
-    path = _path(archive, gen)
-    views: list[_SavedView] = []
-    if path.exists():
-        views = metadata.read(path, _TablesFile).views
-    views = [v for v in views if v.as_of_lsn < as_of_lsn] + [_SavedView(as_of_lsn, dict(view))]
-    if keep_from is not None:
-        older = [v for v in views if v.as_of_lsn <= keep_from]
-        if older:
-            views = [max(older, key=lambda v: v.as_of_lsn)] + [v for v in views if v.as_of_lsn > keep_from]
-    metadata.write(path, _TablesFile(views[-KEEP_VIEWS:]))
 
 
 # -- names -------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Numbers are decoded from their JSON text without ever becoming a binary float (float_hook=str):
 numeric 0.10 stays "0.10". Every value becomes PostgreSQL's canonical text output as a COPY text
-field, which is what the tape stores. Its known limits: docs/ARCHITECTURE.md, "Values".
+field, which is what the tape stores. The plugin's known limits: docs/ARCHITECTURE.md, "Values".
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import msgspec
 from pgtape.copytext import COPY_ESCAPES, NULL_TEXT
 from pgtape.names import split_table
 from pgtape.pg import quote_literal
+from pgtape.tape.records import MARK_PREFIX
 
-MESSAGE_PREFIX = "pgtape"  # logical messages with this prefix are captured (recovery points)
 DDL_PREFIX = "pgtape_schema"  # the DDL trigger's (capture/ddl_trigger.py): they become Schema records
 
 
@@ -32,7 +32,7 @@ def plugin_options(tables: list[str]) -> dict[str, str]:
         "include-typmod": "1",
         "include-pk": "1",
         "add-tables": ",".join(_add_tables_entry(t) for t in tables),
-        "add-msg-prefixes": f"{MESSAGE_PREFIX},{DDL_PREFIX}",
+        "add-msg-prefixes": f"{MARK_PREFIX},{DDL_PREFIX}",
     }
 
 

@@ -25,7 +25,3 @@ def format_lsn(lsn: int) -> str:
 def lsn_filename_part(lsn: int) -> str:
     """Fixed-width, sortable form used in file names: 00000016B374D848."""
     return f"{lsn:016X}"
-
-
-def parse_lsn_filename_part(text: str) -> int:
-    return int(text, 16)

@@ -76,6 +76,19 @@ def quote_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def relation_oid(conn: psycopg.Connection, name: str) -> int | None:
+    """The oid of the relation `name` names in SQL (unquoted parts fold to lower case), None if none."""
+    row = conn.execute("SELECT to_regclass(%s)::oid", (name,)).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def column_types(conn: psycopg.Connection, relation: str | int) -> dict[str, str]:
+    """A relation's columns (by name or oid) in attnum order: name -> type as format_type() names it."""
+    rows = conn.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
+                        "%s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (str(relation),)).fetchall()
+    return {r[0]: r[1] for r in rows}
+
+
 def replica_key(conn: psycopg.Connection, relation: str) -> list[str]:
     """The columns that identify a row of a relation (a name or an oid) on the tape, in key order:
     the REPLICA IDENTITY index's columns, else the primary key's; [] with REPLICA IDENTITY FULL and

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 
 from pgtape.errors import UsageError
@@ -27,5 +28,6 @@ def format_time(us: int | None) -> str:
     return (EPOCH + us * MICROSECOND).isoformat(sep=" ", timespec="microseconds").replace("+00:00", "Z")
 
 
-def to_datetime(us: int) -> datetime:
-    return EPOCH + us * MICROSECOND
+def now_us() -> int:
+    """Now, in µs UTC."""
+    return time.time_ns() // 1000

@@ -1,9 +1,9 @@
 """Comparing two versions of a table inside PostgreSQL: values, not representations.
 
 Both sides are relations in one database (live tables, a recovery schema, or temporary tables
-holding a replay). Values are compared by the rule in pgtape.replay.values. Equal tables cost one scan per side (count and sum of row
-hashes, hashtextextended); otherwise rows are bucketed by key hash and only differing buckets are
-joined (the idea of data-diff's bisection, one level deep with 256 buckets).
+holding a replay). Values are compared by the rule in pgtape.replay.values. Equal tables cost one
+scan per side (count and sum of row hashes, hashtextextended); otherwise rows are bucketed by key
+hash and only differing buckets are joined (the idea of data-diff's bisection, one level deep with 256 buckets).
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from pgtape.pg import quote_ident
-from pgtape.replay.values import column_types, value_text
+from pgtape.replay.values import value_text
 
 BUCKETS = 256
 SAMPLES = 5

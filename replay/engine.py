@@ -16,16 +16,16 @@ from pgtape.lsn import format_lsn
 from pgtape.timefmt import format_time
 from pgtape.names import canonical, names_in_one_schema
 from pgtape.tape.archive import Archive
-from pgtape.tape.records import Begin, Change, Commit, Message, Relation, Schema, Truncate
+from pgtape.tape.records import MARK_PREFIX, Begin, Change, Commit, Message, Relation, Schema, Truncate
 from pgtape.tape.segment import SegmentError, SegmentReader
 from pgtape.replay.fold import BagFold, RelInfo, TableFold
-from pgtape.replay.plan import Window, choose_bases, window
+from pgtape.tape.window import Window
+from pgtape.replay.marks import load_mark
+from pgtape.replay.plan import choose_bases, window
 from pgtape.replay.target import Target
 from pgtape.snapshots import catalog, rebase
 from pgtape.snapshots.catalog import SnapshotRecord
 from pgtape.snapshots.format import TableReader, table_file_name
-
-MARK_PREFIX = "pgtape"
 
 
 @dataclass
@@ -265,6 +265,5 @@ def _mark_name(content: str) -> str | None:
 
 
 def resolve_mark(archive: Archive, target: Target) -> Target:
-    from pgtape.replay.marks import load_mark
     mark = load_mark(archive, target.name or "")
     return Target("name", lsn=mark.lsn, name=target.name)

@@ -11,18 +11,18 @@ from __future__ import annotations
 import json
 import time
 
-from pgtape.capture.slot import gap_message
 from pgtape.config import Config
 from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn, parse_lsn
-from pgtape.pg import connect, quote_literal
+from pgtape.pg import column_types, connect, quote_literal
+from pgtape.exported_snapshot import create_slot_exporting, temporary_slot_name
+from pgtape.slot import gap_message
 from pgtape.tape.archive import Archive
-from pgtape.replay.compare import Side, column_types, compare, render
+from pgtape.tape.window import tape_extent
+from pgtape.replay.compare import Side, compare, render
 from pgtape.replay.engine import prepare
-from pgtape.replay.plan import tape_extent
 from pgtape.replay.sinks import create_table, live_relation, load_rows
 from pgtape.replay.target import Target
-from pgtape.snapshots.take import create_slot_exporting, temporary_slot_name
 
 
 def verify_live(config: Config, archive: Archive, timeout: float, as_json: bool) -> int:

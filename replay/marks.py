@@ -1,6 +1,6 @@
 """Named recovery points: a transactional logical message that capture records on the tape.
 
-`pgtape mark NAME` emits pg_logical_emit_message(true, 'pgtape', '{"name": ...}') and lists the
+`pgtape mark NAME` emits pg_logical_emit_message(true, MARK_PREFIX, '{"name": ...}') and lists the
 point in <archive>/catalog/marks/<name>.json. Replaying to it applies every transaction up to and
 including the one that carried the message: the exact position in the stream.
 """
@@ -19,6 +19,7 @@ from pgtape.errors import PgtapeError, UsageError
 from pgtape.lsn import parse_lsn
 from pgtape.pg import connect
 from pgtape.tape.archive import Archive
+from pgtape.tape.records import MARK_PREFIX
 
 
 class Mark(msgspec.Struct):
@@ -40,8 +41,8 @@ def create_mark(archive: Archive, dsn: str | None, name: str, description: str |
         raise UsageError(f"recovery point {name!r} already exists: choose another name")
     content = json.dumps({"name": name, "description": description})
     with connect(dsn) as c:
-        row = c.execute("SELECT pg_logical_emit_message(true, 'pgtape', %s)::text, "
-                        "(extract(epoch from clock_timestamp()) * 1000000)::bigint", (content,)).fetchone()
+        row = c.execute("SELECT pg_logical_emit_message(true, %s, %s)::text, "
+                        "(extract(epoch from clock_timestamp()) * 1000000)::bigint", (MARK_PREFIX, content)).fetchone()
     assert row is not None
     mark = Mark(name, parse_lsn(row[0]), int(row[1]), description, archive.identity().generation)
     make_dirs_durably(_path(archive, name).parent)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import re
 
-import psycopg
-
 from pgtape.pg import quote_ident
 
 _EXACT_NUMBERS = ("numeric", "integer", "bigint", "smallint")
@@ -42,9 +40,3 @@ def differs(columns: list[str], left: str, right: str, types: dict[str, str], ot
     """SQL that is true when the rows aliased left and right differ in any of columns."""
     return " OR ".join(f"{value_text(c, types[c], other_types[c], left)} IS DISTINCT FROM "
                        f"{value_text(c, other_types[c], types[c], right)}" for c in columns) or "false"
-
-
-def column_types(conn: psycopg.Connection, relation: str) -> dict[str, str]:
-    rows = conn.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
-                        "%s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (relation,)).fetchall()
-    return {r[0]: r[1] for r in rows}

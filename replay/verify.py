@@ -15,12 +15,12 @@ from pathlib import Path
 
 import msgspec
 
-from pgtape.capture.tables import load_view
 from pgtape import metadata
 from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn
 from pgtape.tape.archive import Archive
 from pgtape.tape.records import Begin, Change, Commit, Record, Relation, Truncate
+from pgtape.tape.views import load_view
 from pgtape.tape.segment import (DURABLE_FILE, OPEN_RE, SEALED_FILE, SEALED_RE, SegmentError, SegmentReader,
                                  footer_stats, open_segment_end, read_footer)
 from pgtape.snapshots import catalog, rebase
@@ -184,7 +184,7 @@ def verify_archive(archive: Archive) -> Report:
             verify_segment(seg.path, report)
         if not missing_sealed:  # (else that is why the tape ends early: said once)
             _check_durable(archive, gen_id, report)
-        # What capture resumes with, and where replay needs newer bases (capture/tables.py, snapshots/rebase.py).
+        # What capture resumes with, and where replay needs newer bases (pgtape/tape/views.py, snapshots/rebase.py).
         for read in (lambda: load_view(archive, gen_id, 2**64 - 1), lambda: rebase.load(archive, gen_id)):
             try:
                 read()

@@ -18,6 +18,7 @@ import msgspec
 from pgtape import metadata
 from pgtape.durable import make_dirs_durably
 from pgtape.tape.archive import Archive
+from pgtape.timefmt import now_us
 
 RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
 
@@ -41,7 +42,7 @@ class SnapshotRecord(msgspec.Struct):
 
 
 def failed(record: SnapshotRecord, error: str) -> SnapshotRecord:
-    return msgspec.structs.replace(record, status=FAILED, error=error, completed_at=time.time_ns() // 1000)
+    return msgspec.structs.replace(record, status=FAILED, error=error, completed_at=now_us())
 
 
 def catalog_dir(archive: Archive) -> Path:
@@ -97,7 +98,7 @@ def _alive(pid: int) -> bool:
 
 def new_id() -> str:
     """Sortable and unique enough for one archive: UTC time to the microsecond plus the pid."""
-    t = time.time_ns() // 1000
+    t = now_us()
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime(t // 1_000_000)) + f".{t % 1_000_000:06d}Z-{os.getpid()}"
 
 

@@ -30,7 +30,6 @@ replay reading a base that prune deletes under it fails with an error, never a w
 from __future__ import annotations
 
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +39,8 @@ from pgtape import metadata
 from pgtape.durable import fsync_dir
 from pgtape.errors import PgtapeError
 from pgtape.tape.archive import Archive, SegmentFile
-from pgtape.replay.plan import Window, tape_extent
+from pgtape.tape.window import Window, tape_extent
+from pgtape.timefmt import now_us
 from pgtape.snapshots import catalog
 from pgtape.snapshots.catalog import SnapshotRecord
 from pgtape.snapshots.take import SnapshotLock
@@ -68,7 +68,7 @@ class PrunePlan:
 
 def plan(archive: Archive, now: int | None = None) -> PrunePlan:
     """Decide what may be deleted, from one view of the archive (take snapshot.lock first)."""
-    now = time.time_ns() // 1000 if now is None else now
+    now = now_us() if now is None else now
     current = archive.identity().generation
     pruned = archive.pruned()
     records = catalog.load_all(archive)

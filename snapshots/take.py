@@ -6,107 +6,48 @@ record precedes C. The tape holds exactly the transactions whose commit ends aft
 slot's position, and commit records never straddle C, so snapshot(C) + tape(C, target] is the
 state at target with no transaction lost or doubled. A later snapshot uses a TEMPORARY slot the
 same way: capture's slot and the tape are untouched, writers are never locked.
+take_snapshot(): such a later snapshot, on demand or on schedule (the initial base: capture/generation.py).
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
-import secrets
 import shutil
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import msgspec
 import psycopg
 
-from pgtape.capture.plugin_allowlist import is_refusal, refusal_message
-from pgtape.capture.slot import PLUGIN
-from pgtape.capture.tables import TableShape, read_shapes
 from pgtape.durable import fsync_dir, make_dirs_durably, rename_durably
-from pgtape.errors import PgtapeError
-from pgtape.lsn import parse_lsn
+from pgtape.config import Config
+from pgtape.errors import PgtapeError, UsageError
+from pgtape.lock import Lock
+from pgtape.lsn import format_lsn
 from pgtape.names import quote_ident, split_table
 from pgtape.pg import connect, first_line
+from pgtape.shapes import TableShape, read_shapes
+from pgtape.exported_snapshot import ExportedSnapshot, create_slot_exporting, temporary_slot_name
+from pgtape.slot import identify_system
+from pgtape.timefmt import now_us
 from pgtape.tape import FORMAT_VERSION
 from pgtape.tape.archive import Archive
+from pgtape.tape.views import load_view
 from pgtape.snapshots import catalog
 from pgtape.snapshots.catalog import SnapshotRecord
 from pgtape.snapshots.format import TableHeader, TableWriter, table_file_name
 
-# Creating a logical slot waits for every transaction open at that moment to end.
-SLOT_TIMEOUT = 60.0
-
-
-@dataclass(frozen=True)
-class ExportedSnapshot:
-    """A data connection inside a transaction that sees exactly the state at `as_of_lsn`."""
-
-    conn: psycopg.Connection
-    as_of_lsn: int
-    as_of_time: int  # µs UTC: every transaction the snapshot holds committed at or before it
-
-
-def create_slot_exporting(repl: psycopg.Connection, dsn: str | None, slot: str, temporary: bool,
-                          read_only: bool = True) -> ExportedSnapshot:
-    """Create a slot with an exported snapshot and import it at once into a new data connection.
-
-    The exported snapshot dies at the next command on `repl`, so nothing else runs there first."""
-    timer = threading.Timer(SLOT_TIMEOUT, _cancel, (repl,))
-    timer.start()
-    try:
-        row = repl.execute(f"CREATE_REPLICATION_SLOT {slot} {'TEMPORARY ' if temporary else ''}LOGICAL {PLUGIN} "
-                           "(SNAPSHOT 'export')").fetchone()
-    except psycopg.errors.QueryCanceled:
-        raise PgtapeError(f"creating replication slot {slot} waited {SLOT_TIMEOUT:.0f}s for open transactions "
-                          "to end: find the long-running transaction in pg_stat_activity") from None
-    except psycopg.Error as e:
-        if is_refusal(e):
-            raise PgtapeError(refusal_message(repl)) from None
-        raise PgtapeError(f"cannot create replication slot {slot}: {first_line(e)} (run pgtape check)") from None
-    finally:
-        timer.cancel()
-    assert row is not None
-    data = connect(dsn, autocommit=False, application_name="pgtape snapshot")
-    try:
-        data.execute(f"BEGIN ISOLATION LEVEL REPEATABLE READ{', READ ONLY' if read_only else ''}")
-        data.execute(f"SET TRANSACTION SNAPSHOT '{row[2]}'")
-        now = data.execute("SELECT (extract(epoch from clock_timestamp()) * 1000000)::bigint").fetchone()
-    except psycopg.Error as e:
-        data.close()
-        raise PgtapeError(f"cannot import the exported snapshot: {first_line(e)}") from None
-    assert now is not None
-    return ExportedSnapshot(data, parse_lsn(row[1]), int(now[0]))
-
-
-def _cancel(conn: psycopg.Connection) -> None:
-    try:
-        conn.cancel_safe()
-    except psycopg.Error:
-        pass
-
-
-class SnapshotLock:
-    """One snapshot at a time per archive (a second one is refused, not queued)."""
+class SnapshotLock(Lock):
+    """One snapshot at a time per archive (every snapshot, init's initial base, and prune)."""
 
     def __init__(self, archive: Archive) -> None:
         make_dirs_durably(archive.path)
-        self._fd = os.open(archive.path / "snapshot.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            raise PgtapeError(f"another snapshot is running on {archive.path}: wait for it "
-                              "(pgtape snapshots shows it)") from None
+        super().__init__(archive.path / "snapshot.lock", f"another snapshot is running on {archive.path}: wait "
+                         "for it (pgtape snapshots shows it)")
         # Every snapshot writer holds this lock, so a .partial directory now is an interrupted one.
         for leftover in archive.path.glob("generations/*/snapshots/*.partial"):
             shutil.rmtree(leftover, ignore_errors=True)
-
-    def release(self) -> None:
-        os.close(self._fd)
 
 
 def copy_tables(archive: Archive, record: SnapshotRecord, snap: ExportedSnapshot, oids: dict[str, int],
@@ -146,7 +87,7 @@ def copy_tables(archive: Archive, record: SnapshotRecord, snap: ExportedSnapshot
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
         raise PgtapeError(f"snapshot {record.id} failed: {reason}") from None
-    done = msgspec.structs.replace(record, status=catalog.COMPLETED, rows=rows, bytes=size, completed_at=_now())
+    done = msgspec.structs.replace(record, status=catalog.COMPLETED, rows=rows, bytes=size, completed_at=now_us())
     catalog.save(archive, done)
     return done
 
@@ -173,14 +114,10 @@ def _copy_table(snap: ExportedSnapshot, directory: Path, record: SnapshotRecord,
 
 def new_record(archive: Archive, generation: int, tables: list[str], kind: str, retention: float | None
                ) -> SnapshotRecord:
-    now = _now()
+    now = now_us()
     expires = now + int(retention * 1_000_000) if retention else None
     return SnapshotRecord(catalog.new_id(), generation, kind, tables, catalog.RUNNING, now, expires,
                           os.getpid(), os.uname().nodename)
-
-
-def temporary_slot_name() -> str:
-    return f"pgtape_snap_{os.getpid()}_{secrets.token_hex(3)}"
 
 
 def _describe(e: BaseException) -> str:
@@ -196,5 +133,40 @@ def _describe(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-def _now() -> int:
-    return time.time_ns() // 1000
+def take_snapshot(config: Config, archive: Archive, tables: list[str], kind: str,
+                  log: Callable[[str], None]) -> SnapshotRecord:
+    ident = archive.identity()
+    gen = archive.generation(ident.generation)
+    unknown = [t for t in tables if t not in gen.tables]
+    if unknown:
+        raise UsageError(f"{', '.join(unknown)} not captured in generation {gen.id} (captured: "
+                         f"{', '.join(gen.tables)}): a snapshot without a tape could not be replayed")
+    lock = SnapshotLock(archive)
+    try:
+        repl = connect(config.dsn, replication=True, application_name="pgtape snapshot")
+        try:
+            system = identify_system(repl)
+            if system.system_id != gen.system_id or system.database != gen.database:
+                raise PgtapeError(f"the server is database system {system.system_id} database {system.database}, "
+                                  f"but generation {gen.id} captures {gen.system_id} database {gen.database}")
+            view = load_view(archive, gen.id, at_lsn=2**64 - 1)  # the newest: the tables' objects (oids)
+            dropped = [t for t in tables if view.get(t) is None]
+            if dropped == tables:
+                raise PgtapeError(f"{', '.join(dropped)} no longer exists (dropped): there is nothing to snapshot")
+            if dropped:  # a table dropped since the generation began: its last bases stay as they are
+                log(f"skipping {', '.join(dropped)}: dropped")
+                tables = [t for t in tables if t not in dropped]
+            record = new_record(archive, gen.id, tables, kind, config.retention)
+            catalog.save(archive, record)
+            try:
+                snap = create_slot_exporting(repl, config.dsn, temporary_slot_name(), temporary=True)
+            except PgtapeError as e:
+                catalog.save(archive, catalog.failed(record, str(e)))
+                raise
+        finally:
+            repl.close()  # drops the temporary slot; the imported snapshot lives on in snap.conn
+        log(f"snapshot {record.id} of {', '.join(tables)} as of {format_lsn(snap.as_of_lsn)}")
+        with snap.conn:
+            return copy_tables(archive, record, snap, {t: view[t].oid for t in tables}, progress=log)  # type: ignore[union-attr]
+    finally:
+        lock.release()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from pgtape.capture.capture import Capture, install_signal_handlers
 from pgtape.config import Config
 from pgtape.lsn import format_lsn, parse_lsn
 
@@ -17,7 +18,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from pgtape.capture.capture import Capture, install_signal_handlers
 
     until = parse_lsn(args.until_lsn) if args.until_lsn else None
     cap = Capture(config, until_lsn=until)

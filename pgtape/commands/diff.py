@@ -8,14 +8,17 @@ import json
 from pgtape.config import Config
 from pgtape.errors import PgtapeError, UsageError
 from pgtape.names import canonical, names_in_one_schema, quote_ident, split_table
-from pgtape.pg import connect, replica_key
+from pgtape.pg import column_types, connect, relation_oid, replica_key
 from pgtape.tape.archive import Archive
+from pgtape.replay.compare import Side, compare, render
+from pgtape.replay.engine import prepare
+from pgtape.replay.sinks import create_table, live_relation, load_rows
+from pgtape.replay.target import add_target_options, target_from_args
 
 HELP = "compare a recovery schema or a replay at a target with the live tables (or another schema)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from pgtape.replay.target import add_target_options
     left = p.add_mutually_exclusive_group(required=True)
     left.add_argument("--schema", metavar="NAME", help="the tables in this schema (e.g. a recovery schema)")
     add_target_options(left, latest=False)  # or a replay to a target
@@ -25,10 +28,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from pgtape.replay.compare import Side, column_types, compare, render
-    from pgtape.replay.engine import prepare
-    from pgtape.replay.sinks import create_table, live_relation, load_rows
-    from pgtape.replay.target import target_from_args
 
     if args.against != "live" and not args.against.startswith("schema:"):
         raise UsageError(f"--against {args.against!r}: use live or schema:NAME")
@@ -48,8 +47,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     with connect(config.dsn, autocommit=False, application_name="pgtape diff") as conn:
         schemas = [s for s in (args.schema, args.against[7:] if args.against != "live" else None) if s]
         missing = [canonical(s, in_schema[t]) for s in schemas for t in tables
-                   if conn.execute("SELECT to_regclass(%s)", (f"{quote_ident(s)}.{quote_ident(in_schema[t])}",)
-                                   ).fetchone()[0] is None]  # type: ignore[index]
+                   if relation_oid(conn, f"{quote_ident(s)}.{quote_ident(in_schema[t])}") is None]
         if missing:  # all of them at once, not the first
             raise PgtapeError(f"not found: {', '.join(missing)} (a replay of only some tables? name them with "
                               "--tables)")
@@ -83,6 +81,6 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
 def _existing(conn, schema: str, name: str) -> str:  # type: ignore[no-untyped-def]
     rel = f"{quote_ident(schema)}.{quote_ident(name)}"
-    if conn.execute("SELECT to_regclass(%s)", (rel,)).fetchone()[0] is None:
+    if relation_oid(conn, rel) is None:
         raise PgtapeError(f"table {canonical(schema, name)} does not exist")
     return rel

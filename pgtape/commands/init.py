@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
+from pgtape.capture.generation import initialize
 from pgtape.config import Config
 from pgtape.durable import make_dirs_durably
 from pgtape.lsn import format_lsn
@@ -22,8 +22,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from pgtape.snapshots.base import initialize
-
     archive = Archive(config.require_archive())
     archive.require_directory()
     make_dirs_durably(archive.path)
@@ -31,7 +29,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     try:
         gen, base = initialize(config, archive, restart=args.restart, log=lambda m: print(m, file=sys.stderr))
     finally:
-        os.close(lock)
+        lock.release()
     summary = {"generation": gen.id, "slot": gen.slot, "start_lsn": format_lsn(gen.start_lsn),
                "initialised_now": base is not None, "base": base.id if base else None,
                "rows": base.rows if base else None}

@@ -8,6 +8,7 @@ import json
 from pgtape.config import Config
 from pgtape.lsn import format_lsn
 from pgtape.tape.archive import Archive
+from pgtape.replay.marks import create_mark
 from pgtape.timefmt import format_time
 
 HELP = "create a named recovery point (replay --target-name NAME goes back to it)"
@@ -20,7 +21,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from pgtape.replay.marks import create_mark
 
     mark = create_mark(Archive.existing(config.require_archive()), config.dsn, args.name, args.description)
     if args.json:

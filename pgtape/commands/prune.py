@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pgtape.config import Config
 from pgtape.lsn import format_lsn
 from pgtape.tape.archive import Archive
 from pgtape.timefmt import format_time
-
-if TYPE_CHECKING:
-    from pgtape.snapshots.prune import PrunePlan
+from pgtape.snapshots import catalog
+from pgtape.snapshots.prune import PrunePlan, prune, segment_generation
 
 HELP = "delete expired snapshots, the tape before the oldest remaining base, and expired old generations"
 
@@ -23,18 +22,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from pgtape.snapshots.prune import prune
-
     archive = Archive.existing(config.require_archive())
     report(archive, prune(archive, dry_run=args.dry_run), args.dry_run, args.json)
     return 0
 
 
-def summary(archive: Archive, p: "PrunePlan", dry_run: bool) -> dict[str, Any]:
+def summary(archive: Archive, p: PrunePlan, dry_run: bool) -> dict[str, Any]:
     """What was (or would be) deleted, as --json prints it."""
-    from pgtape.snapshots import catalog
-    from pgtape.snapshots.prune import segment_generation
-
     snaps = [{"id": r.id, "generation": r.generation, "kind": r.kind, "status": r.status,
               "as_of_lsn": format_lsn(r.as_of_lsn) if r.as_of_lsn is not None else None,
               "as_of_time": format_time(r.as_of_time) if r.as_of_time is not None else None,
@@ -51,9 +45,7 @@ def summary(archive: Archive, p: "PrunePlan", dry_run: bool) -> dict[str, Any]:
             "generations": gens, "leftovers": leftovers, "bytes_freed": p.bytes, "window": window}
 
 
-def report(archive: Archive, p: "PrunePlan", dry_run: bool, as_json: bool) -> None:
-    from pgtape.snapshots import catalog
-
+def report(archive: Archive, p: PrunePlan, dry_run: bool, as_json: bool) -> None:
     out = summary(archive, p, dry_run)
     if as_json:
         print(json.dumps(out, indent=2))

@@ -13,12 +13,14 @@ from pgtape.lsn import format_lsn
 from pgtape.names import sql_name
 from pgtape.tape.archive import Archive
 from pgtape.timefmt import format_time
+from pgtape.replay import sinks
+from pgtape.replay.engine import prepare
+from pgtape.replay.target import add_target_options, target_from_args
 
 HELP = "rebuild tables as of a time, LSN or recovery point (dry run, recovery schema, files or in place)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from pgtape.replay.target import add_target_options
     add_target_options(p.add_mutually_exclusive_group(required=True))
     p.add_argument("--target-exclusive", action="store_true",
                    help="stop before a transaction committed exactly at the target")
@@ -39,9 +41,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from pgtape.replay import sinks
-    from pgtape.replay.engine import prepare
-    from pgtape.replay.target import target_from_args
 
     if args.format != "csv" and not args.output:
         raise UsageError("--format goes with --output DIR")

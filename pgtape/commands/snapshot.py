@@ -6,11 +6,14 @@ import argparse
 import json
 import sys
 
+from pgtape.commands.prune import report, summary
 from pgtape.config import Config
 from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn
 from pgtape.tape.archive import Archive
 from pgtape.timefmt import format_time
+from pgtape.snapshots.prune import prune
+from pgtape.snapshots.take import take_snapshot
 
 HELP = "take a snapshot of the captured tables now (capture keeps running)"
 
@@ -23,8 +26,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from pgtape.snapshots.base import take_snapshot
-
     archive = Archive.existing(config.require_archive())
     # --tables picks a subset of the captured tables (default: all of them).
     captured = archive.generation(archive.identity().generation).tables
@@ -34,8 +35,6 @@ def run(args: argparse.Namespace, config: Config) -> int:
               f"({format_time(rec.as_of_time)}), {sum(rec.rows.values())} rows, {rec.bytes} bytes", flush=True)
     pruned = None
     if args.prune:  # after the new base is complete, so it counts as the newest one prune keeps
-        from pgtape.commands.prune import report, summary
-        from pgtape.snapshots.prune import prune
         try:
             pruned = prune(archive, dry_run=False)
         except PgtapeError as e:

@@ -11,6 +11,7 @@ from pgtape.config import Config
 from pgtape.lsn import format_lsn
 from pgtape.tape.archive import Archive
 from pgtape.timefmt import format_time
+from pgtape.snapshots import catalog
 
 HELP = "list snapshots: id, tables, rows, size, as-of position, status"
 
@@ -20,7 +21,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from pgtape.snapshots import catalog
 
     records = catalog.load_all(Archive.existing(config.require_archive()))
     if args.json:

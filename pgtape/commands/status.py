@@ -7,14 +7,16 @@ import json
 from dataclasses import asdict, dataclass
 
 from pgtape.capture import ddl_trigger
-from pgtape.capture.slot import gap_message
 from pgtape.config import Config
 from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn, parse_lsn
 from pgtape.pg import connect, quote_literal
+from pgtape.slot import gap_message
 from pgtape.tape.archive import Archive
 from pgtape.tape.segment import SegmentError, footer_stats, open_segment_stats, read_footer
 from pgtape.timefmt import format_time
+from pgtape.replay.plan import window
+from pgtape.snapshots import catalog
 
 HELP = "show capture position, lag, tape size and the recoverable window"
 
@@ -93,8 +95,6 @@ def run(args: argparse.Namespace, config: Config) -> int:
         server = summarize_server(config, tape.slot)
     except PgtapeError as e:
         server_error = str(e)
-    from pgtape.replay.plan import window
-    from pgtape.snapshots import catalog
     tables = archive.generation(tape.generation).tables
     newest = {t: catalog.newest_completed(archive, tape.generation, t) for t in tables}
     window_error = ""

@@ -9,6 +9,8 @@ from pathlib import Path
 from pgtape.config import Config
 from pgtape.errors import PgtapeError, UsageError
 from pgtape.tape.archive import Archive
+from pgtape.replay.live import verify_live
+from pgtape.replay.verify import verify_archive, verify_file
 
 HELP = "check every tape segment and snapshot (or one FILE); --live compares a replay with the live tables"
 
@@ -22,12 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from pgtape.replay.verify import verify_archive, verify_file
-
     if args.live:
         if args.file:
             raise UsageError("--live compares the archive with the live tables: give no FILE")
-        from pgtape.replay.live import verify_live
         return verify_live(config, Archive.existing(config.require_archive()), args.timeout, args.json)
     if args.file:
         path = Path(args.file)

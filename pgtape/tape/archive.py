@@ -10,9 +10,6 @@ Within a generation, segments are contiguous: each starts where the previous one
 
 from __future__ import annotations
 
-import fcntl
-import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +18,11 @@ import msgspec
 from pgtape import metadata
 from pgtape.durable import make_dirs_durably
 from pgtape.errors import PgtapeError
+from pgtape.lock import Lock
 from pgtape.lsn import format_lsn
 from pgtape.tape import FORMAT_VERSION
-from pgtape.tape.segment import OPEN_RE, SEALED_RE
+from pgtape.tape.segment import OPEN_RE, SEALED_RE, open_segment_stats
+from pgtape.timefmt import now_us
 
 
 class ArchiveIdentity(msgspec.Struct):
@@ -85,16 +84,11 @@ class Archive:
         if self.path.exists() and not self.path.is_dir():
             raise PgtapeError(f"archive path {self.path} exists but is not a directory: choose another --archive")
 
-    def lock_capture(self) -> int:
-        """The archive's writer lock (capture, init): returns the fd that holds it."""
+    def lock_capture(self) -> Lock:
+        """The archive's writer lock (capture, init)."""
         self.require_directory()
-        fd = os.open(self.path / "capture.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise PgtapeError(f"pgtape capture (or init) is running on {self.path}: stop it first") from None
-        return fd
+        return Lock(self.path / "capture.lock",
+                    f"pgtape capture (or init) is running on {self.path}: stop it first")
 
     @property
     def identity_file(self) -> Path:
@@ -136,7 +130,7 @@ class Archive:
                          tables: list[str]) -> Generation:
         """Record a new generation and make it current (durably, in that order)."""
         current = self.identity().generation if self.exists() else 0
-        now = time.time_ns() // 1000
+        now = now_us()
         gen = Generation(current + 1, system_id, database, slot, start_lsn, now, reason, tables)
         make_dirs_durably(self.tape_dir(gen.id))
         metadata.write(self.generation_dir(gen.id) / "GENERATION.json", gen)
@@ -160,7 +154,6 @@ class Archive:
 
     def tape_is_empty(self, gen: int) -> bool:
         """No transaction captured yet in this generation."""
-        from pgtape.tape.segment import open_segment_stats
         return all(s.is_open and open_segment_stats(s.path, s.start_lsn).transactions == 0
                    for s in self.segments(gen))
 

@@ -54,6 +54,9 @@ class Message(msgspec.Struct, tag="M", array_like=True):
     content: str
 
 
+MARK_PREFIX = "pgtape"  # a Message with this prefix is a recovery point (pgtape mark)
+
+
 class Schema(msgspec.Struct, tag="S", array_like=True):
     """A captured table's shape from here on: a schema change (DDL) at its position in its
     transaction, or the table dropped. Columns are matched to earlier ones by attnum, so a renamed

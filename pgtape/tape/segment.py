@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from pgtape.tape import FORMAT_VERSION
 from pgtape.tape.frames import (FLAG_BOUNDARY, HEADER, HEADER_SIZE, KIND_DATA, KIND_FOOTER, KIND_HEADER,
                                 KIND_NAMES, MAGIC, Frame, FrameError, encode_frame, read_frame)
 from pgtape.tape.records import Begin, Change, Commit, Position, Record, Relation, SegmentFooter, SegmentHeader
+from pgtape.timefmt import now_us
 
 OPEN_SUFFIX = ".tape.open"
 SEALED_FILE = "SEALED.json"  # in the generation directory: end LSN of the newest sealed segment
@@ -118,7 +118,7 @@ class SegmentWriter:
     # -- creation and recovery ------------------------------------------------------------
     @classmethod
     def create(cls, directory: Path, generation: int, system_id: str, slot: str, start_lsn: int) -> "SegmentWriter":
-        header = SegmentHeader(FORMAT_VERSION, generation, system_id, slot, start_lsn, time.time_ns() // 1000)
+        header = SegmentHeader(FORMAT_VERSION, generation, system_id, slot, start_lsn, now_us())
         path = directory / open_name(start_lsn)
         frame = encode_frame(KIND_HEADER, msgspec.msgpack.encode(header), boundary=True)
         # Header written under a temporary name, then renamed: a full disk never leaves an open

@@ -9,11 +9,12 @@ import psycopg
 
 from pgtape.errors import PgtapeError
 from pgtape.names import quote_ident
-from pgtape.pg import connect, first_line
+from pgtape.pg import column_types, connect, first_line
 from pgtape.replay.engine import Plan
 from pgtape.replay.fold import TableFold
 from pgtape.replay.sinks.load import create_table, live_relation, load_rows, qual
-from pgtape.replay.values import column_types, differs as rows_differ
+from pgtape.replay.values import differs as rows_differ
+from pgtape.timefmt import now_us
 
 @dataclass
 class TableDiff:
@@ -43,8 +44,8 @@ def diff_live(plan: Plan, dsn: str | None, apply: bool = False,
                 _lock(conn, plan, lock_timeout)
             diffs = [_diff_counts(conn, t, staged[t], plan.folds[t], n) for t, n in counts.items()]
             if apply:
-                now_us = time.time_ns() // 1000
-                backup = f"pgtape_backup_{time.strftime('%Y%m%dt%H%M%S', time.gmtime(now_us // 10**6))}_{now_us % 10**6:06d}"
+                now = now_us()
+                backup = f"pgtape_backup_{time.strftime('%Y%m%dt%H%M%S', time.gmtime(now // 10**6))}_{now % 10**6:06d}"
                 _apply(conn, plan, staged, backup)
                 conn.commit()
             else:
@@ -78,9 +79,7 @@ def _match(fold: TableFold, a: str, b: str) -> str:
 
 
 def _common(conn: psycopg.Connection, table: str, fold: TableFold) -> list[str]:
-    live = {r[0] for r in conn.execute(
-        "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped",
-        (fold.oid,)).fetchall()}
+    live = column_types(conn, fold.oid)
     if not live:
         raise PgtapeError(f"live table {table} does not exist: replay into a recovery schema instead")
     return [c for c in fold.columns if c in live]

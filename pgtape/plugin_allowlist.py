@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import psycopg
 
-from pgtape.capture.slot import PLUGIN
 from pgtape.pg import quote_literal, sql_name
+from pgtape.slot import PLUGIN
 
 PARAMETER = "output_plugin_libraries"
 _REFUSAL = f'library "{PLUGIN}" may not be used as an output plugin'

@@ -1,9 +1,11 @@
-"""The two ways a snapshot starts: the initial base of a generation, and a later snapshot.
+"""A generation: starting one (the capture slot and its initial base) and continuing one.
 
 initialize(): a new generation. Its permanent capture slot is created with an exported
-snapshot, and the base is copied under it: the tape starts exactly where the base ends.
-take_snapshot(): later, on demand or on schedule, through a TEMPORARY slot (capture unaffected).
-Both hold the snapshot lock; initialize() also expects the caller to hold the capture lock.
+snapshot, and the base is copied under it: the tape starts exactly where the base ends. It holds
+the snapshot lock and expects the caller to hold the capture lock.
+open_generation(): the current generation, checked against the server, slot and tables capture
+is given. Continuity rule: a tape continues only from the slot it was started from, on the same
+database system (docs/ARCHITECTURE.md, "Generations").
 """
 
 from __future__ import annotations
@@ -13,17 +15,19 @@ from typing import Callable
 import psycopg
 
 from pgtape.capture import ddl_trigger
-from pgtape.capture.slot import find_slot, identify_system
-from pgtape.capture.tables import load_view, resolve_tables, save_view
+from pgtape.capture.tables import resolve_tables
 from pgtape.config import Config
 from pgtape.errors import PgtapeError, UsageError
 from pgtape.lsn import format_lsn
 from pgtape.pg import connect
+from pgtape.exported_snapshot import create_slot_exporting
+from pgtape.slot import PLUGIN, SlotInfo, SystemInfo, find_slot, identify_system
 from pgtape.tape.archive import Archive, Generation
 from pgtape.tape.segment import SegmentWriter
+from pgtape.tape.views import save_view
 from pgtape.snapshots import catalog
 from pgtape.snapshots.catalog import SnapshotRecord
-from pgtape.snapshots.take import SnapshotLock, copy_tables, create_slot_exporting, new_record, temporary_slot_name
+from pgtape.snapshots.take import SnapshotLock, copy_tables, new_record
 
 Log = Callable[[str], None]
 
@@ -85,42 +89,38 @@ def initialize(config: Config, archive: Archive, *, restart: bool, log: Log) -> 
         repl.close()
 
 
-def take_snapshot(config: Config, archive: Archive, tables: list[str], kind: str, log: Log) -> SnapshotRecord:
+def open_generation(conn: psycopg.Connection, archive: Archive, config: Config) -> tuple[SystemInfo, Generation]:
+    """The archive's current generation, checked against this server, slot and tables."""
+    system = identify_system(conn)
+    slot = find_slot(conn, config.slot)
     ident = archive.identity()
     gen = archive.generation(ident.generation)
-    unknown = [t for t in tables if t not in gen.tables]
-    if unknown:
-        raise UsageError(f"{', '.join(unknown)} not captured in generation {gen.id} (captured: "
-                         f"{', '.join(gen.tables)}): a snapshot without a tape could not be replayed")
-    lock = SnapshotLock(archive)
-    try:
-        repl = connect(config.dsn, replication=True, application_name="pgtape snapshot")
-        try:
-            system = identify_system(repl)
-            if system.system_id != gen.system_id or system.database != gen.database:
-                raise PgtapeError(f"the server is database system {system.system_id} database {system.database}, "
-                                  f"but generation {gen.id} captures {gen.system_id} database {gen.database}")
-            view = load_view(archive, gen.id, at_lsn=2**64 - 1)  # the newest: the tables' objects (oids)
-            dropped = [t for t in tables if view.get(t) is None]
-            if dropped == tables:
-                raise PgtapeError(f"{', '.join(dropped)} no longer exists (dropped): there is nothing to snapshot")
-            if dropped:  # a table dropped since the generation began: its last bases stay as they are
-                log(f"skipping {', '.join(dropped)}: dropped")
-                tables = [t for t in tables if t not in dropped]
-            record = new_record(archive, gen.id, tables, kind, config.retention)
-            catalog.save(archive, record)
-            try:
-                snap = create_slot_exporting(repl, config.dsn, temporary_slot_name(), temporary=True)
-            except PgtapeError as e:
-                catalog.save(archive, catalog.failed(record, str(e)))
-                raise
-        finally:
-            repl.close()  # drops the temporary slot; the imported snapshot lives on in snap.conn
-        log(f"snapshot {record.id} of {', '.join(tables)} as of {format_lsn(snap.as_of_lsn)}")
-        with snap.conn:
-            return copy_tables(archive, record, snap, {t: view[t].oid for t in tables}, progress=log)  # type: ignore[union-attr]
-    finally:
-        lock.release()
+    if ident.system_id != system.system_id:
+        raise PgtapeError(f"{archive.path} belongs to database system {ident.system_id}, but the server is "
+                          f"{system.system_id}: point --dsn at the original server or use another --archive")
+    if ident.database != system.database:
+        raise PgtapeError(f"{archive.path} holds database {ident.database}, but the connection is to "
+                          f"{system.database}: fix dbname in the DSN or use another --archive")
+    if ident.slot != config.slot:
+        raise PgtapeError(f"{archive.path} is captured through slot {ident.slot}, not {config.slot}: "
+                          f"use --slot {ident.slot}")
+    if sorted(gen.tables) != sorted(config.tables):
+        raise PgtapeError(f"generation {gen.id} of {archive.path} captures {','.join(gen.tables)}, not "
+                          f"{','.join(config.tables)}: use --tables {','.join(gen.tables)}")
+    check_slot(slot, config.slot, system.database, gen)
+    return system, gen
+
+
+def check_slot(slot: SlotInfo | None, name: str, database: str, gen: Generation) -> None:
+    if slot is None:
+        raise PgtapeError(
+            f"replication slot {name} has disappeared: changes after the tape's end may be lost, so capture "
+            f"will not continue generation {gen.id} (started at {format_lsn(gen.start_lsn)}); "
+            f"to start over, capture into a new --archive")
+    if slot.plugin != PLUGIN:
+        raise PgtapeError(f"replication slot {name} uses plugin {slot.plugin}, not {PLUGIN}: use another --slot")
+    if slot.database != database:
+        raise PgtapeError(f"replication slot {name} belongs to database {slot.database}, not {database}")
 
 
 def _ddl_trigger(config: Config, log: Log) -> None:

@@ -1,0 +1,61 @@
+"""Saved views of the captured tables: generations/NNNN/TABLES.json.
+
+Capture saves each new view of its tables (pgtape/shapes.py) with the tape position it describes,
+before that position can be durable, so a restarted capture resumes with the view of the tape's end;
+snapshots read the newest one for the tables' objects, verify checks the file reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+
+from pgtape import metadata
+from pgtape.errors import PgtapeError
+from pgtape.shapes import View
+from pgtape.tape.archive import Archive
+
+TABLES_FILE = "TABLES.json"
+KEEP_VIEWS = 50  # views kept in TABLES.json beyond the newest one at or before the tape's end
+
+
+class _SavedView(msgspec.Struct):
+    as_of_lsn: int
+    tables: View
+
+
+class _TablesFile(msgspec.Struct):
+    views: list[_SavedView]
+
+
+def _path(archive: Archive, gen: int) -> Path:
+    return archive.generation_dir(gen) / TABLES_FILE
+
+
+def load_view(archive: Archive, gen: int, at_lsn: int) -> View:
+    """The view of the tape at `at_lsn` (its end): the newest one saved at or before it."""
+    path = _path(archive, gen)
+    try:
+        saved = metadata.read(path, _TablesFile)
+    except FileNotFoundError:
+        raise PgtapeError(f"{path} is missing: the archive is incomplete") from None
+    usable = [v for v in saved.views if v.as_of_lsn <= at_lsn]
+    if not usable:
+        raise PgtapeError(f"{path} holds no view of the tables at {at_lsn:X}: the archive is inconsistent")
+    return dict(max(usable, key=lambda v: v.as_of_lsn).tables)
+
+
+def save_view(archive: Archive, gen: int, as_of_lsn: int, view: View, keep_from: int | None = None) -> None:
+    """Add the view of the tape at `as_of_lsn`; views no restart can need (all but the newest at or
+    before `keep_from`, the durable end of the tape) are dropped."""
+    path = _path(archive, gen)
+    views: list[_SavedView] = []
+    if path.exists():
+        views = metadata.read(path, _TablesFile).views
+    views = [v for v in views if v.as_of_lsn < as_of_lsn] + [_SavedView(as_of_lsn, dict(view))]
+    if keep_from is not None:
+        older = [v for v in views if v.as_of_lsn <= keep_from]
+        if older:
+            views = [max(older, key=lambda v: v.as_of_lsn)] + [v for v in views if v.as_of_lsn > keep_from]
+    metadata.write(path, _TablesFile(views[-KEEP_VIEWS:]))
