@@ -273,10 +273,9 @@ class Capture:
         and the view of the tables as of its end."""
         writer = TapeWriter(self.archive, gen_id, system_id, self.config.slot, self.config.segment_size)
         check_no_gap(find_slot(conn, self.config.slot), writer.durable_lsn)
-        st = os.stat(self.archive.path)
-        self._archive_identity = (st.st_dev, st.st_ino)
+        self._archive_identity = self.archive.storage.identity()
         if writer.repaired_bytes:
-            self.log(f"cut {writer.repaired_bytes} bytes of unfinished transaction from {writer.segment.path.name}")
+            self.log(f"cut {writer.repaired_bytes} bytes of unfinished transaction from {writer.segment.name}")
         self.follower = Follower(self.archive, gen_id, load_view(self.archive, gen_id, writer.tape_lsn),
                                  writer.tape_lsn, writer.segment.stats.complete_time, self.config.dsn, self.log,
                                  self.scheduler.request)
@@ -306,10 +305,7 @@ class Capture:
         the one capture opened. Deleted or replaced, what capture wrote is not where a replay looks:
         acknowledging more would let the server forget changes that exist nowhere."""
         try:
-            st = os.stat(self.archive.path)
-            moved = (st.st_dev, st.st_ino) != self._archive_identity
-            segment = os.stat(writer.segment.path)
-            moved = moved or (segment.st_dev, segment.st_ino) != writer.segment.file_identity()
+            moved = self.archive.storage.identity() != self._archive_identity or not writer.segment.still_there()
         except FileNotFoundError:
             moved = True
         if moved:

@@ -159,7 +159,7 @@ def _seal_open_segment(archive: Archive, generation: int) -> None:
     """A generation that ends keeps its tape, sealed: it can still be replayed on its own."""
     segments = archive.segments(generation)
     if segments and segments[-1].is_open:
-        writer, _ = SegmentWriter.recover(segments[-1].path)
+        writer, _ = SegmentWriter.recover(archive.storage, segments[-1].key)
         writer.seal()
 
 

@@ -11,7 +11,6 @@ memory stays bounded; they become meaningful only with the boundary frame holdin
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from pgtape import metadata
 from pgtape.tape.archive import Archive
@@ -58,11 +57,11 @@ class TapeWriter:
         """Resume the open segment (cutting a torn tail), or start one where the tape ends."""
         segments = self.archive.segments(self.generation)
         if segments and segments[-1].is_open:
-            writer, self.repaired_bytes = SegmentWriter.recover(segments[-1].path)
+            writer, self.repaired_bytes = SegmentWriter.recover(self.archive.storage, segments[-1].key)
             return writer
         start = segments[-1].end_lsn if segments else self.archive.generation(self.generation).start_lsn
         assert start is not None
-        return SegmentWriter.create(self.archive.tape_dir(self.generation), self.generation,
+        return SegmentWriter.create(self.archive.storage, self.archive.tape_key(self.generation), self.generation,
                                     self._system_id, self._slot, start)
 
     def _index_relations(self) -> None:
@@ -188,12 +187,13 @@ class TapeWriter:
         """Record the durable position beside the tape (DURABLE.json), so that verify notices a tape
         that later lost its last writes (docs/ARCHITECTURE.md, the gap rule)."""
         if self.durable_lsn > self._noted:
-            metadata.write(self.archive.generation_dir(self.generation) / DURABLE_FILE, {"lsn": self.durable_lsn})
+            metadata.write(self.archive.storage, f"{self.archive.generation_key(self.generation)}/{DURABLE_FILE}",
+                           {"lsn": self.durable_lsn})
             self._noted = self.durable_lsn
 
-    def rotate(self) -> Path:
+    def rotate(self) -> str:
         sealed = self.segment.seal()
-        self.segment = SegmentWriter.create(self.archive.tape_dir(self.generation), self.generation,
+        self.segment = SegmentWriter.create(self.archive.storage, self.archive.tape_key(self.generation), self.generation,
                                             self._system_id, self._slot, self.segment.stats.end_lsn)
         self._relation_ids.clear()
         return sealed

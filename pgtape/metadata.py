@@ -12,13 +12,12 @@ snapshot catalog and the recovery points.
 from __future__ import annotations
 
 import zlib
-from pathlib import Path
 from typing import TypeVar
 
 import msgspec
 
-from pgtape.durable import write_atomic
 from pgtape.errors import PgtapeError
+from pgtape.storage import Storage
 
 T = TypeVar("T")
 
@@ -37,13 +36,15 @@ def encode(value: object) -> bytes:
     return b'{"crc32":"%08x","doc":%s}' % (zlib.crc32(doc), doc)
 
 
-def write(path: Path, value: object) -> None:
-    write_atomic(path, encode(value))
+def write(storage: Storage, key: str, value: object) -> None:
+    """Replaced atomically and durably (Storage.write_atomic)."""
+    storage.write_atomic(key, encode(value))
 
 
-def read(path: Path, kind: type[T]) -> T:
+def read(storage: Storage, key: str, kind: type[T]) -> T:
     """The document, checked. FileNotFoundError passes through (the caller knows what missing means)."""
-    data = path.read_bytes()
+    data = storage.read(key)
+    path = storage.where(key)
     try:
         envelope = msgspec.json.decode(data, type=_Envelope)
     except msgspec.DecodeError as e:

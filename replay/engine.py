@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterator
 
 from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn
 from pgtape.timefmt import format_time
 from pgtape.names import canonical, names_in_one_schema
+from pgtape.storage import Storage
 from pgtape.tape.archive import Archive
 from pgtape.tape.records import MARK_PREFIX, Begin, Change, Commit, Message, Relation, Schema, Truncate
 from pgtape.tape.segment import SegmentError, SegmentReader
@@ -38,7 +38,8 @@ class Plan:
     last_txn: Begin | None  # the last transaction applied (None: the bases alone)
     transactions: int
     changes: int
-    base_dirs: dict[str, Path]
+    base_dirs: dict[str, str]  # keys in the archive's storage
+    storage: Storage
 
     @property
     def base(self) -> SnapshotRecord:
@@ -47,7 +48,7 @@ class Plan:
 
     def rows(self, table: str) -> Iterator[bytes]:
         """The table's rows at the target, COPY text lines without LF."""
-        return self.folds[table].rows(_base_lines(self.base_dirs[table], table))
+        return self.folds[table].rows(_base_lines(self.storage, self.base_dirs[table], table))
 
     @property
     def present(self) -> dict[str, TableFold]:
@@ -60,12 +61,12 @@ class Plan:
         return {at_target[n]: name for n, name in names_in_one_schema(list(at_target)).items()}
 
 
-def _base_lines(base_dir: Path, table: str) -> Iterator[bytes]:
-    path = base_dir / table_file_name(table)
+def _base_lines(storage: Storage, base_dir: str, table: str) -> Iterator[bytes]:
+    key = f"{base_dir}/{table_file_name(table)}"
     try:
-        reader = TableReader(path)
+        reader = TableReader(storage, key)
     except FileNotFoundError:
-        raise PgtapeError(f"base file {path} is missing (run pgtape verify)") from None
+        raise PgtapeError(f"base file {storage.where(key)} is missing (run pgtape verify)") from None
     except SegmentError as e:
         raise PgtapeError(f"damaged base: {e}") from None
     try:
@@ -88,12 +89,11 @@ def prepare(archive: Archive, tables: list[str], target: Target,
     if target.kind == "name":
         target = resolve_mark(archive, target)
     chosen = choose_bases(w, bases, target)
-    base_dirs = {t: catalog.snapshot_dir(archive, gen, b.id) for t, b in chosen.items()}
+    base_dirs = {t: catalog.snapshot_key(archive, gen, b.id) for t, b in chosen.items()}
     folds: dict[str, TableFold] = {}
     for t in tables:
-        path = base_dirs[t] / table_file_name(t)
         try:
-            h = TableReader(path).header
+            h = TableReader(archive.storage, f"{base_dirs[t]}/{table_file_name(t)}").header
         except (FileNotFoundError, SegmentError) as e:
             raise PgtapeError(f"base {chosen[t].id} is unreadable for {t}: {e} (run pgtape verify)") from None
         # Without a key (REPLICA IDENTITY FULL) rows are matched as whole rows, duplicates and all.
@@ -109,7 +109,8 @@ def prepare(archive: Archive, tables: list[str], target: Target,
         for seg in archive.segments(gen):
             if seg.end_lsn is not None and seg.end_lsn <= from_lsn:
                 continue
-            result = _fold_segment(seg.path, folds, from_lsn, target, last, stop_after)
+            result = _fold_segment(archive.read_segment(seg, SegmentReader), folds, from_lsn, target, last,
+                                   stop_after)
             last, stop_after, stopped = result.last, result.stop_after, result.stopped
             transactions += result.transactions
             changes += result.changes
@@ -122,7 +123,7 @@ def prepare(archive: Archive, tables: list[str], target: Target,
     if target.kind == "name" and stop_after is None:
         raise PgtapeError(f"recovery point {target.name!r} is not on the tape yet: is capture running?")
     _refuse_unreplayable(archive, gen, folds, chosen, bases, last.end_lsn if last else from_lsn, target)
-    return Plan(gen, w, chosen, target, folds, last, transactions, changes, base_dirs)
+    return Plan(gen, w, chosen, target, folds, last, transactions, changes, base_dirs, archive.storage)
 
 
 def _refuse_unreplayable(archive: Archive, gen: int, folds: dict[str, TableFold], chosen: dict[str, SnapshotRecord],
@@ -168,16 +169,9 @@ class _SegmentResult:
     changes: int
 
 
-def _fold_segment(path: Path, folds: dict[str, TableFold], from_lsn: int, target: Target, last: Begin | None,
-                  stop_after: int | None) -> _SegmentResult:
+def _fold_segment(reader: SegmentReader, folds: dict[str, TableFold], from_lsn: int, target: Target,
+                  last: Begin | None, stop_after: int | None) -> _SegmentResult:
     """Apply one segment's transactions after `from_lsn` until the target says stop."""
-    try:
-        reader = SegmentReader(path)
-    except FileNotFoundError:  # an open segment sealed (renamed) since it was listed
-        sealed = list(path.parent.glob(f"{path.name.split('.')[0]}-*.tape"))
-        if not sealed:
-            raise
-        reader = SegmentReader(sealed[0])
     for fold in folds.values():
         fold.new_segment()
     # Relation id (small: they count up from 0 in each segment) -> its table's fold and what the

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import msgspec
 
 from pgtape import metadata
-from pgtape.durable import make_dirs_durably
 from pgtape.errors import PgtapeError, UsageError
 from pgtape.lsn import parse_lsn
 from pgtape.pg import connect
@@ -30,14 +28,17 @@ class Mark(msgspec.Struct):
     generation: int
 
 
-def _path(archive: Archive, name: str) -> Path:
-    return archive.path / "catalog" / "marks" / f"{name}.json"
+MARKS_KEY = "catalog/marks"
+
+
+def _key(name: str) -> str:
+    return f"{MARKS_KEY}/{name}.json"
 
 
 def create_mark(archive: Archive, dsn: str | None, name: str, description: str | None) -> Mark:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}", name):
         raise UsageError(f"invalid recovery point name {name!r}: use letters, digits and _ . : - (at most 100)")
-    if _path(archive, name).exists():
+    if archive.storage.exists(_key(name)):
         raise UsageError(f"recovery point {name!r} already exists: choose another name")
     content = json.dumps({"name": name, "description": description})
     with connect(dsn) as c:
@@ -45,15 +46,15 @@ def create_mark(archive: Archive, dsn: str | None, name: str, description: str |
                         "(extract(epoch from clock_timestamp()) * 1000000)::bigint", (MARK_PREFIX, content)).fetchone()
     assert row is not None
     mark = Mark(name, parse_lsn(row[0]), int(row[1]), description, archive.identity().generation)
-    make_dirs_durably(_path(archive, name).parent)
-    metadata.write(_path(archive, name), mark)
+    metadata.write(archive.storage, _key(name), mark)
     return mark
 
 
 def load_mark(archive: Archive, name: str) -> Mark:
     try:
-        return metadata.read(_path(archive, name), Mark)
+        return metadata.read(archive.storage, _key(name), Mark)
     except FileNotFoundError:
-        known = sorted(p.stem for p in _path(archive, "x").parent.glob("*.json"))
+        known = sorted(e.name[:-5] for e in archive.storage.list(MARKS_KEY)
+                       if e.size is not None and e.name.endswith(".json"))
         raise PgtapeError(f"no recovery point named {name!r}; known: {', '.join(known) or 'none'} "
                           "(create one with pgtape mark NAME)") from None

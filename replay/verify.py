@@ -18,11 +18,11 @@ import msgspec
 from pgtape import metadata
 from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn
+from pgtape.storage import Storage, local_file
 from pgtape.tape.archive import Archive
 from pgtape.tape.records import Begin, Change, Commit, Record, Relation, Truncate
 from pgtape.tape.views import load_view
-from pgtape.tape.segment import (DURABLE_FILE, OPEN_RE, SEALED_FILE, SEALED_RE, SegmentError, SegmentReader,
-                                 footer_stats, open_segment_end, read_footer)
+from pgtape.tape.segment import DURABLE_FILE, OPEN_RE, SEALED_FILE, SEALED_RE, SegmentError, SegmentReader, segment_end
 from pgtape.snapshots import catalog, rebase
 from pgtape.snapshots.format import TableReader, table_file_name
 
@@ -41,17 +41,18 @@ class Report:
         return not self.problems
 
 
-def verify_segment(path: Path, report: Report, expect_start: int | None = None) -> int | None:
+def verify_segment(storage: Storage, key: str, report: Report, expect_start: int | None = None) -> int | None:
     """Check one segment file; returns its end LSN (None if unreadable)."""
-    sealed, opened = SEALED_RE.match(path.name), OPEN_RE.match(path.name)
+    path, name = storage.where(key), key.rpartition("/")[2]
+    sealed, opened = SEALED_RE.match(name), OPEN_RE.match(name)
     if not sealed and not opened:
         report.problems.append(f"{path}: not a segment file name (<start>-<end>.tape or <start>.tape.open)")
         return None
     report.segments += 1
-    report.bytes += path.stat().st_size
+    report.bytes += storage.size(key)
     start = int((sealed or opened).group(1), 16)  # type: ignore[union-attr]
     try:
-        reader = SegmentReader(path)
+        reader = SegmentReader(storage, key)
     except SegmentError as e:
         report.problems.append(str(e))
         return None
@@ -104,11 +105,12 @@ def verify_segment(path: Path, report: Report, expect_start: int | None = None) 
     return last_end
 
 
-def verify_table_file(path: Path, report: Report) -> int | None:
+def verify_table_file(storage: Storage, key: str, report: Report) -> int | None:
     """Check one snapshot table file; returns its row count (None if damaged)."""
-    report.bytes += path.stat().st_size
+    path = storage.where(key)
+    report.bytes += storage.size(key)
     try:
-        reader = TableReader(path)
+        reader = TableReader(storage, key)
         for _ in reader.chunks():
             pass
     except SegmentError as e:
@@ -122,18 +124,19 @@ def verify_table_file(path: Path, report: Report) -> int | None:
 
 def verify_file(path: Path) -> Report:
     report = Report()
+    storage, key = local_file(path)
     if path.name.endswith(".snap"):
-        verify_table_file(path, report)
+        verify_table_file(storage, key, report)
     else:
-        verify_segment(path, report)
+        verify_segment(storage, key, report)
     return report
 
 
 def _check_durable(archive: Archive, gen_id: int, report: Report) -> None:
     """The tape must reach the durable position capture recorded (the gap rule): else it lost writes."""
-    path = archive.generation_dir(gen_id) / DURABLE_FILE
+    key = f"{archive.generation_key(gen_id)}/{DURABLE_FILE}"
     try:
-        recorded = metadata.read(path, dict).get("lsn", 0)
+        recorded = metadata.read(archive.storage, key, dict).get("lsn", 0)
     except FileNotFoundError:
         return
     except PgtapeError as e:
@@ -142,12 +145,12 @@ def _check_durable(archive: Archive, gen_id: int, report: Report) -> None:
     end = archive.generation(gen_id).start_lsn
     for s in archive.segments(gen_id):
         try:
-            end = max(end, (open_segment_end(s.path, s.start_lsn) if s.is_open else footer_stats(read_footer(s.path))).end_lsn)
+            end = max(end, segment_end(archive.storage, s.key, s.start_lsn).end_lsn)
         except SegmentError:
             pass  # named already, by verify_segment
     if end < recorded:
         report.problems.append(f"generation {gen_id}: the tape ends at {format_lsn(end)}, but capture recorded it "
-                               f"durable up to {format_lsn(recorded)} ({path.name}): the tape lost its last writes "
+                               f"durable up to {format_lsn(recorded)} ({DURABLE_FILE}): the tape lost its last writes "
                                f"in ({format_lsn(end)}, {format_lsn(recorded)}]")
 
 
@@ -159,16 +162,16 @@ def verify_archive(archive: Archive) -> Report:
     for gen_id in range(1, ident.generation + 1):
         if gen_id in pruned.deleted_generations:
             continue  # deleted by pgtape prune (what an interrupted prune left is the next prune's)
-        if not archive.generation_dir(gen_id).exists():
+        if not archive.storage.exists(archive.generation_key(gen_id)):
             report.problems.append(f"generation {gen_id}: directory {archive.generation_dir(gen_id)} is missing")
             continue
         gen = archive.generation(gen_id)
         report.problems.extend(archive.continuity_problems(gen_id))
-        sealed_file = archive.generation_dir(gen_id) / SEALED_FILE
+        sealed_file = f"{archive.generation_key(gen_id)}/{SEALED_FILE}"
         missing_sealed = False
-        if sealed_file.exists():
+        if archive.storage.exists(sealed_file):
             try:
-                recorded = metadata.read(sealed_file, dict).get("end_lsn", 0)
+                recorded = metadata.read(archive.storage, sealed_file, dict).get("end_lsn", 0)
             except PgtapeError as e:
                 report.problems.append(str(e))
                 recorded = 0
@@ -181,7 +184,7 @@ def verify_archive(archive: Archive) -> Report:
                                        "newest segments are missing")
         segments = archive.segments(gen_id)
         for seg in segments:
-            verify_segment(seg.path, report)
+            verify_segment(archive.storage, seg.key, report)
         if not missing_sealed:  # (else that is why the tape ends early: said once)
             _check_durable(archive, gen_id, report)
         # What capture resumes with, and where replay needs newer bases (pgtape/tape/views.py, snapshots/rebase.py).
@@ -193,21 +196,22 @@ def verify_archive(archive: Archive) -> Report:
         tape_from = segments[0].start_lsn if segments else gen.start_lsn
         for r in (r for r in records if r.generation == gen_id and r.status == catalog.COMPLETED):
             report.snapshots += 1
-            d = catalog.snapshot_dir(archive, gen_id, r.id)
-            if not d.is_dir():
-                report.problems.append(f"snapshot {r.id}: catalog says completed but {d} is missing")
+            d = catalog.snapshot_key(archive, gen_id, r.id)
+            if not archive.storage.exists(d):
+                report.problems.append(f"snapshot {r.id}: catalog says completed but {archive.storage.where(d)} is missing")
                 continue
             size = 0
             for table in r.tables:
-                f = d / table_file_name(table)
-                if not f.exists():
+                key = f"{d}/{table_file_name(table)}"
+                f = archive.storage.where(key)
+                if not archive.storage.exists(key):
                     report.problems.append(f"snapshot {r.id}: {f} is missing")
                     continue
-                size += f.stat().st_size
-                rows = verify_table_file(f, report)
+                size += archive.storage.size(key)
+                rows = verify_table_file(archive.storage, key, report)
                 if rows is not None and rows != r.rows.get(table):
                     report.problems.append(f"{f}: holds {rows} rows, the catalog records {r.rows.get(table)}")
-            if size != r.bytes and not any(str(d) in p for p in report.problems):
+            if size != r.bytes and not any(archive.storage.where(d) in p for p in report.problems):
                 report.problems.append(f"snapshot {r.id}: files hold {size} bytes, the catalog records {r.bytes}")
             if r.as_of_lsn is not None and r.as_of_lsn < gen.start_lsn:
                 report.problems.append(f"snapshot {r.id}: as of {format_lsn(r.as_of_lsn)}, before generation "

@@ -16,11 +16,11 @@ from pathlib import Path
 import msgspec
 
 from pgtape import metadata
-from pgtape.durable import make_dirs_durably
 from pgtape.tape.archive import Archive
 from pgtape.timefmt import now_us
 
 RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
+CATALOG_KEY = "catalog/snapshots"
 
 
 class SnapshotRecord(msgspec.Struct):
@@ -45,31 +45,33 @@ def failed(record: SnapshotRecord, error: str) -> SnapshotRecord:
     return msgspec.structs.replace(record, status=FAILED, error=error, completed_at=now_us())
 
 
-def catalog_dir(archive: Archive) -> Path:
-    return archive.path / "catalog" / "snapshots"
+def record_key(snapshot_id: str) -> str:
+    return f"{CATALOG_KEY}/{snapshot_id}.json"
+
+
+def snapshot_key(archive: Archive, generation: int, snapshot_id: str) -> str:
+    return f"{archive.generation_key(generation)}/snapshots/{snapshot_id}"
 
 
 def snapshot_dir(archive: Archive, generation: int, snapshot_id: str) -> Path:
-    return archive.generation_dir(generation) / "snapshots" / snapshot_id
+    """For messages (and tests): where the snapshot's files are."""
+    return archive.path / snapshot_key(archive, generation, snapshot_id)
 
 
 def save(archive: Archive, record: SnapshotRecord) -> None:
-    d = catalog_dir(archive)
-    make_dirs_durably(d)
-    metadata.write(d / f"{record.id}.json", record)
+    metadata.write(archive.storage, record_key(record.id), record)
 
 
 def load_all(archive: Archive, damaged: list[str] | None = None) -> list[SnapshotRecord]:
     """Every record, oldest first; interrupted ones shown as failed. A record that fails its
     checksum is an error (no replay chooses a base from what it cannot trust), or, given `damaged`,
     is named there and left out (verify)."""
-    d = catalog_dir(archive)
-    if not d.is_dir():
-        return []
     records = []
-    for p in sorted(d.glob("*.json")):
+    for e in archive.storage.list(CATALOG_KEY):
+        if e.size is None or not e.name.endswith(".json"):
+            continue
         try:
-            records.append(metadata.read(p, SnapshotRecord))
+            records.append(metadata.read(archive.storage, f"{CATALOG_KEY}/{e.name}", SnapshotRecord))
         except FileNotFoundError:
             continue  # pgtape prune deleted it since the listing: readers take no lock
         except metadata.DamagedMetadata as e:

@@ -9,18 +9,17 @@ and a footer frame (row count, data length and CRC-32). docs/FORMAT.md is the sp
 
 from __future__ import annotations
 
-import os
 import zlib
-from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import Iterator
 
 import msgspec
 import zstandard
 
 from pgtape.names import file_stem
+from pgtape.storage import Storage
 from pgtape.tape import FORMAT_VERSION
-from pgtape.tape.frames import KIND_DATA, KIND_FOOTER, KIND_HEADER, KIND_NAMES, FrameError, encode_frame, read_frame
-from pgtape.tape.segment import SegmentError
+from pgtape.tape.frames import KIND_DATA, KIND_FOOTER, KIND_HEADER, Frame, encode_frame
+from pgtape.tape.segment import FramedReader, SegmentError
 
 CHUNK_BYTES = 4 << 20  # decoded COPY bytes per data frame: bounds memory whatever the table size
 
@@ -55,18 +54,17 @@ def table_file_name(table: str) -> str:
 class TableWriter:
     """Writes one table file; `write(data)` takes COPY text output in arbitrary pieces."""
 
-    def __init__(self, path: Path, header: TableHeader) -> None:
-        self.path = path
-        self._f: BinaryIO = open(path, "wb")
+    def __init__(self, storage: Storage, key: str, header: TableHeader) -> None:
         self._compressor = zstandard.ZstdCompressor(level=3)
         self._pending = bytearray()
         self.rows = 0
-        self._offset = 0
-        self._crc = 0
-        self._emit(encode_frame(KIND_HEADER, msgspec.msgpack.encode(header), boundary=True))
+        first = encode_frame(KIND_HEADER, msgspec.msgpack.encode(header), boundary=True)
+        self._h = storage.create(key, first)
+        self._offset = len(first)
+        self._crc = zlib.crc32(first)
 
     def _emit(self, frame: bytes) -> None:
-        self._f.write(frame)
+        self._h.append(frame)
         self._offset += len(frame)
         self._crc = zlib.crc32(frame, self._crc)
 
@@ -89,61 +87,43 @@ class TableWriter:
         """Footer, fsync, close; returns (rows, bytes)."""
         self._flush(final=True)
         footer = TableFooter(self.rows, self._offset, self._crc)
-        self._f.write(encode_frame(KIND_FOOTER, msgspec.msgpack.encode(footer), boundary=True))
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
-        return self.rows, self.path.stat().st_size
+        self._h.append(encode_frame(KIND_FOOTER, msgspec.msgpack.encode(footer), boundary=True))
+        self._h.sync()
+        self._h.close()
+        return self.rows, self._h.size()
 
     def abort(self) -> None:
-        self._f.close()
+        self._h.close()
 
 
-class TableReader:
+class TableReader(FramedReader):
     """Reads a table file, verifying every frame, the footer and the row count."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._f = open(path, "rb")
-        self._dec = zstandard.ZstdDecompressor()
-        first = self._frame(0, 0)
-        if first is None or first.kind != KIND_HEADER:
-            self._f.close()
-            raise SegmentError(path, 0, "snapshot file header is missing")
-        try:
-            self.header = msgspec.msgpack.decode(first.payload, type=TableHeader)
-        except msgspec.DecodeError as e:
-            raise SegmentError(path, 0, f"undecodable snapshot header: {e}") from None
-        if self.header.format_version != FORMAT_VERSION:
-            raise SegmentError(path, 0, f"format version {self.header.format_version}; this pgtape reads "
-                                        f"{FORMAT_VERSION}")
-        self._offset, self._crc = first.end, first.disk_crc
-        self.footer: TableFooter | None = None
+    what = "snapshot file"
+    no_footer = "snapshot file ends without a footer (truncated?)"
 
-    def _frame(self, offset: int, crc: int):  # type: ignore[no-untyped-def]
+    def __init__(self, storage: Storage, key: str) -> None:
+        self.footer: TableFooter | None = None
+        self._rows = 0
+        super().__init__(storage, key)
+
+    def _header(self, frame: Frame) -> None:
         try:
-            return read_frame(self._f, offset, self._dec, crc)
-        except FrameError as e:
-            raise SegmentError(self.path, e.offset, e.reason) from None
+            self.header = msgspec.msgpack.decode(frame.payload, type=TableHeader)
+        except msgspec.DecodeError as e:
+            raise SegmentError(self.path, 0, f"undecodable snapshot header: {e}") from None
+        if self.header.format_version != FORMAT_VERSION:
+            raise SegmentError(self.path, 0, f"format version {self.header.format_version}; this pgtape reads "
+                                             f"{FORMAT_VERSION}")
+
+    def _footer(self, frame: Frame) -> None:
+        footer = msgspec.msgpack.decode(frame.payload, type=TableFooter)
+        if footer.data_bytes != frame.offset or footer.data_crc32 != self._crc or footer.rows != self._rows:
+            raise SegmentError(self.path, frame.offset, "footer does not match the snapshot data")
+        self.footer = footer
 
     def chunks(self) -> Iterator[bytes]:
         """COPY text chunks of whole rows; sets .footer once the last one is read and checked."""
-        rows = 0
-        try:
-            while (frame := self._frame(self._offset, self._crc)) is not None:
-                if frame.kind == KIND_FOOTER:
-                    footer = msgspec.msgpack.decode(frame.payload, type=TableFooter)
-                    if footer.data_bytes != frame.offset or footer.data_crc32 != self._crc or footer.rows != rows:
-                        raise SegmentError(self.path, frame.offset, "footer does not match the snapshot data")
-                    if os.fstat(self._f.fileno()).st_size != frame.end:
-                        raise SegmentError(self.path, frame.end, "unexpected bytes after the footer")
-                    self.footer = footer
-                    return
-                if frame.kind != KIND_DATA:
-                    raise SegmentError(self.path, frame.offset, f"unexpected {KIND_NAMES[frame.kind]} frame")
-                self._offset, self._crc = frame.end, frame.disk_crc
-                rows += frame.payload.count(b"\n")
-                yield frame.payload
-            raise SegmentError(self.path, self._offset, "snapshot file ends without a footer (truncated?)")
-        finally:
-            self._f.close()
+        for frame in self.frames():
+            self._rows += frame.payload.count(b"\n")
+            yield frame.payload

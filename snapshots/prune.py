@@ -29,16 +29,14 @@ replay reading a base that prune deletes under it fails with an error, never a w
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import msgspec
 
 from pgtape import metadata
-from pgtape.durable import fsync_dir
 from pgtape.errors import PgtapeError
-from pgtape.tape.archive import Archive, SegmentFile
+from pgtape.storage import Storage
+from pgtape.tape.archive import PRUNED_FILE, Archive, SegmentFile
 from pgtape.tape.window import Window, tape_extent
 from pgtape.timefmt import now_us
 from pgtape.snapshots import catalog
@@ -50,11 +48,11 @@ from pgtape.snapshots.take import SnapshotLock
 class PrunePlan:
     now: int  # µs UTC: expiry is judged against it
     snapshots: list[SnapshotRecord] = field(default_factory=list)  # records (and directories) to delete
-    leftovers: list[Path] = field(default_factory=list)  # snapshot directories without a record
+    leftovers: list[str] = field(default_factory=list)  # snapshot directories without a record (keys)
     generations: list[int] = field(default_factory=list)  # older generations to delete entirely
     segments: list[SegmentFile] = field(default_factory=list)  # per generation, oldest first
     tape_start: dict[int, int] = field(default_factory=dict)  # generation -> where its tape will begin
-    sizes: dict[Path, int] = field(default_factory=dict)  # bytes each deleted path holds
+    sizes: dict[str, int] = field(default_factory=dict)  # bytes each deleted key (object or directory) holds
     window: Window | None = None  # the current generation's recoverable window afterwards
 
     @property
@@ -80,17 +78,18 @@ def plan(archive: Archive, now: int | None = None) -> PrunePlan:
 
     for g in range(1, current + 1):
         recs = [r for r in records if r.generation == g]
-        gdir = archive.generation_dir(g)
+        gdir = archive.generation_key(g)
+        present = archive.storage.exists(gdir)
         # An old generation with no records at all is not "all expired": its catalog may be damaged.
-        if g in pruned.deleted_generations or (g < current and gdir.is_dir() and recs and all(map(expired, recs))):
-            if not (recs or gdir.exists()):
+        if g in pruned.deleted_generations or (g < current and present and recs and all(map(expired, recs))):
+            if not (recs or present):
                 continue  # already gone
             p.generations.append(g)  # (again, if an earlier prune was interrupted)
             p.snapshots += recs
-            if gdir.is_dir():
-                p.sizes[gdir] = _size(gdir)
+            if present:
+                p.sizes[gdir] = _tree_size(archive.storage, gdir)
             continue
-        if not gdir.is_dir():
+        if not present:
             continue  # missing, not pruned: verify's to report, not ours to hide
         gen = archive.generation(g)
         done = sorted((r for r in recs if r.status == catalog.COMPLETED and r.as_of_lsn is not None),
@@ -103,19 +102,23 @@ def plan(archive: Archive, now: int | None = None) -> PrunePlan:
         doomed = [r for r in recs if expired(r) and r.id not in keep]
         p.snapshots += doomed
         for r in doomed:
-            d = catalog.snapshot_dir(archive, g, r.id)
-            p.sizes[d] = _size(d)
-        sdir = gdir / "snapshots"
-        for d in sorted(sdir.iterdir()) if sdir.is_dir() else []:
-            if d.is_dir() and not d.name.endswith(".partial") and d.name not in known:
+            d = catalog.snapshot_key(archive, g, r.id)
+            p.sizes[d] = _tree_size(archive.storage, d)
+        sdir = f"{gdir}/snapshots"
+        for e in archive.storage.list(sdir):
+            if e.size is None and not e.name.endswith(".partial") and e.name not in known:
+                d = f"{sdir}/{e.name}"
                 p.leftovers.append(d)
-                p.sizes[d] = _size(d)
+                p.sizes[d] = _tree_size(archive.storage, d)
         gone = {r.id for r in doomed}
         remaining = [r for r in done if r.id not in gone]
         segs = _deletable_segments(archive, g, remaining[0].as_of_lsn or 0) if remaining else []
         p.segments += segs
         for s in segs:
-            p.sizes[s.path] = _size(s.path)
+            try:
+                p.sizes[s.key] = archive.storage.size(s.key)
+            except FileNotFoundError:
+                p.sizes[s.key] = 0
         if doomed or segs:
             # where the first segment left will start (never moving back over an earlier prune's point)
             first = segs[-1].end_lsn if segs else min((s.start_lsn for s in archive.segments(g)), default=None)
@@ -142,10 +145,10 @@ def _deletable_segments(archive: Archive, g: int, oldest_base_lsn: int) -> list[
     return out
 
 
-def _size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+def _tree_size(storage: Storage, directory: str) -> int:
+    """Bytes of every object under a directory (0 if it is gone)."""
+    return sum(e.size if e.size is not None else _tree_size(storage, f"{directory}/{e.name}")
+               for e in storage.list(directory))
 
 
 # -- the crash-safe steps, in order (each is idempotent) ------------------------------------------
@@ -157,38 +160,28 @@ def record_intent(archive: Archive, p: PrunePlan) -> None:
     new = msgspec.structs.replace(old, deleted_generations=sorted(set(old.deleted_generations) | set(p.generations)),
                                   tape_start_lsn={**old.tape_start_lsn, **p.tape_start})
     if new != old:
-        metadata.write(archive.pruned_file, new)
+        metadata.write(archive.storage, PRUNED_FILE, new)
 
 
 def forget_snapshots(archive: Archive, p: PrunePlan) -> None:
-    """Step 2: the catalog records go, so no replay chooses those snapshots any more."""
-    if not p.snapshots:
-        return
-    d = catalog.catalog_dir(archive)
+    """Step 2: the catalog records go (each removal durable), so no replay chooses those snapshots any more."""
     for r in p.snapshots:
-        (d / f"{r.id}.json").unlink(missing_ok=True)
-    fsync_dir(d)
+        archive.storage.delete(catalog.record_key(r.id))
 
 
 def delete_directories(archive: Archive, p: PrunePlan) -> None:
     """Step 3: snapshot directories (of records already forgotten), then whole old generations."""
-    dirs = [catalog.snapshot_dir(archive, r.generation, r.id) for r in p.snapshots if r.generation not in p.generations]
+    dirs = [catalog.snapshot_key(archive, r.generation, r.id) for r in p.snapshots if r.generation not in p.generations]
     for d in dirs + p.leftovers:
-        if d.exists():
-            shutil.rmtree(d)
-            fsync_dir(d.parent)
+        archive.storage.delete_tree(d)
     for g in p.generations:
-        gdir = archive.generation_dir(g)
-        if gdir.exists():
-            shutil.rmtree(gdir)
-            fsync_dir(gdir.parent)
+        archive.storage.delete_tree(archive.generation_key(g))
 
 
 def delete_segments(archive: Archive, p: PrunePlan) -> None:
     """Step 4: oldest first, one durable unlink at a time: the tape left is a contiguous suffix."""
     for s in p.segments:
-        s.path.unlink(missing_ok=True)
-        fsync_dir(s.path.parent)
+        archive.storage.delete(s.key)
 
 
 STEPS = (record_intent, forget_snapshots, delete_directories, delete_segments)

@@ -33,9 +33,8 @@ class _File(msgspec.Struct):
 
 
 def load(archive: Archive, gen: int) -> list[RebasePoint]:
-    path = archive.generation_dir(gen) / REBASES_FILE
     try:
-        return metadata.read(path, _File).points
+        return metadata.read(archive.storage, f"{archive.generation_key(gen)}/{REBASES_FILE}", _File).points
     except FileNotFoundError:
         return []
 
@@ -46,4 +45,4 @@ def add(archive: Archive, gen: int, point: RebasePoint) -> None:
     points = load(archive, gen)
     if any(p.table == point.table and p.at_lsn == point.at_lsn for p in points):
         return
-    metadata.write(archive.generation_dir(gen) / REBASES_FILE, _File([*points, point]))
+    metadata.write(archive.storage, f"{archive.generation_key(gen)}/{REBASES_FILE}", _File([*points, point]))

@@ -12,15 +12,13 @@ take_snapshot(): such a later snapshot, on demand or on schedule (the initial ba
 from __future__ import annotations
 
 import os
-import shutil
 import time
-from pathlib import Path
 from typing import Callable
 
 import msgspec
 import psycopg
 
-from pgtape.durable import fsync_dir, make_dirs_durably, rename_durably
+from pgtape.durable import make_dirs_durably
 from pgtape.config import Config
 from pgtape.errors import PgtapeError, UsageError
 from pgtape.lock import Lock
@@ -46,8 +44,24 @@ class SnapshotLock(Lock):
         super().__init__(archive.path / "snapshot.lock", f"another snapshot is running on {archive.path}: wait "
                          "for it (pgtape snapshots shows it)")
         # Every snapshot writer holds this lock, so a .partial directory now is an interrupted one.
-        for leftover in archive.path.glob("generations/*/snapshots/*.partial"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        _remove_partials(archive)
+
+
+def _remove_partials(archive: Archive) -> None:
+    """The .partial directories of interrupted snapshots (snapshot.lock held: no snapshot is being written)."""
+    storage = archive.storage
+    for g in storage.list("generations"):
+        directory = f"generations/{g.name}/snapshots"
+        for e in storage.list(directory):
+            if e.name.endswith(".partial"):
+                _delete_quietly(archive, f"{directory}/{e.name}")
+
+
+def _delete_quietly(archive: Archive, key: str) -> None:
+    try:
+        archive.storage.delete_tree(key)
+    except OSError:
+        pass  # a leftover the next snapshot removes
 
 
 def copy_tables(archive: Archive, record: SnapshotRecord, snap: ExportedSnapshot, oids: dict[str, int],
@@ -55,8 +69,8 @@ def copy_tables(archive: Archive, record: SnapshotRecord, snap: ExportedSnapshot
     """Stream every table of `record` (`oids`: each one's object) under `snap` into a published
     snapshot; returns the completed record (saved). On any error the record is saved as failed,
     nothing is published, and PgtapeError is raised."""
-    final = catalog.snapshot_dir(archive, record.generation, record.id)
-    partial = final.with_name(final.name + ".partial")
+    final = catalog.snapshot_key(archive, record.generation, record.id)
+    partial = final + ".partial"
     record = msgspec.structs.replace(record, as_of_lsn=snap.as_of_lsn, as_of_time=snap.as_of_time)
     catalog.save(archive, record)
     try:
@@ -65,20 +79,19 @@ def copy_tables(archive: Archive, record: SnapshotRecord, snap: ExportedSnapshot
         for table in record.tables:
             if oids[table] not in shapes:
                 raise PgtapeError(f"table {table} does not exist (it was dropped)")
-        make_dirs_durably(partial)
         rows: dict[str, int] = {}
         size = 0
         for table in record.tables:
             started = time.monotonic()
-            n, b = _copy_table(snap, partial, record, table, shapes[oids[table]])
+            n, b = _copy_table(snap, archive, partial, record, table, shapes[oids[table]])
             rows[table], size = n, size + b
             if progress:
                 progress(f"{table}: {n} rows, {b} bytes in {time.monotonic() - started:.1f}s")
-        fsync_dir(partial)
-        rename_durably(partial, final)
+        # Each file's name is durable already (Storage.create); the directory is published whole.
+        archive.storage.rename(partial, final)
         snap.conn.rollback()
     except BaseException as e:
-        shutil.rmtree(partial, ignore_errors=True)
+        _delete_quietly(archive, partial)
         reason = _describe(e)
         try:
             catalog.save(archive, catalog.failed(record, reason))
@@ -92,13 +105,13 @@ def copy_tables(archive: Archive, record: SnapshotRecord, snap: ExportedSnapshot
     return done
 
 
-def _copy_table(snap: ExportedSnapshot, directory: Path, record: SnapshotRecord, table: str,
+def _copy_table(snap: ExportedSnapshot, archive: Archive, directory: str, record: SnapshotRecord, table: str,
                 shape: TableShape) -> tuple[int, int]:
     schema, name = split_table(table)
     header = TableHeader(FORMAT_VERSION, record.id, record.generation, schema, name, shape.name, shape.oid,
                          [c.name for c in shape.columns], [c.type for c in shape.columns],
                          [c.attnum for c in shape.columns], shape.key, snap.as_of_lsn, snap.as_of_time)
-    writer = TableWriter(directory / table_file_name(table), header)
+    writer = TableWriter(archive.storage, f"{directory}/{table_file_name(table)}", header)
     try:
         select = ", ".join(quote_ident(c.name) for c in shape.columns)
         # By oid: the table may have been renamed since (a partitioned table: its rows, every partition's).

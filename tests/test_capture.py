@@ -14,6 +14,7 @@ from pgtape.pg import connect
 from pgtape.tape.archive import Archive
 from pgtape.tape.reader import RowChange, iter_changes
 from pgtape.tape.records import Change
+from pgtape.storage import local_file
 from pgtape.tape.segment import SegmentReader
 
 TYPES_TABLE = """
@@ -72,7 +73,7 @@ def test_tape_rows_are_copy_to_lines_byte_for_byte(dsn: str, tmp_path: Path) -> 
               (nasty, [nasty, None], '{"k": "a\\tb"}'))
     c.execute("update payments set amount = 1.50 where note = %s", (nasty,))
     capture_to_now(dsn, archive, tables="public.payments")
-    rows = [r.row for seg in Archive(archive).segments(1) for r in SegmentReader(seg.path).records()
+    rows = [r.row for seg in Archive(archive).segments(1) for r in SegmentReader(*local_file(seg.path)).records()
             if isinstance(r, Change)]
     with connect(dsn) as oracle:
         buf = bytearray()

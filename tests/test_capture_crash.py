@@ -36,6 +36,7 @@ from pgtape.lsn import format_lsn, parse_lsn
 from pgtape.tape.archive import Archive
 from pgtape.tape.frames import HEADER, HEADER_SIZE, KIND_DATA, encode_frame
 from pgtape.tape.reader import iter_changes
+from pgtape.storage import local_file
 from pgtape.tape.segment import open_segment_stats
 from examples.temba.workload import TABLES as TEMBA_TABLES, apply_schema, run_workload
 
@@ -982,5 +983,5 @@ def test_idle_captured_tables_confirm_progress(dsn: str, tmp_path: Path) -> None
         assert stop_gracefully(proc) == 0, procs.logs()
     assert list(iter_changes(Archive(archive), 1)) == []
     seg = open_segment(archive)
-    stats = open_segment_stats(seg, int(seg.name.split(".")[0], 16))
+    stats = open_segment_stats(*local_file(seg), int(seg.name.split(".")[0], 16))
     assert stats.transactions == 0 and stats.end_lsn >= target  # the tape itself reaches what was confirmed

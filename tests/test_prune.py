@@ -24,6 +24,7 @@ import psycopg
 
 from conftest import capture_to_now, run_pgtape, spawn_pgtape, stop_process, wait_until
 from pgtape import metadata
+from pgtape.storage import LocalStorage
 from pgtape.tape import FORMAT_VERSION
 from pgtape.tape.archive import Archive, ArchiveIdentity
 from pgtape.timefmt import format_time
@@ -333,7 +334,7 @@ def test_prune_is_refused_while_a_snapshot_holds_the_lock(tmp_path: Path) -> Non
 
     archive = tmp_path / "archive"
     archive.mkdir()
-    metadata.write(archive / "ARCHIVE.json", ArchiveIdentity(FORMAT_VERSION, "1", "d", "s", 1, 0))
+    metadata.write(LocalStorage(archive), "ARCHIVE.json", ArchiveIdentity(FORMAT_VERSION, "1", "d", "s", 1, 0))
     fd = os.open(archive / "snapshot.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -33,6 +33,7 @@ from pgtape.tape.segment import SegmentError
 from pgtape.snapshots import catalog
 from pgtape.snapshots.catalog import SnapshotRecord
 from pgtape.snapshots.format import TableReader, table_file_name
+from pgtape.storage import local_file
 
 Row = dict[str, str | None]
 
@@ -81,7 +82,7 @@ def _parse_copy(text: str, columns: list[str]) -> Iterator[Row]:
 
 def _read_table(path: Path) -> tuple[list[str], dict[str, Row]]:
     """A snapshot table file's rows keyed by id, verified to the footer."""
-    reader = TableReader(path)
+    reader = TableReader(*local_file(path))
     rows: dict[str, Row] = {}
     for chunk in reader.chunks():
         for row in _parse_copy(chunk.decode(), reader.header.columns):
@@ -257,7 +258,7 @@ def test_snapshot_is_exactly_the_state_at_its_as_of_lsn(dsn: str, tmp_path: Path
     snap_rec = next(r for r in catalog.load_all(Archive(archive)) if r.id == info["id"])
     assert snap_rec.status == catalog.COMPLETED and snap_rec.as_of_lsn == as_of
     _, snap_rows = _read_table(_snap_file(archive, snap_rec, "public.accounts"))
-    assert TableReader(_snap_file(archive, snap_rec, "public.accounts")).header.as_of_lsn == as_of
+    assert TableReader(*local_file(_snap_file(archive, snap_rec, "public.accounts"))).header.as_of_lsn == as_of
 
     txns = _transactions(archive, gen.id)
     assert len(txns) == work.transactions, "every workload transaction is on the tape exactly once"
@@ -472,9 +473,9 @@ def test_a_flipped_byte_in_a_snapshot_chunk_is_detected(dsn: str, tmp_path: Path
     path.write_bytes(bytes(data))
 
     with pytest.raises(SegmentError) as err:
-        for _ in TableReader(path).chunks():
+        for _ in TableReader(*local_file(path)).chunks():
             pass
-    assert err.value.path == path and err.value.offset == hit.offset, str(err.value)
+    assert err.value.path == str(path) and err.value.offset == hit.offset, str(err.value)
     assert str(path) in str(err.value) and f"offset {hit.offset}" in str(err.value)
 
 

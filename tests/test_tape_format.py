@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pgtape.storage import LocalStorage, local_file
 from pgtape.tape import FORMAT_VERSION
 from pgtape.tape.records import Begin, Change, Commit, Relation
 from pgtape.tape.segment import SegmentError, SegmentReader, SegmentWriter, last_boundary, read_footer
@@ -18,9 +19,8 @@ def _txn(xid: int, end: int) -> list:
 
 
 def _segment(tmp_path: Path, n: int = 5) -> SegmentWriter:
-    tape = tmp_path / "tape"  # as in an archive: sealing records its end in the parent directory
-    tape.mkdir(exist_ok=True)
-    w = SegmentWriter.create(tape, 1, "42", "slot", 100)
+    # In "tape/" as in an archive: sealing records its end in the parent directory.
+    w = SegmentWriter.create(LocalStorage(tmp_path), "tape", 1, "42", "slot", 100)
     w.append([Relation(0, "public", "t", ["id", "amount"], ["integer", "numeric(12,2)"], ["id"])], boundary=True)
     for i in range(n):
         w.append(_txn(i + 1, 200 + i * 100), boundary=True)
@@ -29,33 +29,33 @@ def _segment(tmp_path: Path, n: int = 5) -> SegmentWriter:
 
 
 def test_sealed_segment_reads_back_and_footer_counts(tmp_path: Path) -> None:
-    path = _segment(tmp_path).seal()
+    path = tmp_path / _segment(tmp_path).seal()
     assert path.name == f"{100:016X}-{600:016X}.tape"
-    reader = SegmentReader(path)
+    reader = SegmentReader(*local_file(path))
     records = list(reader.records())
     assert [r.xid for r in records if isinstance(r, Begin)] == [1, 2, 3, 4, 5]
     assert reader.footer is not None and reader.footer.transactions == 5 and reader.footer.changes == 5
-    assert read_footer(path) == reader.footer
+    assert read_footer(*local_file(path)) == reader.footer
 
 
 @pytest.mark.parametrize("where", ["header", "middle", "footer"])
 def test_flipped_byte_is_detected_with_its_offset(tmp_path: Path, where: str) -> None:
-    path = _segment(tmp_path).seal()
+    path = tmp_path / _segment(tmp_path).seal()
     data = bytearray(path.read_bytes())
     pos = {"header": 30, "middle": len(data) // 2, "footer": len(data) - 3}[where]
     data[pos] ^= 0x40
     path.write_bytes(bytes(data))
     with pytest.raises(SegmentError) as e:
-        list(SegmentReader(path).records())
+        list(SegmentReader(*local_file(path)).records())
     assert str(path) in str(e.value) and "offset" in str(e.value)
     assert e.value.offset is not None and e.value.offset <= pos
 
 
 def test_truncated_sealed_segment_is_detected(tmp_path: Path) -> None:
-    path = _segment(tmp_path).seal()
+    path = tmp_path / _segment(tmp_path).seal()
     os.truncate(path, path.stat().st_size - 10)
     with pytest.raises(SegmentError, match="truncated"):
-        list(SegmentReader(path).records())
+        list(SegmentReader(*local_file(path)).records())
 
 
 @pytest.mark.parametrize("tail", [b"PGTF\x02", b"garbage that is not a frame", None])
@@ -66,25 +66,27 @@ def test_torn_tail_is_cut_back_to_last_transaction(tmp_path: Path, tail: bytes |
     w.append([Begin(9, 990, 1000, 0), Change("I", 0, b"9\t1.00", -1, None)], boundary=False)
     w.sync()
     w.close()
+    path = tmp_path / w.key
     if tail is None:
-        os.truncate(w.path, w.path.stat().st_size - 3)  # tear the unfinished frame itself
+        os.truncate(path, path.stat().st_size - 3)  # tear the unfinished frame itself
     else:
-        with open(w.path, "ab") as f:
+        with open(path, "ab") as f:
             f.write(tail)
-    recovered, cut = SegmentWriter.recover(w.path)
-    assert cut > 0 and recovered.offset == good == w.path.stat().st_size
+    recovered, cut = SegmentWriter.recover(LocalStorage(tmp_path), w.key)
+    assert cut > 0 and recovered.offset == good == path.stat().st_size
     assert recovered.stats.transactions == 3 and recovered.stats.end_lsn == 400
     recovered.append(_txn(10, 1100), boundary=True)
     recovered.sync()
-    assert [r.xid for r in SegmentReader(w.path).records() if isinstance(r, Begin)] == [1, 2, 3, 10]
+    assert [r.xid for r in SegmentReader(*local_file(path)).records() if isinstance(r, Begin)] == [1, 2, 3, 10]
 
 
 def test_open_segment_is_read_up_to_last_boundary(tmp_path: Path) -> None:
     w = _segment(tmp_path, n=2)
     w.append([Begin(7, 690, 700, 0), Change("I", 0, b"7\t1.00", -1, None)], boundary=False)
     w.sync()
-    assert last_boundary(w.path) < w.path.stat().st_size
-    assert [r.xid for r in SegmentReader(w.path).records() if isinstance(r, Begin)] == [1, 2]
+    path = tmp_path / w.key
+    assert last_boundary(*local_file(path)) < path.stat().st_size
+    assert [r.xid for r in SegmentReader(*local_file(path)).records() if isinstance(r, Begin)] == [1, 2]
 
 
 def test_archive_of_another_format_version_is_refused_in_one_line(tmp_path: Path) -> None:

@@ -32,11 +32,11 @@ def summary(archive: Archive, p: PrunePlan, dry_run: bool) -> dict[str, Any]:
     snaps = [{"id": r.id, "generation": r.generation, "kind": r.kind, "status": r.status,
               "as_of_lsn": format_lsn(r.as_of_lsn) if r.as_of_lsn is not None else None,
               "as_of_time": format_time(r.as_of_time) if r.as_of_time is not None else None,
-              "bytes": p.sizes.get(catalog.snapshot_dir(archive, r.generation, r.id), 0)} for r in p.snapshots]
+              "bytes": p.sizes.get(catalog.snapshot_key(archive, r.generation, r.id), 0)} for r in p.snapshots]
     segs = [{"file": s.path.name, "generation": segment_generation(s), "start_lsn": format_lsn(s.start_lsn),
-             "end_lsn": format_lsn(s.end_lsn or 0), "bytes": p.sizes[s.path]} for s in p.segments]
-    gens = [{"id": g, "bytes": p.sizes.get(archive.generation_dir(g), 0)} for g in p.generations]
-    leftovers = [{"path": str(d), "bytes": p.sizes[d]} for d in p.leftovers]
+             "end_lsn": format_lsn(s.end_lsn or 0), "bytes": p.sizes[s.key]} for s in p.segments]
+    gens = [{"id": g, "bytes": p.sizes.get(archive.generation_key(g), 0)} for g in p.generations]
+    leftovers = [{"path": archive.storage.where(d), "bytes": p.sizes[d]} for d in p.leftovers]
     w = p.window
     window = None if w is None else {"from": format_time(w.from_time), "from_lsn": format_lsn(w.from_lsn),
                                      "to": format_time(w.to_time), "to_lsn": format_lsn(w.to_lsn),

@@ -55,11 +55,11 @@ def summarize_tape(archive: Archive, gen: int) -> TapeSummary:
     transactions = changes = size = 0
     for s in segments:
         try:
-            size += s.path.stat().st_size
+            size += archive.storage.size(s.key)
             if s.is_open:
-                st = open_segment_stats(s.path, s.start_lsn)
+                st = open_segment_stats(archive.storage, s.key, s.start_lsn)
             else:
-                st = footer_stats(read_footer(s.path))
+                st = footer_stats(read_footer(archive.storage, s.key))
         except FileNotFoundError:
             continue  # sealed while we looked; the next status shows it
         transactions += st.transactions

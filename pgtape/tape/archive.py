@@ -12,17 +12,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import msgspec
 
 from pgtape import metadata
-from pgtape.durable import make_dirs_durably
 from pgtape.errors import PgtapeError
 from pgtape.lock import Lock
 from pgtape.lsn import format_lsn
+from pgtape.storage import LocalStorage, Storage
 from pgtape.tape import FORMAT_VERSION
 from pgtape.tape.segment import OPEN_RE, SEALED_RE, open_segment_stats
 from pgtape.timefmt import now_us
+
+T = TypeVar("T")
 
 
 class ArchiveIdentity(msgspec.Struct):
@@ -57,7 +60,8 @@ class Pruned(msgspec.Struct):
 
 @dataclass(frozen=True)
 class SegmentFile:
-    path: Path
+    key: str  # in the archive's storage
+    path: Path  # for messages
     start_lsn: int
     end_lsn: int | None  # None while open
 
@@ -66,9 +70,17 @@ class SegmentFile:
         return self.end_lsn is None
 
 
+IDENTITY_FILE = "ARCHIVE.json"
+PRUNED_FILE = "PRUNED.json"
+
+
 class Archive:
+    """The archive at `path`: its files are read and written through `storage` only (local
+    process locks aside, which live in the directory itself)."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.storage: Storage = LocalStorage(path)
 
     @classmethod
     def existing(cls, path: Path) -> "Archive":
@@ -90,41 +102,39 @@ class Archive:
         return Lock(self.path / "capture.lock",
                     f"pgtape capture (or init) is running on {self.path}: stop it first")
 
-    @property
-    def identity_file(self) -> Path:
-        return self.path / "ARCHIVE.json"
-
     def exists(self) -> bool:
-        return self.identity_file.exists()
+        return self.storage.exists(IDENTITY_FILE)
 
     def identity(self) -> ArchiveIdentity:
         if not self.exists():
             raise PgtapeError(f"{self.path} is not a pgtape archive yet (no ARCHIVE.json): run pgtape init (or pgtape capture) first")
         try:
-            ident = _load(self.identity_file, ArchiveIdentity)
+            ident = _load(self.storage, IDENTITY_FILE, ArchiveIdentity)
         except metadata.DamagedMetadata:
-            ident = _older_format(self.identity_file)  # an archive another pgtape wrote reads as damaged
+            ident = _older_format(self.storage)  # an archive another pgtape wrote reads as damaged
         if ident.format_version != FORMAT_VERSION:
             raise PgtapeError(f"{self.path} holds tape format {ident.format_version}; this pgtape reads format "
                               f"{FORMAT_VERSION} (docs/FORMAT.md): use the pgtape that wrote it, or start a new "
                               "archive with pgtape init --archive NEW_DIR")
         return ident
 
-    @property
-    def pruned_file(self) -> Path:
-        return self.path / "PRUNED.json"
-
     def pruned(self) -> Pruned:
-        return _load(self.pruned_file, Pruned) if self.pruned_file.exists() else Pruned()  # type: ignore[return-value]
+        if not self.storage.exists(PRUNED_FILE):
+            return Pruned()
+        return _load(self.storage, PRUNED_FILE, Pruned)  # type: ignore[return-value]
+
+    def generation_key(self, gen: int) -> str:
+        return f"generations/{gen:04d}"
+
+    def tape_key(self, gen: int) -> str:
+        return f"{self.generation_key(gen)}/tape"
 
     def generation_dir(self, gen: int) -> Path:
-        return self.path / "generations" / f"{gen:04d}"
-
-    def tape_dir(self, gen: int) -> Path:
-        return self.generation_dir(gen) / "tape"
+        """For messages (and tests): where the generation's files are."""
+        return self.path / self.generation_key(gen)
 
     def generation(self, gen: int) -> Generation:
-        return _load(self.generation_dir(gen) / "GENERATION.json", Generation)
+        return _load(self.storage, f"{self.generation_key(gen)}/GENERATION.json", Generation)  # type: ignore[return-value]
 
     def start_generation(self, system_id: str, database: str, slot: str, start_lsn: int, reason: str,
                          tables: list[str]) -> Generation:
@@ -132,29 +142,43 @@ class Archive:
         current = self.identity().generation if self.exists() else 0
         now = now_us()
         gen = Generation(current + 1, system_id, database, slot, start_lsn, now, reason, tables)
-        make_dirs_durably(self.tape_dir(gen.id))
-        metadata.write(self.generation_dir(gen.id) / "GENERATION.json", gen)
+        metadata.write(self.storage, f"{self.generation_key(gen.id)}/GENERATION.json", gen)
         created = self.identity().created_at if self.exists() else now
-        metadata.write(self.identity_file, ArchiveIdentity(FORMAT_VERSION, system_id, database, slot, gen.id, created))
+        metadata.write(self.storage, IDENTITY_FILE,
+                       ArchiveIdentity(FORMAT_VERSION, system_id, database, slot, gen.id, created))
         return gen
 
     def segments(self, gen: int) -> list[SegmentFile]:
         """The generation's segment files ordered by start LSN (an open one sorts last)."""
         files: list[SegmentFile] = []
-        directory = self.tape_dir(gen)
-        if not directory.is_dir():
-            return files
-        for p in directory.iterdir():
-            if m := SEALED_RE.match(p.name):
-                files.append(SegmentFile(p, int(m.group(1), 16), int(m.group(2), 16)))
-            elif m := OPEN_RE.match(p.name):
-                files.append(SegmentFile(p, int(m.group(1), 16), None))
+        directory = self.tape_key(gen)
+        for e in self.storage.list(directory):
+            key = f"{directory}/{e.name}"
+            if m := SEALED_RE.match(e.name):
+                files.append(SegmentFile(key, self.path / key, int(m.group(1), 16), int(m.group(2), 16)))
+            elif m := OPEN_RE.match(e.name):
+                files.append(SegmentFile(key, self.path / key, int(m.group(1), 16), None))
         files.sort(key=lambda s: (s.start_lsn, s.is_open))
         return files
 
+    def read_segment(self, seg: SegmentFile, read: Callable[[Storage, str], T]) -> T:
+        """`read(storage, key)` of a listed segment. Readers take no lock, so an open segment may have
+        been sealed (renamed to <start>-<end>.tape) since it was listed: then the sealed one is read.
+        (Once opened, a reader keeps reading what it opened: Storage.open_read.)"""
+        try:
+            return read(self.storage, seg.key)
+        except FileNotFoundError:
+            if seg.is_open:
+                directory, _, name = seg.key.rpartition("/")
+                start = name.split(".")[0]
+                for e in self.storage.list(directory):
+                    if (m := SEALED_RE.match(e.name)) and m.group(1) == start:
+                        return read(self.storage, f"{directory}/{e.name}")
+            raise
+
     def tape_is_empty(self, gen: int) -> bool:
         """No transaction captured yet in this generation."""
-        return all(s.is_open and open_segment_stats(s.path, s.start_lsn).transactions == 0
+        return all(s.is_open and open_segment_stats(self.storage, s.key, s.start_lsn).transactions == 0
                    for s in self.segments(gen))
 
     def continuity_problems(self, gen: int) -> list[str]:
@@ -177,19 +201,19 @@ class Archive:
         return problems
 
 
-def _load(path: Path, kind: type) -> object:
+def _load(storage: Storage, key: str, kind: type) -> object:
     try:
-        return metadata.read(path, kind)
+        return metadata.read(storage, key, kind)
     except FileNotFoundError:
-        raise PgtapeError(f"{path} is missing: the archive is incomplete") from None
+        raise PgtapeError(f"{storage.where(key)} is missing: the archive is incomplete") from None
 
 
-def _older_format(path: Path) -> ArchiveIdentity:
+def _older_format(storage: Storage) -> ArchiveIdentity:
     """ARCHIVE.json of another format version (no checksum envelope), for the message that says so."""
     try:
-        ident = msgspec.json.decode(path.read_bytes(), type=ArchiveIdentity)
+        ident = msgspec.json.decode(storage.read(IDENTITY_FILE), type=ArchiveIdentity)
     except msgspec.DecodeError:
         ident = None
     if ident is None or ident.format_version == FORMAT_VERSION:
-        return _load(path, ArchiveIdentity)  # type: ignore[return-value]  # (raises: damaged)
+        return _load(storage, IDENTITY_FILE, ArchiveIdentity)  # type: ignore[return-value]  # (raises: damaged)
     return ident

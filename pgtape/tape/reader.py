@@ -50,11 +50,11 @@ def iter_changes(archive: Archive, generation: int, from_lsn: int | None = None,
             continue
         if to_lsn is not None and seg.start_lsn >= to_lsn:
             break
-        yield from _segment_changes(seg, from_lsn, to_lsn)
+        yield from _segment_changes(archive, seg, from_lsn, to_lsn)
 
 
-def _segment_changes(seg: SegmentFile, from_lsn: int | None, to_lsn: int | None) -> Iterator[RowChange]:
-    reader = _open(seg)
+def _segment_changes(archive: Archive, seg: SegmentFile, from_lsn: int | None, to_lsn: int | None) -> Iterator[RowChange]:
+    reader = archive.read_segment(seg, SegmentReader)
     relations: dict[int, Relation] = {}
     txn: Txn | None = None
     wanted = False
@@ -87,18 +87,6 @@ def _segment_changes(seg: SegmentFile, from_lsn: int | None, to_lsn: int | None)
             txn = None
     if txn is not None:
         raise SegmentError(seg.path, None, f"transaction {txn.xid} has no commit record")
-
-
-def _open(seg: SegmentFile) -> SegmentReader:
-    try:
-        return SegmentReader(seg.path)
-    except FileNotFoundError:
-        # An open segment was sealed (renamed) between listing and opening.
-        if seg.is_open:
-            sealed = [p for p in seg.path.parent.glob(f"{seg.path.name.split('.')[0]}-*.tape")]
-            if sealed:
-                return SegmentReader(sealed[0])
-        raise
 
 
 def _resolve(txn: Txn, c: Change, relations: dict[int, Relation]) -> RowChange:

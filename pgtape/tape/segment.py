@@ -20,8 +20,8 @@ import msgspec
 import zstandard
 
 from pgtape import metadata
-from pgtape.durable import fsync_dir, rename_durably
 from pgtape.lsn import lsn_filename_part
+from pgtape.storage import AppendHandle, Storage
 from pgtape.tape import FORMAT_VERSION
 from pgtape.tape.frames import (FLAG_BOUNDARY, HEADER, HEADER_SIZE, KIND_DATA, KIND_FOOTER, KIND_HEADER,
                                 KIND_NAMES, MAGIC, Frame, FrameError, encode_frame, read_frame)
@@ -43,7 +43,7 @@ _footer_decoder = msgspec.msgpack.Decoder(SegmentFooter)
 class SegmentError(Exception):
     """A damaged or inconsistent segment: names the file and where."""
 
-    def __init__(self, path: Path, offset: int | None, reason: str) -> None:
+    def __init__(self, path: str | Path, offset: int | None, reason: str) -> None:
         where = f" at offset {offset}" if offset is not None else ""
         super().__init__(f"{path}{where}: {reason}")
         self.path, self.offset, self.reason = path, offset, reason
@@ -55,6 +55,14 @@ def sealed_name(start_lsn: int, end_lsn: int) -> str:
 
 def open_name(start_lsn: int) -> str:
     return f"{lsn_filename_part(start_lsn)}{OPEN_SUFFIX}"
+
+
+def parent_key(key: str) -> str:
+    return key.rpartition("/")[0]
+
+
+def child_key(directory: str, name: str) -> str:
+    return f"{directory}/{name}" if directory else name
 
 
 @dataclass(frozen=True)
@@ -105,10 +113,12 @@ class _CutPoint:
 class SegmentWriter:
     """Appends frames to an open segment. Not thread-safe: one capture process owns it."""
 
-    def __init__(self, path: Path, f: BinaryIO, header: SegmentHeader, cut: _CutPoint) -> None:
-        self.path = path
+    def __init__(self, storage: Storage, handle: AppendHandle, header: SegmentHeader, cut: _CutPoint) -> None:
+        self.storage = storage
+        self.key = handle.key
+        self.name = self.key.rpartition("/")[2]
         self.header = header
-        self._f = f
+        self._h = handle
         self._compressor = zstandard.ZstdCompressor(level=3)
         self._cut = cut  # state at the end of the last boundary frame
         self.offset, self._crc, self.stats = cut.offset, cut.crc, cut.stats
@@ -117,34 +127,35 @@ class SegmentWriter:
 
     # -- creation and recovery ------------------------------------------------------------
     @classmethod
-    def create(cls, directory: Path, generation: int, system_id: str, slot: str, start_lsn: int) -> "SegmentWriter":
+    def create(cls, storage: Storage, directory: str, generation: int, system_id: str, slot: str,
+               start_lsn: int) -> "SegmentWriter":
         header = SegmentHeader(FORMAT_VERSION, generation, system_id, slot, start_lsn, now_us())
-        path = directory / open_name(start_lsn)
         frame = encode_frame(KIND_HEADER, msgspec.msgpack.encode(header), boundary=True)
-        # Header written under a temporary name, then renamed: a full disk never leaves an open
+        # Created with its header, durably (Storage.create): a full disk never leaves an open
         # segment without its header (which recovery would refuse to touch).
-        tmp = path.with_name(path.name + ".new")
-        with open(tmp, "wb") as new:
-            new.write(frame)
-            new.flush()
-            os.fsync(new.fileno())
-        os.rename(tmp, path)
-        fsync_dir(directory)
-        f = open(path, "r+b")
-        f.seek(len(frame))
-        return cls(path, f, header, _CutPoint(len(frame), zlib.crc32(frame), SegmentStats(end_lsn=start_lsn), {}))
+        handle = storage.create(child_key(directory, open_name(start_lsn)), frame)
+        return cls(storage, handle, header,
+                   _CutPoint(len(frame), zlib.crc32(frame), SegmentStats(end_lsn=start_lsn), {}))
 
     @classmethod
-    def recover(cls, path: Path) -> tuple["SegmentWriter", int]:
+    def recover(cls, storage: Storage, key: str) -> tuple["SegmentWriter", int]:
         """Reopen an open segment after a crash, cutting a torn or unfinished tail.
 
         Returns the writer and the number of bytes cut. Raises SegmentError if the header is
         unreadable: pgtape never deletes such a file by itself."""
-        f = open(path, "r+b")
+        with storage.open_read(key) as f:
+            header, cut, size = cls._scan(storage.where(key), f)
+        handle = storage.open_append(key)
+        if size != cut.offset:
+            handle.truncate(cut.offset)
+        return cls(storage, handle, header, cut), size - cut.offset
+
+    @staticmethod
+    def _scan(path: str, f: BinaryIO) -> tuple[SegmentHeader, _CutPoint, int]:
+        """The header, the state after the last boundary frame that holds, and the file's size."""
         dec = zstandard.ZstdDecompressor()
         header_frame = _frame_or_none(f, 0, dec)
         if header_frame is None or header_frame.kind != KIND_HEADER:
-            f.close()
             raise SegmentError(path, 0, "segment header is missing or damaged")
         header = _decode_header(path, header_frame)
         crc = header_frame.disk_crc
@@ -172,19 +183,14 @@ class SegmentWriter:
             if frame.boundary:
                 cut = _CutPoint(offset, crc, cut.stats.after(since_cut), dict(relations))
                 since_cut = []
-        size = f.seek(0, os.SEEK_END)
-        if size != cut.offset:
-            f.truncate(cut.offset)
-            os.fsync(f.fileno())
-        f.seek(cut.offset)
-        return cls(path, f, header, cut), size - cut.offset
+        return header, cut, f.seek(0, os.SEEK_END)
 
     # -- writing --------------------------------------------------------------------------
     def append(self, records: list[Record], *, boundary: bool) -> None:
         """Append one frame. `boundary`: the records end between transactions."""
         frame = encode_frame(KIND_DATA, _records_encoder.encode(records), boundary=boundary,
                              compressor=self._compressor)
-        self._f.write(frame)
+        self._h.append(frame)
         self.offset += len(frame)
         self._crc = zlib.crc32(frame, self._crc)
         for r in records:
@@ -200,51 +206,47 @@ class SegmentWriter:
             self._since_cut = []
             self._cut = _CutPoint(self.offset, self._crc, self.stats, dict(self.relations))
 
-    def file_identity(self) -> tuple[int, int]:
-        """(device, inode) of the file being written: what its path must still lead to."""
-        st = os.fstat(self._f.fileno())
-        return st.st_dev, st.st_ino
+    def still_there(self) -> bool:
+        """The segment's name still leads to the object being written (AppendHandle.still_there)."""
+        return self._h.still_there()
 
     def sync(self) -> None:
         """Make every appended frame durable."""
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        self._h.sync()
 
     def cut_to_boundary(self) -> None:
         """Drop the frames of an unfinished transaction (e.g. the connection was lost in it)."""
         cut = self._cut
         if self.offset != cut.offset:
-            self._f.flush()
-            self._f.truncate(cut.offset)
-            self._f.seek(cut.offset)
-            os.fsync(self._f.fileno())
+            self._h.truncate(cut.offset)
         self.offset, self._crc, self.stats = cut.offset, cut.crc, cut.stats
         self.relations = dict(cut.relations)
         self._since_cut = []
 
-    def seal(self) -> Path:
-        """Write the footer, fsync and publish under the final name; closes the writer."""
+    def seal(self) -> str:
+        """Write the footer, fsync and publish under the final name; closes the writer. Returns its key."""
         assert self.offset == self._cut.offset, "seal only between transactions"
         s = self.stats
         footer = SegmentFooter(self.header.start_lsn, s.end_lsn, s.transactions, s.changes, s.first_commit_lsn,
                                s.last_commit_lsn, s.first_commit_time, s.last_commit_time, s.complete_time,
                                self.offset, self._crc)
-        self._f.write(encode_frame(KIND_FOOTER, msgspec.msgpack.encode(footer), boundary=True))
+        self._h.append(encode_frame(KIND_FOOTER, msgspec.msgpack.encode(footer), boundary=True))
         self.sync()
-        self._f.close()
-        final = self.path.with_name(sealed_name(self.header.start_lsn, s.end_lsn))
-        rename_durably(self.path, final)
+        self._h.close()
+        directory = parent_key(self.key)
+        final = child_key(directory, sealed_name(self.header.start_lsn, s.end_lsn))
+        self.storage.rename(self.key, final)
         # Remembered beside the tape, so verify notices when the newest sealed segments vanish.
-        metadata.write(final.parent.parent / SEALED_FILE, {"end_lsn": s.end_lsn})
+        metadata.write(self.storage, child_key(parent_key(directory), SEALED_FILE), {"end_lsn": s.end_lsn})
         return final
 
     def close(self) -> None:
-        self._f.close()
+        self._h.close()
 
     def abandon(self) -> None:
         """Close without the last buffered bytes (a full disk): recovery cuts back to the last boundary."""
         try:
-            self._f.close()
+            self._h.close()
         except OSError:
             pass
 
@@ -257,7 +259,7 @@ def _frame_or_none(f: BinaryIO, offset: int, dec: zstandard.ZstdDecompressor, cr
         return None
 
 
-def _decode_header(path: Path, frame: Frame) -> SegmentHeader:
+def _decode_header(path: str, frame: Frame) -> SegmentHeader:
     try:
         header = _header_decoder.decode(frame.payload)
     except msgspec.DecodeError as e:
@@ -272,7 +274,7 @@ def scan_frame_headers(f: BinaryIO) -> Iterator[tuple[int, int, int, int]]:
     """(offset, kind, flags, size on disk) of each whole frame, from headers only (no checksums).
 
     Stops at the end of the file, at a frame that runs past it, or where no frame starts."""
-    size = os.fstat(f.fileno()).st_size
+    size = f.seek(0, os.SEEK_END)
     offset = 0
     while offset + HEADER_SIZE <= size:
         f.seek(offset)
@@ -283,62 +285,104 @@ def scan_frame_headers(f: BinaryIO) -> Iterator[tuple[int, int, int, int]]:
         offset += HEADER_SIZE + length
 
 
-def last_boundary(path: Path) -> int:
+def _last_boundary(f: BinaryIO) -> int:
+    end = 0
+    for offset, _, flags, size in scan_frame_headers(f):
+        if flags & FLAG_BOUNDARY:
+            end = offset + size
+    return end
+
+
+def last_boundary(storage: Storage, key: str) -> int:
     """End offset of the last whole boundary frame of an open segment, from frame headers only.
 
     A frame being appended right now, or a torn one, ends the scan; checksums are checked later
     by the reader, up to this offset."""
-    end = 0
-    with open(path, "rb") as f:
-        for offset, _, flags, size in scan_frame_headers(f):
-            if flags & FLAG_BOUNDARY:
-                end = offset + size
-    return end
+    with storage.open_read(key) as f:
+        return _last_boundary(f)
 
 
-class SegmentReader:
-    """Reads one segment's records in order, verifying every frame checksum.
+class FramedReader:
+    """A framed file read in order (a tape segment or a snapshot table file, docs/FORMAT.md): a
+    header frame, data frames, a footer frame. Every frame's checksum is verified, and a CRC-32
+    chained over the file's bytes is kept for the subclass's footer check (`_footer`)."""
 
-    A sealed segment is checked against its footer (data checksum and length) when the
-    records are exhausted; an open one is read up to its last transaction boundary."""
+    what = "file"  # in messages: "<what> header is missing"
+    no_footer = "file ends without a footer (truncated?)"
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.is_open = path.name.endswith(OPEN_SUFFIX)
-        self._stop = last_boundary(path) if self.is_open else None
-        self._f = open(path, "rb")
+    def __init__(self, storage: Storage, key: str) -> None:
+        self.path = storage.where(key)
+        self._f = storage.open_read(key)
         self._dec = zstandard.ZstdDecompressor()
-        first = self._next_frame(0)
-        if first is None or first.kind != KIND_HEADER:
+        try:
+            self._stop = self._stop_offset()
+            first = self._next_frame(0)
+            if first is None or first.kind != KIND_HEADER:
+                raise SegmentError(self.path, 0, f"{self.what} header is missing")
+            self._header(first)
+        except BaseException:
             self._f.close()
-            raise SegmentError(path, 0, "segment header is missing")
-        self.header = _decode_header(path, first)
+            raise
         self._offset, self._crc = first.end, first.disk_crc
-        self.footer: SegmentFooter | None = None
+
+    def _stop_offset(self) -> int | None:
+        """Read only up to here (None: to the footer)."""
+        return None
+
+    def _header(self, frame: Frame) -> None:
+        raise NotImplementedError
+
+    def _footer(self, frame: Frame) -> None:
+        """Decode and check the footer against the data read (self._crc: CRC-32 of every byte before it)."""
+        raise NotImplementedError
 
     def _next_frame(self, offset: int, crc: int = 0) -> Frame | None:
         if self._stop is not None and offset >= self._stop:
             return None
+        self._f.seek(offset)
         try:
             return read_frame(self._f, offset, self._dec, crc)
         except FrameError as e:
             raise SegmentError(self.path, e.offset, e.reason) from None
 
     def frames(self) -> Iterator[Frame]:
-        """Data frames in order; sets .footer at the end of a sealed segment."""
+        """Data frames in order; the footer, when reached, is checked and ends them."""
         try:
             while (frame := self._next_frame(self._offset, self._crc)) is not None:
                 if frame.kind == KIND_FOOTER:
-                    self._check_footer(frame)
+                    self._footer(frame)
+                    if self._f.seek(0, os.SEEK_END) != frame.end:
+                        raise SegmentError(self.path, frame.end, "unexpected bytes after the footer")
                     return
                 if frame.kind != KIND_DATA:
                     raise SegmentError(self.path, frame.offset, f"unexpected {KIND_NAMES[frame.kind]} frame")
                 self._crc, self._offset = frame.disk_crc, frame.end
                 yield frame
-            if not self.is_open:
-                raise SegmentError(self.path, self._offset, "sealed segment ends without a footer (truncated?)")
+            if self._stop is None:
+                raise SegmentError(self.path, self._offset, self.no_footer)
         finally:
             self._f.close()
+
+
+class SegmentReader(FramedReader):
+    """Reads one segment's records in order, verifying every frame checksum.
+
+    A sealed segment is checked against its footer (data checksum and length) when the
+    records are exhausted; an open one is read up to its last transaction boundary."""
+
+    what = "segment"
+    no_footer = "sealed segment ends without a footer (truncated?)"
+
+    def __init__(self, storage: Storage, key: str) -> None:
+        self.is_open = key.endswith(OPEN_SUFFIX)
+        self.footer: SegmentFooter | None = None
+        super().__init__(storage, key)
+
+    def _stop_offset(self) -> int | None:
+        return _last_boundary(self._f) if self.is_open else None
+
+    def _header(self, frame: Frame) -> None:
+        self.header = _decode_header(self.path, frame)
 
     def records(self) -> Iterator[Record]:
         for batch in self.batches():
@@ -352,25 +396,24 @@ class SegmentReader:
             except msgspec.DecodeError as e:
                 raise SegmentError(self.path, frame.offset, f"undecodable records: {e}") from None
 
-    def _check_footer(self, frame: Frame) -> None:
+    def _footer(self, frame: Frame) -> None:
         try:
             footer = _footer_decoder.decode(frame.payload)
         except msgspec.DecodeError as e:
             raise SegmentError(self.path, frame.offset, f"undecodable footer: {e}") from None
         if footer.data_bytes != frame.offset or footer.data_crc32 != self._crc:  # crc up to the footer
             raise SegmentError(self.path, frame.offset, "footer does not match the segment's data")
-        if self._f.seek(0, os.SEEK_END) != frame.end:
-            raise SegmentError(self.path, frame.end, "unexpected bytes after the footer")
         self.footer = footer
 
 
-def read_footer(path: Path) -> SegmentFooter:
+def read_footer(storage: Storage, key: str) -> SegmentFooter:
     """A sealed segment's footer, found from frame headers alone (no checksum pass: see verify)."""
-    with open(path, "rb") as f:
+    path = storage.where(key)
+    with storage.open_read(key) as f:
         last, end = None, 0
         for offset, kind, _, size in scan_frame_headers(f):
             last, end = (offset, kind), offset + size
-        if last is None or last[1] != KIND_FOOTER or end != os.fstat(f.fileno()).st_size:
+        if last is None or last[1] != KIND_FOOTER or end != f.seek(0, os.SEEK_END):
             raise SegmentError(path, end, "sealed segment has no footer (truncated or damaged)")
         frame = _frame_or_none(f, last[0], zstandard.ZstdDecompressor())
         if frame is None:
@@ -384,18 +427,26 @@ def footer_stats(f: SegmentFooter) -> SegmentStats:
                         f.first_commit_time, f.last_commit_time, f.complete_time)
 
 
-def open_segment_stats(path: Path, start_lsn: int) -> SegmentStats:
+def open_segment_stats(storage: Storage, key: str, start_lsn: int) -> SegmentStats:
     """What an open segment holds up to its last transaction boundary."""
-    reader = SegmentReader(path)
+    reader = SegmentReader(storage, key)
     return SegmentStats(end_lsn=start_lsn).after([r for r in reader.records() if isinstance(r, _STATS_RECORDS)])
 
 
-def open_segment_end(path: Path, start_lsn: int) -> SegmentStats:
+def segment_end(storage: Storage, key: str, start_lsn: int) -> SegmentStats:
+    """End LSN and completeness time of a segment: a sealed one's footer, an open one's last boundary frames."""
+    if key.endswith(OPEN_SUFFIX):
+        return open_segment_end(storage, key, start_lsn)
+    return footer_stats(read_footer(storage, key))
+
+
+def open_segment_end(storage: Storage, key: str, start_lsn: int) -> SegmentStats:
     """End LSN and completeness time of an open segment from its last boundary frames only.
 
     Cheaper than open_segment_stats (no counts); the time may be a little conservative, as
     commit timestamps are not strictly monotonic."""
-    with open(path, "rb") as f:
+    path = storage.where(key)
+    with storage.open_read(key) as f:
         frames = [(o, size) for o, kind, flags, size in scan_frame_headers(f)
                   if kind == KIND_DATA and flags & FLAG_BOUNDARY]
         dec = zstandard.ZstdDecompressor()

@@ -7,8 +7,6 @@ snapshots read the newest one for the tables' objects, verify checks the file re
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import msgspec
 
 from pgtape import metadata
@@ -29,15 +27,15 @@ class _TablesFile(msgspec.Struct):
     views: list[_SavedView]
 
 
-def _path(archive: Archive, gen: int) -> Path:
-    return archive.generation_dir(gen) / TABLES_FILE
+def _key(archive: Archive, gen: int) -> str:
+    return f"{archive.generation_key(gen)}/{TABLES_FILE}"
 
 
 def load_view(archive: Archive, gen: int, at_lsn: int) -> View:
     """The view of the tape at `at_lsn` (its end): the newest one saved at or before it."""
-    path = _path(archive, gen)
+    path = archive.storage.where(_key(archive, gen))
     try:
-        saved = metadata.read(path, _TablesFile)
+        saved = metadata.read(archive.storage, _key(archive, gen), _TablesFile)
     except FileNotFoundError:
         raise PgtapeError(f"{path} is missing: the archive is incomplete") from None
     usable = [v for v in saved.views if v.as_of_lsn <= at_lsn]
@@ -49,13 +47,13 @@ def load_view(archive: Archive, gen: int, at_lsn: int) -> View:
 def save_view(archive: Archive, gen: int, as_of_lsn: int, view: View, keep_from: int | None = None) -> None:
     """Add the view of the tape at `as_of_lsn`; views no restart can need (all but the newest at or
     before `keep_from`, the durable end of the tape) are dropped."""
-    path = _path(archive, gen)
+    key = _key(archive, gen)
     views: list[_SavedView] = []
-    if path.exists():
-        views = metadata.read(path, _TablesFile).views
+    if archive.storage.exists(key):
+        views = metadata.read(archive.storage, key, _TablesFile).views
     views = [v for v in views if v.as_of_lsn < as_of_lsn] + [_SavedView(as_of_lsn, dict(view))]
     if keep_from is not None:
         older = [v for v in views if v.as_of_lsn <= keep_from]
         if older:
             views = [max(older, key=lambda v: v.as_of_lsn)] + [v for v in views if v.as_of_lsn > keep_from]
-    metadata.write(path, _TablesFile(views[-KEEP_VIEWS:]))
+    metadata.write(archive.storage, key, _TablesFile(views[-KEEP_VIEWS:]))

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn
 from pgtape.tape.archive import Archive
-from pgtape.tape.segment import SegmentError, SegmentStats, footer_stats, open_segment_end, read_footer
+from pgtape.tape.segment import SegmentError, SegmentStats, segment_end
 from pgtape.timefmt import format_time
 
 
@@ -35,7 +35,7 @@ def tape_extent(archive: Archive, gen: int) -> SegmentStats:
     end = SegmentStats(end_lsn=g.start_lsn)
     for s in archive.segments(gen):
         try:
-            st = open_segment_end(s.path, s.start_lsn) if s.is_open else footer_stats(read_footer(s.path))
+            st = archive.read_segment(s, lambda storage, key: segment_end(storage, key, s.start_lsn))
         except SegmentError as e:
             raise PgtapeError(f"damaged tape: {e} (run pgtape verify)") from None
         end = SegmentStats(end_lsn=max(end.end_lsn, st.end_lsn),
