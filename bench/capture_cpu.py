@@ -81,7 +81,8 @@ def _view(messages: list[bytes], tables: list[str]) -> View:
         doc = json.loads(m[_XLOG.size:])
         if doc["action"] == "I":
             columns.setdefault(f"{doc['schema']}.{doc['table']}", [c["name"] for c in doc["columns"]])
-    return {t: TableShape(i + 1, t, "r", "d", [Column(n + 1, c, "text", None) for n, c in enumerate(columns.get(t, []))],
+    return {t: TableShape(i + 1, t, "r", "d",
+                          [Column(n + 1, c, "text", None) for n, c in enumerate(columns.get(t, []))],
                           ["id"]) for i, t in enumerate(tables)}
 
 

@@ -157,7 +157,7 @@ def count_recv_changes(path: Path) -> int:
 
 
 def capture_summary(result: ProcResult) -> dict[str, Any]:
-    lines = [l for l in result.stdout.splitlines() if l.startswith("{")]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     return json.loads(lines[-1]) if lines else {}
 
 
@@ -225,7 +225,8 @@ def bench_throughput(bench: Bench) -> dict[str, Any]:
                 r = bench.recvlogical(recv_slots[i], end, recv_out[i], f"tput-recv-{i + 1}")
                 changes = count_recv_changes(recv_out[i])
             entry = {"tool": tool, "round": i + 1, "changes": changes, "wall": r.wall, "cpu": r.cpu,
-                     "user": r.user, "sys": r.sys, "max_rss": r.max_rss, "changes_per_s": changes / r.wall, "loadavg_1m_before": load}
+                     "user": r.user, "sys": r.sys, "max_rss": r.max_rss, "changes_per_s": changes / r.wall,
+                     "loadavg_1m_before": load}
             runs.append(entry)
             log(f"throughput round {i + 1}: {tool}: {changes} changes in {r.wall:.2f}s "
                 f"({changes / r.wall:,.0f}/s, CPU {r.cpu:.2f}s, peak RSS {r.max_rss / 1e6:.0f} MB)")
@@ -487,11 +488,13 @@ def print_report(results: dict[str, Any]) -> None:
     if t:
         print()
         print(f"throughput detail: {t['workload']['row_changes']:,} row changes "
-              f"({t['workload']['transactions']:,} transactions); capture start-up {t['capture_startup_seconds']:.2f}s, "
+              f"({t['workload']['transactions']:,} transactions); "
+              f"capture start-up {t['capture_startup_seconds']:.2f}s, "
               f"{t['ours_changes_per_s_without_startup']:,.0f}/s without it; CPU per change: capture "
               f"{t['ours_cpu_us_per_change']:.1f} us, pg_recvlogical {t['theirs_cpu_us_per_change']:.1f} us; "
               f"change counts agree: {t['changes_agree']}; capture restart with a "
-              f"{t['capture_restart_open_segment_bytes'] / 1e6:.1f} MB open segment: {t['capture_restart_seconds']:.2f}s")
+              f"{t['capture_restart_open_segment_bytes'] / 1e6:.1f} MB open segment: "
+              f"{t['capture_restart_seconds']:.2f}s")
         for r in t["runs"]:
             print(f"  round {r['round']} {r['tool']:8} {r['changes']:>9,} changes {r['wall']:7.2f}s "
                   f"{r['changes_per_s']:>10,.0f}/s  CPU {r['cpu']:6.2f}s  peak RSS {r['max_rss'] / 1e6:5.0f} MB  "

@@ -21,7 +21,8 @@ from pgtape.errors import PgtapeError, UsageError
 from pgtape.pg import first_line
 from pgtape.tape.segment import SegmentError
 
-SUBCOMMANDS = ("check", "init", "capture", "snapshot", "snapshots", "mark", "replay", "verify", "diff", "log", "status", "prune")
+SUBCOMMANDS = ("check", "init", "capture", "snapshot", "snapshots", "mark", "replay", "verify", "diff", "log", "status",
+               "prune")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -10,7 +10,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgtape.errors import PgtapeError
-from pgtape.names import quote_ident, sql_name  # SQL quoting lives with the names; re-exported
+from pgtape.names import quote_ident as quote_ident, sql_name as sql_name  # re-exported: quoting lives in names
 
 # Rendering settings pinned on every session, the walsender's included (it decodes with them).
 PINNED_SETTINGS = {

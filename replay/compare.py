@@ -100,7 +100,7 @@ def compare(conn: psycopg.Connection, table: str, key: list[str], expected: Side
         result.equal = result.rows_expected
         return result
 
-    bucket = "(hashtext({k}) & %d)" % (BUCKETS - 1)
+    bucket = f"(hashtext({{k}}) & {BUCKETS - 1})"
 
     def buckets(side: Side, h: str, k: str) -> dict[int, tuple[int, object]]:
         return {r[0]: (r[1], r[2]) for r in conn.execute(

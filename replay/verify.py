@@ -80,7 +80,8 @@ def verify_segment(path: Path, report: Report, expect_start: int | None = None) 
                     relations.add(r.id)
                 elif isinstance(r, (Change, Truncate)):
                     txn_changes += 1
-                    if isinstance(r, Change) and (r.rel not in relations or (r.old_rel >= 0 and r.old_rel not in relations)):
+                    if isinstance(r, Change) and (r.rel not in relations
+                                                  or (r.old_rel >= 0 and r.old_rel not in relations)):
                         report.problems.append(f"{path} at offset {frame.offset}: change refers to an unknown relation")
     except SegmentError as e:
         report.problems.append(str(e))
@@ -142,7 +143,8 @@ def _check_durable(archive: Archive, gen_id: int, report: Report) -> None:
     end = archive.generation(gen_id).start_lsn
     for s in archive.segments(gen_id):
         try:
-            end = max(end, (open_segment_end(s.path, s.start_lsn) if s.is_open else footer_stats(read_footer(s.path))).end_lsn)
+            end = max(end, (open_segment_end(s.path, s.start_lsn) if s.is_open
+                            else footer_stats(read_footer(s.path))).end_lsn)
         except SegmentError:
             pass  # named already, by verify_segment
     if end < recorded:

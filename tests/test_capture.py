@@ -114,7 +114,8 @@ def test_resume_and_idle_tables(dsn: str, tmp_path: Path) -> None:
     archive = tmp_path / "archive"
     capture_to_now(dsn, archive, tables="payments")
     with psycopg.connect(dsn) as probe:
-        assert probe.execute("select plugin from pg_replication_slots where slot_name = 'pgtape'").fetchone() == ("wal2json",)
+        assert probe.execute("select plugin from pg_replication_slots "
+                             "where slot_name = 'pgtape'").fetchone() == ("wal2json",)
     for round_ in range(3):
         for i in range(20):
             c.execute("insert into payments values (%s)", (round_ * 100 + i,))
@@ -159,7 +160,8 @@ def test_large_transaction_memory_is_bounded(dsn: str, tmp_path: Path) -> None:
     probe = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
              "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
     r = subprocess.run([sys.executable, "-c", probe, sys.executable, "-m", "pgtape", "capture", "--dsn", dsn,
-                        "--archive", str(archive), "--tables", "tickets", "--until-lsn", lsn], capture_output=True, text=True, cwd=ROOT)
+                        "--archive", str(archive), "--tables", "tickets", "--until-lsn", lsn],
+                       capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     peak_mb = int(r.stdout.split()[-1]) / 1024
     print(f"capture peak RSS {peak_mb:.0f} MB for a {rows}-row transaction")

@@ -88,7 +88,7 @@ class Procs:
         self.logdir = logdir
         self.started: list[tuple[subprocess.Popen[bytes], Path]] = []
 
-    def __enter__(self) -> "Procs":
+    def __enter__(self) -> Procs:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -226,7 +226,7 @@ class Workload:
         self._threads = [threading.Thread(target=self._loop, args=(self._main_txn, seed * 2 + 1), daemon=True),
                          threading.Thread(target=self._loop, args=(self._side_txn, seed * 2 + 2), daemon=True)]
 
-    def __enter__(self) -> "Workload":
+    def __enter__(self) -> Workload:
         for t in self._threads:
             t.start()
         return self
@@ -969,7 +969,7 @@ def test_idle_captured_tables_confirm_progress(dsn: str, tmp_path: Path) -> None
         wait_for(lambda: (s := slot_state(dsn)) is not None and s[0] is not None, 30, "capture to stream")
         start = slot_state(dsn)[1]
         with psycopg.connect(dsn) as c:
-            for i in range(30):
+            for _ in range(30):
                 c.execute("insert into noise (payload) select md5(g::text) from generate_series(1, 100) g")
                 c.commit()
         target = parse_lsn(current_lsn(dsn))

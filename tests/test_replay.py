@@ -127,7 +127,8 @@ class Workload:
         arr = rng.choice([None, "{}", "{1,NULL,3}", f"{{{rng.randint(-5, 5)}}}"])
         b = rng.choice([None, "\\x", "\\x00ff10", "\\x" + rng.randbytes(rng.randint(1, 20)).hex()])
         ts = rng.choice([None, "infinity", "2026-11-25 14:02:59.123456+01",
-                         f"20{rng.randint(10, 40)}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)} 0{rng.randint(0, 9)}:00:0{rng.randint(0, 9)}.{rng.randint(0, 999999):06d}+00"])
+                         f"20{rng.randint(10, 40)}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)} "
+                         f"0{rng.randint(0, 9)}:00:0{rng.randint(0, 9)}.{rng.randint(0, 999999):06d}+00"])
         return [key, self.amount(), self.text(), self.big(), j, arr, b, ts]
 
     def b_row(self, key: str) -> list[Any]:
@@ -138,7 +139,8 @@ class Workload:
         flag = rng.choice([None, True, False])
         d = rng.choice([None, "2026-02-28", "infinity", f"19{rng.randint(10, 99)}-12-31"])
         iv = rng.choice([None, "1 day 02:03:04", "-1 mons", "00:00:00.000001"])
-        u = rng.choice([None, "6f1c1a8e-0000-4000-8000-000000000001", str(rng.getrandbits(128).to_bytes(16, "big").hex())])
+        u = rng.choice([None, "6f1c1a8e-0000-4000-8000-000000000001",
+                        str(rng.getrandbits(128).to_bytes(16, "big").hex())])
         return [key, qty, r, flag, self.text(), d, iv, u]
 
     def b_key(self) -> str:
@@ -306,7 +308,8 @@ def test_replay_equals_recorded_history_at_random_targets(dsn: str, tmp_path: Pa
             excl2 = rng.random() < 0.5
             lsn = rng.randint(lo.post_lsn + excl2, hi.pre_lsn - 1 + excl2)
             targets.append((Target("lsn", lsn=lsn, exclusive=excl2), lo, f"lsn {lsn_text(lsn)} after {lo.label}"))
-        for k in rng.sample(range(1, n), 20) + [h.steps.index(p) for p in probes]:  # exactly at a commit (from the tape)
+        # exactly at a commit (from the tape)
+        for k in rng.sample(range(1, n), 20) + [h.steps.index(p) for p in probes]:
             s, prev = h.steps[k], h.steps[k - 1]
             if not s.on_tape:
                 continue

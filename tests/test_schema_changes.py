@@ -137,7 +137,7 @@ def test_a_rewrite_is_refused_until_capture_has_taken_a_new_base(dsn: str, tmp_p
         assert r.returncode == 1 and len(r.stderr.splitlines()) == 1, r.stderr
         assert r.stderr.startswith(f"pgtape: public.orders cannot be replayed to up to LSN {lsn_text(rewrite.lsn)}: "
                                    "ALTER TABLE rewrote it"), r.stderr
-        assert f"or at or after a base of it taken" in r.stderr and lsn_text(base.as_of_lsn or 0) in r.stderr
+        assert "or at or after a base of it taken" in r.stderr and lsn_text(base.as_of_lsn or 0) in r.stderr
 
 
 def capture_done(archive: Path, lsn: int, table: str = "public.orders") -> bool:

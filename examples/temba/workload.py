@@ -87,7 +87,7 @@ class WorkloadMix:
         return {name: float(getattr(self, name)) for name in OPERATIONS}
 
     @classmethod
-    def parse(cls, spec: str, base: "WorkloadMix | None" = None) -> "WorkloadMix":
+    def parse(cls, spec: str, base: WorkloadMix | None = None) -> WorkloadMix:
         """`place_order=5,refund=0` -> the base mix (default: the defaults) with those overridden."""
         values = asdict(base or cls())
         known = {f.name for f in fields(cls)}

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def summary(archive: Archive, p: "PrunePlan", dry_run: bool) -> dict[str, Any]:
+def summary(archive: Archive, p: PrunePlan, dry_run: bool) -> dict[str, Any]:
     """What was (or would be) deleted, as --json prints it."""
     from pgtape.snapshots import catalog
     from pgtape.snapshots.prune import segment_generation
@@ -51,7 +51,7 @@ def summary(archive: Archive, p: "PrunePlan", dry_run: bool) -> dict[str, Any]:
             "generations": gens, "leftovers": leftovers, "bytes_freed": p.bytes, "window": window}
 
 
-def report(archive: Archive, p: "PrunePlan", dry_run: bool, as_json: bool) -> None:
+def report(archive: Archive, p: PrunePlan, dry_run: bool, as_json: bool) -> None:
     from pgtape.snapshots import catalog
 
     out = summary(archive, p, dry_run)

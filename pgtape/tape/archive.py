@@ -72,7 +72,7 @@ class Archive:
         self.path = path
 
     @classmethod
-    def existing(cls, path: Path) -> "Archive":
+    def existing(cls, path: Path) -> Archive:
         """An archive that must already hold a tape (for readers: log, status, ...)."""
         archive = cls(path)
         archive.require_directory()
@@ -105,7 +105,8 @@ class Archive:
 
     def identity(self) -> ArchiveIdentity:
         if not self.exists():
-            raise PgtapeError(f"{self.path} is not a pgtape archive yet (no ARCHIVE.json): run pgtape init (or pgtape capture) first")
+            raise PgtapeError(f"{self.path} is not a pgtape archive yet (no ARCHIVE.json): "
+                              "run pgtape init (or pgtape capture) first")
         try:
             ident = _load(self.identity_file, ArchiveIdentity)
         except metadata.DamagedMetadata:

@@ -70,7 +70,7 @@ class SegmentStats:
     last_commit_time: int | None = None
     complete_time: int | None = None  # latest commit time or Position time
 
-    def after(self, records: list[Record]) -> "SegmentStats":
+    def after(self, records: list[Record]) -> SegmentStats:
         end, txns, changes = self.end_lsn, self.transactions, self.changes
         first_lsn, last_lsn = self.first_commit_lsn, self.last_commit_lsn
         first_time, last_time, complete = self.first_commit_time, self.last_commit_time, self.complete_time
@@ -117,7 +117,7 @@ class SegmentWriter:
 
     # -- creation and recovery ------------------------------------------------------------
     @classmethod
-    def create(cls, directory: Path, generation: int, system_id: str, slot: str, start_lsn: int) -> "SegmentWriter":
+    def create(cls, directory: Path, generation: int, system_id: str, slot: str, start_lsn: int) -> SegmentWriter:
         header = SegmentHeader(FORMAT_VERSION, generation, system_id, slot, start_lsn, time.time_ns() // 1000)
         path = directory / open_name(start_lsn)
         frame = encode_frame(KIND_HEADER, msgspec.msgpack.encode(header), boundary=True)
@@ -135,7 +135,7 @@ class SegmentWriter:
         return cls(path, f, header, _CutPoint(len(frame), zlib.crc32(frame), SegmentStats(end_lsn=start_lsn), {}))
 
     @classmethod
-    def recover(cls, path: Path) -> tuple["SegmentWriter", int]:
+    def recover(cls, path: Path) -> tuple[SegmentWriter, int]:
         """Reopen an open segment after a crash, cutting a torn or unfinished tail.
 
         Returns the writer and the number of bytes cut. Raises SegmentError if the header is

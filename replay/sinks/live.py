@@ -43,7 +43,8 @@ def diff_live(plan: Plan, dsn: str | None, apply: bool = False,
             diffs = [_diff_counts(conn, t, staged[t], plan.folds[t], n) for t, n in counts.items()]
             if apply:
                 now_us = time.time_ns() // 1000
-                backup = f"pgtape_backup_{time.strftime('%Y%m%dt%H%M%S', time.gmtime(now_us // 10**6))}_{now_us % 10**6:06d}"
+                backup = (f"pgtape_backup_{time.strftime('%Y%m%dt%H%M%S', time.gmtime(now_us // 10**6))}"
+                          f"_{now_us % 10**6:06d}")
                 _apply(conn, plan, staged, backup)
                 conn.commit()
             else:
@@ -94,7 +95,8 @@ def _bag_sets(conn: psycopg.Connection, live: str, staged: str, cols: list[str])
     same = " AND ".join(f"x.k{i} IS NOT DISTINCT FROM y.k{i}" for i in range(len(cols))) or "true"
     numbered = "SELECT tableoid AS t, ctid AS c, row_number() OVER (PARTITION BY {p}) AS n, {k} FROM {rel}"
     for out, mine, other in ((f"{staged}_del", live, staged), (f"{staged}_ins", staged, live)):
-        conn.execute(f"CREATE TEMP TABLE {out} AS SELECT x.t, x.c FROM ({numbered.format(p=part, k=texts, rel=mine)}) x "
+        conn.execute(f"CREATE TEMP TABLE {out} AS SELECT x.t, x.c "
+                     f"FROM ({numbered.format(p=part, k=texts, rel=mine)}) x "
                      f"WHERE NOT EXISTS (SELECT 1 FROM ({numbered.format(p=part, k=texts, rel=other)}) y "
                      f"WHERE y.n = x.n AND {same})")
     row = conn.execute(f"SELECT (SELECT count(*) FROM {staged}_del), (SELECT count(*) FROM {staged}_ins)").fetchone()
@@ -108,9 +110,11 @@ def _diff_counts(conn: psycopg.Connection, table: str, staged: str, fold: TableF
     if not fold.key:
         to_delete, to_insert = _bag_sets(conn, live, staged, cols)
         return TableDiff(table, rows, to_insert, 0, to_delete)
-    differs = " OR ".join(f"r.{quote_ident(c)}::text IS DISTINCT FROM l.{quote_ident(c)}::text" for c in cols) or "false"
+    differs = " OR ".join(f"r.{quote_ident(c)}::text IS DISTINCT FROM l.{quote_ident(c)}::text"
+                          for c in cols) or "false"
     row = conn.execute(
-        f"SELECT (SELECT count(*) FROM {staged} r WHERE NOT EXISTS (SELECT 1 FROM {live} l WHERE {_match(fold, 'l', 'r')})),"
+        f"SELECT (SELECT count(*) FROM {staged} r "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {live} l WHERE {_match(fold, 'l', 'r')})),"
         f" (SELECT count(*) FROM {staged} r JOIN {live} l ON {_match(fold, 'l', 'r')} WHERE {differs}),"
         f" (SELECT count(*) FROM {live} l WHERE NOT EXISTS (SELECT 1 FROM {staged} r WHERE {_match(fold, 'l', 'r')}))"
     ).fetchone()
@@ -149,7 +153,8 @@ def _apply(conn: psycopg.Connection, plan: Plan, staged: dict[str, str], backup:
             conn.execute(f"CREATE TABLE {qual(backup, in_backup[table])} AS SELECT l.* FROM {live} l "
                          f"WHERE (l.tableoid, l.ctid) IN (SELECT t, c FROM {r}_del)")
             continue
-        differs = " OR ".join(f"r.{quote_ident(c)}::text IS DISTINCT FROM l.{quote_ident(c)}::text" for c in cols) or "false"
+        differs = " OR ".join(f"r.{quote_ident(c)}::text IS DISTINCT FROM l.{quote_ident(c)}::text"
+                              for c in cols) or "false"
         conn.execute(f"CREATE TABLE {qual(backup, in_backup[table])} AS SELECT l.* FROM {live} l WHERE NOT EXISTS "
                      f"(SELECT 1 FROM {r} r WHERE {_match(fold, 'l', 'r')}) OR EXISTS (SELECT 1 FROM {r} r WHERE "
                      f"{_match(fold, 'l', 'r')} AND ({differs}))")
