@@ -65,7 +65,7 @@ class _TablesFile(msgspec.Struct):
     views: list[_SavedView]
 
 
-def shape_from_json(doc: dict) -> TableShape:  # type: ignore[type-arg]
+def shape_from_json(doc: dict) -> TableShape:
     return TableShape(int(doc["oid"]), canonical(doc["schema"], doc["name"]), doc["kind"], doc["identity"],
                       [Column(int(a), n, t, m) for a, n, t, m in doc["columns"]], list(doc["key"]),
                       {int(o): canonical(s, n) for o, s, n in doc.get("leaves") or []})
@@ -118,7 +118,7 @@ def capturable(table: str, shape: TableShape) -> str | None:
 
 
 # -- saved views ----------------------------------------------------------------------------------
-def _path(archive: Archive, gen: int):  # type: ignore[no-untyped-def]
+def _path(archive: Archive, gen: int):
     return archive.generation_dir(gen) / TABLES_FILE
 
 
@@ -167,7 +167,7 @@ def names_of(view: View) -> dict[tuple[str, str], str]:
 
 def columns_of(view: View) -> dict[tuple[str, str], tuple[str, ...]]:
     """Every reported name's full list of columns (a partition has its partitioned table's)."""
-    return {name: tuple(c.name for c in view[identity].columns)  # type: ignore[union-attr]
+    return {name: tuple(c.name for c in view[identity].columns)
             for name, identity in names_of(view).items()}
 
 

@@ -61,7 +61,7 @@ def connect(dsn: str | None, *, replication: bool = False, autocommit: bool = Tr
         kwargs["replication"] = "database"
         kwargs["prepare_threshold"] = None
     try:
-        return psycopg.connect(dsn or "", **kwargs)  # type: ignore[arg-type]
+        return psycopg.connect(dsn or "", **kwargs)
     except psycopg.OperationalError as e:
         raise PgtapeError(f"cannot connect to {redact_dsn(dsn)}: {first_line(e)}") from None
 

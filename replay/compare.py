@@ -155,8 +155,8 @@ def render(results: list[TableComparison], expected: str, actual: str) -> list[s
         for s in r.samples_extra:
             lines.append(f"  extra    {_key(s, r.key)}")
         for d in r.samples_different:
-            cols = "; ".join(f"{c}: {v[expected]!r} -> {v[actual]!r}" for c, v in d["columns"].items())  # type: ignore[index,union-attr]
-            lines.append(f"  differs  {_key(d['key'], r.key)}  {cols}")  # type: ignore[arg-type]
+            cols = "; ".join(f"{c}: {v[expected]!r} -> {v[actual]!r}" for c, v in d["columns"].items())
+            lines.append(f"  differs  {_key(d['key'], r.key)}  {cols}")
     return lines
 
 

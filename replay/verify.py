@@ -49,7 +49,7 @@ def verify_segment(path: Path, report: Report, expect_start: int | None = None) 
         return None
     report.segments += 1
     report.bytes += path.stat().st_size
-    start = int((sealed or opened).group(1), 16)  # type: ignore[union-attr]
+    start = int((sealed or opened).group(1), 16)
     try:
         reader = SegmentReader(path)
     except SegmentError as e:

@@ -119,7 +119,7 @@ def take_snapshot(config: Config, archive: Archive, tables: list[str], kind: str
             repl.close()  # drops the temporary slot; the imported snapshot lives on in snap.conn
         log(f"snapshot {record.id} of {', '.join(tables)} as of {format_lsn(snap.as_of_lsn)}")
         with snap.conn:
-            return copy_tables(archive, record, snap, {t: view[t].oid for t in tables}, progress=log)  # type: ignore[union-attr]
+            return copy_tables(archive, record, snap, {t: view[t].oid for t in tables}, progress=log)
     finally:
         lock.release()
 

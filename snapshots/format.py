@@ -120,7 +120,7 @@ class TableReader:
         self._offset, self._crc = first.end, first.disk_crc
         self.footer: TableFooter | None = None
 
-    def _frame(self, offset: int, crc: int):  # type: ignore[no-untyped-def]
+    def _frame(self, offset: int, crc: int):
         try:
             return read_frame(self._f, offset, self._dec, crc)
         except FrameError as e:

@@ -122,7 +122,7 @@ class Archive:
         return self.path / "PRUNED.json"
 
     def pruned(self) -> Pruned:
-        return _load(self.pruned_file, Pruned) if self.pruned_file.exists() else Pruned()  # type: ignore[return-value]
+        return _load(self.pruned_file, Pruned) if self.pruned_file.exists() else Pruned()
 
     def generation_dir(self, gen: int) -> Path:
         return self.path / "generations" / f"{gen:04d}"
@@ -199,5 +199,5 @@ def _older_format(path: Path) -> ArchiveIdentity:
     except msgspec.DecodeError:
         ident = None
     if ident is None or ident.format_version == FORMAT_VERSION:
-        return _load(path, ArchiveIdentity)  # type: ignore[return-value]  # (raises: damaged)
+        return _load(path, ArchiveIdentity)  # (raises: damaged)
     return ident

@@ -75,19 +75,19 @@ class SegmentStats:
         first_lsn, last_lsn = self.first_commit_lsn, self.last_commit_lsn
         first_time, last_time, complete = self.first_commit_time, self.last_commit_time, self.complete_time
         for r in records:
-            t = type(r)
-            if t is Begin:
+            # type(r) is X: as fast as comparing a saved type(r), and mypy narrows on it
+            if type(r) is Begin:
                 if first_lsn is None:
-                    first_lsn, first_time = r.end_lsn, r.commit_time  # type: ignore[union-attr]
-                last_lsn, last_time = r.end_lsn, r.commit_time  # type: ignore[union-attr]
-                complete = max(last_time, complete or 0)
-            elif t is Commit:
+                    first_lsn, first_time = r.end_lsn, r.commit_time
+                last_lsn, last_time = r.end_lsn, r.commit_time
+                complete = max(r.commit_time, complete or 0)
+            elif type(r) is Commit:
                 txns += 1
-                changes += r.changes  # type: ignore[union-attr]
-                end = max(end, r.end_lsn)  # type: ignore[union-attr]
-            elif t is Position:
-                end = max(end, r.lsn)  # type: ignore[union-attr]
-                complete = max(r.time, complete or 0)  # type: ignore[union-attr]
+                changes += r.changes
+                end = max(end, r.end_lsn)
+            elif type(r) is Position:
+                end = max(end, r.lsn)
+                complete = max(r.time, complete or 0)
         return SegmentStats(end, txns, changes, first_lsn, last_lsn, first_time, last_time, complete)
 
 
@@ -161,12 +161,11 @@ class SegmentWriter:
             last_end = ends[-1] if ends else last_end
             crc = frame.disk_crc
             for r in records:
-                t = type(r)
-                if t is Change:
+                if type(r) is Change:
                     continue
-                if t is Relation:
-                    relations[r.id] = r  # type: ignore[union-attr]
-                elif t is Begin or t is Commit or t is Position:
+                if type(r) is Relation:
+                    relations[r.id] = r
+                elif type(r) in _STATS_RECORDS:
                     since_cut.append(r)
             offset = frame.end
             if frame.boundary:
@@ -188,12 +187,11 @@ class SegmentWriter:
         self.offset += len(frame)
         self._crc = zlib.crc32(frame, self._crc)
         for r in records:
-            t = type(r)
-            if t is Change:
+            if type(r) is Change:
                 continue
-            if t is Relation:
-                self.relations[r.id] = r  # type: ignore[union-attr]
-            elif t is Begin or t is Commit or t is Position:
+            if type(r) is Relation:
+                self.relations[r.id] = r
+            elif type(r) in _STATS_RECORDS:
                 self._since_cut.append(r)
         if boundary:
             self.stats = self.stats.after(self._since_cut)
@@ -405,11 +403,13 @@ def open_segment_end(path: Path, start_lsn: int) -> SegmentStats:
             if frame is None:
                 raise SegmentError(path, frame_offset, "damaged frame")
             for r in _records_decoder.decode(frame.payload):
-                t = type(r)
-                if t is Commit or t is Position:
-                    end = max(end, r.end_lsn if t is Commit else r.lsn)  # type: ignore[union-attr]
-                if t is Begin or t is Position:
-                    complete = max(complete or 0, r.commit_time if t is Begin else r.time)  # type: ignore[union-attr]
+                if type(r) is Commit:
+                    end = max(end, r.end_lsn)
+                elif type(r) is Position:
+                    end = max(end, r.lsn)
+                    complete = max(complete or 0, r.time)
+                elif type(r) is Begin:
+                    complete = max(complete or 0, r.commit_time)
             if end > start_lsn and complete is not None:
                 break
     return SegmentStats(end_lsn=end, complete_time=complete)
