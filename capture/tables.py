@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import msgspec
 import psycopg
@@ -118,7 +119,7 @@ def capturable(table: str, shape: TableShape) -> str | None:
 
 
 # -- saved views ----------------------------------------------------------------------------------
-def _path(archive: Archive, gen: int):
+def _path(archive: Archive, gen: int) -> Path:
     return archive.generation_dir(gen) / TABLES_FILE
 
 
@@ -167,8 +168,8 @@ def names_of(view: View) -> dict[tuple[str, str], str]:
 
 def columns_of(view: View) -> dict[tuple[str, str], tuple[str, ...]]:
     """Every reported name's full list of columns (a partition has its partitioned table's)."""
-    return {name: tuple(c.name for c in view[identity].columns)
-            for name, identity in names_of(view).items()}
+    return {name: tuple(c.name for c in shape.columns)
+            for name, identity in names_of(view).items() if (shape := view[identity]) is not None}
 
 
 # -- what a schema change means -------------------------------------------------------------------

@@ -11,7 +11,7 @@ import argparse
 import importlib
 import signal
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 import psycopg
 
@@ -26,7 +26,7 @@ SUBCOMMANDS = ("check", "init", "capture", "snapshot", "snapshots", "mark", "rep
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+    def error(self, message: str) -> NoReturn:  # one line, exit 2, no usage dump
         raise UsageError(f"{message}; see '{self.prog} --help'")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import psycopg
 
@@ -30,6 +31,13 @@ class Side:
     types: dict[str, str]  # column -> format_type
 
 
+class Difference(TypedDict):
+    """A row on both sides that differs: its key, and each differing column's value by side label."""
+
+    key: dict[str, str | None]
+    columns: dict[str, dict[str, str | None]]
+
+
 @dataclass
 class TableComparison:
     table: str
@@ -42,7 +50,7 @@ class TableComparison:
     different: int = 0
     samples_missing: list[dict[str, str | None]] = field(default_factory=list)
     samples_extra: list[dict[str, str | None]] = field(default_factory=list)
-    samples_different: list[dict[str, object]] = field(default_factory=list)
+    samples_different: list[Difference] = field(default_factory=list)
     columns_only_expected: list[str] = field(default_factory=list)
     columns_only_actual: list[str] = field(default_factory=list)
 
@@ -160,5 +168,5 @@ def render(results: list[TableComparison], expected: str, actual: str) -> list[s
     return lines
 
 
-def _key(row: dict[str, object], key: list[str]) -> str:
+def _key(row: dict[str, str | None], key: list[str]) -> str:
     return ", ".join(f"{k}={row.get(k)}" for k in key or row)  # without a key, the whole row

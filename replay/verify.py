@@ -44,12 +44,13 @@ class Report:
 def verify_segment(path: Path, report: Report, expect_start: int | None = None) -> int | None:
     """Check one segment file; returns its end LSN (None if unreadable)."""
     sealed, opened = SEALED_RE.match(path.name), OPEN_RE.match(path.name)
-    if not sealed and not opened:
+    name = sealed or opened
+    if name is None:
         report.problems.append(f"{path}: not a segment file name (<start>-<end>.tape or <start>.tape.open)")
         return None
     report.segments += 1
     report.bytes += path.stat().st_size
-    start = int((sealed or opened).group(1), 16)
+    start = int(name.group(1), 16)
     try:
         reader = SegmentReader(path)
     except SegmentError as e:

@@ -19,7 +19,8 @@ import zstandard
 
 from pgtape.names import file_stem
 from pgtape.tape import FORMAT_VERSION
-from pgtape.tape.frames import KIND_DATA, KIND_FOOTER, KIND_HEADER, KIND_NAMES, FrameError, encode_frame, read_frame
+from pgtape.tape.frames import (KIND_DATA, KIND_FOOTER, KIND_HEADER, KIND_NAMES, Frame, FrameError, encode_frame,
+                                read_frame)
 from pgtape.tape.segment import SegmentError
 
 CHUNK_BYTES = 4 << 20  # decoded COPY bytes per data frame: bounds memory whatever the table size
@@ -70,7 +71,7 @@ class TableWriter:
         self._offset += len(frame)
         self._crc = zlib.crc32(frame, self._crc)
 
-    def write(self, data: bytes | memoryview) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         self._pending += data
         if len(self._pending) >= CHUNK_BYTES:
             self._flush(final=False)
@@ -120,7 +121,7 @@ class TableReader:
         self._offset, self._crc = first.end, first.disk_crc
         self.footer: TableFooter | None = None
 
-    def _frame(self, offset: int, crc: int):
+    def _frame(self, offset: int, crc: int) -> Frame | None:
         try:
             return read_frame(self._f, offset, self._dec, crc)
         except FrameError as e:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+import psycopg
+
 from pgtape.config import Config
 from pgtape.errors import PgtapeError, UsageError
 from pgtape.names import canonical, names_in_one_schema, quote_ident, split_table
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         schemas = [s for s in (args.schema, args.against[7:] if args.against != "live" else None) if s]
         missing = [canonical(s, in_schema[t]) for s in schemas for t in tables
                    if conn.execute("SELECT to_regclass(%s)", (f"{quote_ident(s)}.{quote_ident(in_schema[t])}",)
-                                   ).fetchone()[0] is None]
+                                   ).fetchone() == (None,)]
         if missing:  # all of them at once, not the first
             raise PgtapeError(f"not found: {', '.join(missing)} (a replay of only some tables? name them with "
                               "--tables)")
@@ -81,8 +83,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
     return 0 if ok else 1
 
 
-def _existing(conn, schema: str, name: str) -> str:
+def _existing(conn: psycopg.Connection, schema: str, name: str) -> str:
     rel = f"{quote_ident(schema)}.{quote_ident(name)}"
-    if conn.execute("SELECT to_regclass(%s)", (rel,)).fetchone()[0] is None:
+    if conn.execute("SELECT to_regclass(%s)", (rel,)).fetchone() == (None,):
         raise PgtapeError(f"table {canonical(schema, name)} does not exist")
     return rel

@@ -185,7 +185,7 @@ class Archive:
         return problems
 
 
-def _load(path: Path, kind: type) -> object:
+def _load(path: Path, kind: type[metadata.T]) -> metadata.T:
     try:
         return metadata.read(path, kind)
     except FileNotFoundError:

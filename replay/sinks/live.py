@@ -130,7 +130,7 @@ def fk_order(conn: psycopg.Connection, folds: dict[str, TableFold]) -> list[str]
         "WHERE c.contype = 'f' AND c.conrelid = ANY(%s::oid[]) AND c.confrelid = ANY(%s::oid[])",
         ([f.oid for f in folds.values()],) * 2).fetchall()
     regname = {f.oid: t for t, f in folds.items()}
-    parents = {t: set() for t in tables}
+    parents: dict[str, set[str]] = {t: set() for t in tables}
     for child, parent in edges:
         if child != parent and child in regname and parent in regname:
             parents[regname[child]].add(regname[parent])
