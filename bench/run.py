@@ -94,7 +94,7 @@ class Bench:
         self.conn.close()
 
     def sql(self, query: str) -> Any:
-        row = self.conn.execute(query).fetchone()  # type: ignore[arg-type]
+        row = self.conn.execute(query).fetchone()
         return row[0] if row else None
 
     def wal_lsn(self) -> int:
