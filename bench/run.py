@@ -128,7 +128,7 @@ class Bench:
     def recvlogical(self, slot: str, until: int, out: Path, name: str) -> ProcResult:
         cmd = [str(self.recv_bin), "-d", self.dsn, "--slot", slot, "--start", "--endpos", format_lsn(until),
                "--no-loop", "-f", str(out)]
-        for k, v in wal2json.plugin_options(TABLES).items():
+        for k, v in wal2json.plugin_options(list(TABLES)).items():
             cmd += ["-o", f"{k}={v}"]
         env = dict(self.env)
         env["PGOPTIONS"] = " ".join(f"-c {k}={v}" for k, v in PINNED_SETTINGS.items())
@@ -163,7 +163,8 @@ def capture_summary(result: ProcResult) -> dict[str, Any]:
 
 def generate_workload(bench: Bench, target_changes: int, workers: int, first_seed: int) -> dict[str, Any]:
     """Run the Temba workload flat out in `workers` processes until `target_changes` row changes."""
-    totals = {"transactions": 0, "row_changes": 0, "inserts": 0, "updates": 0, "deletes": 0, "large_receipts": 0}
+    totals: dict[str, Any] = {"transactions": 0, "row_changes": 0, "inserts": 0, "updates": 0, "deletes": 0,
+                              "large_receipts": 0}
     seed = first_seed
     per_txn = 3.0  # row changes per transaction, refined after the first batch
     start = time.perf_counter()

@@ -627,8 +627,8 @@ class Workload:
         elif kind == "partition":
             self.new_partition(r.random() < 0.6)
         elif kind == "default_partition":
-            months, default = self.pay_months()
-            if not default:
+            months, has_default = self.pay_months()
+            if not has_default:
                 self.exec(f'CREATE TABLE "Billing"."Pay.Plan default" PARTITION OF {t} DEFAULT')
         elif kind == "rename_partition":
             part, month = r.choice(self.partitions())
@@ -940,7 +940,7 @@ def run_history(pg: EmbeddedPostgres, seed: int, number: int, tmp_path: Path) ->
                 if i in pieces and capture is None:
                     run.log.append("-- capture to here")
                     capture_to_now(dsn, archive, tables=",".join(TABLES))
-                elif i in pieces:
+                elif i in pieces and capture is not None:
                     run.log.append("-- capture restarted")
                     stop_process(capture)
                     capture = capture_live(dsn, archive, tmp_path / f"capture-{number}-{i}.log", init=False)

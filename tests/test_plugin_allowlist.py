@@ -87,7 +87,7 @@ def psql(server: EmbeddedPostgres, dbname: str, script: str) -> None:
     assert r.returncode == 0, r.stderr
 
 
-def tape_values(archive: Path) -> list[str]:
+def tape_values(archive: Path) -> list[str | None]:
     return [ch.new["v"] for ch in iter_changes(Archive(archive), 1) if ch.new]
 
 

@@ -356,7 +356,7 @@ def test_in_place_under_concurrent_writes_loses_no_write(dsn: str, tmp_path: Pat
             wait_until("writes after the restore", lambda: w.writes > during + 200, 30)
         assert r.returncode == 0, r.stderr
         backup = json.loads(r.stdout)["backup_schema"]
-        final = dict(c.execute("SELECT id, v FROM t").fetchall())
+        final: dict[int, str] = dict(c.execute("SELECT id, v FROM t").fetchall())
         saved = {(k, v) for k, v in c.execute(f"SELECT id, v FROM {backup}.t").fetchall()}
         lost = [k for k, token in w.last.items() if final[k] != token and (k, token) not in saved]
         assert lost == [], f"{len(lost)} keys lost their last write, e.g. {lost[:5]}"

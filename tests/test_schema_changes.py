@@ -225,7 +225,8 @@ def test_kill_9_around_schema_changes_loses_nothing(dsn: str, tmp_path: Path, re
                            "INSERT INTO pay VALUES (1, 1, 'a')"]:
             c.execute(s)
         run_pgtape("init", *cli, check=True)
-        orders, columns, partitions, points = "orders", 0, 1, {"public.orders": [], "public.pay": []}
+        orders, columns, partitions = "orders", 0, 1
+        points: dict[str, list[Point]] = {"public.orders": [], "public.pay": []}
         for round_ in range(8):
             capture = spawn_pgtape("capture", *cli, log=tmp_path / f"capture-{round_}.log")
             try:
