@@ -1,18 +1,23 @@
 # `make test` and `make demo` set up everything themselves (scripts/bootstrap.sh).
 PY := .venv/bin/python
 
-.PHONY: setup test demo bench clean lint-imports
+.PHONY: setup lint lint-imports test demo bench clean
 
 setup:
 	@bash scripts/bootstrap.sh
 
+# ruff and mypy read their settings from pyproject.toml; lint-imports checks the layer contract
+# ([tool.importlinter]; docs/ARCHITECTURE.md, "Layers").
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/mypy
+	.venv/bin/lint-imports
+
+lint-imports: setup
+	.venv/bin/lint-imports
+
 test: setup
 	$(PY) -m pytest -q tests
-
-# The layering contract in pyproject.toml ([tool.importlinter]; docs/ARCHITECTURE.md, "Layers").
-lint-imports: setup
-	@test -x .venv/bin/lint-imports || $(PY) -m pip install --quiet --disable-pip-version-check -e '.[lint]'
-	.venv/bin/lint-imports
 
 demo: setup
 	$(PY) -m examples.demo
@@ -24,5 +29,5 @@ bench: setup
 	$(PY) -m bench.diff_bench
 
 clean:
-	rm -rf .venv build *.egg-info .pytest_cache .demo bench/out
+	rm -rf .venv build *.egg-info .pytest_cache .demo bench/out .import_linter_cache .mypy_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -81,7 +81,8 @@ def _view(messages: list[bytes], tables: list[str]) -> View:
         doc = json.loads(m[_XLOG.size:])
         if doc["action"] == "I":
             columns.setdefault(f"{doc['schema']}.{doc['table']}", [c["name"] for c in doc["columns"]])
-    return {t: TableShape(i + 1, t, "r", "d", [Column(n + 1, c, "text", None) for n, c in enumerate(columns.get(t, []))],
+    return {t: TableShape(i + 1, t, "r", "d",
+                          [Column(n + 1, c, "text", None) for n, c in enumerate(columns.get(t, []))],
                           ["id"]) for i, t in enumerate(tables)}
 
 
@@ -101,7 +102,7 @@ def replay_once(messages: list[bytes], end_lsn: int) -> tuple[float, float, int]
         archive = Archive(directory)
         archive.start_generation("0", "bench", config.slot, 0, "bench", list(config.tables))
         cap = Capture(config, until_lsn=end_lsn, log=lambda _: None)
-        cap.scheduler = _NoSnapshots()  # type: ignore[attr-defined]
+        cap.scheduler = _NoSnapshots()  # type: ignore[assignment]  # a stand-in: no snapshots offline
         cap.follower = Follower(archive, 1, _view(messages, list(config.tables)), 0, None, None, lambda _: None,
                                 lambda _: None)
         cap.follower._next_poll = float("inf")  # no catalog to poll offline

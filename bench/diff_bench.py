@@ -140,13 +140,14 @@ def profile_compare(dsn: str, explain: bool) -> dict:
         start = time.perf_counter()
         result = compare(tc, TABLE, ["id"], *sides)  # type: ignore[arg-type]
         total = time.perf_counter() - start
-        statements = [{"kind": _kind(s.sql), "seconds": round(s.seconds, 3), "rows": s.rows, "sql": s.sql,
-                       "params": repr(s.params)[:200]} for s in tc.log]
+        statements: list[dict[str, Any]] = [
+            {"kind": _kind(s.sql), "seconds": round(s.seconds, 3), "rows": s.rows, "sql": s.sql,
+             "params": repr(s.params)[:200]} for s in tc.log]
         by_kind: dict[str, dict[str, float]] = {}
-        for s in statements:
-            k = by_kind.setdefault(s["kind"], {"count": 0, "seconds": 0.0})
+        for st in statements:
+            k = by_kind.setdefault(st["kind"], {"count": 0, "seconds": 0.0})
             k["count"] += 1
-            k["seconds"] = round(k["seconds"] + s["seconds"], 3)
+            k["seconds"] = round(k["seconds"] + st["seconds"], 3)
         plans = {}
         if explain:
             seen = set()

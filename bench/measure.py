@@ -42,7 +42,7 @@ class ProcResult:
     def cpu(self) -> float:
         return self.user + self.sys
 
-    def check(self, what: str) -> "ProcResult":
+    def check(self, what: str) -> ProcResult:
         if self.returncode != 0:
             raise RuntimeError(f"{what} exited {self.returncode}: {self.stderr.strip()[-2000:]}")
         return self

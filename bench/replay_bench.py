@@ -418,12 +418,13 @@ def profile_replay(pgtape: list[str], common: list[str], dsn: str, target: str, 
     total_tt = stats.total_tt  # type: ignore[attr-defined]
     raw = stats.stats  # type: ignore[attr-defined]
     lines = [f"total {total_tt:.2f}s (under cProfile)", "phases (cumulative):"]
-    for (file, line, fn), (_, ncalls, tt, ct, _) in raw.items():
+    for (file, line, fn), (_, ncalls, _tt, ct, _) in raw.items():
         if (fn == "prepare" and file.endswith("replay/engine.py")) or \
                 (fn == "to_schema" and file.endswith("replay/sinks/schema.py")) or \
                 (fn == "_load" and file.endswith("replay/sinks/schema.py")) or \
                 (fn == "rows" and file.endswith("replay/fold.py")):
-            lines.append(f"  {ct:7.2f}s cum {100 * ct / total_tt:5.1f}%  {ncalls:>9} calls  {Path(file).name}:{line}({fn})")
+            lines.append(f"  {ct:7.2f}s cum {100 * ct / total_tt:5.1f}%  {ncalls:>9} calls  "
+                         f"{Path(file).name}:{line}({fn})")
     lines.append("top by self time:")
     top = sorted(raw.items(), key=lambda kv: kv[1][2], reverse=True)[:18]
     for (file, line, fn), (_, ncalls, tt, ct, _) in top:
@@ -562,8 +563,10 @@ def table(res: dict[str, Any]) -> str:
         f"{n['wal_segments_restored']} segments restored | |",
         f"| changes / s | {o['changes_per_s']:,.0f} | {o['changes'] / n['wall']:,.0f} (same changes / its time) | |",
         f"| process CPU (user+sys) | {o['cpu']:.2f} s | (server processes, not measured) | |",
-        f"| peak RSS | {o['max_rss'] / mib:.0f} MiB | (server: shared_buffers {res['server_settings']['shared_buffers']}) | |",
-        f"| last transaction applied (commit time) | {o['resolved_commit_time']} | {n['last_completed_commit_time']} | |",
+        f"| peak RSS | {o['max_rss'] / mib:.0f} MiB "
+        f"| (server: shared_buffers {res['server_settings']['shared_buffers']}) | |",
+        f"| last transaction applied (commit time) | {o['resolved_commit_time']} "
+        f"| {n['last_completed_commit_time']} | |",
         f"| result, md5 per table | {'**equal**' if res['compare']['equal'] else '**DIFFERENT**'}: "
         + ", ".join(f"{t} {v['rows']:,} rows" for t, v in res["compare"]["pgtape"].items()) + " | | |",
         "",
@@ -571,7 +574,8 @@ def table(res: dict[str, Any]) -> str:
                                          for a, b in zip(res["ours_runs"], res["native_runs"]))
         + f"; native base copy (not timed) {n['copy_base_seconds']:.2f}s; capture catch-up after the "
           f"workload {res['capture_catch_up_seconds']}s.",
-        f"Target ours/native <= {res['target_ratio']}: **{'met' if res['ratio'] <= res['target_ratio'] else 'MISSED'}**.",
+        f"Target ours/native <= {res['target_ratio']}: "
+        f"**{'met' if res['ratio'] <= res['target_ratio'] else 'MISSED'}**.",
     ]
     if res.get("profile"):
         lines += ["", "cProfile of one more `pgtape replay` (same target):", "", "```", *res["profile"], "```"]

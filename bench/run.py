@@ -94,7 +94,7 @@ class Bench:
         self.conn.close()
 
     def sql(self, query: str) -> Any:
-        row = self.conn.execute(query).fetchone()  # type: ignore[arg-type]
+        row = self.conn.execute(query).fetchone()
         return row[0] if row else None
 
     def wal_lsn(self) -> int:
@@ -128,7 +128,7 @@ class Bench:
     def recvlogical(self, slot: str, until: int, out: Path, name: str) -> ProcResult:
         cmd = [str(self.recv_bin), "-d", self.dsn, "--slot", slot, "--start", "--endpos", format_lsn(until),
                "--no-loop", "-f", str(out)]
-        for k, v in wal2json.plugin_options(TABLES).items():
+        for k, v in wal2json.plugin_options(list(TABLES)).items():
             cmd += ["-o", f"{k}={v}"]
         env = dict(self.env)
         env["PGOPTIONS"] = " ".join(f"-c {k}={v}" for k, v in PINNED_SETTINGS.items())
@@ -157,13 +157,14 @@ def count_recv_changes(path: Path) -> int:
 
 
 def capture_summary(result: ProcResult) -> dict[str, Any]:
-    lines = [l for l in result.stdout.splitlines() if l.startswith("{")]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     return json.loads(lines[-1]) if lines else {}
 
 
 def generate_workload(bench: Bench, target_changes: int, workers: int, first_seed: int) -> dict[str, Any]:
     """Run the Temba workload flat out in `workers` processes until `target_changes` row changes."""
-    totals = {"transactions": 0, "row_changes": 0, "inserts": 0, "updates": 0, "deletes": 0, "large_receipts": 0}
+    totals: dict[str, Any] = {"transactions": 0, "row_changes": 0, "inserts": 0, "updates": 0, "deletes": 0,
+                              "large_receipts": 0}
     seed = first_seed
     per_txn = 3.0  # row changes per transaction, refined after the first batch
     start = time.perf_counter()
@@ -225,7 +226,8 @@ def bench_throughput(bench: Bench) -> dict[str, Any]:
                 r = bench.recvlogical(recv_slots[i], end, recv_out[i], f"tput-recv-{i + 1}")
                 changes = count_recv_changes(recv_out[i])
             entry = {"tool": tool, "round": i + 1, "changes": changes, "wall": r.wall, "cpu": r.cpu,
-                     "user": r.user, "sys": r.sys, "max_rss": r.max_rss, "changes_per_s": changes / r.wall, "loadavg_1m_before": load}
+                     "user": r.user, "sys": r.sys, "max_rss": r.max_rss, "changes_per_s": changes / r.wall,
+                     "loadavg_1m_before": load}
             runs.append(entry)
             log(f"throughput round {i + 1}: {tool}: {changes} changes in {r.wall:.2f}s "
                 f"({changes / r.wall:,.0f}/s, CPU {r.cpu:.2f}s, peak RSS {r.max_rss / 1e6:.0f} MB)")
@@ -487,11 +489,13 @@ def print_report(results: dict[str, Any]) -> None:
     if t:
         print()
         print(f"throughput detail: {t['workload']['row_changes']:,} row changes "
-              f"({t['workload']['transactions']:,} transactions); capture start-up {t['capture_startup_seconds']:.2f}s, "
+              f"({t['workload']['transactions']:,} transactions); "
+              f"capture start-up {t['capture_startup_seconds']:.2f}s, "
               f"{t['ours_changes_per_s_without_startup']:,.0f}/s without it; CPU per change: capture "
               f"{t['ours_cpu_us_per_change']:.1f} us, pg_recvlogical {t['theirs_cpu_us_per_change']:.1f} us; "
               f"change counts agree: {t['changes_agree']}; capture restart with a "
-              f"{t['capture_restart_open_segment_bytes'] / 1e6:.1f} MB open segment: {t['capture_restart_seconds']:.2f}s")
+              f"{t['capture_restart_open_segment_bytes'] / 1e6:.1f} MB open segment: "
+              f"{t['capture_restart_seconds']:.2f}s")
         for r in t["runs"]:
             print(f"  round {r['round']} {r['tool']:8} {r['changes']:>9,} changes {r['wall']:7.2f}s "
                   f"{r['changes_per_s']:>10,.0f}/s  CPU {r['cpu']:6.2f}s  peak RSS {r['max_rss'] / 1e6:5.0f} MB  "

@@ -74,6 +74,7 @@ class Capture:
         lock = self.archive.lock_capture()
         try:
             initialize(self.config, self.archive, restart=False, log=self.log)  # no-op once initialised
+            conn: psycopg.Connection | None  # None while disconnected
             conn = connect(self.config.dsn, replication=True)
             system, gen = open_generation(conn, self.archive, self.config)
             self.scheduler = SnapshotScheduler(self.config, self.archive, gen.id, self.log)
@@ -111,19 +112,22 @@ class Capture:
                     self.follower.abort()
                     self.log(f"{e}; restarting the stream at {format_lsn(writer.durable_lsn)}")
                 except (ConnectionLost, psycopg.OperationalError) as e:
-                    conn = _close(conn)
+                    _close(conn)
+                    conn = None
                     self._retry_later(writer, f"replication connection lost: {first_line(e)}", backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF)
                 except PgtapeError as e:
                     if "cannot connect" not in str(e):
                         raise
-                    conn = _close(conn)
+                    _close(conn)
+                    conn = None
                     self._retry_later(writer, str(e), backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF)
                 except OSError as e:
                     if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                         raise
-                    conn = _close(conn)
+                    _close(conn)
+                    conn = None
                     if writable:
                         writer.abandon()  # nothing more is written or acknowledged through this writer
                         self.follower.close()
@@ -365,7 +369,6 @@ def _close(conn: psycopg.Connection | None) -> None:
             conn.close()
         except psycopg.Error:
             pass
-    return None
 
 
 def _stderr_log(stream: TextIO) -> Callable[[str], None]:

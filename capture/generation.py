@@ -32,7 +32,8 @@ from pgtape.snapshots.take import SnapshotLock, copy_tables, new_record
 Log = Callable[[str], None]
 
 
-def initialize(config: Config, archive: Archive, *, restart: bool, log: Log) -> tuple[Generation, SnapshotRecord | None]:
+def initialize(config: Config, archive: Archive, *, restart: bool,
+               log: Log) -> tuple[Generation, SnapshotRecord | None]:
     """Create (or with `restart`, replace) the capture slot and the generation's initial base.
 
     Idempotent: an archive whose current generation has its initial base and its slot is left

@@ -78,8 +78,8 @@ def names_of(view: View) -> dict[tuple[str, str], str]:
 
 def columns_of(view: View) -> dict[tuple[str, str], tuple[str, ...]]:
     """Every reported name's full list of columns (a partition has its partitioned table's)."""
-    return {name: tuple(c.name for c in view[identity].columns)  # type: ignore[union-attr]
-            for name, identity in names_of(view).items()}
+    return {name: tuple(c.name for c in shape.columns)
+            for name, identity in names_of(view).items() if (shape := view[identity]) is not None}
 
 
 # -- what a schema change means -------------------------------------------------------------------

@@ -193,7 +193,8 @@ class TapeWriter:
 
     def rotate(self) -> str:
         sealed = self.segment.seal()
-        self.segment = SegmentWriter.create(self.archive.storage, self.archive.tape_key(self.generation), self.generation,
+        self.segment = SegmentWriter.create(self.archive.storage, self.archive.tape_key(self.generation),
+                                            self.generation,
                                             self._system_id, self._slot, self.segment.stats.end_lsn)
         self._relation_ids.clear()
         return sealed

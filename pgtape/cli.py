@@ -11,7 +11,7 @@ import argparse
 import importlib
 import signal
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 import psycopg
 
@@ -21,11 +21,12 @@ from pgtape.errors import PgtapeError, UsageError
 from pgtape.pg import first_line
 from pgtape.tape.segment import SegmentError
 
-SUBCOMMANDS = ("check", "init", "capture", "snapshot", "snapshots", "mark", "replay", "verify", "diff", "log", "status", "prune")
+SUBCOMMANDS = ("check", "init", "capture", "snapshot", "snapshots", "mark", "replay", "verify", "diff", "log", "status",
+               "prune")
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+    def error(self, message: str) -> NoReturn:  # one line, exit 2, no usage dump
         raise UsageError(f"{message}; see '{self.prog} --help'")
 
 

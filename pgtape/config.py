@@ -201,7 +201,8 @@ def _check_known_keys(path: Path, data: dict[str, Any]) -> None:
     known = {(o.section, o.key) for o in OPTIONS}
     for section, body in data.items():
         if not isinstance(body, dict):
-            raise UsageError(f"{path}: {section!r} must be a [section]; known sections: source, archive, capture, snapshots")
+            raise UsageError(f"{path}: {section!r} must be a [section]; "
+                             "known sections: source, archive, capture, snapshots")
         for key in body:
             if (section, key) not in known:
                 names = ", ".join(f"[{s}] {k}" for s, k in sorted(known))

@@ -74,7 +74,9 @@ def parse_table(text: str) -> str:
 
 def split_list(text: str) -> list[str]:
     """A comma-separated list of names; commas inside double quotes belong to a name."""
-    items, buf, in_quotes = [], [], False
+    items: list[str] = []
+    buf: list[str] = []
+    in_quotes = False
     for c in text:
         if c == '"':
             in_quotes = not in_quotes  # a doubled "" toggles twice: still inside

@@ -10,7 +10,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgtape.errors import PgtapeError
-from pgtape.names import quote_ident, sql_name  # SQL quoting lives with the names; re-exported
+from pgtape.names import quote_ident as quote_ident, sql_name as sql_name  # re-exported: quoting lives in names
 
 # Rendering settings pinned on every session, the walsender's included (it decodes with them).
 PINNED_SETTINGS = {
@@ -31,14 +31,14 @@ def redact_dsn(dsn: str | None) -> str:
     except psycopg.ProgrammingError:
         return "(unparsable connection string)"
     params.pop("password", None)
-    return make_conninfo(**{k: v for k, v in params.items() if v is not None})
+    return make_conninfo("", **{k: v for k, v in params.items() if v is not None})
 
 
 def _pinned_options(dsn: str | None) -> str:
     existing = ""
     if dsn:
         try:
-            existing = conninfo_to_dict(dsn).get("options") or ""
+            existing = str(conninfo_to_dict(dsn).get("options") or "")
         except psycopg.ProgrammingError:
             # libpq's message quotes the text around the fault, which may be a password: say where to look.
             raise PgtapeError("the connection string (--dsn, PGTAPE_DSN or [source] dsn) cannot be parsed; it is not "
@@ -51,17 +51,13 @@ def _pinned_options(dsn: str | None) -> str:
 def connect(dsn: str | None, *, replication: bool = False, autocommit: bool = True,
             application_name: str = "pgtape") -> psycopg.Connection:
     """Open a connection; a failure becomes one PgtapeError line without the password."""
-    kwargs: dict[str, object] = {
-        "autocommit": autocommit,
-        "options": _pinned_options(dsn),
-        "application_name": application_name,
-    }
-    if replication:
-        # Replication connections speak only the simple query protocol.
-        kwargs["replication"] = "database"
-        kwargs["prepare_threshold"] = None
+    options = _pinned_options(dsn)
     try:
-        return psycopg.connect(dsn or "", **kwargs)  # type: ignore[arg-type]
+        if replication:
+            # Replication connections speak only the simple query protocol.
+            return psycopg.connect(dsn or "", autocommit=autocommit, options=options,
+                                   application_name=application_name, replication="database", prepare_threshold=None)
+        return psycopg.connect(dsn or "", autocommit=autocommit, options=options, application_name=application_name)
     except psycopg.OperationalError as e:
         raise PgtapeError(f"cannot connect to {redact_dsn(dsn)}: {first_line(e)}") from None
 

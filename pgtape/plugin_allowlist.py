@@ -54,7 +54,7 @@ def read_allowlist(conn: psycopg.Connection) -> Allowlist | None:
 
 def refusal_message(conn: psycopg.Connection) -> str:
     """The one line for a server that refuses wal2json, with the statements that fix it."""
-    role, database = conn.execute("SELECT current_user, current_database()").fetchone()  # type: ignore[misc]
+    [(role, database)] = conn.execute("SELECT current_user, current_database()").fetchall()
     allowlist = read_allowlist(conn) or Allowlist(None, None)
     return allowlist_problem(allowlist, role, database)
 

@@ -67,7 +67,7 @@ class TableShape(msgspec.Struct, frozen=True):
 View = dict[str, TableShape | None]  # identity -> its shape; None once the table is dropped
 
 
-def shape_from_json(doc: dict) -> TableShape:  # type: ignore[type-arg]
+def shape_from_json(doc: dict) -> TableShape:
     return TableShape(int(doc["oid"]), canonical(doc["schema"], doc["name"]), doc["kind"], doc["identity"],
                       [Column(int(a), n, t, m) for a, n, t, m in doc["columns"]], list(doc["key"]),
                       {int(o): canonical(s, n) for o, s, n in doc.get("leaves") or []})

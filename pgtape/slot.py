@@ -33,7 +33,7 @@ class SlotInfo:
 
 
 def identify_system(conn: psycopg.Connection) -> SystemInfo:
-    system_id, _timeline, _xlogpos, dbname = conn.execute("IDENTIFY_SYSTEM").fetchone()  # type: ignore[misc]
+    [(system_id, _timeline, _xlogpos, dbname)] = conn.execute("IDENTIFY_SYSTEM").fetchall()
     if dbname is None:
         raise PgtapeError("the connection is not to a database: put dbname=... in the DSN")
     return SystemInfo(str(system_id), dbname)

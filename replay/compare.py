@@ -9,6 +9,7 @@ hash and only differing buckets are joined (the idea of data-diff's bisection, o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import psycopg
 
@@ -25,6 +26,13 @@ class Side:
     types: dict[str, str]  # column -> format_type
 
 
+class Difference(TypedDict):
+    """A row on both sides that differs: its key, and each differing column's value by side label."""
+
+    key: dict[str, str | None]
+    columns: dict[str, dict[str, str | None]]
+
+
 @dataclass
 class TableComparison:
     table: str
@@ -37,7 +45,7 @@ class TableComparison:
     different: int = 0
     samples_missing: list[dict[str, str | None]] = field(default_factory=list)
     samples_extra: list[dict[str, str | None]] = field(default_factory=list)
-    samples_different: list[dict[str, object]] = field(default_factory=list)
+    samples_different: list[Difference] = field(default_factory=list)
     columns_only_expected: list[str] = field(default_factory=list)
     columns_only_actual: list[str] = field(default_factory=list)
 
@@ -74,7 +82,7 @@ def compare(conn: psycopg.Connection, table: str, key: list[str], expected: Side
         result.equal = result.rows_expected
         return result
 
-    bucket = "(hashtext({k}) & %d)" % (BUCKETS - 1)
+    bucket = f"(hashtext({{k}}) & {BUCKETS - 1})"
 
     def buckets(side: Side, h: str, k: str) -> dict[int, tuple[int, object]]:
         return {r[0]: (r[1], r[2]) for r in conn.execute(
@@ -129,10 +137,10 @@ def render(results: list[TableComparison], expected: str, actual: str) -> list[s
         for s in r.samples_extra:
             lines.append(f"  extra    {_key(s, r.key)}")
         for d in r.samples_different:
-            cols = "; ".join(f"{c}: {v[expected]!r} -> {v[actual]!r}" for c, v in d["columns"].items())  # type: ignore[index,union-attr]
-            lines.append(f"  differs  {_key(d['key'], r.key)}  {cols}")  # type: ignore[arg-type]
+            cols = "; ".join(f"{c}: {v[expected]!r} -> {v[actual]!r}" for c, v in d["columns"].items())
+            lines.append(f"  differs  {_key(d['key'], r.key)}  {cols}")
     return lines
 
 
-def _key(row: dict[str, object], key: list[str]) -> str:
+def _key(row: dict[str, str | None], key: list[str]) -> str:
     return ", ".join(f"{k}={row.get(k)}" for k in key or row)  # without a key, the whole row

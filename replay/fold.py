@@ -182,10 +182,10 @@ class TableFold:
         elif prev is None:
             raise PgtapeError(f"{self.name}: the tape updates key {old_key!r} after deleting it; "
                               "the tape is inconsistent (run pgtape verify)")
-        elif type(prev) is bytes:
+        elif isinstance(prev, bytes):
             values, inherit = dict(zip(self.columns, prev.split(b"\t"))), None
         else:
-            values, inherit = dict(prev.values), prev.inherit  # type: ignore[union-attr]
+            values, inherit = dict(prev.values), prev.inherit
         values.update(zip(columns, row.split(b"\t")))
         if all(c in values for c in self.columns):
             return b"\t".join([values[c] for c in self.columns])
@@ -244,8 +244,8 @@ class TableFold:
         for e in entries.values():
             if type(e) is bytes:
                 yield e
-            elif e is not None:
-                yield self._complete(e, saved.get(e.inherit) if e.inherit is not None else None)  # type: ignore
+            elif type(e) is _Partial:
+                yield self._complete(e, saved.get(e.inherit) if e.inherit is not None else None)
 
     def _take(self, fields: list[bytes]) -> list[bytes]:
         """A base row in the current shape."""
@@ -272,6 +272,8 @@ class BagFold(TableFold):
     its absent (unchanged TOAST) columns taken from the old row. `entries` counts, per line in the
     fold's shape, how many more (or fewer) copies the result has than the base."""
 
+    entries: dict[Key, int]  # type: ignore[assignment]  # counts of lines, not TableFold's Entry
+
     def apply(self, c: Change, info: RelInfo, old: RelInfo | None) -> None:
         if self.stale:
             return
@@ -280,7 +282,7 @@ class BagFold(TableFold):
         if c.old is not None:
             assert old is not None
             old_line = self._in_shape(old.columns, c.old)
-            entries[old_line] = entries.get(old_line, 0) - 1  # type: ignore[operator]
+            entries[old_line] = entries.get(old_line, 0) - 1
         if c.op == "D":
             if old_line is None:
                 raise PgtapeError(f"{self.name}: a DELETE without its old row; the table needs REPLICA IDENTITY FULL")
@@ -295,16 +297,16 @@ class BagFold(TableFold):
                                   "them from; the table needs REPLICA IDENTITY FULL")
             values = dict(zip(self.columns, old_line.split(b"\t"))) | values
         new_line = b"\t".join([values.get(col, NULL) for col in self.columns])
-        entries[new_line] = entries.get(new_line, 0) + 1  # type: ignore[operator]
+        entries[new_line] = entries.get(new_line, 0) + 1
 
     def apply_schema(self, s: Schema) -> None:
         if not s.dropped and s.key == self.key:  # the counted lines follow the new shape too
             src, fill = self._mapping(s)
-            counts: dict[Key, Entry] = {}
+            counts: dict[Key, int] = {}
             for line, n in self.entries.items():
                 fields = line.split(b"\t")
                 k = b"\t".join([fields[i] if i is not None else f for i, f in zip(src, fill)])
-                counts[k] = counts.get(k, 0) + n  # type: ignore[operator]
+                counts[k] = counts.get(k, 0) + n
             self.entries = counts
         super().apply_schema(s)  # the counts are not lines: there only the shape changes
 
@@ -312,10 +314,10 @@ class BagFold(TableFold):
         old = self.columns
         super()._reshape(columns, absent)  # the counts are not lines: only the shape changes there
         if self.columns != old:
-            counts: dict[Key, Entry] = {}
+            counts: dict[Key, int] = {}
             for line, n in self.entries.items():
                 k = self._in_shape(old, line)
-                counts[k] = counts.get(k, 0) + n  # type: ignore[operator]
+                counts[k] = counts.get(k, 0) + n
             self.entries = counts
 
     def _in_shape(self, columns: list[str], line: bytes) -> bytes:
@@ -346,4 +348,4 @@ class BagFold(TableFold):
                 yield line
 
 
-_MISSING = object()
+_MISSING = _Partial({}, None)  # a sentinel (compared by identity), typed as an Entry

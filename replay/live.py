@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import time
 
+import psycopg
+
 from pgtape.config import Config
 from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn, parse_lsn
@@ -59,7 +61,7 @@ def verify_live(config: Config, archive: Archive, timeout: float, as_json: bool)
     return 0 if ok else 1
 
 
-def _refuse_gap(conn, archive: Archive, gen: int, slot: str) -> None:  # type: ignore[no-untyped-def]
+def _refuse_gap(conn: psycopg.Connection, archive: Archive, gen: int, slot: str) -> None:
     """A slot confirmed past the tape's end: no replay can equal the live tables (the gap rule)."""
     row = conn.execute(f"SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
                        f"WHERE slot_name = {quote_literal(slot)}").fetchone()
@@ -68,7 +70,7 @@ def _refuse_gap(conn, archive: Archive, gen: int, slot: str) -> None:  # type: i
         raise PgtapeError(gap_message(slot, parse_lsn(row[0]), end))
 
 
-def _wait_durable(conn, slot: str, lsn: int, timeout: float) -> int:  # type: ignore[no-untyped-def]
+def _wait_durable(conn: psycopg.Connection, slot: str, lsn: int, timeout: float) -> int:
     """Wait until capture has confirmed `lsn`; returns the confirmed position."""
     deadline = time.monotonic() + timeout
     while True:

@@ -81,7 +81,8 @@ def verify_segment(storage: Storage, key: str, report: Report, expect_start: int
                     relations.add(r.id)
                 elif isinstance(r, (Change, Truncate)):
                     txn_changes += 1
-                    if isinstance(r, Change) and (r.rel not in relations or (r.old_rel >= 0 and r.old_rel not in relations)):
+                    if isinstance(r, Change) and (r.rel not in relations
+                                                  or (r.old_rel >= 0 and r.old_rel not in relations)):
                         report.problems.append(f"{path} at offset {frame.offset}: change refers to an unknown relation")
     except SegmentError as e:
         report.problems.append(str(e))
@@ -198,7 +199,8 @@ def verify_archive(archive: Archive) -> Report:
             report.snapshots += 1
             d = catalog.snapshot_key(archive, gen_id, r.id)
             if not archive.storage.exists(d):
-                report.problems.append(f"snapshot {r.id}: catalog says completed but {archive.storage.where(d)} is missing")
+                report.problems.append(f"snapshot {r.id}: catalog says completed but "
+                                       f"{archive.storage.where(d)} is missing")
                 continue
             size = 0
             for table in r.tables:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything `make test` and `make demo` need, on a fresh Debian 12 machine:
 #   1. PostgreSQL 15 server binaries, wal2json and pg_recvlogical (apt, as root only);
-#   2. a virtualenv in .venv with pgtape installed editable with its test extra.
+#   2. a virtualenv in .venv with pgtape installed editable with its test and lint extras.
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -72,8 +72,8 @@ setup_venv() {
         rm -f "$STAMP"
     fi
     if [[ ! -f $STAMP || pyproject.toml -nt $STAMP ]]; then
-        say "installing pgtape (editable, with test extra) into $VENV"
-        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+        say "installing pgtape (editable, with test and lint extras) into $VENV"
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test,lint]'
         touch "$STAMP"
     fi
 }

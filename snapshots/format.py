@@ -68,7 +68,7 @@ class TableWriter:
         self._offset += len(frame)
         self._crc = zlib.crc32(frame, self._crc)
 
-    def write(self, data: bytes | memoryview) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         self._pending += data
         if len(self._pending) >= CHUNK_BYTES:
             self._flush(final=False)

@@ -115,7 +115,7 @@ def _copy_table(snap: ExportedSnapshot, archive: Archive, directory: str, record
     try:
         select = ", ".join(quote_ident(c.name) for c in shape.columns)
         # By oid: the table may have been renamed since (a partitioned table: its rows, every partition's).
-        relation = snap.conn.execute("SELECT %s::regclass::text", (shape.oid,)).fetchone()[0]  # type: ignore[index]
+        [(relation,)] = snap.conn.execute("SELECT %s::regclass::text", (shape.oid,)).fetchall()
         with snap.conn.cursor().copy(f"COPY (SELECT {select} FROM {relation}) TO STDOUT") as copy:
             for data in copy:
                 writer.write(data)

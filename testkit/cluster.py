@@ -88,7 +88,7 @@ class EmbeddedPostgres:
         self._run_as = "postgres" if os.geteuid() == 0 else None
 
     # -- lifecycle -------------------------------------------------------------------------
-    def __enter__(self) -> "EmbeddedPostgres":
+    def __enter__(self) -> EmbeddedPostgres:
         try:
             self.start()
         except BaseException:

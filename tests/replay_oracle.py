@@ -170,9 +170,9 @@ class History:
         try:
             for s in statements:
                 if isinstance(s, tuple):
-                    c.execute(s[0], s[1])  # type: ignore[arg-type]
+                    c.execute(s[0], s[1])
                 else:
-                    c.execute(s)  # type: ignore[arg-type]
+                    c.execute(s)
             t, lsn, xid = c.execute("SELECT clock_timestamp(), pg_current_wal_insert_lsn()::text, "
                                     "pg_current_xact_id()::text").fetchone()  # type: ignore[misc]
             c.execute("COMMIT")

@@ -89,7 +89,7 @@ class Procs:
         self.logdir = logdir
         self.started: list[tuple[subprocess.Popen[bytes], Path]] = []
 
-    def __enter__(self) -> "Procs":
+    def __enter__(self) -> Procs:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -144,6 +144,13 @@ def current_lsn(dsn: str) -> str:
     return sql(dsn, "select pg_current_wal_lsn()::text")[0][0]
 
 
+def scalar(cur: psycopg.Cursor[Any]) -> Any:
+    """The first value of the one row the cursor's statement returned."""
+    row = cur.fetchone()
+    assert row is not None
+    return row[0]
+
+
 def slot_state(dsn: str, name: str = SLOT) -> tuple[int | None, int | None] | None:
     """(active_pid, confirmed_flush_lsn) or None if the slot does not exist."""
     rows = sql(dsn, "select active_pid, confirmed_flush_lsn::text from pg_replication_slots where slot_name = %s",
@@ -152,6 +159,17 @@ def slot_state(dsn: str, name: str = SLOT) -> tuple[int | None, int | None] | No
         return None
     pid, confirmed = rows[0]
     return pid, parse_lsn(confirmed) if confirmed else None
+
+
+def confirmed_lsn(dsn: str) -> int:
+    """The slot's confirmed_flush_lsn; 0 while it has none (or there is no slot)."""
+    state = slot_state(dsn)
+    return (state[1] if state else None) or 0
+
+
+def walsender_pid(dsn: str) -> int | None:
+    state = slot_state(dsn)
+    return state[0] if state else None
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
@@ -227,7 +245,7 @@ class Workload:
         self._threads = [threading.Thread(target=self._loop, args=(self._main_txn, seed * 2 + 1), daemon=True),
                          threading.Thread(target=self._loop, args=(self._side_txn, seed * 2 + 2), daemon=True)]
 
-    def __enter__(self) -> "Workload":
+    def __enter__(self) -> Workload:
         for t in self._threads:
             t.start()
         return self
@@ -285,7 +303,7 @@ class Workload:
         cur.execute("insert into accounts (owner, balance, active, blob, note) values (%s, %s, %s, %s, %s) "
                     "returning id",
                     (r_text(rng), r_money(rng), rng.choice([True, False, None]), r_bytes(rng), r_text(rng)))
-        self.acc_hi = max(self.acc_hi, cur.fetchone()[0])
+        self.acc_hi = max(self.acc_hi, scalar(cur))
 
     def _insert_led(self, cur: psycopg.Cursor, rng: random.Random) -> int:
         tags = None if rng.random() < 0.3 else [rng.choice(TEXTS) for _ in range(rng.randint(0, 3))] + [None]
@@ -298,7 +316,7 @@ class Workload:
                                                                    microseconds=rng.randint(0, 999999)),
              timedelta(days=rng.randint(-40, 40), seconds=rng.randint(0, 86399)),
              date(1999, 12, 31) + timedelta(days=rng.randint(0, 20000))))
-        rid = cur.fetchone()[0]
+        rid = scalar(cur)
         self.led_hi = max(self.led_hi, rid)
         return rid
 
@@ -353,7 +371,7 @@ class Workload:
             cur.execute("with ins as (insert into accounts (owner, balance, active, note) "
                         "select 'bulk ' || g, (g %% 100000) / 100.0, g %% 3 = 0, repeat(md5(g::text), %s) "
                         "from generate_series(1, %s) g returning id) select max(id) from ins", (pad, n))
-            self.acc_hi = max(self.acc_hi, cur.fetchone()[0])
+            self.acc_hi = max(self.acc_hi, scalar(cur))
         elif kind == "bulk_upd":
             lo = rng.randint(1, self.acc_hi)
             cur.execute("update accounts set balance = coalesce(balance, 0) + 1 where id between %s and %s",
@@ -373,7 +391,7 @@ class Workload:
             # an out-of-line value, then an update that leaves it unchanged (wal2json omits it)
             cur.execute("insert into accounts (owner, big) values ('toast', "
                         "(select string_agg(md5(random()::text), '') from generate_series(1, 100))) returning id")
-            rid = cur.fetchone()[0]
+            rid = scalar(cur)
             self.acc_hi = max(self.acc_hi, rid)
             conn.commit()
             cur.execute("update accounts set balance = %s where id = %s", (r_money(rng), rid))
@@ -651,7 +669,7 @@ def test_crash_loop_under_the_temba_workload(tmp_path: Path, seed: int) -> None:
                 if i > 0:
                     proc, log = procs.capture(dsn, archive, config, "--tables", tables)
                 if rng.random() < 0.7:
-                    wait_for(lambda log=log, proc=proc: "capturing" in log.read_text() or proc.poll() is not None,
+                    wait_for(lambda: "capturing" in log.read_text() or proc.poll() is not None,
                              30, f"capture #{i} to start streaming ({ctx})")
                 time.sleep(rng.uniform(0.05, 0.6))
                 if i in restart_at:
@@ -714,7 +732,7 @@ def test_torn_tail_is_cut_to_last_transaction(dsn: str, tmp_path: Path, seed: in
                 for _ in range(k):
                     c.execute("insert into accounts (owner, balance) values (%s, %s)", (r_text(rng), r_money(rng)))
                 c.execute("insert into noise (payload) values ('x')")
-                xid = c.execute("select pg_current_xact_id()::text::bigint").fetchone()[0]
+                xid = scalar(c.execute("select pg_current_xact_id()::text::bigint"))
                 c.commit()
                 expected.append((xid, k))
         return current_lsn(dsn)
@@ -805,9 +823,9 @@ def test_disconnect_and_stop_inside_spilled_transaction(dsn: str, tmp_path: Path
             with psycopg.connect(dsn) as c:
                 c.execute("insert into accounts (owner, note) select 'big', repeat(md5(g::text), 20) "
                           "from generate_series(1, 60000) g")
-                xids.append(c.execute("select pg_current_xact_id()::text::bigint").fetchone()[0])
+                xids.append(scalar(c.execute("select pg_current_xact_id()::text::bigint")))
             end = parse_lsn(current_lsn(dsn))
-            seen = wait_for(lambda: _spilling(seg_dir, 300_000) or (slot_state(dsn) or (0, 0))[1] >= end
+            seen = wait_for(lambda: _spilling(seg_dir, 300_000) or confirmed_lsn(dsn) >= end
                             or proc.poll() is not None, 60, "the big transaction", 0.005)
             if _spilling(seg_dir, 300_000) and proc.poll() is None:
                 return
@@ -821,7 +839,7 @@ def test_disconnect_and_stop_inside_spilled_transaction(dsn: str, tmp_path: Path
         sql(dsn, "select pg_terminate_backend(active_pid) from pg_replication_slots where slot_name = %s", (SLOT,))
         wait_for(lambda: "reconnected" in log.read_text() or proc.poll() is not None, 30, "capture to reconnect")
         assert proc.poll() is None, f"capture died on a lost connection inside a spilled transaction:\n{procs.logs()}"
-        wait_for(lambda: (slot_state(dsn) or (0, 0))[1] >= parse_lsn(current_lsn(dsn)), 60, "capture to catch up")
+        wait_for(lambda: confirmed_lsn(dsn) >= parse_lsn(current_lsn(dsn)), 60, "capture to catch up")
         big_transaction_in_flight(proc)
         rc = stop_gracefully(proc, timeout=60)
         assert rc == 0, f"SIGTERM inside a spilled transaction: exit {rc}\n{procs.logs()}"
@@ -876,7 +894,7 @@ def test_wal_sender_timeout_survived(tmp_path: Path) -> None:
         config = write_config(tmp_path / "pgtape.toml")
         proc, log = procs.capture(dsn, archive, config)
         wait_for(lambda: (s := slot_state(dsn)) is not None and s[0] is not None, 30, "capture to stream")
-        pid = slot_state(dsn)[0]
+        pid = walsender_pid(dsn)
         time.sleep(6)  # three timeouts' worth of silence
         # a large transaction on the uncaptured table: wal2json decodes it without sending anything
         sql(dsn, "insert into noise (payload) select md5(g::text) from generate_series(1, 150000) g")
@@ -885,9 +903,9 @@ def test_wal_sender_timeout_survived(tmp_path: Path) -> None:
                 c.execute("insert into accounts (owner, balance) values (%s, %s)", (f"w{i}", Decimal(i) / 100))
                 c.commit()
         until = current_lsn(dsn)
-        wait_for(lambda: (slot_state(dsn) or (0, 0))[1] >= parse_lsn(until), 30, "the tape to reach the traffic")
+        wait_for(lambda: confirmed_lsn(dsn) >= parse_lsn(until), 30, "the tape to reach the traffic")
         assert proc.poll() is None, procs.logs()
-        assert slot_state(dsn)[0] == pid, "the walsender changed: capture reconnected"
+        assert walsender_pid(dsn) == pid, "the walsender changed: capture reconnected"
         assert stop_gracefully(proc) == 0, procs.logs()
         text = log.read_text()
         assert "connection lost" not in text and "reconnect" not in text, text
@@ -935,7 +953,7 @@ def test_slot_disappeared_while_running_is_fatal(dsn: str, tmp_path: Path) -> No
         wait_for(lambda: (s := slot_state(dsn)) is not None and s[0] is not None, 30, "capture to stream")
         sql(dsn, "insert into accounts (owner) values ('before')")
         until = parse_lsn(current_lsn(dsn))
-        wait_for(lambda: (slot_state(dsn) or (0, 0))[1] >= until, 10, "the insert to be on the tape")
+        wait_for(lambda: confirmed_lsn(dsn) >= until, 10, "the insert to be on the tape")
 
         def drop() -> bool:  # terminate the walsender, then drop the slot before capture reconnects
             state = slot_state(dsn)
@@ -968,15 +986,15 @@ def test_idle_captured_tables_confirm_progress(dsn: str, tmp_path: Path) -> None
     with Procs(tmp_path) as procs:
         proc, log = procs.capture(dsn, archive, config)
         wait_for(lambda: (s := slot_state(dsn)) is not None and s[0] is not None, 30, "capture to stream")
-        start = slot_state(dsn)[1]
+        start = confirmed_lsn(dsn)
         with psycopg.connect(dsn) as c:
-            for i in range(30):
+            for _ in range(30):
                 c.execute("insert into noise (payload) select md5(g::text) from generate_series(1, 100) g")
                 c.commit()
         target = parse_lsn(current_lsn(dsn))
         assert target > start
         # Rule A3: idle progress is acknowledged once a Position records it, every 10 s.
-        wait_for(lambda: (slot_state(dsn) or (0, 0))[1] >= target, 25,
+        wait_for(lambda: confirmed_lsn(dsn) >= target, 25,
                  f"confirmed_flush_lsn to pass {format_lsn(target)} (from {format_lsn(start)})\n{log.read_text()}",
                  0.2)
         assert proc.poll() is None, procs.logs()

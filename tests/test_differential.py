@@ -182,7 +182,7 @@ class Workload:
     def exec(self, statement: str) -> None:
         self.log.append(("-- conn2: " if self.c is self.other else "") + statement + ";")
         try:
-            self.c.execute(statement)  # type: ignore[arg-type]
+            self.c.execute(statement)
         except psycopg.Error as e:
             raise AssertionError(f"the workload's own statement failed: {statement[:300]!r}: {e}") from e
 
@@ -190,7 +190,7 @@ class Workload:
         """A statement that may fail for reasons the workload does not foresee: undone then."""
         self.exec("SAVEPOINT attempt")
         try:
-            self.c.execute(statement)  # type: ignore[arg-type]
+            self.c.execute(statement)
         except psycopg.Error:
             self.log.append(f"-- failed, so undone: {statement}")
             self.exec("ROLLBACK TO SAVEPOINT attempt")
@@ -198,8 +198,8 @@ class Workload:
             self.log.append(statement + ";")
             self.exec("RELEASE SAVEPOINT attempt")
 
-    def q(self, query: str, params: tuple | None = None) -> list[tuple]:  # type: ignore[type-arg]
-        return self.c.execute(query, params).fetchall()  # type: ignore[arg-type]
+    def q(self, query: str, params: tuple | None = None) -> list[tuple]:
+        return self.c.execute(query, params).fetchall()
 
     def find_oids(self) -> None:
         for t in TABLES:
@@ -443,7 +443,7 @@ class Workload:
         self.log.append(("-- conn2: " if self.c is self.other else "") + statement + ";\n" + "\n".join(
             "\t".join("\\N" if v is None else v.translate(esc) for v in row) for row in texts) + "\n\\.")
         try:
-            with self.c.cursor().copy(statement) as cp:  # type: ignore[arg-type]
+            with self.c.cursor().copy(statement) as cp:
                 for row in texts:
                     cp.write_row(row)
         except psycopg.Error as e:
@@ -474,7 +474,7 @@ class Workload:
             return [str(self.new_id()), lit(self.pay_date(months, default))] + [
                 self.value(c.type, not c.notnull) for c in chosen]
 
-        def at(k: tuple) -> str:  # type: ignore[type-arg]
+        def at(k: tuple) -> str:
             return f"{id_} = {k[0]} AND {m_} = {lit(k[1])}"
         if kind == "ins":
             chosen = [c for c in others if c.notnull or r.random() < 0.7]
@@ -627,8 +627,8 @@ class Workload:
         elif kind == "partition":
             self.new_partition(r.random() < 0.6)
         elif kind == "default_partition":
-            months, default = self.pay_months()
-            if not default:
+            months, has_default = self.pay_months()
+            if not has_default:
                 self.exec(f'CREATE TABLE "Billing"."Pay.Plan default" PARTITION OF {t} DEFAULT')
         elif kind == "rename_partition":
             part, month = r.choice(self.partitions())
@@ -940,7 +940,7 @@ def run_history(pg: EmbeddedPostgres, seed: int, number: int, tmp_path: Path) ->
                 if i in pieces and capture is None:
                     run.log.append("-- capture to here")
                     capture_to_now(dsn, archive, tables=",".join(TABLES))
-                elif i in pieces:
+                elif i in pieces and capture is not None:
                     run.log.append("-- capture restarted")
                     stop_process(capture)
                     capture = capture_live(dsn, archive, tmp_path / f"capture-{number}-{i}.log", init=False)

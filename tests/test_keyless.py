@@ -51,8 +51,8 @@ def _txn(rng: random.Random, h: History) -> None:
         h.txn(kind, [("UPDATE lines SET big = %s WHERE ctid = " + ONE_ROW.format("true"), [_big(rng)])])
     else:
         acc, memo = rng.choice(rows)
-        h.txn(kind, [(f"DELETE FROM lines WHERE ctid = {ONE_ROW.format('account = %s AND memo IS NOT DISTINCT FROM %s')}",
-                      [acc, memo])])
+        one = ONE_ROW.format('account = %s AND memo IS NOT DISTINCT FROM %s')
+        h.txn(kind, [(f"DELETE FROM lines WHERE ctid = {one}", [acc, memo])])
 
 
 def test_random_history_replays_at_every_step(dsn: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
@@ -95,7 +95,8 @@ def test_in_place_diff_and_verify_live_count_copies(dsn: str, tmp_path: Path) ->
         target = h.txn("more copies", ["INSERT INTO lines SELECT * FROM lines WHERE memo = 'dup'",
                                        "INSERT INTO lines VALUES ('c', 3.00, 'new', NULL)"])  # a: 4 copies
         h.txn("fewer", ["DELETE FROM lines WHERE ctid IN (SELECT ctid FROM lines WHERE memo = 'dup' LIMIT 3)",
-                        "UPDATE lines SET memo = 'edited' WHERE account = 'c'", "INSERT INTO lines VALUES ('d', 0, '', NULL)"])
+                        "UPDATE lines SET memo = 'edited' WHERE account = 'c'",
+                        "INSERT INTO lines VALUES ('d', 0, '', NULL)"])
         capture = spawn_pgtape("capture", *cli, log=tmp_path / "capture.log")
         try:
             r = run_pgtape("verify", "--live", *cli, "--timeout", "30")

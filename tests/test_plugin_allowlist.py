@@ -87,7 +87,7 @@ def psql(server: EmbeddedPostgres, dbname: str, script: str) -> None:
     assert r.returncode == 0, r.stderr
 
 
-def tape_values(archive: Path) -> list[str]:
+def tape_values(archive: Path) -> list[str | None]:
     return [ch.new["v"] for ch in iter_changes(Archive(archive), 1) if ch.new]
 
 
@@ -176,7 +176,7 @@ def test_a_per_role_setting_is_fixed_where_it_is_set(server: EmbeddedPostgres, d
     """ALTER SYSTEM cannot override ALTER ROLE ... SET: the fix names the place that sets the value."""
     role = f"admin_{db}"
     sql(server.dsn(), f"create role {role} login superuser",
-        f"ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', 'test_decoding', 'wal2json'",
+        "ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', 'test_decoding', 'wal2json'",
         f"alter role {role} set output_plugin_libraries = 'pgoutput'", "SELECT pg_reload_conf()")
     try:
         dsn = server.dsn(db, user=role)

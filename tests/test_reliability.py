@@ -30,7 +30,8 @@ def one_line(r, code: int = 2) -> str:  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("args", [
     ["replay", "--target-time", ""], ["replay", "--target-lsn", " "], ["replay", "--target-name", ""],
     ["diff", "--target-time", ""], ["log", "--since", ""], ["log", "--to-lsn", ""], ["log", "--table", ""],
-    ["replay", "--latest", "--archive", ""], ["replay", "--latest", "--dsn", ""], ["replay", "--latest", "--output", ""],
+    ["replay", "--latest", "--archive", ""], ["replay", "--latest", "--dsn", ""],
+    ["replay", "--latest", "--output", ""],
     ["capture", "--until-lsn", ""], ["mark", ""], ["verify", ""], ["snapshot", "--tables", " "],
 ])
 def test_an_empty_value_is_a_usage_error(args: list[str]) -> None:
@@ -192,7 +193,8 @@ def test_two_forced_replays_into_one_schema_take_turns(dsn: str, tmp_path: Path)
         logs = [(tmp_path / f"replay-{i}.log").read_text() for i in range(4)]
         assert [p.returncode for p in procs] == [0, 0, 0, 0], logs
         assert c.execute("SELECT count(*) FROM rec.t").fetchone() == (2,)
-        assert c.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'pgtape_incomplete_%'").fetchone() == (0,)
+        assert c.execute("SELECT count(*) FROM pg_namespace "
+                         "WHERE nspname LIKE 'pgtape_incomplete_%'").fetchone() == (0,)
 
 
 # -- the gap rule ------------------------------------------------------------------------------------
@@ -324,7 +326,7 @@ class _Writers:
                 self.last[k] = token
                 self.writes += 1
 
-    def __enter__(self) -> "_Writers":
+    def __enter__(self) -> _Writers:
         for t in self.threads:
             t.start()
         return self
@@ -354,7 +356,7 @@ def test_in_place_under_concurrent_writes_loses_no_write(dsn: str, tmp_path: Pat
             wait_until("writes after the restore", lambda: w.writes > during + 200, 30)
         assert r.returncode == 0, r.stderr
         backup = json.loads(r.stdout)["backup_schema"]
-        final = dict(c.execute("SELECT id, v FROM t").fetchall())
+        final: dict[int, str] = dict(c.execute("SELECT id, v FROM t").fetchall())
         saved = {(k, v) for k, v in c.execute(f"SELECT id, v FROM {backup}.t").fetchall()}
         lost = [k for k, token in w.last.items() if final[k] != token and (k, token) not in saved]
         assert lost == [], f"{len(lost)} keys lost their last write, e.g. {lost[:5]}"

@@ -127,7 +127,8 @@ class Workload:
         arr = rng.choice([None, "{}", "{1,NULL,3}", f"{{{rng.randint(-5, 5)}}}"])
         b = rng.choice([None, "\\x", "\\x00ff10", "\\x" + rng.randbytes(rng.randint(1, 20)).hex()])
         ts = rng.choice([None, "infinity", "2026-11-25 14:02:59.123456+01",
-                         f"20{rng.randint(10, 40)}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)} 0{rng.randint(0, 9)}:00:0{rng.randint(0, 9)}.{rng.randint(0, 999999):06d}+00"])
+                         f"20{rng.randint(10, 40)}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)} "
+                         f"0{rng.randint(0, 9)}:00:0{rng.randint(0, 9)}.{rng.randint(0, 999999):06d}+00"])
         return [key, self.amount(), self.text(), self.big(), j, arr, b, ts]
 
     def b_row(self, key: str) -> list[Any]:
@@ -138,7 +139,8 @@ class Workload:
         flag = rng.choice([None, True, False])
         d = rng.choice([None, "2026-02-28", "infinity", f"19{rng.randint(10, 99)}-12-31"])
         iv = rng.choice([None, "1 day 02:03:04", "-1 mons", "00:00:00.000001"])
-        u = rng.choice([None, "6f1c1a8e-0000-4000-8000-000000000001", str(rng.getrandbits(128).to_bytes(16, "big").hex())])
+        u = rng.choice([None, "6f1c1a8e-0000-4000-8000-000000000001",
+                        str(rng.getrandbits(128).to_bytes(16, "big").hex())])
         return [key, qty, r, flag, self.text(), d, iv, u]
 
     def b_key(self) -> str:
@@ -283,34 +285,37 @@ def test_replay_equals_recorded_history_at_random_targets(dsn: str, tmp_path: Pa
         # The tape holds exactly the recorded transactions, in order (else nothing below means much).
         tape = _tape_txns(archive)
         on_tape = [s for s in h.steps if s.on_tape and s.xid is not None]
-        assert [tape[s.xid].end_lsn for s in on_tape] == sorted(t.end_lsn for t in tape.values())
+        assert [tape[s.xid].end_lsn for s in on_tape if s.xid is not None] == sorted(t.end_lsn for t in tape.values())
         assert len(tape) == len(on_tape)
         assert [c.op for c in iter_changes(Archive(archive), 1) if c.txn.xid in {x.xid for x in alters}] == ["S", "S"]
         absent = [c for c in iter_changes(Archive(archive), 1) if c.op == "U" and c.absent]
         assert len(absent) >= 5 and any(c.old and c.new and c.old["id"] != c.new["id"] for c in absent)
         for s in on_tape:  # the oracle's brackets hold the tape's commit points
+            assert s.xid is not None
             t = tape[s.xid]
             assert s.pre_time <= t.commit_time <= s.post_time and s.pre_lsn <= t.commit_lsn < t.end_lsn <= s.post_lsn
         for prev, s in zip(h.steps, h.steps[1:]):
             assert prev.post_time < s.pre_time and prev.post_lsn <= s.pre_lsn
 
         base1, base2 = _snapshots(archive)
+        assert base2.as_of_time is not None and base2.as_of_lsn is not None
         n = len(h.steps)
         targets: list[tuple[Target, Step, str]] = []
         for _ in range(30):  # times and LSNs strictly between two transactions, inclusive and exclusive
             i = rng.randrange(n - 1)
             lo, hi = h.steps[i], h.steps[i + 1]
-            t = rng.randint(lo.post_time + 1, hi.pre_time - 1)
+            when = rng.randint(lo.post_time + 1, hi.pre_time - 1)
             excl = rng.random() < 0.5
-            targets.append((Target("time", time=t, exclusive=excl), lo, f"time {iso(t)} after {lo.label}"))
+            targets.append((Target("time", time=when, exclusive=excl), lo, f"time {iso(when)} after {lo.label}"))
             excl2 = rng.random() < 0.5
             lsn = rng.randint(lo.post_lsn + excl2, hi.pre_lsn - 1 + excl2)
             targets.append((Target("lsn", lsn=lsn, exclusive=excl2), lo, f"lsn {lsn_text(lsn)} after {lo.label}"))
-        for k in rng.sample(range(1, n), 20) + [h.steps.index(p) for p in probes]:  # exactly at a commit (from the tape)
+        # exactly at a commit (from the tape)
+        for k in rng.sample(range(1, n), 20) + [h.steps.index(p) for p in probes]:
             s, prev = h.steps[k], h.steps[k - 1]
-            if not s.on_tape:
+            if not s.on_tape or s.xid is None:
                 continue
-            t = tape[s.xid]  # type: ignore[index]
+            t = tape[s.xid]
             targets += [(Target("time", time=t.commit_time), s, f"time = commit of {s.label}"),
                         (Target("time", time=t.commit_time, exclusive=True), prev, f"time before commit of {s.label}"),
                         (Target("lsn", lsn=t.commit_lsn), s, f"lsn = commit of {s.label}"),
@@ -332,17 +337,17 @@ def test_replay_equals_recorded_history_at_random_targets(dsn: str, tmp_path: Pa
         a = Archive(archive)
         for target, step, why in targets:
             # The oracle's own view must agree where it is certain (guards the test's arithmetic).
-            if target.kind in ("time", "lsn"):
-                certain = h.state_at(target.kind, target.time if target.kind == "time" else target.lsn,
-                                     target.exclusive)  # type: ignore[arg-type]
+            value = target.time if target.kind == "time" else target.lsn
+            if value is not None:  # a time or LSN target
+                certain = h.state_at(target.kind, value, target.exclusive)
                 assert certain is None or certain.state == step.state, why
             plan = prepare(a, tables, target)
             used[plan.base.id] += 1
             if h.steps.index(step) > before_snapshot:
                 assert plan.base.id == base2.id, f"{why}: base {plan.base.id}, not the newest usable {base2.id}"
-            for t in tables:
-                fold = plan.folds[t]
-                problem = compare(t, fold.columns, fold.types, plan.rows(t), step.state[t])
+            for table in tables:
+                fold = plan.folds[table]
+                problem = compare(table, fold.columns, fold.types, plan.rows(table), step.state[table])
                 if problem:
                     failures.append(f"{target.describe()} ({why}, expected state after {step.label}): {problem}")
         assert used[base1.id] > 5 and used[base2.id] > 5, used
@@ -351,8 +356,8 @@ def test_replay_equals_recorded_history_at_random_targets(dsn: str, tmp_path: Pa
         # The same through the command line, into a recovery schema: values survive the round trip.
         for step in rng.sample(h.steps[1:-1], 2):
             nxt = h.steps[h.steps.index(step) + 1]
-            t = (step.post_time + nxt.pre_time) // 2
-            r = run_pgtape("replay", *cli, "--target-time", iso(t), "--schema", "rec", "--force", "--json")
+            when = (step.post_time + nxt.pre_time) // 2
+            r = run_pgtape("replay", *cli, "--target-time", iso(when), "--schema", "rec", "--force", "--json")
             assert r.returncode == 0, r.stderr
             assert json.loads(r.stdout)["schema"] == "rec"
             _check_schema(h.conn, "rec", step.state)
@@ -869,11 +874,11 @@ def test_two_in_place_restores_in_a_row_keep_both_backups(dsn: str, tmp_path: Pa
         for t in ("public.t1", "public.t2"):
             plan = prepare(Archive(archive), [t], Target("lsn", lsn=lsn_int(start)))
             diffs, backup = sinks.diff_live(plan, dsn, apply=True)
-            assert diffs[0].to_delete == 1
+            assert diffs[0].to_delete == 1 and backup is not None
             backups.append(backup)
         assert c.execute("SELECT count(*) FROM t1").fetchone() == (0,)
         assert c.execute("SELECT count(*) FROM t2").fetchone() == (0,)
-        assert len(set(backups)) == 2 and _schemas(c, "pgtape_backup_%") == sorted(backups)  # type: ignore[arg-type]
+        assert len(set(backups)) == 2 and _schemas(c, "pgtape_backup_%") == sorted(backups)
 
 
 def test_target_between_the_tape_end_and_a_newer_base(dsn: str, tmp_path: Path) -> None:

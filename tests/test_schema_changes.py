@@ -137,7 +137,7 @@ def test_a_rewrite_is_refused_until_capture_has_taken_a_new_base(dsn: str, tmp_p
         assert r.returncode == 1 and len(r.stderr.splitlines()) == 1, r.stderr
         assert r.stderr.startswith(f"pgtape: public.orders cannot be replayed to up to LSN {lsn_text(rewrite.lsn)}: "
                                    "ALTER TABLE rewrote it"), r.stderr
-        assert f"or at or after a base of it taken" in r.stderr and lsn_text(base.as_of_lsn or 0) in r.stderr
+        assert "or at or after a base of it taken" in r.stderr and lsn_text(base.as_of_lsn or 0) in r.stderr
 
 
 def capture_done(archive: Path, lsn: int, table: str = "public.orders") -> bool:
@@ -225,7 +225,8 @@ def test_kill_9_around_schema_changes_loses_nothing(dsn: str, tmp_path: Path, re
                            "INSERT INTO pay VALUES (1, 1, 'a')"]:
             c.execute(s)
         run_pgtape("init", *cli, check=True)
-        orders, columns, partitions, points = "orders", 0, 1, {"public.orders": [], "public.pay": []}
+        orders, columns, partitions = "orders", 0, 1
+        points: dict[str, list[Point]] = {"public.orders": [], "public.pay": []}
         for round_ in range(8):
             capture = spawn_pgtape("capture", *cli, log=tmp_path / f"capture-{round_}.log")
             try:

@@ -95,4 +95,5 @@ def test_archive_of_another_format_version_is_refused_in_one_line(tmp_path: Path
                                            '"generation":1,"created_at":0}')
     r = run_pgtape("status", "--archive", str(tmp_path))
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
-    assert r.stderr.strip().count("\n") == 0 and "tape format 1" in r.stderr and f"reads format {FORMAT_VERSION}" in r.stderr, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "tape format 1" in r.stderr \
+        and f"reads format {FORMAT_VERSION}" in r.stderr, r.stderr

@@ -23,7 +23,7 @@ def _connect(dsn: str) -> psycopg.Connection:
 
 
 def _count(conn: psycopg.Connection, sql: str, params: tuple[object, ...] = ()) -> int:
-    row = conn.execute(sql, params).fetchone()  # type: ignore[arg-type]
+    row = conn.execute(sql, params).fetchone()
     assert row is not None
     return int(row[0])
 

@@ -260,7 +260,7 @@ def test_verify_names_every_kind_of_damage(sealed_archive: Path) -> None:
     problems = _problems(_verify(copy))
     assert len(problems) == 1, problems
     assert "gap" in problems[0] and format_lsn(gone.start_lsn) in problems[0] \
-        and format_lsn(gone.end_lsn) in problems[0] and after.path.name in problems[0], problems  # type: ignore[arg-type]
+        and format_lsn(gone.end_lsn) in problems[0] and after.path.name in problems[0], problems
 
     # The newest segments deleted (the open one and the last sealed one): no gap is left to see,
     # but the archive remembers how far sealing had gone.
@@ -270,7 +270,7 @@ def test_verify_names_every_kind_of_damage(sealed_archive: Path) -> None:
         s.path.unlink()
     problems = _problems(_verify(copy))
     assert len(problems) == 1 and "newest segments are missing" in problems[0] \
-        and format_lsn(sealed[-1].end_lsn) in problems[0], problems  # type: ignore[arg-type]
+        and format_lsn(sealed[-1].end_lsn) in problems[0], problems
 
     # A sealed segment cut inside its footer, another cut right after its last data frame.
     copy, segs, _ = _damaged_copy(sealed_archive, "truncated-segment")

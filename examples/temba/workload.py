@@ -48,14 +48,14 @@ CENT = Decimal("0.01")
 def apply_schema(conn: psycopg.Connection) -> None:
     """Create the three tables; fails if they already exist."""
     with conn.transaction():
-        conn.execute(SCHEMA_FILE.read_text())  # type: ignore[arg-type]  # several statements, no params
+        conn.execute(SCHEMA_FILE.read_text())  # several statements, no params
 
 
 def reset_schema(conn: psycopg.Connection) -> None:
     """Drop the three tables (if present) and create them again, in one transaction."""
     with conn.transaction():
-        conn.execute(f"drop table if exists {', '.join(TABLES)}")  # type: ignore[arg-type]
-        conn.execute(SCHEMA_FILE.read_text())  # type: ignore[arg-type]
+        conn.execute(f"drop table if exists {', '.join(TABLES)}")
+        conn.execute(SCHEMA_FILE.read_text())
 
 
 # -- configuration and results --------------------------------------------------------------
@@ -87,7 +87,7 @@ class WorkloadMix:
         return {name: float(getattr(self, name)) for name in OPERATIONS}
 
     @classmethod
-    def parse(cls, spec: str, base: "WorkloadMix | None" = None) -> "WorkloadMix":
+    def parse(cls, spec: str, base: WorkloadMix | None = None) -> WorkloadMix:
         """`place_order=5,refund=0` -> the base mix (default: the defaults) with those overridden."""
         values = asdict(base or cls())
         known = {f.name for f in fields(cls)}
@@ -199,7 +199,7 @@ class _Workload:
         return (Decimal(self.rng.randint(low_cents, high_cents)) * CENT).quantize(CENT)
 
     def _exec(self, kind: str, sql: str, params: Sequence[Any] | dict[str, Any]) -> int:
-        n = self.conn.execute(sql, params).rowcount  # type: ignore[arg-type]
+        n = self.conn.execute(sql, params).rowcount
         setattr(self.stats, kind, getattr(self.stats, kind) + n)
         return n
 
@@ -451,7 +451,7 @@ def bulk_load(conn: psycopg.Connection, orders: int, seed: int) -> dict[str, int
     with conn.transaction():
         for table, sql in (("orders", _BULK_ORDERS_SQL), ("payments", _BULK_PAYMENTS_SQL),
                            ("tickets", _BULK_TICKETS_SQL)):
-            counts[table] = conn.execute(sql, params).rowcount  # type: ignore[arg-type]
+            counts[table] = conn.execute(sql, params).rowcount
     return counts
 
 

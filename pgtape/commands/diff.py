@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+import psycopg
+
 from pgtape.config import Config
 from pgtape.errors import PgtapeError, UsageError
 from pgtape.names import canonical, names_in_one_schema, quote_ident, split_table
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     return 0 if ok else 1
 
 
-def _existing(conn, schema: str, name: str) -> str:  # type: ignore[no-untyped-def]
+def _existing(conn: psycopg.Connection, schema: str, name: str) -> str:
     rel = f"{quote_ident(schema)}.{quote_ident(name)}"
     if relation_oid(conn, rel) is None:
         raise PgtapeError(f"table {canonical(schema, name)} does not exist")

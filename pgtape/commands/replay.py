@@ -123,8 +123,9 @@ def _print(args: argparse.Namespace, s: dict[str, object], outcome: str) -> None
     rows = s.get("rows")
     if isinstance(rows, dict):
         print("rows        " + ", ".join(f"{t} {n}" for t, n in rows.items()))
-    if s.get("absent"):
-        print(f"absent      {', '.join(s['absent'])} (dropped before the target: nothing to restore)")  # type: ignore[arg-type]
+    absent = s.get("absent")
+    if isinstance(absent, list) and absent:
+        print(f"absent      {', '.join(absent)} (dropped before the target: nothing to restore)")
     relations = s.get("relations")
     if isinstance(relations, dict) and len({t.rsplit(".", 1)[-1] for t in relations}) < len(relations):
         # Two tables share a name: each went in as "schema.table" (pgtape/names.py).

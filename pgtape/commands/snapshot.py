@@ -29,7 +29,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
     archive = Archive.existing(config.require_archive())
     # --tables picks a subset of the captured tables (default: all of them).
     captured = archive.generation(archive.identity().generation).tables
-    rec = take_snapshot(config, archive, config.selected_tables(captured), args.kind, log=lambda m: print(m, file=sys.stderr))
+    rec = take_snapshot(config, archive, config.selected_tables(captured), args.kind,
+                        log=lambda m: print(m, file=sys.stderr))
     if not args.json:
         print(f"snapshot {rec.id} completed: as of {format_lsn(rec.as_of_lsn or 0)} "
               f"({format_time(rec.as_of_time)}), {sum(rec.rows.values())} rows, {rec.bytes} bytes", flush=True)

@@ -132,7 +132,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
     print(f"recoverable        {recoverable or 'NOTHING YET: ' + window_error}".replace("recoverable window: ", ""))
     for t, r in newest.items():
         print(f"newest snapshot    {t}: " + ("none: replay is not possible without one" if r is None else
-                                            f"{r.id} as of {format_lsn(r.as_of_lsn or 0)} ({format_time(r.as_of_time)})"))
+                                            f"{r.id} as of {format_lsn(r.as_of_lsn or 0)} "
+                                            f"({format_time(r.as_of_time)})"))
     if server is None:
         print(f"server             unreachable: {server_error}")
         return 0

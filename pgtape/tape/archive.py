@@ -83,7 +83,7 @@ class Archive:
         self.storage: Storage = LocalStorage(path)
 
     @classmethod
-    def existing(cls, path: Path) -> "Archive":
+    def existing(cls, path: Path) -> Archive:
         """An archive that must already hold a tape (for readers: log, status, ...)."""
         archive = cls(path)
         archive.require_directory()
@@ -107,7 +107,8 @@ class Archive:
 
     def identity(self) -> ArchiveIdentity:
         if not self.exists():
-            raise PgtapeError(f"{self.path} is not a pgtape archive yet (no ARCHIVE.json): run pgtape init (or pgtape capture) first")
+            raise PgtapeError(f"{self.path} is not a pgtape archive yet (no ARCHIVE.json): "
+                              "run pgtape init (or pgtape capture) first")
         try:
             ident = _load(self.storage, IDENTITY_FILE, ArchiveIdentity)
         except metadata.DamagedMetadata:
@@ -121,7 +122,7 @@ class Archive:
     def pruned(self) -> Pruned:
         if not self.storage.exists(PRUNED_FILE):
             return Pruned()
-        return _load(self.storage, PRUNED_FILE, Pruned)  # type: ignore[return-value]
+        return _load(self.storage, PRUNED_FILE, Pruned)
 
     def generation_key(self, gen: int) -> str:
         return f"generations/{gen:04d}"
@@ -134,7 +135,7 @@ class Archive:
         return self.path / self.generation_key(gen)
 
     def generation(self, gen: int) -> Generation:
-        return _load(self.storage, f"{self.generation_key(gen)}/GENERATION.json", Generation)  # type: ignore[return-value]
+        return _load(self.storage, f"{self.generation_key(gen)}/GENERATION.json", Generation)
 
     def start_generation(self, system_id: str, database: str, slot: str, start_lsn: int, reason: str,
                          tables: list[str]) -> Generation:
@@ -201,7 +202,7 @@ class Archive:
         return problems
 
 
-def _load(storage: Storage, key: str, kind: type) -> object:
+def _load(storage: Storage, key: str, kind: type[metadata.T]) -> metadata.T:
     try:
         return metadata.read(storage, key, kind)
     except FileNotFoundError:
@@ -215,5 +216,5 @@ def _older_format(storage: Storage) -> ArchiveIdentity:
     except msgspec.DecodeError:
         ident = None
     if ident is None or ident.format_version == FORMAT_VERSION:
-        return _load(storage, IDENTITY_FILE, ArchiveIdentity)  # type: ignore[return-value]  # (raises: damaged)
+        return _load(storage, IDENTITY_FILE, ArchiveIdentity)  # (raises: damaged)
     return ident

@@ -53,7 +53,8 @@ def iter_changes(archive: Archive, generation: int, from_lsn: int | None = None,
         yield from _segment_changes(archive, seg, from_lsn, to_lsn)
 
 
-def _segment_changes(archive: Archive, seg: SegmentFile, from_lsn: int | None, to_lsn: int | None) -> Iterator[RowChange]:
+def _segment_changes(archive: Archive, seg: SegmentFile, from_lsn: int | None,
+                     to_lsn: int | None) -> Iterator[RowChange]:
     reader = archive.read_segment(seg, SegmentReader)
     relations: dict[int, Relation] = {}
     txn: Txn | None = None

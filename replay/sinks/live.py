@@ -99,7 +99,8 @@ def _bag_sets(conn: psycopg.Connection, live: str, staged: str, cols: list[str])
     same = " AND ".join(f"x.k{i} IS NOT DISTINCT FROM y.k{i}" for i in range(len(cols))) or "true"
     numbered = "SELECT tableoid AS t, ctid AS c, row_number() OVER (PARTITION BY {p}) AS n, {k} FROM {rel}"
     for out, mine, other in ((f"{staged}_del", live, staged), (f"{staged}_ins", staged, live)):
-        conn.execute(f"CREATE TEMP TABLE {out} AS SELECT x.t, x.c FROM ({numbered.format(p=part, k=texts, rel=mine)}) x "
+        conn.execute(f"CREATE TEMP TABLE {out} AS SELECT x.t, x.c "
+                     f"FROM ({numbered.format(p=part, k=texts, rel=mine)}) x "
                      f"WHERE NOT EXISTS (SELECT 1 FROM ({numbered.format(p=part, k=texts, rel=other)}) y "
                      f"WHERE y.n = x.n AND {same})")
     row = conn.execute(f"SELECT (SELECT count(*) FROM {staged}_del), (SELECT count(*) FROM {staged}_ins)").fetchone()
@@ -115,7 +116,8 @@ def _diff_counts(conn: psycopg.Connection, table: str, staged: str, fold: TableF
         return TableDiff(table, rows, to_insert, 0, to_delete)
     differs = _differs(conn, cols, staged, live)
     row = conn.execute(
-        f"SELECT (SELECT count(*) FROM {staged} r WHERE NOT EXISTS (SELECT 1 FROM {live} l WHERE {_match(fold, 'l', 'r')})),"
+        f"SELECT (SELECT count(*) FROM {staged} r "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {live} l WHERE {_match(fold, 'l', 'r')})),"
         f" (SELECT count(*) FROM {staged} r JOIN {live} l ON {_match(fold, 'l', 'r')} WHERE {differs}),"
         f" (SELECT count(*) FROM {live} l WHERE NOT EXISTS (SELECT 1 FROM {staged} r WHERE {_match(fold, 'l', 'r')}))"
     ).fetchone()
@@ -131,7 +133,7 @@ def fk_order(conn: psycopg.Connection, folds: dict[str, TableFold]) -> list[str]
         "WHERE c.contype = 'f' AND c.conrelid = ANY(%s::oid[]) AND c.confrelid = ANY(%s::oid[])",
         ([f.oid for f in folds.values()],) * 2).fetchall()
     regname = {f.oid: t for t, f in folds.items()}
-    parents = {t: set() for t in tables}
+    parents: dict[str, set[str]] = {t: set() for t in tables}
     for child, parent in edges:
         if child != parent and child in regname and parent in regname:
             parents[regname[child]].add(regname[parent])

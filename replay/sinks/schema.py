@@ -70,7 +70,7 @@ def _create_staging(conn: psycopg.Connection, staging: str, comment: str) -> Non
         conn.execute(f"CREATE SCHEMA {quote_ident(staging)}")
     except psycopg.errors.InsufficientPrivilege:
         conn.rollback()
-        role, db = conn.execute("SELECT current_user, current_database()").fetchone()  # type: ignore[misc]
+        [(role, db)] = conn.execute("SELECT current_user, current_database()").fetchall()
         raise PgtapeError(f"role {role} may not create schemas in database {db}: GRANT CREATE ON DATABASE "
                           f"{sql_name(db)} TO {sql_name(role)} (as its owner or a superuser), or replay --output DIR, "
                           "or --into a database where it may") from None
