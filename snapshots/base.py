@@ -8,6 +8,7 @@ Both hold the snapshot lock; initialize() also expects the caller to hold the ca
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import psycopg
@@ -26,9 +27,10 @@ from pgtape.snapshots.catalog import SnapshotRecord
 from pgtape.snapshots.take import SnapshotLock, copy_tables, create_slot_exporting, new_record, temporary_slot_name
 
 Log = Callable[[str], None]
+log: Log = logging.getLogger(__name__).info  # progress and events, on stderr (pgtape/log.py)
 
 
-def initialize(config: Config, archive: Archive, *, restart: bool, log: Log) -> tuple[Generation, SnapshotRecord | None]:
+def initialize(config: Config, archive: Archive, *, restart: bool) -> tuple[Generation, SnapshotRecord | None]:
     """Create (or with `restart`, replace) the capture slot and the generation's initial base.
 
     Idempotent: an archive whose current generation has its initial base and its slot is left
@@ -85,7 +87,7 @@ def initialize(config: Config, archive: Archive, *, restart: bool, log: Log) -> 
         repl.close()
 
 
-def take_snapshot(config: Config, archive: Archive, tables: list[str], kind: str, log: Log) -> SnapshotRecord:
+def take_snapshot(config: Config, archive: Archive, tables: list[str], kind: str) -> SnapshotRecord:
     ident = archive.identity()
     gen = archive.generation(ident.generation)
     unknown = [t for t in tables if t not in gen.tables]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
+import msgspec
+
+from pgtape.commands.results import PruneSummary, emit
 from pgtape.config import Config
 from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn
@@ -13,6 +14,15 @@ from pgtape.tape.archive import Archive
 from pgtape.timefmt import format_time
 
 HELP = "take a snapshot of the captured tables now (capture keeps running)"
+
+
+class SnapshotSummary(msgspec.Struct, omit_defaults=True):
+    id: str
+    as_of_lsn: str
+    as_of_time: str
+    rows: dict[str, int]  # per table
+    bytes: int  # of the snapshot's files
+    prune: PruneSummary | None = None  # only with --prune
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,7 +38,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     archive = Archive.existing(config.require_archive())
     # --tables picks a subset of the captured tables (default: all of them).
     captured = archive.generation(archive.identity().generation).tables
-    rec = take_snapshot(config, archive, config.selected_tables(captured), args.kind, log=lambda m: print(m, file=sys.stderr))
+    rec = take_snapshot(config, archive, config.selected_tables(captured), args.kind)
     if not args.json:
         print(f"snapshot {rec.id} completed: as of {format_lsn(rec.as_of_lsn or 0)} "
               f"({format_time(rec.as_of_time)}), {sum(rec.rows.values())} rows, {rec.bytes} bytes", flush=True)
@@ -43,9 +53,6 @@ def run(args: argparse.Namespace, config: Config) -> int:
         if not args.json:
             report(archive, pruned, dry_run=False, as_json=False)
     if args.json:
-        out = {"id": rec.id, "as_of_lsn": format_lsn(rec.as_of_lsn or 0), "as_of_time": format_time(rec.as_of_time),
-               "rows": rec.rows, "bytes": rec.bytes}
-        if pruned is not None:
-            out["prune"] = summary(archive, pruned, dry_run=False)
-        print(json.dumps(out))
+        emit(SnapshotSummary(rec.id, format_lsn(rec.as_of_lsn or 0), format_time(rec.as_of_time), rec.rows, rec.bytes,
+                             summary(archive, pruned, dry_run=False) if pruned is not None else None))
     return 0
