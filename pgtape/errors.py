@@ -24,3 +24,9 @@ class UsageError(PgtapeError):
     """Bad option, argument or configuration value (exit 2, like argparse)."""
 
     exit_code = USAGE
+
+
+class ProblemsFound(PgtapeError):
+    """A check-type command (verify) met damage it can only name in one line: exit 1, not 3."""
+
+    exit_code = PROBLEMS_FOUND

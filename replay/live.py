@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from pgtape.capture.slot import gap_message
 from pgtape.config import Config
-from pgtape.errors import PgtapeError
+from pgtape.errors import PgtapeError, ProblemsFound
 from pgtape.lsn import format_lsn, parse_lsn
 from pgtape.pg import connect, quote_literal
 from pgtape.tape.archive import Archive
@@ -67,7 +67,7 @@ def _refuse_gap(conn, archive: Archive, gen: int, slot: str) -> None:  # type: i
                        f"WHERE slot_name = {quote_literal(slot)}").fetchone()
     end = tape_extent(archive, gen).end_lsn
     if row is not None and row[0] and parse_lsn(row[0]) > end:
-        raise PgtapeError(gap_message(slot, parse_lsn(row[0]), end))
+        raise ProblemsFound(gap_message(slot, parse_lsn(row[0]), end))  # what verify looks for: exit 1
 
 
 def _wait_durable(conn, slot: str, lsn: int, timeout: float) -> int:  # type: ignore[no-untyped-def]
