@@ -4,7 +4,9 @@ and status health."""
 from __future__ import annotations
 
 import json
+import logging
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -55,12 +57,20 @@ def test_an_internal_error_is_one_line_and_exit_3(monkeypatch: pytest.MonkeyPatc
         raise RuntimeError("a bug\nwith a second line")
 
     monkeypatch.setattr(snapshots, "run", broken)  # a bug in pgtape itself, not in PostgreSQL
-    assert cli.main(["snapshots", "--archive", str(tmp_path)]) == 3
-    err = capsys.readouterr().err
-    assert err == "pgtape: internal error: RuntimeError: a bug\n", err
-    assert cli.main(["snapshots", "--archive", str(tmp_path), "--log-level", "debug"]) == 3
-    lines = capsys.readouterr().err.splitlines()
-    assert "Traceback (most recent call last):" in lines and lines[-1] == "pgtape: internal error: RuntimeError: a bug"
+    sigpipe, root = signal.getsignal(signal.SIGPIPE), logging.getLogger("pgtape")
+    try:
+        assert cli.main(["snapshots", "--archive", str(tmp_path)]) == 3
+        err = capsys.readouterr().err
+        assert err == "pgtape: internal error: RuntimeError: a bug\n", err
+        assert cli.main(["snapshots", "--archive", str(tmp_path), "--log-level", "debug"]) == 3
+        lines = capsys.readouterr().err.splitlines()
+        assert "Traceback (most recent call last):" in lines
+        assert lines[-1] == "pgtape: internal error: RuntimeError: a bug", lines
+    finally:  # main() set up this process's logging and SIGPIPE as for a command: undo it for later tests
+        signal.signal(signal.SIGPIPE, sigpipe)
+        root.handlers.clear()
+        root.setLevel(logging.NOTSET)
+        root.propagate = True
 
 
 def _status(dsn: str, archive: Path, config: Path | None = None) -> tuple[int, dict]:  # type: ignore[type-arg]
