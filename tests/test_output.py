@@ -40,6 +40,26 @@ def test_logs_in_text_and_json_with_either_option_position(dsn: str, tmp_path: P
     assert r.stderr == "", r.stderr
 
 
+def test_json_log_lines_carry_extra_fields() -> None:
+    import io
+
+    from pgtape import log
+    stream = io.StringIO()
+    root = logging.getLogger("pgtape")
+    try:
+        log.setup("debug", "json", stream)
+        logging.getLogger("pgtape.replay.engine").debug("replaying: %d transactions", 7, extra={"transactions": 7})
+    finally:
+        root.handlers.clear()
+        root.setLevel(logging.NOTSET)
+        root.propagate = True
+    record = json.loads(stream.getvalue())
+    assert list(record) == ["time", "level", "logger", "message", "transactions"], record
+    assert re.fullmatch(STAMP, record["time"]) and record["level"] == "debug", record
+    assert (record["logger"], record["message"], record["transactions"]) == (
+        "pgtape.replay.engine", "replaying: 7 transactions", 7), record
+
+
 def test_the_error_line_stays_plain_and_usage_is_2() -> None:
     r = run_pgtape("--log-format", "json", "status", "--archive", "/nonexistent/pgtape")
     assert r.returncode == 3 and r.stderr.startswith("pgtape: archive /nonexistent/pgtape does not exist"), r.stderr
