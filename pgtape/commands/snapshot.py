@@ -42,17 +42,18 @@ def run(args: argparse.Namespace, config: Config) -> int:
     if not args.json:
         print(f"snapshot {rec.id} completed: as of {format_lsn(rec.as_of_lsn or 0)} "
               f"({format_time(rec.as_of_time)}), {sum(rec.rows.values())} rows, {rec.bytes} bytes", flush=True)
-    pruned = None
+    pruned: PruneSummary | None = None
     if args.prune:  # after the new base is complete, so it counts as the newest one prune keeps
         from pgtape.commands.prune import report, summary
         from pgtape.snapshots.prune import prune
         try:
-            pruned = prune(archive, dry_run=False)
+            plan = prune(archive, dry_run=False)
         except PgtapeError as e:
             raise PgtapeError(f"snapshot {rec.id} completed, but applying the retention failed: {e}") from None
+        pruned = summary(archive, plan, dry_run=False)
         if not args.json:
-            report(archive, pruned, dry_run=False, as_json=False)
+            report(archive, plan, dry_run=False, as_json=False)
     if args.json:
         emit(SnapshotSummary(rec.id, format_lsn(rec.as_of_lsn or 0), format_time(rec.as_of_time), rec.rows, rec.bytes,
-                             summary(archive, pruned, dry_run=False) if pruned is not None else None))
+                             pruned))
     return 0
