@@ -116,6 +116,8 @@ def test_status_health(dsn: str, tmp_path: Path) -> None:
         code, s = _status(dsn, archive, strict)
         assert code == 1 and not s["healthy"] and s["lag_seconds"] >= 0.2, s
         assert len(s["problems"]) == 1 and s["problems"][0].startswith("capture is not keeping up: "), s
+        r = run_pgtape("status", "--dsn", dsn, "--archive", str(archive), "--config", str(strict))
+        assert r.returncode == 1 and "\nBEHIND             capture is not keeping up: " in r.stdout, r.stdout
         code, s = _status(dsn, archive)  # within the default 5m
         assert (code, s["healthy"]) == (0, True), s
 
