@@ -103,8 +103,7 @@ def replay_once(messages: list[bytes], end_lsn: int) -> tuple[float, float, int]
         archive.start_generation("0", "bench", config.slot, 0, "bench", list(config.tables))
         cap = Capture(config, until_lsn=end_lsn, log=lambda _: None)
         cap.scheduler = _NoSnapshots()  # type: ignore[assignment]  # a stand-in: no snapshots offline
-        cap.follower = Follower(archive, 1, _view(messages, list(config.tables)), 0, None, None, lambda _: None,
-                                lambda _: None)
+        cap.follower = Follower(archive, 1, _view(messages, list(config.tables)), 0, None, None, lambda _: None)
         cap.follower._next_poll = float("inf")  # no catalog to poll offline
         writer = TapeWriter(archive, 1, "0", config.slot, config.segment_size)
         cpu, wall = time.process_time(), time.perf_counter()

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import errno
 import gc
+import logging
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass, replace
-from typing import Callable, TextIO
+from typing import Callable
 
 import psycopg
 
@@ -58,7 +58,7 @@ class Capture:
         self.config = config
         self.archive = Archive(config.require_archive())
         self.until_lsn = until_lsn
-        self.log = log or _stderr_log(sys.stderr)
+        self.log = log or logging.getLogger(__name__).info
         self.stopping = False
 
     def stop(self, *_: object) -> None:
@@ -73,11 +73,11 @@ class Capture:
             self.config = replace(self.config, tables=tuple(gen.tables))
         lock = self.archive.lock_capture()
         try:
-            initialize(self.config, self.archive, restart=False, log=self.log)  # no-op once initialised
+            initialize(self.config, self.archive, restart=False)  # no-op once initialised
             conn: psycopg.Connection | None  # None while disconnected
             conn = connect(self.config.dsn, replication=True)
             system, gen = open_generation(conn, self.archive, self.config)
-            self.scheduler = SnapshotScheduler(self.config, self.archive, gen.id, self.log)
+            self.scheduler = SnapshotScheduler(self.config, self.archive, gen.id)
             writer = self._open_tape(conn, system.system_id, gen.id)
             # A long-lived loop allocating millions of short-lived objects: keep start-up objects out of
             # the collector's scans and collect young objects less often (about 10% less CPU).
@@ -281,7 +281,7 @@ class Capture:
         if writer.repaired_bytes:
             self.log(f"cut {writer.repaired_bytes} bytes of unfinished transaction from {writer.segment.name}")
         self.follower = Follower(self.archive, gen_id, load_view(self.archive, gen_id, writer.tape_lsn),
-                                 writer.tape_lsn, writer.segment.stats.complete_time, self.config.dsn, self.log,
+                                 writer.tape_lsn, writer.segment.stats.complete_time, self.config.dsn,
                                  self.scheduler.request)
         return writer
 
@@ -369,12 +369,6 @@ def _close(conn: psycopg.Connection | None) -> None:
             conn.close()
         except psycopg.Error:
             pass
-
-
-def _stderr_log(stream: TextIO) -> Callable[[str], None]:
-    def log(line: str) -> None:
-        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} pgtape capture: {line}", file=stream, flush=True)
-    return log
 
 
 def install_signal_handlers(capture: Capture) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import time
 from typing import Callable
 
@@ -41,9 +42,9 @@ class FilterChanged(Exception):
 
 class Follower:
     def __init__(self, archive: Archive, generation: int, view: View, tape_lsn: int, tape_time: int | None,
-                 dsn: str | None, log: Callable[[str], None], want_base: Callable[[str], None]) -> None:
+                 dsn: str | None, want_base: Callable[[str], None]) -> None:
         """`view`: the tables as of the tape's end, `tape_lsn` (whose last commit time is `tape_time`)."""
-        self.archive, self.generation, self.dsn, self.log = archive, generation, dsn, log
+        self.archive, self.generation, self.dsn, self.log = archive, generation, dsn, logging.getLogger(__name__).info
         self.want_base = want_base  # asks for a new base of a table (a rebase point was recorded)
         self._committed = view
         self._pending: View | None = None  # changed by the transaction being decoded

@@ -10,6 +10,7 @@ database system (docs/ARCHITECTURE.md, "Generations").
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import psycopg
@@ -30,10 +31,10 @@ from pgtape.snapshots.catalog import SnapshotRecord
 from pgtape.snapshots.take import SnapshotLock, copy_tables, new_record
 
 Log = Callable[[str], None]
+log: Log = logging.getLogger(__name__).info  # progress and events, on stderr (pgtape/log.py)
 
 
-def initialize(config: Config, archive: Archive, *, restart: bool,
-               log: Log) -> tuple[Generation, SnapshotRecord | None]:
+def initialize(config: Config, archive: Archive, *, restart: bool) -> tuple[Generation, SnapshotRecord | None]:
     """Create (or with `restart`, replace) the capture slot and the generation's initial base.
 
     Idempotent: an archive whose current generation has its initial base and its slot is left

@@ -8,14 +8,15 @@ the GIL and a failing snapshot cannot take capture down (capture keeps acknowled
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 import time
-from typing import Callable
 
 from pgtape.config import Config
 from pgtape.errors import PgtapeError
+from pgtape.log import child_args
 from pgtape.tape.archive import Archive
 from pgtape.timefmt import now_us
 from pgtape.snapshots import catalog
@@ -25,11 +26,11 @@ REBASE_RETRY = 30.0  # seconds: a table without a usable base cannot be replayed
 
 
 class SnapshotScheduler:
-    def __init__(self, config: Config, archive: Archive, generation: int, log: Callable[[str], None]) -> None:
+    def __init__(self, config: Config, archive: Archive, generation: int) -> None:
         self.config = config
         self.archive = archive
         self.generation = generation
-        self.log = log
+        self.log = logging.getLogger(__name__).info
         self._child: subprocess.Popen[bytes] | None = None
         self._child_tables: set[str] = set()  # the new bases the running child takes
         self._not_before = 0.0
@@ -88,7 +89,7 @@ class SnapshotScheduler:
             env["PGTAPE_DSN"] = self.config.dsn  # environment, not argv: ps shows argv to everyone
         if self.config.source_file:
             env["PGTAPE_CONFIG"] = str(self.config.source_file)
-        return subprocess.Popen([sys.executable, "-m", "pgtape", "snapshot", *args], env=env)
+        return subprocess.Popen([sys.executable, "-m", "pgtape", *child_args(), "snapshot", *args], env=env)
 
     def stop(self) -> None:
         """Let a running snapshot finish: it is independent of capture."""

@@ -109,6 +109,11 @@ OPTIONS: tuple[Option, ...] = (
            "when the archive's disk is full: wait (acknowledge nothing, retry with backoff) or exit"),
     Option("retention", "snapshots", "retention", None, None, parse_duration, "30d",
            "how long a snapshot is kept: its expiry time in the catalog", "duration"),
+    # Time, not bytes: the WAL rate of the whole server (tables not captured too) says nothing
+    # about health, while a tape complete only up to minutes ago while the server moved on does.
+    Option("status_max_lag", "capture", "max_lag", None, None, parse_duration, "5m",
+           "pgtape status reports capture as not keeping up when the server has WAL beyond the tape and the "
+           "tape is complete only up to a time longer ago than this", "duration"),
 )
 
 
@@ -124,6 +129,7 @@ class Config:
     snapshot_every: float | None
     on_disk_full: str
     retention: float | None
+    status_max_lag: float
     source_file: Path | None = field(default=None)
     defaulted: frozenset[str] = field(default=frozenset())  # options nobody set: their default applies
 

@@ -8,26 +8,38 @@ live tables as they were at C.
 
 from __future__ import annotations
 
-import json
 import time
+from dataclasses import dataclass
 
 import psycopg
 
 from pgtape.config import Config
-from pgtape.errors import PgtapeError
+from pgtape.errors import PgtapeError, ProblemsFound
 from pgtape.lsn import format_lsn, parse_lsn
 from pgtape.pg import column_types, connect, quote_literal
 from pgtape.exported_snapshot import create_slot_exporting, temporary_slot_name
 from pgtape.slot import gap_message
 from pgtape.tape.archive import Archive
 from pgtape.tape.window import tape_extent
-from pgtape.replay.compare import Side, compare, render
+from pgtape.replay.compare import Side, TableComparison, compare
 from pgtape.replay.engine import prepare
 from pgtape.replay.sinks import create_table, live_relation, load_rows
 from pgtape.replay.target import Target
 
 
-def verify_live(config: Config, archive: Archive, timeout: float, as_json: bool) -> int:
+@dataclass(frozen=True)
+class LiveResult:
+    as_of_lsn: int  # the exact live position compared at
+    base: str  # id of the base replayed from
+    transactions: int
+    tables: list[TableComparison]  # expected: live, actual: the replay
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.tables)
+
+
+def verify_live(config: Config, archive: Archive, timeout: float) -> LiveResult:
     gen = archive.generation(archive.identity().generation)
     tables = config.selected_tables(gen.tables)
     repl = connect(config.dsn, replication=True, application_name="pgtape verify")
@@ -48,17 +60,7 @@ def verify_live(config: Config, archive: Archive, timeout: float, as_json: bool)
             results.append(compare(conn, table, fold.key, Side("live", live_rel, column_types(conn, live_rel)),
                                    Side("replay", staged, column_types(conn, staged))))
         conn.rollback()
-    ok = all(r.ok for r in results)
-    if as_json:
-        print(json.dumps({"ok": ok, "as_of_lsn": format_lsn(snap.as_of_lsn), "base": plan.base.id,
-                          "transactions": plan.transactions,
-                          "tables": [r.__dict__ | {"ok": r.ok} for r in results]}, indent=2, default=str))
-    else:
-        print(f"live position {format_lsn(snap.as_of_lsn)}; replayed base {plan.base.id} + "
-              f"{plan.transactions} transactions")
-        print("\n".join(render(results, "live", "replay")))
-        print("ok: the replay equals the live tables" if ok else "FAILED: the replay differs from the live tables")
-    return 0 if ok else 1
+    return LiveResult(snap.as_of_lsn, plan.base.id, plan.transactions, results)
 
 
 def _refuse_gap(conn: psycopg.Connection, archive: Archive, gen: int, slot: str) -> None:
@@ -67,7 +69,7 @@ def _refuse_gap(conn: psycopg.Connection, archive: Archive, gen: int, slot: str)
                        f"WHERE slot_name = {quote_literal(slot)}").fetchone()
     end = tape_extent(archive, gen).end_lsn
     if row is not None and row[0] and parse_lsn(row[0]) > end:
-        raise PgtapeError(gap_message(slot, parse_lsn(row[0]), end))
+        raise ProblemsFound(gap_message(slot, parse_lsn(row[0]), end))  # what verify looks for: exit 1
 
 
 def _wait_durable(conn: psycopg.Connection, slot: str, lsn: int, timeout: float) -> int:

@@ -11,6 +11,7 @@ take_snapshot(): such a later snapshot, on demand or on schedule (the initial ba
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Callable
@@ -35,6 +36,9 @@ from pgtape.tape.views import load_view
 from pgtape.snapshots import catalog
 from pgtape.snapshots.catalog import SnapshotRecord
 from pgtape.snapshots.format import TableHeader, TableWriter, table_file_name
+
+log = logging.getLogger(__name__).info  # progress and events, on stderr (pgtape/log.py)
+
 
 class SnapshotLock(Lock):
     """One snapshot at a time per archive (every snapshot, init's initial base, and prune)."""
@@ -146,8 +150,7 @@ def _describe(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-def take_snapshot(config: Config, archive: Archive, tables: list[str], kind: str,
-                  log: Callable[[str], None]) -> SnapshotRecord:
+def take_snapshot(config: Config, archive: Archive, tables: list[str], kind: str) -> SnapshotRecord:
     ident = archive.identity()
     gen = archive.generation(ident.generation)
     unknown = [t for t in tables if t not in gen.tables]

@@ -191,7 +191,7 @@ def test_bad_input_is_one_line(dsn: str, tmp_path: Path, args: list[str], messag
 
 def test_missing_table_and_missing_archive_option(dsn: str, tmp_path: Path) -> None:
     r = run_pgtape("capture", "--dsn", dsn, "--archive", str(tmp_path / "a"), "--tables", "nope")
-    assert r.returncode == 1 and "public.nope does not exist" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 3 and "public.nope does not exist" in r.stderr and "Traceback" not in r.stderr
     r = run_pgtape("capture", "--dsn", dsn)
     assert r.returncode == 2 and "no archive configured" in r.stderr
 

@@ -89,7 +89,7 @@ def test_attaching_or_detaching_a_partition_needs_a_new_base(dsn: str, tmp_path:
         assert_replays(archive, PAY, [before, after_attach, after])
         for p in (attach, detach):
             r = run_pgtape("replay", *cli, "--target-lsn", lsn_text(p.lsn), "--dry-run")
-            assert r.returncode == 1 and "cannot be replayed" in r.stderr, (p.label, r.stderr)
+            assert r.returncode == 3 and "cannot be replayed" in r.stderr, (p.label, r.stderr)
         r = run_pgtape("log", *cli, "--json")
         assert "detached, not captured" not in r.stdout and json.loads(r.stdout.splitlines()[-1])["table"] == PAY
 
@@ -98,7 +98,7 @@ def test_partitioned_table_without_a_primary_key_is_refused(dsn: str, tmp_path: 
     with oracle_connect(dsn) as c:
         c.execute("CREATE TABLE nokey (id int, m date) PARTITION BY RANGE (m)")
     r = run_pgtape("init", "--dsn", dsn, "--archive", str(tmp_path / "a"), "--tables", "nokey")
-    assert r.returncode == 1 and r.stderr.strip() == (
+    assert r.returncode == 3 and r.stderr.strip() == (
         "pgtape: partitioned table public.nokey has no primary key: pgtape replays a partitioned table by its "
         "primary key; add one"), r.stderr
     assert not (tmp_path / "a" / "ARCHIVE.json").exists()

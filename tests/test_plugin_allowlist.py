@@ -69,7 +69,7 @@ def refused(*args: str) -> str:
     """Run a pgtape command that must fail with one error line (after any progress log lines, which
     carry the command's name); that line without its `pgtape: ` prefix."""
     r = run_pgtape(*args)
-    assert r.returncode == 1 and "Traceback" not in r.stderr, (r.stdout, r.stderr)
+    assert r.returncode == 3 and "Traceback" not in r.stderr, (r.stdout, r.stderr)
     errors = [line for line in r.stderr.splitlines() if line.startswith("pgtape: ")]
     assert len(errors) == 1 and r.stderr.endswith(errors[0] + "\n"), r.stderr
     return errors[0].removeprefix("pgtape: ")

@@ -120,7 +120,7 @@ def _tree(path: Path) -> dict[str, int]:
 
 def _one_line_error(r: subprocess.CompletedProcess[str], *needles: str) -> str:
     err = r.stderr.strip()
-    assert r.returncode == 1, f"exit {r.returncode}: {r.stderr}{r.stdout}"
+    assert r.returncode == 3, f"exit {r.returncode}: {r.stderr}{r.stdout}"
     assert "Traceback" not in r.stderr and len(err.splitlines()) == 1, r.stderr
     for n in needles:
         assert n in err, f"{n!r} not in {err!r}"

@@ -87,7 +87,7 @@ def test_edited_or_damaged_metadata_fails_its_checksum(dsn: str, tmp_path: Path)
     _edit(record, f'"as_of_lsn":{doc["as_of_lsn"]}', f'"as_of_lsn":{doc["as_of_lsn"] + 8}')
     r = run_pgtape("verify", *cli)
     assert r.returncode == 1 and f"problem: {record} fails its checksum" in r.stdout, r.stdout
-    line = one_line(run_pgtape("replay", *cli, "--latest", "--dry-run"), 1)
+    line = one_line(run_pgtape("replay", *cli, "--latest", "--dry-run"), 3)
     assert line == (f"pgtape: {record} fails its checksum: it was changed or damaged after pgtape wrote it "
                     "(run pgtape verify)"), line
     # A later expiry, to keep a snapshot past its retention: the same.
@@ -97,7 +97,7 @@ def test_edited_or_damaged_metadata_fails_its_checksum(dsn: str, tmp_path: Path)
     # Not JSON at all (a torn or foreign file): named, one line, for every command that reads it.
     record.write_text('{"id": ')
     for args in (["replay", "--latest", "--dry-run"], ["status"], ["snapshots"]):
-        assert f"{record} is damaged" in one_line(run_pgtape(*args, *cli), 1), args
+        assert f"{record} is damaged" in one_line(run_pgtape(*args, *cli), 3), args
     r = run_pgtape("verify", *cli)
     assert r.returncode == 1 and f"problem: {record} is damaged" in r.stdout and "Traceback" not in r.stderr
     record.write_bytes(good)
@@ -107,7 +107,8 @@ def test_edited_or_damaged_metadata_fails_its_checksum(dsn: str, tmp_path: Path)
     system_id = json.loads(ident.read_bytes())["doc"]["system_id"]
     _edit(ident, system_id, str(int(system_id) + 1))
     for args in (["verify"], ["status"], ["capture", "--until-lsn", "0/1"]):
-        assert f"{ident} fails its checksum" in one_line(run_pgtape(*args, *cli), 1), args
+        code = 1 if args == ["verify"] else 3  # damage is what verify looks for; elsewhere a failure
+        assert f"{ident} fails its checksum" in one_line(run_pgtape(*args, *cli), code), args
 
 
 def test_capture_on_an_open_segment_with_a_damaged_header_says_so(dsn: str, tmp_path: Path) -> None:
@@ -117,7 +118,7 @@ def test_capture_on_an_open_segment_with_a_damaged_header_says_so(dsn: str, tmp_
     data = bytearray(segment.read_bytes())
     data[30] ^= 0xFF  # inside the header frame's payload: its checksum fails
     segment.write_bytes(bytes(data))
-    line = one_line(run_pgtape("capture", "--dsn", dsn, "--archive", str(archive), "--until-lsn", "0/1"), 1)
+    line = one_line(run_pgtape("capture", "--dsn", dsn, "--archive", str(archive), "--until-lsn", "0/1"), 3)
     assert line.startswith("pgtape: damaged archive file: ") and str(segment) in line and \
         "segment header is missing or damaged" in line, line
 
@@ -127,7 +128,7 @@ def test_an_archive_path_that_is_a_file(dsn: str, tmp_path: Path) -> None:
     a_file = tmp_path / "file"
     a_file.write_text("")
     for args in (["init"], ["capture"], ["status"], ["replay", "--latest"]):
-        line = one_line(run_pgtape(*args, "--dsn", dsn, "--archive", str(a_file), "--tables", "t"), 1)
+        line = one_line(run_pgtape(*args, "--dsn", dsn, "--archive", str(a_file), "--tables", "t"), 3)
         assert line == f"pgtape: archive path {a_file} exists but is not a directory: choose another --archive", args
 
 
@@ -136,7 +137,8 @@ def test_a_malformed_dsn_never_shows_any_part_of_it(tmp_path: Path) -> None:
         for args in (["check"], ["init"]):
             r = run_pgtape(*args, "--dsn", dsn, "--archive", str(tmp_path / "a"), "--tables", "t")
             assert "-Pw_zq81" not in r.stdout + r.stderr and "Traceback" not in r.stderr, r.stdout + r.stderr
-            assert "cannot be parsed; it is not shown" in r.stdout + r.stderr and r.returncode == 1, (dsn, args)
+            assert "cannot be parsed; it is not shown" in r.stdout + r.stderr, (dsn, args)
+            assert r.returncode == (1 if args == ["check"] else 3), (dsn, args)
 
 
 def test_log_refuses_an_unknown_key_column(dsn: str, tmp_path: Path) -> None:
@@ -160,13 +162,13 @@ def test_replay_names_the_missing_grant_and_diff_every_missing_table(pg, dbname:
         c.execute(f"REVOKE CREATE ON DATABASE {dbname} FROM PUBLIC")
         capture_to_now(dsn, archive, tables="a,b")
     cli = ["--dsn", pg.dsn(dbname, user=role), "--archive", str(archive)]
-    line = one_line(run_pgtape("replay", *cli, "--latest", "--schema", "rec"), 1)
+    line = one_line(run_pgtape("replay", *cli, "--latest", "--schema", "rec"), 3)
     assert line == (f"pgtape: role {role} may not create schemas in database {dbname}: GRANT CREATE ON DATABASE "
                     f"{dbname} TO {role} (as its owner or a superuser), or replay --output DIR, or --into a database "
                     "where it may"), line
     cli = ["--dsn", dsn, "--archive", str(archive)]
     run_pgtape("replay", *cli, "--latest", "--schema", "rec", "--tables", "a", check=True)
-    line = one_line(run_pgtape("diff", *cli, "--schema", "rec", "--against", "schema:nope"), 1)
+    line = one_line(run_pgtape("diff", *cli, "--schema", "rec", "--against", "schema:nope"), 3)
     assert line == "pgtape: not found: rec.b, nope.a, nope.b (a replay of only some tables? name them with --tables)"
 
 
@@ -216,7 +218,7 @@ def test_a_tape_that_lost_its_last_writes_is_refused_and_reported(dsn: str, tmp_
         f.truncate(segment.stat().st_size - 37)
     r = run_pgtape("verify", *cli)
     assert r.returncode == 1 and "the tape lost its last writes in (" in r.stdout, r.stdout
-    line = one_line(run_pgtape("capture", *cli, "--until-lsn", "FF/0"), 1)
+    line = one_line(run_pgtape("capture", *cli, "--until-lsn", "FF/0"), 3)
     assert "has confirmed up to" in line and "pgtape init --restart" in line, line
     r = run_pgtape("status", *cli)
     assert r.returncode == 1 and "GAP                replication slot pgtape has confirmed up to" in r.stdout, r.stdout
@@ -239,7 +241,7 @@ def test_capture_stops_acknowledging_when_its_archive_is_deleted(dsn: str, tmp_p
         finally:
             stop_process(capture)
         log = (tmp_path / "capture.log").read_text()
-        assert capture.returncode == 1 and "Traceback" not in log, log
+        assert capture.returncode == 3 and "Traceback" not in log, log
         assert f"pgtape: the archive at {archive} is no longer the one capture opened" in log.splitlines()[-1], log
         assert _confirmed(c) < after  # nothing acknowledged after the deletion
 
@@ -373,7 +375,7 @@ def test_in_place_waits_for_the_lock_at_most_lock_timeout(dsn: str, tmp_path: Pa
         c.execute("INSERT INTO t VALUES (1, 'x')")
         holder.execute("BEGIN")
         holder.execute("UPDATE t SET v = 'held' WHERE id = 1")  # an open writer's lock
-        line = one_line(run_pgtape("replay", *cli, "--latest", "--in-place", "--yes", "--lock-timeout", "1"), 1)
+        line = one_line(run_pgtape("replay", *cli, "--latest", "--in-place", "--yes", "--lock-timeout", "1"), 3)
         holder.execute("ROLLBACK")
         assert line == ("pgtape: could not lock public.t against writes within 1s: other sessions hold locks on them "
                         "(see pg_locks); nothing was changed; retry, or wait longer with --lock-timeout"), line
@@ -387,6 +389,6 @@ def test_a_snapshot_without_select_names_the_grant(pg, dbname: str, role: str, t
         c.execute("CREATE TABLE t (id int PRIMARY KEY)")
         capture_to_now(dsn, archive, tables="t")
     r = run_pgtape("snapshot", "--dsn", pg.dsn(dbname, user=role), "--archive", str(archive))
-    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 3 and "Traceback" not in r.stderr, r.stderr
     last = r.stderr.splitlines()[-1]  # (after the progress line that names the snapshot)
     assert "permission denied for table t: the role needs SELECT on every captured table (GRANT SELECT ON" in last

@@ -418,16 +418,16 @@ def test_cli_targets_and_window_errors(dsn: str, tmp_path: Path) -> None:
 
         # outside the window: one line that prints the window, exit 1
         window = f"recoverable window: {out['window']['from']}"
-        err = _one_line_error(run_pgtape("replay", *cli, "--target-time", "2000-01-01T00:00:00Z", "--dry-run"), 1,
+        err = _one_line_error(run_pgtape("replay", *cli, "--target-time", "2000-01-01T00:00:00Z", "--dry-run"), 3,
                               "before the oldest base", window)
         assert out["window"]["to"] == log[-1]["commit_time"] and out["window"]["to"] in err
         late = iso(h.steps[-1].post_time + 3600 * 10**6)
-        _one_line_error(run_pgtape("replay", *cli, "--target-time", late, "--dry-run"), 1, window)
-        _one_line_error(run_pgtape("replay", *cli, "--target-lsn", "FF/0", "--dry-run"), 1, window)
-        _one_line_error(run_pgtape("replay", *cli, "--target-lsn", "0/10", "--dry-run"), 1, window)
+        _one_line_error(run_pgtape("replay", *cli, "--target-time", late, "--dry-run"), 3, window)
+        _one_line_error(run_pgtape("replay", *cli, "--target-lsn", "FF/0", "--dry-run"), 3, window)
+        _one_line_error(run_pgtape("replay", *cli, "--target-lsn", "0/10", "--dry-run"), 3, window)
         _one_line_error(run_pgtape("replay", *cli, "--target-time", "2026-11-25 14:02:59", "--dry-run"), 2,
                         "no time zone")
-        _one_line_error(run_pgtape("replay", *cli, "--target-name", "nope", "--dry-run"), 1,
+        _one_line_error(run_pgtape("replay", *cli, "--target-name", "nope", "--dry-run"), 3,
                         "'nope'", "before-x")
         # nothing was written by the refusals
         assert _schemas(h.conn, "pgtape_recovered_%") == sorted(
@@ -491,9 +491,9 @@ def test_gaps_and_damage_are_reported_not_replayed(dsn: str, tmp_path: Path) -> 
         shutil.move(middle.path, moved)
         try:
             r = run_pgtape("replay", *cli, "--latest", "--dry-run")
-            _one_line_error(r, 1, "gap", lsn_text(middle.start_lsn), lsn_text(middle.end_lsn))
+            _one_line_error(r, 3, "gap", lsn_text(middle.start_lsn), lsn_text(middle.end_lsn))
             r = run_pgtape("replay", *cli, "--latest", "--output", str(tmp_path / "out"))
-            _one_line_error(r, 1, "gap")
+            _one_line_error(r, 3, "gap")
             assert not (tmp_path / "out" / "public.payments.csv").exists()
         finally:
             shutil.move(moved, middle.path)
@@ -503,7 +503,7 @@ def test_gaps_and_damage_are_reported_not_replayed(dsn: str, tmp_path: Path) -> 
         original = _flip(middle.path, frame_at + size // 2)
         try:
             r = run_pgtape("replay", *cli, "--latest")
-            _one_line_error(r, 1, str(middle.path), f"offset {frame_at}")
+            _one_line_error(r, 3, str(middle.path), f"offset {frame_at}")
             assert _schemas(c, "pgtape_recovered_%") == []
         finally:
             middle.path.write_bytes(original)
@@ -515,7 +515,7 @@ def test_gaps_and_damage_are_reported_not_replayed(dsn: str, tmp_path: Path) -> 
         original = _flip(snap, frame_at + size // 2)
         try:
             r = run_pgtape("replay", *cli, "--latest")
-            _one_line_error(r, 1, str(snap), f"offset {frame_at}")
+            _one_line_error(r, 3, str(snap), f"offset {frame_at}")
             assert _schemas(c, "pgtape_recovered_%") == []  # rolled back
         finally:
             snap.write_bytes(original)
@@ -624,7 +624,7 @@ def test_in_place_refused_by_a_foreign_key_rolls_back(dsn: str, tmp_path: Path) 
         capture_to_now(dsn, archive, tables="parent")
         live = dump(c, ["public.parent", "public.child"])
         r = run_pgtape("replay", *cli, "--target-lsn", before, "--in-place", "--yes")
-        err = _one_line_error(r, 1, "rolled back")
+        err = _one_line_error(r, 3, "rolled back")
         assert "child_parent_fk" in err or "child" in err, err
         assert dump(c, ["public.parent", "public.child"]) == live
         assert _schemas(c, "pgtape_backup_%") == []
@@ -710,7 +710,7 @@ def test_dry_run_counts_json_and_recovery_schema(dsn: str, pg: EmbeddedPostgres,
         c.execute("CREATE TABLE rec.keep (x int)")
         c.execute("INSERT INTO rec.keep VALUES (1)")
         r = run_pgtape("replay", *cli, "--target-lsn", lsn, "--schema", "rec")
-        _one_line_error(r, 1, "rec", "--force")
+        _one_line_error(r, 3, "rec", "--force")
         assert c.execute("SELECT x FROM rec.keep").fetchall() == [(1,)]
         r = run_pgtape("replay", *cli, "--target-lsn", lsn, "--schema", "rec", "--force", "--json")
         assert r.returncode == 0, r.stderr
@@ -906,7 +906,7 @@ def test_target_between_the_tape_end_and_a_newer_base(dsn: str, tmp_path: Path) 
             if r.returncode == 0:
                 _check_schema(h.conn, f"lag{i}", t2.state)
             else:
-                _one_line_error(r, 1, "recoverable window")
+                _one_line_error(r, 3, "recoverable window")
         r = run_pgtape("replay", *cli, "--latest", "--schema", "lag_latest")
         assert r.returncode == 0, r.stderr
         _check_schema(h.conn, "lag_latest", t3.state)
@@ -1002,7 +1002,7 @@ def test_recovery_schema_swapped_in_complete_or_not_at_all(dsn: str, tmp_path: P
         original = _flip(snap, frame_at + size // 2)
         try:
             r = run_pgtape("replay", *cli, "--latest", "--schema", "rec", "--force")
-            _one_line_error(r, 1, "damaged base", str(snap), f"offset {frame_at}")
+            _one_line_error(r, 3, "damaged base", str(snap), f"offset {frame_at}")
         finally:
             snap.write_bytes(original)
         assert _schemas(c, "pgtape_incomplete_%") == []

@@ -134,7 +134,7 @@ def test_a_rewrite_is_refused_until_capture_has_taken_a_new_base(dsn: str, tmp_p
         assert base.tables == ["public.orders"] and (base.as_of_lsn or 0) > rewrite.lsn
         assert_replays(archive, "public.orders", [before, after])
         r = run_pgtape("replay", *cli, "--target-lsn", lsn_text(rewrite.lsn), "--dry-run")
-        assert r.returncode == 1 and len(r.stderr.splitlines()) == 1, r.stderr
+        assert r.returncode == 3 and len(r.stderr.splitlines()) == 1, r.stderr
         assert r.stderr.startswith(f"pgtape: public.orders cannot be replayed to up to LSN {lsn_text(rewrite.lsn)}: "
                                    "ALTER TABLE rewrote it"), r.stderr
         assert "or at or after a base of it taken" in r.stderr and lsn_text(base.as_of_lsn or 0) in r.stderr
@@ -173,7 +173,7 @@ def test_a_dropped_table_is_absent_after_its_drop(dsn: str, tmp_path: Path) -> N
         assert r.returncode == 0 and "skipping public.gone: dropped" in r.stderr, r.stderr
         assert json.loads(r.stdout)["rows"] == {"public.keep": 1}
         r = run_pgtape("snapshot", *cli, "--tables", "gone")
-        assert r.returncode == 1 and r.stderr.strip() == ("pgtape: public.gone no longer exists (dropped): there is "
+        assert r.returncode == 3 and r.stderr.strip() == ("pgtape: public.gone no longer exists (dropped): there is "
                                                           "nothing to snapshot"), r.stderr
         # verify reads the tables' view too: capture cannot resume without it.
         assert run_pgtape("verify", *cli).returncode == 0
@@ -209,7 +209,7 @@ def test_without_the_trigger_a_change_is_noticed_by_polling_and_refused_around_i
         assert "approximate" in (tmp_path / "capture.log").read_text()
         assert_replays(archive, "public.orders", [before, after])
         r = run_pgtape("replay", *cli, "--target-lsn", lsn_text(change.lsn), "--dry-run")
-        assert r.returncode == 1 and "noticed by polling the catalog" in r.stderr, r.stderr
+        assert r.returncode == 3 and "noticed by polling the catalog" in r.stderr, r.stderr
         assert lsn_text(base.as_of_lsn or 0) in r.stderr, r.stderr
 
 
@@ -296,4 +296,4 @@ def test_changes_that_print_old_values_anew_are_rebase_points(dsn: str, tmp_path
                           (retype, "the type of its column at changed from timestamp without time zone to "
                                    "timestamp with time zone")):
             r = run_pgtape("replay", *cli, "--target-lsn", lsn_text(p.lsn), "--dry-run")
-            assert r.returncode == 1 and reason in r.stderr, (p.label, r.stderr)
+            assert r.returncode == 3 and reason in r.stderr, (p.label, r.stderr)

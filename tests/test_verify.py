@@ -323,7 +323,7 @@ def test_verify_one_file(sealed_archive: Path) -> None:
 
     r = run_pgtape("verify", str(sealed_archive / "no-such-file.tape"))
     _no_traceback(r)
-    assert r.returncode == 1 and "is not a file" in r.stderr, r.stderr
+    assert r.returncode == 2 and "is not a file" in r.stderr, r.stderr
 
 
 # -- 3. verify --live ---------------------------------------------------------------------------
@@ -398,7 +398,7 @@ def test_verify_live_during_a_workload_and_after_a_change_behind_its_back(dsn: s
         assert capture.returncode == 0, (tmp_path / "capture-1.log").read_text()
         r = run_pgtape("verify", "--live", *cli, "--timeout", "2")
         _no_traceback(r)
-        assert r.returncode == 1 and r.stdout == "", r.stdout
+        assert r.returncode == 3 and r.stdout == "", r.stdout
         assert len(r.stderr.strip().splitlines()) == 1 and "capture is not running" in r.stderr, r.stderr
         print(r.stderr)
 
@@ -413,7 +413,7 @@ def test_verify_live_during_a_workload_and_after_a_change_behind_its_back(dsn: s
                f"{end}")
         r = run_pgtape("capture", *cli, "--until-lsn", "FF/0", timeout=60)
         _no_traceback(r)
-        assert r.returncode == 1 and r.stderr.splitlines()[-1].startswith(f"pgtape: {gap}"), r.stderr
+        assert r.returncode == 3 and r.stderr.splitlines()[-1].startswith(f"pgtape: {gap}"), r.stderr
         assert "pgtape init --restart" in r.stderr
         for args in (["verify", "--live", "--timeout", "5"], ["status"]):
             r = run_pgtape(*args, *cli)

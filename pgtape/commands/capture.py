@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+import msgspec
 
 from pgtape.capture.capture import Capture, install_signal_handlers
+from pgtape.commands.results import emit
 from pgtape.config import Config
 from pgtape.lsn import format_lsn, parse_lsn
 
 HELP = "capture every change of the configured tables onto the tape (runs until stopped)"
+
+
+class CaptureSummary(msgspec.Struct):
+    durable_lsn: str  # the tape is durable up to here
+    transactions: int  # captured in this run
+    changes: int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,12 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-
     until = parse_lsn(args.until_lsn) if args.until_lsn else None
     cap = Capture(config, until_lsn=until)
     install_signal_handlers(cap)
     result = cap.run()
     if args.json:
-        print(json.dumps({"durable_lsn": format_lsn(result.durable_lsn), "transactions": result.transactions,
-                          "changes": result.changes}))
+        emit(CaptureSummary(format_lsn(result.durable_lsn), result.transactions, result.changes))
     return 0

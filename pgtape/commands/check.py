@@ -5,13 +5,27 @@ Warnings (values the tape would lose) are printed but do not change the exit sta
 from __future__ import annotations
 
 import argparse
-import json
-from dataclasses import asdict
+
+import msgspec
 
 from pgtape.capture.preflight import preflight
+from pgtape.commands.results import emit
 from pgtape.config import Config
+from pgtape.errors import OK, PROBLEMS_FOUND
 
 HELP = "check the server, role, tables and archive before capturing (exit 1 on any problem)"
+
+
+class Finding(msgspec.Struct):
+    code: str  # stable identifier of the kind of problem or warning
+    message: str
+
+
+class CheckReport(msgspec.Struct):
+    ok: bool  # no problems (warnings do not count)
+    checks: list[str]  # what passed, one line each
+    warnings: list[Finding]
+    problems: list[Finding]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,9 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, config: Config) -> int:
     report = preflight(config)
     if args.json:
-        print(json.dumps({"ok": report.ok, "checks": report.checks,
-                          "warnings": [asdict(w) for w in report.warnings],
-                          "problems": [asdict(p) for p in report.problems]}, indent=2))
+        emit(CheckReport(report.ok, report.checks, [Finding(w.code, w.message) for w in report.warnings],
+                         [Finding(p.code, p.message) for p in report.problems]), indent=2)
     else:
         for line in report.checks:
             print(f"ok: {line}")
@@ -31,4 +44,4 @@ def run(args: argparse.Namespace, config: Config) -> int:
             print(f"warning: {warning.message}")
         for problem in report.problems:
             print(f"problem: {problem.message}")
-    return 0 if report.ok else 1
+    return OK if report.ok else PROBLEMS_FOUND

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+import msgspec
 import psycopg
 
+from pgtape.commands.results import TableComparison, emit
 from pgtape.config import Config
-from pgtape.errors import PgtapeError, UsageError
+from pgtape.errors import OK, PROBLEMS_FOUND, PgtapeError, UsageError
 from pgtape.names import canonical, names_in_one_schema, quote_ident, split_table
 from pgtape.pg import column_types, connect, relation_oid, replica_key
 from pgtape.tape.archive import Archive
@@ -18,6 +19,13 @@ from pgtape.replay.sinks import create_table, live_relation, load_rows
 from pgtape.replay.target import add_target_options, target_from_args
 
 HELP = "compare a recovery schema or a replay at a target with the live tables (or another schema)"
+
+
+class DiffResult(msgspec.Struct):
+    ok: bool  # every table equal
+    expected: str  # label of the reference side: "live" or "schema NAME"
+    actual: str  # label of the compared side: "schema NAME" or "replay"
+    tables: list[TableComparison]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -74,11 +82,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
         conn.rollback()
     ok = all(r.ok for r in results)
     if args.json:
-        print(json.dumps({"ok": ok, "expected": right_label, "actual": left_label,
-                          "tables": [r.__dict__ | {"ok": r.ok} for r in results]}, indent=2, default=str))
+        emit(DiffResult(ok, right_label, left_label, [TableComparison.of(r) for r in results]), indent=2)
     else:
         print("\n".join(render(results, right_label, left_label)))
-    return 0 if ok else 1
+    return OK if ok else PROBLEMS_FOUND
 
 
 def _existing(conn: psycopg.Connection, schema: str, name: str) -> str:

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
+import msgspec
 
 from pgtape.capture.generation import initialize
+from pgtape.commands.results import emit
 from pgtape.config import Config
 from pgtape.durable import make_dirs_durably
 from pgtape.lsn import format_lsn
 from pgtape.tape.archive import Archive
 
 HELP = "create the replication slot and the initial base snapshot (idempotent; --restart for a new generation)"
+
+
+class InitSummary(msgspec.Struct):
+    generation: int
+    slot: str
+    start_lsn: str  # where the generation's tape starts (its initial base's as-of position)
+    initialised_now: bool  # false: it was already initialised; nothing was done
+    base: str | None  # id of the initial base taken now
+    rows: dict[str, int] | None  # rows per table in that base
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,14 +36,12 @@ def run(args: argparse.Namespace, config: Config) -> int:
     make_dirs_durably(archive.path)
     lock = archive.lock_capture()
     try:
-        gen, base = initialize(config, archive, restart=args.restart, log=lambda m: print(m, file=sys.stderr))
+        gen, base = initialize(config, archive, restart=args.restart)
     finally:
         lock.release()
-    summary = {"generation": gen.id, "slot": gen.slot, "start_lsn": format_lsn(gen.start_lsn),
-               "initialised_now": base is not None, "base": base.id if base else None,
-               "rows": base.rows if base else None}
     if args.json:
-        print(json.dumps(summary))
+        emit(InitSummary(gen.id, gen.slot, format_lsn(gen.start_lsn), base is not None, base.id if base else None,
+                         base.rows if base else None))
     elif base is None:
         print(f"already initialised: generation {gen.id}, slot {gen.slot}, tape from {format_lsn(gen.start_lsn)}")
     else:

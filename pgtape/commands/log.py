@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+import msgspec
+
+from pgtape.commands.results import encode
 from pgtape.config import Config
 from pgtape.errors import UsageError
 from pgtape.lsn import format_lsn, parse_lsn
@@ -16,6 +18,42 @@ from pgtape.timefmt import format_time, parse_time
 
 HELP = "show captured changes in commit order"
 OPS = {"I": "INSERT", "U": "UPDATE", "D": "DELETE", "T": "TRUNCATE", "M": "MESSAGE", "S": "SCHEMA"}
+
+
+class LoggedChange(msgspec.Struct):
+    """One JSON line: the change's transaction, then what the op adds (the subclasses below)."""
+    commit_time: str
+    commit_lsn: str
+    end_lsn: str  # the transaction's end: what --from-lsn/--to-lsn and replay --target-lsn compare
+    xid: int
+    op: str  # INSERT, UPDATE, DELETE, TRUNCATE, MESSAGE, SCHEMA
+
+
+class LoggedMessage(LoggedChange):  # op MESSAGE: a logical message (e.g. a recovery point)
+    prefix: str
+    content: str
+
+
+class LoggedColumn(msgspec.Struct):
+    name: str
+    type: str
+
+
+class LoggedSchema(LoggedChange):  # op SCHEMA: the table's shape from here on
+    table: str  # the captured table (its name when the generation began)
+    name: str  # its name from here on
+    dropped: bool
+    columns: list[LoggedColumn]
+    key: list[str]
+
+
+class LoggedRow(LoggedChange):  # INSERT, UPDATE, DELETE, TRUNCATE
+    table: str
+    new: dict[str, str | None] | None  # column -> text value (null: SQL NULL)
+    old: dict[str, str | None] | None
+    absent: list[str]  # unchanged TOAST columns of an UPDATE: not sent, not NULL
+    types: dict[str, str]
+    key: list[str]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -59,7 +97,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
             columns.update(c.types)
             if not all(_has(c, col, value) for col, value in keys):
                 continue
-        out.write((json.dumps(as_json(c)) if args.json else as_line(c)) + "\n")
+        out.write((encode(as_json(c)) if args.json else as_line(c)) + "\n")
     unknown = [col for col, _ in keys if col not in columns]
     if unknown and columns:
         raise UsageError(f"--key: no change looked at has a column {', '.join(unknown)} (columns: "
@@ -71,21 +109,17 @@ def _has(c: RowChange, col: str, value: str) -> bool:
     return any(row is not None and row.get(col) == value for row in (c.new, c.old))
 
 
-def as_json(c: RowChange) -> dict[str, object]:
-    d: dict[str, object] = {
-        "commit_time": format_time(c.txn.commit_time), "commit_lsn": format_lsn(c.txn.commit_lsn),
-        "end_lsn": format_lsn(c.txn.end_lsn), "xid": c.txn.xid, "op": OPS[c.op],
-    }
+def as_json(c: RowChange) -> LoggedChange:
+    head = (format_time(c.txn.commit_time), format_lsn(c.txn.commit_lsn), format_lsn(c.txn.end_lsn), c.txn.xid,
+            OPS[c.op])
     if c.op == "M" and c.message is not None:
-        d.update(prefix=c.message.prefix, content=c.message.content)
-        return d
+        return LoggedMessage(*head, prefix=c.message.prefix, content=c.message.content)
     if c.op == "S" and c.shape is not None:
         s = c.shape
-        d.update(table=canonical(c.schema, c.table), name=s.name, dropped=s.dropped,
-                 columns=[{"name": n, "type": t} for n, t in zip(s.columns, s.types)], key=s.key)
-        return d
-    d.update(table=canonical(c.schema, c.table), new=c.new, old=c.old, absent=c.absent, types=c.types, key=c.key)
-    return d
+        return LoggedSchema(*head, table=canonical(c.schema, c.table), name=s.name, dropped=s.dropped,
+                            columns=[LoggedColumn(n, t) for n, t in zip(s.columns, s.types)], key=s.key)
+    return LoggedRow(*head, table=canonical(c.schema, c.table), new=c.new, old=c.old, absent=c.absent,
+                     types=c.types, key=c.key)
 
 
 def as_line(c: RowChange) -> str:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+import msgspec
+
+from pgtape.commands.results import emit
 from pgtape.config import Config
 from pgtape.lsn import format_lsn
 from pgtape.tape.archive import Archive
@@ -12,6 +14,13 @@ from pgtape.replay.marks import create_mark
 from pgtape.timefmt import format_time
 
 HELP = "create a named recovery point (replay --target-name NAME goes back to it)"
+
+
+class MarkResult(msgspec.Struct):
+    name: str
+    lsn: str  # the mark's position in the stream
+    time: str  # when it was made (server time, UTC)
+    description: str | None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,8 +33,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
     mark = create_mark(Archive.existing(config.require_archive()), config.dsn, args.name, args.description)
     if args.json:
-        print(json.dumps({"name": mark.name, "lsn": format_lsn(mark.lsn), "time": format_time(mark.time),
-                          "description": mark.description}))
+        emit(MarkResult(mark.name, format_lsn(mark.lsn), format_time(mark.time), mark.description))
     else:
         print(f"recovery point {mark.name!r} at {format_lsn(mark.lsn)} ({format_time(mark.time)})")
     return 0

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
-from typing import Any
 
+from pgtape.commands.results import (PrunedGeneration, PrunedLeftover, PrunedSegment, PrunedSnapshot, PruneSummary,
+                                     RecoverableWindow, emit, lsn_or_none, time_or_none)
 from pgtape.config import Config
 from pgtape.lsn import format_lsn
 from pgtape.tape.archive import Archive
@@ -27,40 +27,36 @@ def run(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def summary(archive: Archive, p: PrunePlan, dry_run: bool) -> dict[str, Any]:
+def summary(archive: Archive, p: PrunePlan, dry_run: bool) -> PruneSummary:
     """What was (or would be) deleted, as --json prints it."""
-    snaps = [{"id": r.id, "generation": r.generation, "kind": r.kind, "status": r.status,
-              "as_of_lsn": format_lsn(r.as_of_lsn) if r.as_of_lsn is not None else None,
-              "as_of_time": format_time(r.as_of_time) if r.as_of_time is not None else None,
-              "bytes": p.sizes.get(catalog.snapshot_key(archive, r.generation, r.id), 0)} for r in p.snapshots]
-    segs = [{"file": s.path.name, "generation": segment_generation(s), "start_lsn": format_lsn(s.start_lsn),
-             "end_lsn": format_lsn(s.end_lsn or 0), "bytes": p.sizes[s.key]} for s in p.segments]
-    gens = [{"id": g, "bytes": p.sizes.get(archive.generation_key(g), 0)} for g in p.generations]
-    leftovers = [{"path": archive.storage.where(d), "bytes": p.sizes[d]} for d in p.leftovers]
+    snaps = [PrunedSnapshot(r.id, r.generation, r.kind, r.status, lsn_or_none(r.as_of_lsn), time_or_none(r.as_of_time),
+                            p.sizes.get(catalog.snapshot_key(archive, r.generation, r.id), 0)) for r in p.snapshots]
+    segs = [PrunedSegment(s.path.name, segment_generation(s), format_lsn(s.start_lsn), format_lsn(s.end_lsn or 0),
+                          p.sizes[s.key]) for s in p.segments]
+    gens = [PrunedGeneration(g, p.sizes.get(archive.generation_key(g), 0)) for g in p.generations]
+    leftovers = [PrunedLeftover(archive.storage.where(d), p.sizes[d]) for d in p.leftovers]
     w = p.window
-    window = None if w is None else {"from": format_time(w.from_time), "from_lsn": format_lsn(w.from_lsn),
-                                     "to": format_time(w.to_time), "to_lsn": format_lsn(w.to_lsn),
-                                     "text": w.describe()}
-    return {"dry_run": dry_run, "nothing_to_prune": p.empty, "snapshots": snaps, "segments": segs,
-            "generations": gens, "leftovers": leftovers, "bytes_freed": p.bytes, "window": window}
+    window = None if w is None else RecoverableWindow(format_time(w.from_time), format_lsn(w.from_lsn),
+                                                      format_time(w.to_time), format_lsn(w.to_lsn), w.describe())
+    return PruneSummary(dry_run, p.empty, snaps, segs, gens, leftovers, p.bytes, window)
 
 
 def report(archive: Archive, p: PrunePlan, dry_run: bool, as_json: bool) -> None:
     out = summary(archive, p, dry_run)
     if as_json:
-        print(json.dumps(out, indent=2))
+        emit(out, indent=2)
         return
     verb = "would delete" if dry_run else "deleted"
-    for s in out["snapshots"]:
-        when = f"as of {s['as_of_time']} ({s['as_of_lsn']})" if s["status"] == catalog.COMPLETED else s["status"]
-        print(f"{verb} snapshot {s['id']} (generation {s['generation']}, {when}, {s['bytes']} bytes)")
-    for g in out["generations"]:
-        print(f"{verb} generation {g['id']} ({archive.generation_dir(g['id'])}, {g['bytes']} bytes)")
-    for d in out["leftovers"]:
-        print(f"{verb} leftover snapshot directory {d['path']} ({d['bytes']} bytes)")
-    for seg in out["segments"]:
-        print(f"{verb} segment {seg['file']} (generation {seg['generation']}, {seg['start_lsn']} .. {seg['end_lsn']}, "
-              f"{seg['bytes']} bytes)")
+    for s in out.snapshots:
+        when = f"as of {s.as_of_time} ({s.as_of_lsn})" if s.status == catalog.COMPLETED else s.status
+        print(f"{verb} snapshot {s.id} (generation {s.generation}, {when}, {s.bytes} bytes)")
+    for g in out.generations:
+        print(f"{verb} generation {g.id} ({archive.generation_dir(g.id)}, {g.bytes} bytes)")
+    for d in out.leftovers:
+        print(f"{verb} leftover snapshot directory {d.path} ({d.bytes} bytes)")
+    for seg in out.segments:
+        print(f"{verb} segment {seg.file} (generation {seg.generation}, {seg.start_lsn} .. {seg.end_lsn}, "
+              f"{seg.bytes} bytes)")
     if p.empty:
         print("nothing to prune: no snapshot has expired and no tape is unneeded")
     else:

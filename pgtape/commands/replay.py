@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import sys
 from pathlib import Path
 
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from pgtape.commands.results import SnapshotRef, emit
 from pgtape.config import Config
 from pgtape.errors import UsageError
 from pgtape.lsn import format_lsn
@@ -18,6 +22,44 @@ from pgtape.replay.engine import prepare
 from pgtape.replay.target import add_target_options, target_from_args
 
 HELP = "rebuild tables as of a time, LSN or recovery point (dry run, recovery schema, files or in place)"
+
+
+logger = logging.getLogger(__name__)
+
+
+class ReplayWindow(msgspec.Struct):
+    from_: str = msgspec.field(name="from")  # commit times: the recoverable window of the archive
+    to: str  # '-' when unknown
+
+
+class TableChanges(msgspec.Struct):  # --dry-run, --in-place
+    rows: int  # replayed rows
+    insert: int  # what turns live into replayed
+    update: int
+    delete: int
+
+
+class ReplayResult(msgspec.Struct):
+    """Fields after `absent` are there only for the output they belong to (UNSET: not in the JSON)."""
+    outcome: str  # dry run | applied in place | in place, NOT applied: ... | written to DIR | recovered into ...
+    target: str  # the target as asked, described
+    base: SnapshotRef  # the base replayed from
+    bases: dict[str, str]  # table -> id of its base (a table may have a newer base of its own)
+    tape_from_lsn: str
+    resolved_lsn: str  # end of the last transaction applied
+    resolved_commit_time: str | None
+    transactions: int  # applied after the base
+    changes: int
+    window: ReplayWindow
+    absent: list[str]  # tables dropped before the target: nothing of them to restore
+    tables: dict[str, TableChanges] | UnsetType = UNSET  # --dry-run, --in-place
+    applied: bool | UnsetType = UNSET  # --dry-run, --in-place: the live tables were changed
+    backup_schema: str | None | UnsetType = UNSET  # --in-place: where overwritten rows were kept
+    output: str | UnsetType = UNSET  # --output
+    format: str | UnsetType = UNSET  # --output: csv or jsonl
+    schema: str | UnsetType = UNSET  # recovery schema
+    rows: dict[str, int] | UnsetType = UNSET  # --output, recovery schema: rows per table
+    relations: dict[str, str] | UnsetType = UNSET  # recovery schema: table -> relation it was written to
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,80 +96,64 @@ def run(args: argparse.Namespace, config: Config) -> int:
     gen = archive.generation(archive.identity().generation)
     tables = config.selected_tables(gen.tables)
     target = target_from_args(args)
-    tty = sys.stderr.isatty() and not args.json
-    plan = prepare(archive, tables, target,
-                   progress=(lambda n: print(f"\rreplaying: {n} transactions", end="", file=sys.stderr)) if tty
-                   else None)
-    if tty:
-        print("\r", end="", file=sys.stderr)
-    summary: dict[str, object] = {
-        "target": plan.target.describe(),
-        "base": {"id": plan.base.id, "as_of_lsn": format_lsn(plan.base.as_of_lsn or 0),
-                 "as_of_time": format_time(plan.base.as_of_time)},
-        "bases": {t: b.id for t, b in plan.bases.items()},  # a table may have a newer base of its own
-        "tape_from_lsn": format_lsn(plan.base.as_of_lsn or 0),
-        "resolved_lsn": format_lsn(plan.last_txn.end_lsn) if plan.last_txn else format_lsn(plan.base.as_of_lsn or 0),
-        "resolved_commit_time": format_time(plan.last_txn.commit_time) if plan.last_txn else None,
-        "transactions": plan.transactions, "changes": plan.changes,
-        "window": {"from": format_time(plan.window.from_time), "to": format_time(plan.window.to_time)},
-        # Tables dropped before the target: there was nothing of them to restore at it.
-        "absent": sorted(t for t in plan.folds if t not in plan.present),
-    }
+    # Progress per tape segment: shown to someone watching (stderr a terminal), else only with debug.
+    watched = sys.stderr.isatty() and not args.json
+    plan = prepare(archive, tables, target, progress=lambda n: logger.log(
+        logging.INFO if watched else logging.DEBUG, f"replaying: {n} transactions", extra={"transactions": n}))
+    s = ReplayResult(
+        outcome="", target=plan.target.describe(),
+        base=SnapshotRef(plan.base.id, format_lsn(plan.base.as_of_lsn or 0), format_time(plan.base.as_of_time)),
+        bases={t: b.id for t, b in plan.bases.items()},
+        tape_from_lsn=format_lsn(plan.base.as_of_lsn or 0),
+        resolved_lsn=format_lsn(plan.last_txn.end_lsn) if plan.last_txn else format_lsn(plan.base.as_of_lsn or 0),
+        resolved_commit_time=format_time(plan.last_txn.commit_time) if plan.last_txn else None,
+        transactions=plan.transactions, changes=plan.changes,
+        window=ReplayWindow(format_time(plan.window.from_time), format_time(plan.window.to_time)),
+        absent=sorted(t for t in plan.folds if t not in plan.present))
     if args.dry_run or args.in_place:
         diffs, backup = sinks.diff_live(plan, config.dsn, apply=args.in_place and args.yes,
                                         lock_timeout=args.lock_timeout)
-        summary["tables"] = {d.table: {"rows": d.rows, "insert": d.to_insert, "update": d.to_update,
-                                       "delete": d.to_delete} for d in diffs}
-        summary["applied"] = backup is not None
-        summary["backup_schema"] = backup
-        _print(args, summary, "dry run" if args.dry_run else ("applied in place" if backup else
-                                                             "in place, NOT applied: pass --yes to apply"))
-        return 0
-    if args.output:
-        counts = sinks.to_files(plan, Path(args.output), args.format)
-        summary.update(output=args.output, format=args.format, rows=counts)
-        _print(args, summary, f"written to {args.output}")
-        return 0
-    schema = args.schema or f"pgtape_recovered_{plan.target.slug()}"
-    counts = sinks.to_schema(plan, args.into or config.dsn, schema, args.force)
-    summary.update(schema=schema, rows=counts,
-                   relations={t: f"{sql_name(schema)}.{sql_name(n)}" for t, n in plan.names_in_one_schema().items()})
-    _print(args, summary, f"recovered into schema {schema}")
+        s.tables = {d.table: TableChanges(d.rows, d.to_insert, d.to_update, d.to_delete) for d in diffs}
+        s.applied = backup is not None
+        s.backup_schema = backup
+        s.outcome = "dry run" if args.dry_run else ("applied in place" if backup else
+                                                    "in place, NOT applied: pass --yes to apply")
+    elif args.output:
+        s.rows = sinks.to_files(plan, Path(args.output), args.format)
+        s.output, s.format, s.outcome = args.output, args.format, f"written to {args.output}"
+    else:
+        schema = args.schema or f"pgtape_recovered_{plan.target.slug()}"
+        s.rows = sinks.to_schema(plan, args.into or config.dsn, schema, args.force)
+        s.schema, s.outcome = schema, f"recovered into schema {schema}"
+        s.relations = {t: f"{sql_name(schema)}.{sql_name(n)}" for t, n in plan.names_in_one_schema().items()}
+    if args.json:
+        emit(s, indent=2)
+    else:
+        _print(s)
     return 0
 
 
-def _print(args: argparse.Namespace, s: dict[str, object], outcome: str) -> None:
-    if args.json:
-        print(json.dumps({"outcome": outcome, **s}, indent=2))
-        return
-    base = s["base"]
-    assert isinstance(base, dict)
-    print(f"target      {s['target']}: last transaction applied ends at {s['resolved_lsn']}"
-          f" (committed {s['resolved_commit_time'] or '-'})")
-    print(f"base        snapshot {base['id']} as of {base['as_of_lsn']} ({base['as_of_time']})")
-    bases = s["bases"]
-    assert isinstance(bases, dict)
-    for t, b in bases.items():
-        if b != base["id"]:
+def _print(s: ReplayResult) -> None:
+    print(f"target      {s.target}: last transaction applied ends at {s.resolved_lsn}"
+          f" (committed {s.resolved_commit_time or '-'})")
+    print(f"base        snapshot {s.base.id} as of {s.base.as_of_lsn} ({s.base.as_of_time})")
+    for t, b in s.bases.items():
+        if b != s.base.id:
             print(f"            {t} from its newer snapshot {b}")
-    print(f"tape        {s['transactions']} transactions, {s['changes']} changes after the base")
-    tables = s.get("tables")
-    if isinstance(tables, dict):
+    print(f"tape        {s.transactions} transactions, {s.changes} changes after the base")
+    if s.tables is not UNSET:
         print(f"{'table':<24} {'rows':>10} {'insert':>8} {'update':>8} {'delete':>8}   (live -> replayed)")
-        for t, d in tables.items():
-            print(f"{t:<24} {d['rows']:>10} {d['insert']:>8} {d['update']:>8} {d['delete']:>8}")
-        if s.get("backup_schema"):
-            print(f"locked      {', '.join(tables)} against writes while restoring (reads went on; writes waited "
+        for t, d in s.tables.items():
+            print(f"{t:<24} {d.rows:>10} {d.insert:>8} {d.update:>8} {d.delete:>8}")
+        if s.backup_schema:
+            print(f"locked      {', '.join(s.tables)} against writes while restoring (reads went on; writes waited "
                   "and applied after it)")
-            print(f"backup      rows overwritten or deleted are in schema {s['backup_schema']}")
-    rows = s.get("rows")
-    if isinstance(rows, dict):
-        print("rows        " + ", ".join(f"{t} {n}" for t, n in rows.items()))
-    absent = s.get("absent")
-    if isinstance(absent, list) and absent:
-        print(f"absent      {', '.join(absent)} (dropped before the target: nothing to restore)")
-    relations = s.get("relations")
-    if isinstance(relations, dict) and len({t.rsplit(".", 1)[-1] for t in relations}) < len(relations):
+            print(f"backup      rows overwritten or deleted are in schema {s.backup_schema}")
+    if s.rows is not UNSET:
+        print("rows        " + ", ".join(f"{t} {n}" for t, n in s.rows.items()))
+    if s.absent:
+        print(f"absent      {', '.join(s.absent)} (dropped before the target: nothing to restore)")
+    if s.relations is not UNSET and len({t.rsplit(".", 1)[-1] for t in s.relations}) < len(s.relations):
         # Two tables share a name: each went in as "schema.table" (pgtape/names.py).
-        print("tables      " + ", ".join(f"{t} as {r}" for t, r in relations.items()))
-    print(outcome)
+        print("tables      " + ", ".join(f"{t} as {r}" for t, r in s.relations.items()))
+    print(s.outcome)

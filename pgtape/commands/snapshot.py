@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
+
+import msgspec
 
 from pgtape.commands.prune import report, summary
+from pgtape.commands.results import PruneSummary, emit
 from pgtape.config import Config
 from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn
@@ -16,6 +17,15 @@ from pgtape.snapshots.prune import prune
 from pgtape.snapshots.take import take_snapshot
 
 HELP = "take a snapshot of the captured tables now (capture keeps running)"
+
+
+class SnapshotSummary(msgspec.Struct, omit_defaults=True):
+    id: str
+    as_of_lsn: str
+    as_of_time: str
+    rows: dict[str, int]  # per table
+    bytes: int  # of the snapshot's files
+    prune: PruneSummary | None = None  # only with --prune
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,23 +39,20 @@ def run(args: argparse.Namespace, config: Config) -> int:
     archive = Archive.existing(config.require_archive())
     # --tables picks a subset of the captured tables (default: all of them).
     captured = archive.generation(archive.identity().generation).tables
-    rec = take_snapshot(config, archive, config.selected_tables(captured), args.kind,
-                        log=lambda m: print(m, file=sys.stderr))
+    rec = take_snapshot(config, archive, config.selected_tables(captured), args.kind)
     if not args.json:
         print(f"snapshot {rec.id} completed: as of {format_lsn(rec.as_of_lsn or 0)} "
               f"({format_time(rec.as_of_time)}), {sum(rec.rows.values())} rows, {rec.bytes} bytes", flush=True)
-    pruned = None
+    pruned: PruneSummary | None = None
     if args.prune:  # after the new base is complete, so it counts as the newest one prune keeps
         try:
-            pruned = prune(archive, dry_run=False)
+            plan = prune(archive, dry_run=False)
         except PgtapeError as e:
             raise PgtapeError(f"snapshot {rec.id} completed, but applying the retention failed: {e}") from None
+        pruned = summary(archive, plan, dry_run=False)
         if not args.json:
-            report(archive, pruned, dry_run=False, as_json=False)
+            report(archive, plan, dry_run=False, as_json=False)
     if args.json:
-        out = {"id": rec.id, "as_of_lsn": format_lsn(rec.as_of_lsn or 0), "as_of_time": format_time(rec.as_of_time),
-               "rows": rec.rows, "bytes": rec.bytes}
-        if pruned is not None:
-            out["prune"] = summary(archive, pruned, dry_run=False)
-        print(json.dumps(out))
+        emit(SnapshotSummary(rec.id, format_lsn(rec.as_of_lsn or 0), format_time(rec.as_of_time), rec.rows, rec.bytes,
+                             pruned))
     return 0

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 import msgspec
 
+from pgtape.commands.results import emit, lsn_or_none, time_or_none
 from pgtape.config import Config
 from pgtape.lsn import format_lsn
 from pgtape.tape.archive import Archive
@@ -14,6 +14,25 @@ from pgtape.timefmt import format_time
 from pgtape.snapshots import catalog
 
 HELP = "list snapshots: id, tables, rows, size, as-of position, status"
+
+
+class SnapshotEntry(msgspec.Struct):
+    """One catalog record (snapshots/catalog.py), its positions and times as text."""
+    id: str
+    generation: int
+    kind: str  # initial, scheduled, manual, rebase
+    tables: list[str]
+    status: str  # running, completed, failed
+    created_at: str
+    expires_at: str | None
+    pid: int  # of the process that took it
+    host: str
+    as_of_lsn: str | None
+    as_of_time: str | None
+    rows: dict[str, int]
+    bytes: int
+    completed_at: str | None
+    error: str | None  # why it failed
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,14 +43,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
     records = catalog.load_all(Archive.existing(config.require_archive()))
     if args.json:
-        out = []
-        for r in records:
-            d = msgspec.to_builtins(r)
-            d["as_of_lsn"] = format_lsn(r.as_of_lsn) if r.as_of_lsn is not None else None
-            for k in ("as_of_time", "created_at", "completed_at", "expires_at"):
-                d[k] = format_time(d[k]) if d[k] is not None else None
-            out.append(d)
-        print(json.dumps(out, indent=2))
+        emit([SnapshotEntry(r.id, r.generation, r.kind, r.tables, r.status, format_time(r.created_at),
+                            time_or_none(r.expires_at), r.pid, r.host, lsn_or_none(r.as_of_lsn),
+                            time_or_none(r.as_of_time), r.rows, r.bytes, time_or_none(r.completed_at), r.error)
+              for r in records], indent=2)
         return 0
     if not records:
         print("no snapshots")

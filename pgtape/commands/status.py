@@ -1,14 +1,19 @@
-"""pgtape status: where capture stands, how far behind the server, how much tape, what is recoverable."""
+"""pgtape status: where capture stands, how far behind the server, how much tape, what is recoverable.
+
+Exit 1 (unhealthy) when the slot is gone, when the slot has skipped past the tape (a gap), when
+capture is not keeping up ([capture] max_lag), or when the server cannot be reached to tell."""
 
 from __future__ import annotations
 
 import argparse
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+
+import msgspec
 
 from pgtape.capture import ddl_trigger
+from pgtape.commands.results import SnapshotRef, emit
 from pgtape.config import Config
-from pgtape.errors import PgtapeError
+from pgtape.errors import OK, PROBLEMS_FOUND, PgtapeError
 from pgtape.lsn import format_lsn, parse_lsn
 from pgtape.pg import connect, quote_literal
 from pgtape.slot import gap_message
@@ -37,6 +42,7 @@ class TapeSummary:
     changes: int
     first_commit_time: int | None
     last_commit_time: int | None
+    complete_time: int | None  # the tape is complete up to this server time (last commit or Position)
 
 
 @dataclass(frozen=True)
@@ -48,10 +54,41 @@ class ServerSummary:
     exact_schema_changes: bool  # the DDL trigger is installed and enabled (capture/ddl_trigger.py)
 
 
+class ServerStatus(msgspec.Struct):
+    wal_lsn: str  # the server's current WAL position
+    slot_exists: bool
+    slot_confirmed_lsn: str | None  # null when the slot is gone
+    capture_connected: bool  # the slot is in use (capture is streaming)
+    schema_changes: str  # "exact" (DDL trigger) or "approximate" (polled)
+
+
+class StatusReport(msgspec.Struct):
+    generation: int
+    slot: str
+    start_lsn: str  # the tape's first position (later than the generation's start once pruned)
+    end_lsn: str  # the tape is complete up to here
+    segments: int
+    bytes: int  # of the tape's segment files
+    transactions: int
+    changes: int
+    first_commit_time: str | None
+    last_commit_time: str | None
+    recoverable_window: str | None  # described in words; null when nothing is recoverable yet
+    server: ServerStatus | None  # null when the server is unreachable
+    server_error: str | None  # why it is unreachable
+    lag_bytes: int | None  # WAL the server has beyond the tape
+    last_commit_age_seconds: float | None  # server time minus the newest commit on the tape
+    gap: str | None  # the slot confirmed past the tape's end: what lies between is lost
+    newest_snapshot: dict[str, SnapshotRef | None]  # table -> its newest completed snapshot
+    lag_seconds: float | None  # how long ago the tape was complete up to, while the server has more WAL (else 0)
+    healthy: bool  # no problems
+    problems: list[str]  # why not, one line each
+
+
 def summarize_tape(archive: Archive, gen: int) -> TapeSummary:
     g = archive.generation(gen)
     segments = archive.segments(gen)
-    end_lsn, first_time, last_time = g.start_lsn, None, None
+    end_lsn, first_time, last_time, complete = g.start_lsn, None, None, None
     transactions = changes = size = 0
     for s in segments:
         try:
@@ -67,9 +104,10 @@ def summarize_tape(archive: Archive, gen: int) -> TapeSummary:
         end_lsn = max(end_lsn, st.end_lsn)
         first_time = first_time if first_time is not None else st.first_commit_time
         last_time = st.last_commit_time if st.last_commit_time is not None else last_time
+        complete = max(complete or 0, st.complete_time or 0) or None
     start = segments[0].start_lsn if segments else g.start_lsn  # later than g.start_lsn once pruned
     return TapeSummary(gen, g.slot, start, end_lsn, len(segments), size, transactions, changes,
-                       first_time, last_time)
+                       first_time, last_time, complete or g.created_at)
 
 
 def summarize_server(config: Config, slot: str) -> ServerSummary:
@@ -108,21 +146,23 @@ def run(args: argparse.Namespace, config: Config) -> int:
            if server and server.slot_confirmed_lsn is not None and server.slot_confirmed_lsn > tape.end_lsn else None)
     age = (max(0, server.server_time - tape.last_commit_time) / 1e6
            if server and tape.last_commit_time is not None else None)
+    # Behind: the server has WAL the tape lacks, and the tape is complete only up to a time this long ago.
+    # (Idle, capture records a Position every 10 s; an idle server with no new WAL is never behind.)
+    behind = (max(0, server.server_time - (tape.complete_time or 0)) / 1e6 if lag_bytes else 0.0) if server else None
+    problems = _problems(config, tape, server, server_error, gap, lag_bytes, behind)
     if args.json:
-        out = {k: (format_lsn(v) if k.endswith("lsn") else format_time(v) if k.endswith("time") and v else v)
-               for k, v in asdict(tape).items()}
-        out["recoverable_window"] = recoverable
-        out["server"] = None if server is None else {
-            "wal_lsn": format_lsn(server.wal_lsn), "slot_exists": server.slot_confirmed_lsn is not None,
-            "slot_confirmed_lsn": format_lsn(server.slot_confirmed_lsn) if server.slot_confirmed_lsn else None,
-            "capture_connected": server.capture_connected,
-            "schema_changes": "exact" if server.exact_schema_changes else "approximate"}
-        out.update(server_error=server_error, lag_bytes=lag_bytes, last_commit_age_seconds=age, gap=gap)
-        out["newest_snapshot"] = {t: None if r is None else {"id": r.id, "as_of_lsn": format_lsn(r.as_of_lsn or 0),
-                                                             "as_of_time": format_time(r.as_of_time)}
-                                  for t, r in newest.items()}
-        print(json.dumps(out, indent=2))
-        return 1 if gap else 0
+        emit(StatusReport(
+            tape.generation, tape.slot, format_lsn(tape.start_lsn), format_lsn(tape.end_lsn), tape.segments,
+            tape.bytes, tape.transactions, tape.changes, _time(tape.first_commit_time), _time(tape.last_commit_time),
+            recoverable, None if server is None else ServerStatus(
+                format_lsn(server.wal_lsn), server.slot_confirmed_lsn is not None,
+                format_lsn(server.slot_confirmed_lsn) if server.slot_confirmed_lsn else None,
+                server.capture_connected, "exact" if server.exact_schema_changes else "approximate"),
+            server_error, lag_bytes, age, gap,
+            {t: None if r is None else SnapshotRef(r.id, format_lsn(r.as_of_lsn or 0), format_time(r.as_of_time))
+             for t, r in newest.items()},
+            behind, not problems, problems), indent=2)
+        return PROBLEMS_FOUND if problems else OK
     print(f"archive            {archive.path} (generation {tape.generation}, slot {tape.slot})")
     print(f"tape               {tape.segments} segment(s), {_size(tape.bytes)}, "
           f"{tape.transactions} transactions, {tape.changes} changes")
@@ -136,7 +176,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
                                             f"({format_time(r.as_of_time)})"))
     if server is None:
         print(f"server             unreachable: {server_error}")
-        return 0
+        return PROBLEMS_FOUND
     slot = "MISSING: capture cannot continue" if server.slot_confirmed_lsn is None else (
         f"confirmed {format_lsn(server.slot_confirmed_lsn)}, capture "
         f"{'connected' if server.capture_connected else 'NOT connected'}")
@@ -145,10 +185,35 @@ def run(args: argparse.Namespace, config: Config) -> int:
           + (f", newest commit on tape {age:.1f}s old" if age is not None else ""))
     if gap:
         print(f"GAP                {gap}")
+    if behind is not None and behind > config.status_max_lag:
+        print(f"BEHIND             {_behind(tape, behind, config)}")
     print("schema changes     " + ("recorded at their exact position (DDL trigger)" if server.exact_schema_changes else
                                    "APPROXIMATE: noticed by polling the catalog (no DDL trigger: run pgtape init once "
                                    "as a superuser); replay refuses targets around each until a new base"))
-    return 1 if gap else 0
+    return PROBLEMS_FOUND if problems else OK
+
+
+def _problems(config: Config, tape: TapeSummary, server: ServerSummary | None, server_error: str | None,
+              gap: str | None, lag_bytes: int | None, behind: float | None) -> list[str]:
+    if server is None:
+        return [f"server unreachable: {server_error}"]
+    problems = []
+    if server.slot_confirmed_lsn is None:
+        problems.append(f"replication slot {tape.slot} does not exist: capture cannot continue")
+    if gap:
+        problems.append(gap)
+    if behind is not None and behind > config.status_max_lag:
+        problems.append(_behind(tape, behind, config))
+    return problems
+
+
+def _behind(tape: TapeSummary, behind: float, config: Config) -> str:
+    return (f"capture is not keeping up: the tape is complete up to {format_time(tape.complete_time)}, {behind:.0f}s "
+            f"behind the server ([capture] max_lag = {config.status_max_lag:g}s)")
+
+
+def _time(us: int | None) -> str | None:
+    return format_time(us) if us else None
 
 
 def _size(n: float) -> str:
