@@ -1,13 +1,18 @@
 # `make test` and `make demo` set up everything themselves (scripts/bootstrap.sh).
 PY := .venv/bin/python
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test test-fast demo bench clean
 
 setup:
 	@bash scripts/bootstrap.sh
 
+# Unit tests: pure logic, no PostgreSQL, a few seconds.
+test-fast: setup
+	$(PY) -m pytest -q tests/unit
+
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q tests --ignore=tests/unit
 
 demo: setup
 	$(PY) -m examples.demo
