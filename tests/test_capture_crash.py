@@ -1,8 +1,9 @@
 """Crashes, restarts and failures around `pgtape capture`, against real PostgreSQL clusters.
 
-The reference for what the tape must hold is pg_recvlogical reading a copy of capture's slot
-(made before any traffic) with the same wal2json options and the same pinned rendering settings:
-the tape must hold the same transactions, change for change, exactly once, in commit order.
+The reference for what the tape must hold is pg_recvlogical reading a copy of capture's slot (made
+before any traffic) with the same wal2json options and the same pinned rendering settings, its
+output decoded by tests/reference_wal2json.py (no code shared with capture): the tape must hold the
+same transactions, change for change and byte for byte, exactly once, in commit order.
 
 Randomised tests print their seed (`pytest -rA` or `-s` shows it) and put it in every assertion
 message; replay one with PGTAPE_TEST_SEED=<seed>.
@@ -23,21 +24,21 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable
 
-import msgspec
 import psycopg
 import pytest
 import zstandard
 from psycopg.types.json import Jsonb
 
-from pgtape.capture.wal2json import parse_commit_time, to_field
-from pgtape.copytext import unescape
 from testkit.cluster import EmbeddedPostgres, find_bindir
 from pgtape.lsn import format_lsn, parse_lsn
 from pgtape.tape.archive import Archive
 from pgtape.tape.frames import HEADER, HEADER_SIZE, KIND_DATA, encode_frame
 from pgtape.tape.reader import iter_changes
-from pgtape.tape.segment import open_segment_stats
+from pgtape.tape.records import Begin, Change, Commit, Message, Position, Relation, Schema, Truncate
+from pgtape.tape.segment import SegmentReader, open_segment_stats
 from examples.temba.workload import TABLES as TEMBA_TABLES, apply_schema, run_workload
+from conftest import clean_env, current_lsn, wait_until
+from reference_wal2json import Row, Txn, reference_txns
 
 ROOT = Path(__file__).resolve().parent.parent
 SLOT = "pgtape"
@@ -64,10 +65,6 @@ def seed(request: pytest.FixtureRequest) -> int:
     s = int(os.environ.get("PGTAPE_TEST_SEED") or random.SystemRandom().randrange(2**32))
     print(f"\n{request.node.name}: PGTAPE_TEST_SEED={s}")
     return s
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("PGTAPE_")}
 
 
 def write_config(path: Path, **capture: str) -> Path:
@@ -104,7 +101,7 @@ class Procs:
         log = self.logdir / f"capture-{len(self.started):02d}.log"
         with open(log, "wb") as f:
             p = subprocess.Popen(capture_cmd(dsn, archive, config, *extra), stdout=f, stderr=subprocess.STDOUT,
-                                 cwd=ROOT, env=_env())
+                                 cwd=ROOT, env=clean_env())
         self.started.append((p, log))
         return p, log
 
@@ -123,7 +120,7 @@ def stop_gracefully(p: subprocess.Popen[bytes], timeout: float = 30) -> int:
 def run_capture(dsn: str, archive: Path, config: Path, *extra: str,
                 timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(capture_cmd(dsn, archive, config, *extra), capture_output=True, text=True,
-                          cwd=ROOT, env=_env(), timeout=timeout)
+                          cwd=ROOT, env=clean_env(), timeout=timeout)
 
 
 def capture_until(dsn: str, archive: Path, config: Path, lsn: str, ctx: str = "") -> subprocess.CompletedProcess[str]:
@@ -139,10 +136,6 @@ def sql(dsn: str, query: str, params: tuple[Any, ...] | None = None) -> list[tup
         return cur.fetchall() if cur.description else []
 
 
-def current_lsn(dsn: str) -> str:
-    return sql(dsn, "select pg_current_wal_lsn()::text")[0][0]
-
-
 def slot_state(dsn: str, name: str = SLOT) -> tuple[int | None, int | None] | None:
     """(active_pid, confirmed_flush_lsn) or None if the slot does not exist."""
     rows = sql(dsn, "select active_pid, confirmed_flush_lsn::text from pg_replication_slots where slot_name = %s",
@@ -153,23 +146,12 @@ def slot_state(dsn: str, name: str = SLOT) -> tuple[int | None, int | None] | No
     return pid, parse_lsn(confirmed) if confirmed else None
 
 
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
 def copy_slot_when_ready(dsn: str, archive: Path, log: Path, ctx: str) -> None:
     """Wait for the first capture to be streaming (slot, archive and initial base done), then copy the slot.
 
     No captured table has been written yet, so the copy starts exactly where the tape does."""
-    wait_for(lambda: "capturing" in log.read_text(), 60, f"capture to initialise the archive ({ctx})\n"
-             f"{log.read_text()}")
+    wait_until(f"capture to initialise the archive ({ctx})\n{log.read_text()}",
+               lambda: "capturing" in log.read_text(), 60)
     assert (archive / "ARCHIVE.json").exists() and slot_state(dsn) is not None, log.read_text()
     sql(dsn, "select pg_copy_logical_replication_slot(%s, %s)", (SLOT, COPY_SLOT))
 
@@ -395,10 +377,8 @@ class Workload:
 
 
 # -- the reference stream and the tape, in one comparable shape -------------------------------------
-TxnKey = tuple[int, int, int, int]  # xid, commit lsn, end lsn, commit time (µs)
-Row = tuple[Any, ...]
-
-
+# pg_recvlogical's side is read by tests/reference_wal2json.py, which shares no code with capture;
+# the tape's side is its raw records, each row the COPY text line capture wrote.
 def table_columns(dsn: str) -> dict[str, tuple[str, ...]]:
     cols: dict[str, list[str]] = {}
     for table, name in sql(dsn, "select table_schema || '.' || table_name, column_name from information_schema.columns "
@@ -413,79 +393,51 @@ def run_recvlogical(pg: EmbeddedPostgres, dbname: str, endpos: str, out: Path, t
            "-o", "format-version=2", "-o", "include-xids=1", "-o", "include-lsn=1", "-o", "include-timestamp=1",
            "-o", "include-types=1", "-o", "include-typmod=1", "-o", "include-pk=1",
            "-o", f"add-tables={tables}", "-o", "add-msg-prefixes=pgtape"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**_env(), "PGOPTIONS": PINNED_PGOPTIONS})
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                       env={**clean_env(), "PGOPTIONS": PINNED_PGOPTIONS})
     assert r.returncode == 0, f"pg_recvlogical failed ({r.returncode}): {r.stderr}"
 
 
-def _cols(cols: list[dict[str, Any]] | None) -> tuple[tuple[str, str, str | None], ...] | None:
-    if cols is None:
+def _fields(rel: Relation, line: bytes | None) -> tuple[tuple[str, str, str], ...] | None:
+    if line is None:
         return None
-    return tuple((c["name"], c["type"], unescape(to_field(c.get("value"), c["type"]).encode())) for c in cols)
+    return tuple(zip(rel.columns, rel.types, line.decode().split("\t")))
 
 
-_exact_json = msgspec.json.Decoder(float_hook=str)  # numbers stay their exact JSON text
+def tape_txns(archive: Path, until: int) -> list[Txn]:
+    """The tape's transactions with changes ending at or before `until`, in the reference's shape."""
+    txns: list[Txn] = []
+    for seg in Archive(archive).segments(1):
+        rels: dict[int, Relation] = {}
+        rows: list[Row] | None = None
+        for r in SegmentReader(seg.path).records():
+            if isinstance(r, Relation):
+                rels[r.id] = r
+            elif isinstance(r, Position):
+                continue  # between transactions: how far the tape is complete
+            elif isinstance(r, Begin):
+                rows = []
+                txns.append(((r.xid, r.commit_lsn, r.end_lsn, r.commit_time), rows))
+            elif isinstance(r, Commit):
+                assert rows is not None and txns[-1][0][2] == r.end_lsn, f"{seg.path}: commit without its begin"
+                rows = None
+            else:
+                assert rows is not None, f"{seg.path}: {r!r} outside a transaction"
+                if isinstance(r, Change):
+                    rel = rels[r.rel]
+                    old = _fields(rels[r.old_rel], r.old) if r.old is not None else None
+                    rows.append((r.op, f"{rel.schema}.{rel.table}", _fields(rel, r.row), old, tuple(rel.key),
+                                 tuple(r.absent or ())))
+                elif isinstance(r, Truncate):
+                    rows.append(("T", f"{r.schema}.{r.table}", None, None, (), ()))
+                elif isinstance(r, Message):
+                    rows.append(("M", r.prefix, r.content))
+                elif isinstance(r, Schema):
+                    rows.append(("S", r.table))
+    return [t for t in txns if t[1] and t[0][2] <= until]
 
 
-def reference_txns(path: Path, columns: dict[str, tuple[str, ...]], until: int) -> list[tuple[TxnKey, list[Row]]]:
-    """pg_recvlogical's output as (txn, changes), empty transactions dropped, values as PostgreSQL text."""
-    txns: list[tuple[TxnKey, list[Row]]] = []
-    key: TxnKey | None = None
-    rows: list[Row] = []
-    for line in path.read_bytes().splitlines():
-        if not line.strip():
-            continue
-        m = _exact_json.decode(line)
-        action = m["action"]
-        if action == "B":
-            key = (m["xid"], parse_lsn(m["lsn"]), parse_lsn(m["nextlsn"]), parse_commit_time(m["timestamp"]))
-            rows = []
-        elif action == "C":
-            assert key is not None and key[0] == m["xid"] and key[2] == parse_lsn(m["nextlsn"]), line
-            if rows and key[2] <= until:
-                txns.append((key, rows))
-            key = None
-        elif action == "M":
-            if m["transactional"]:
-                assert key is not None, line
-                rows.append(("M", m["prefix"], m["content"]))
-        elif action == "T":
-            rows.append(("T", f"{m['schema']}.{m['table']}", None, None, (), ()))
-        else:
-            table = f"{m['schema']}.{m['table']}"
-            new = _cols(m.get("columns"))
-            absent: tuple[str, ...] = ()
-            if action == "U" and new is not None:
-                present = {c[0] for c in new}
-                absent = tuple(c for c in columns[table] if c not in present)
-            pk = tuple(k["name"] for k in m.get("pk") or ())
-            rows.append((action, table, new, _cols(m.get("identity")), pk, absent))
-    return txns  # a trailing unfinished transaction (past endpos) is left out
-
-
-def tape_txns(archive: Path, until: int) -> list[tuple[TxnKey, list[Row]]]:
-    txns: list[tuple[TxnKey, list[Row]]] = []
-    last = None
-    for rc in iter_changes(Archive(archive), 1):
-        t = rc.txn
-        if t is not last:
-            txns.append(((t.xid, t.commit_lsn, t.end_lsn, t.commit_time), []))
-            last = t
-        table = f"{rc.schema}.{rc.table}"
-        if rc.op == "M":
-            assert rc.message is not None
-            row: Row = ("M", rc.message.prefix, rc.message.content)
-        elif rc.op == "T":
-            row = ("T", table, None, None, (), ())
-        else:
-            new = None if rc.new is None else tuple((k, rc.types[k], v) for k, v in rc.new.items())
-            old = None if rc.old is None else tuple((k, rc.types[k], v) for k, v in rc.old.items())
-            row = (rc.op, table, new, old, tuple(rc.key), tuple(rc.absent))
-        txns[-1][1].append(row)
-    return [t for t in txns if t[0][2] <= until]
-
-
-def assert_same_stream(expected: list[tuple[TxnKey, list[Row]]], actual: list[tuple[TxnKey, list[Row]]],
-                       ctx: str) -> None:
+def assert_same_stream(expected: list[Txn], actual: list[Txn], ctx: str) -> None:
     if expected == actual:
         return
     exp_x = Counter(k[0] for k, _ in expected)
@@ -506,18 +458,25 @@ def assert_same_stream(expected: list[tuple[TxnKey, list[Row]]], actual: list[tu
         f"xids on the tape more than once: {dup[:20]}; missing: {missing[:20]}; unexpected: {extra[:20]}{detail}")
 
 
-def count_changes(txns: list[tuple[TxnKey, list[Row]]]) -> int:
+def count_changes(txns: list[Txn]) -> int:
     return sum(len(rows) for _, rows in txns)
 
 
 def check_against_reference(pg: EmbeddedPostgres, dbname: str, archive: Path, until: str, tmp: Path,
-                            ctx: str, tables: str = TABLES) -> list[tuple[TxnKey, list[Row]]]:
+                            ctx: str, tables: str = TABLES) -> list[Txn]:
     out = tmp / "recvlogical.json"
     run_recvlogical(pg, dbname, until, out, tables)
     cols = table_columns(pg.dsn(dbname))
     expected = reference_txns(out, cols, parse_lsn(until))
     actual = tape_txns(archive, parse_lsn(until))
     assert_same_stream(expected, actual, ctx)
+    # pgtape's tape reader yields the same transactions, change for change
+    by_reader: list[tuple[int, int]] = []
+    for rc in iter_changes(Archive(archive), 1, to_lsn=parse_lsn(until)):
+        if not by_reader or by_reader[-1][0] != rc.txn.end_lsn:
+            by_reader.append((rc.txn.end_lsn, 0))
+        by_reader[-1] = (rc.txn.end_lsn, by_reader[-1][1] + 1)
+    assert by_reader == [(k[2], len(rows)) for k, rows in actual], ctx
     assert Archive(archive).continuity_problems(1) == [], ctx
     return actual
 
@@ -553,17 +512,18 @@ def test_kill9_exactly_once_matches_pg_recvlogical(pg: EmbeddedPostgres, dbname:
                 if rng.random() < 0.4:
                     # The connection drops under a running capture: it reconnects in-process with
                     # commits still unsynced (re-sent, rule D1) or inside a spilled transaction (D2).
-                    wait_for(streaming, 30, f"capture #{i} to start streaming ({ctx})")
+                    wait_until(f"capture #{i} to start streaming ({ctx})", streaming, 30)
                     time.sleep(rng.uniform(0.05, 0.8))
                     state = slot_state(dsn)
                     if state is not None and state[0] is not None:
                         before = log.read_text().count("reconnected")
                         sql(dsn, "select pg_terminate_backend(%s)", (state[0],))
-                        wait_for(lambda: log.read_text().count("reconnected") > before or proc.poll() is not None,
-                                 30, f"capture #{i} to reconnect ({ctx})")
+                        wait_until(f"capture #{i} to reconnect ({ctx})",
+                                   lambda: log.read_text().count("reconnected") > before or proc.poll() is not None,
+                                   30)
                         disconnects += 1
                 if rng.random() < 0.7:  # most kills land while streaming, the others anywhere from startup on
-                    wait_for(streaming, 30, f"capture #{i} to start streaming ({ctx})")
+                    wait_until(f"capture #{i} to start streaming ({ctx})", streaming, 30)
                 time.sleep(rng.uniform(0.05, 1.0))
                 state = slot_state(dsn)
                 lsn_now = parse_lsn(current_lsn(dsn))
@@ -650,8 +610,9 @@ def test_crash_loop_under_the_temba_workload(tmp_path: Path, seed: int) -> None:
                 if i > 0:
                     proc, log = procs.capture(dsn, archive, config, "--tables", tables)
                 if rng.random() < 0.7:
-                    wait_for(lambda log=log, proc=proc: "capturing" in log.read_text() or proc.poll() is not None,
-                             30, f"capture #{i} to start streaming ({ctx})")
+                    wait_until(f"capture #{i} to start streaming ({ctx})",
+                               lambda log=log, proc=proc: "capturing" in log.read_text() or proc.poll() is not None,
+                               30)
                 time.sleep(rng.uniform(0.05, 0.6))
                 if i in restart_at:
                     pg.restart("immediate")
@@ -667,7 +628,7 @@ def test_crash_loop_under_the_temba_workload(tmp_path: Path, seed: int) -> None:
         assert not work.errors, f"{ctx}: workload failed: {work.errors[:3]}"
         until = current_lsn(dsn)
         r = subprocess.run(capture_cmd(dsn, archive, config, "--tables", tables, "--until-lsn", until),
-                           capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=180)
+                           capture_output=True, text=True, cwd=ROOT, env=clean_env(), timeout=180)
         assert r.returncode == 0, f"{ctx}: {r.stderr}"
         no_traceback(procs, ctx)
         txns = check_against_reference(pg, "postgres", archive, until, tmp_path, ctx, tables)
@@ -806,8 +767,8 @@ def test_disconnect_and_stop_inside_spilled_transaction(dsn: str, tmp_path: Path
                           "from generate_series(1, 60000) g")
                 xids.append(c.execute("select pg_current_xact_id()::text::bigint").fetchone()[0])
             end = parse_lsn(current_lsn(dsn))
-            seen = wait_for(lambda: _spilling(seg_dir, 300_000) or (slot_state(dsn) or (0, 0))[1] >= end
-                            or proc.poll() is not None, 60, "the big transaction", 0.005)
+            seen = wait_until("the big transaction", lambda: _spilling(seg_dir, 300_000)
+                              or (slot_state(dsn) or (0, 0))[1] >= end or proc.poll() is not None, 60, 0.005)
             if _spilling(seg_dir, 300_000) and proc.poll() is None:
                 return
             assert proc.poll() is None and seen, "capture exited"
@@ -815,12 +776,13 @@ def test_disconnect_and_stop_inside_spilled_transaction(dsn: str, tmp_path: Path
 
     with Procs(tmp_path) as procs:
         proc, log = procs.capture(dsn, archive, config)
-        wait_for(lambda: "capturing" in log.read_text() or proc.poll() is not None, 30, "capture to stream")
+        wait_until("capture to stream", lambda: "capturing" in log.read_text() or proc.poll() is not None, 30)
         big_transaction_in_flight(proc)
         sql(dsn, "select pg_terminate_backend(active_pid) from pg_replication_slots where slot_name = %s", (SLOT,))
-        wait_for(lambda: "reconnected" in log.read_text() or proc.poll() is not None, 30, "capture to reconnect")
+        wait_until("capture to reconnect", lambda: "reconnected" in log.read_text() or proc.poll() is not None, 30)
         assert proc.poll() is None, f"capture died on a lost connection inside a spilled transaction:\n{procs.logs()}"
-        wait_for(lambda: (slot_state(dsn) or (0, 0))[1] >= parse_lsn(current_lsn(dsn)), 60, "capture to catch up")
+        wait_until("capture to catch up",
+                   lambda: (slot_state(dsn) or (0, 0))[1] >= parse_lsn(current_lsn(dsn)), 60)
         big_transaction_in_flight(proc)
         rc = stop_gracefully(proc, timeout=60)
         assert rc == 0, f"SIGTERM inside a spilled transaction: exit {rc}\n{procs.logs()}"
@@ -847,8 +809,8 @@ def test_server_restart_during_capture(tmp_path: Path, seed: int) -> None:
                 time.sleep(rng.uniform(1.0, 2.0))
                 assert proc.poll() is None, f"{ctx}: capture exited:\n{procs.logs()}"
                 pg.restart(mode)
-                wait_for(lambda: (s := slot_state(dsn)) is not None and s[0] is not None, 60,
-                         f"capture to reconnect after the {mode} restart ({ctx})\n{log.read_text()}", 0.2)
+                wait_until(f"capture to reconnect after the {mode} restart ({ctx})\n{log.read_text()}",
+                           lambda: (s := slot_state(dsn)) is not None and s[0] is not None, 60, 0.2)
             time.sleep(rng.uniform(0.5, 1.5))
             work.stop()
             assert not work.errors, f"{ctx}: workload failed: {work.errors[:3]}"
@@ -874,7 +836,7 @@ def test_wal_sender_timeout_survived(tmp_path: Path) -> None:
         archive = tmp_path / "archive"
         config = write_config(tmp_path / "pgtape.toml")
         proc, log = procs.capture(dsn, archive, config)
-        wait_for(lambda: (s := slot_state(dsn)) is not None and s[0] is not None, 30, "capture to stream")
+        wait_until("capture to stream", lambda: (s := slot_state(dsn)) is not None and s[0] is not None, 30)
         pid = slot_state(dsn)[0]
         time.sleep(6)  # three timeouts' worth of silence
         # a large transaction on the uncaptured table: wal2json decodes it without sending anything
@@ -884,7 +846,8 @@ def test_wal_sender_timeout_survived(tmp_path: Path) -> None:
                 c.execute("insert into accounts (owner, balance) values (%s, %s)", (f"w{i}", Decimal(i) / 100))
                 c.commit()
         until = current_lsn(dsn)
-        wait_for(lambda: (slot_state(dsn) or (0, 0))[1] >= parse_lsn(until), 30, "the tape to reach the traffic")
+        wait_until("the tape to reach the traffic",
+                   lambda: (slot_state(dsn) or (0, 0))[1] >= parse_lsn(until), 30)
         assert proc.poll() is None, procs.logs()
         assert slot_state(dsn)[0] == pid, "the walsender changed: capture reconnected"
         assert stop_gracefully(proc) == 0, procs.logs()
@@ -931,10 +894,10 @@ def test_slot_disappeared_while_running_is_fatal(dsn: str, tmp_path: Path) -> No
     config = write_config(tmp_path / "pgtape.toml")
     with Procs(tmp_path) as procs:
         proc, log = procs.capture(dsn, archive, config)
-        wait_for(lambda: (s := slot_state(dsn)) is not None and s[0] is not None, 30, "capture to stream")
+        wait_until("capture to stream", lambda: (s := slot_state(dsn)) is not None and s[0] is not None, 30)
         sql(dsn, "insert into accounts (owner) values ('before')")
         until = parse_lsn(current_lsn(dsn))
-        wait_for(lambda: (slot_state(dsn) or (0, 0))[1] >= until, 10, "the insert to be on the tape")
+        wait_until("the insert to be on the tape", lambda: (slot_state(dsn) or (0, 0))[1] >= until, 10)
 
         def drop() -> bool:  # terminate the walsender, then drop the slot before capture reconnects
             state = slot_state(dsn)
@@ -947,7 +910,7 @@ def test_slot_disappeared_while_running_is_fatal(dsn: str, tmp_path: Path) -> No
                 return True
             except psycopg.errors.ObjectInUse:
                 return False
-        wait_for(drop, 30, "the slot to be dropped")
+        wait_until("the slot to be dropped", drop, 30)
         rc = proc.wait(timeout=60)
         text = log.read_text()
     assert rc != 0, text
@@ -966,7 +929,7 @@ def test_idle_captured_tables_confirm_progress(dsn: str, tmp_path: Path) -> None
     config = write_config(tmp_path / "pgtape.toml")
     with Procs(tmp_path) as procs:
         proc, log = procs.capture(dsn, archive, config)
-        wait_for(lambda: (s := slot_state(dsn)) is not None and s[0] is not None, 30, "capture to stream")
+        wait_until("capture to stream", lambda: (s := slot_state(dsn)) is not None and s[0] is not None, 30)
         start = slot_state(dsn)[1]
         with psycopg.connect(dsn) as c:
             for i in range(30):
@@ -975,9 +938,8 @@ def test_idle_captured_tables_confirm_progress(dsn: str, tmp_path: Path) -> None
         target = parse_lsn(current_lsn(dsn))
         assert target > start
         # Rule A3: idle progress is acknowledged once a Position records it, every 10 s.
-        wait_for(lambda: (slot_state(dsn) or (0, 0))[1] >= target, 25,
-                 f"confirmed_flush_lsn to pass {format_lsn(target)} (from {format_lsn(start)})\n{log.read_text()}",
-                 0.2)
+        wait_until(f"confirmed_flush_lsn to pass {format_lsn(target)} (from {format_lsn(start)})\n{log.read_text()}",
+                   lambda: (slot_state(dsn) or (0, 0))[1] >= target, 25, 0.2)
         assert proc.poll() is None, procs.logs()
         assert stop_gracefully(proc) == 0, procs.logs()
     assert list(iter_changes(Archive(archive), 1)) == []

@@ -131,10 +131,13 @@ def test_same_seed_same_run(dsn: str) -> None:
 def test_rate_and_duration(dsn: str) -> None:
     with _connect(dsn) as conn:
         apply_schema(conn)
-    start = time.monotonic()
-    stats = run_workload(dsn, rate=40, duration=0.5, transactions=None, mix=WorkloadMix(), seed=3)
-    assert 0.45 < time.monotonic() - start < 3
-    assert 12 <= stats.transactions <= 22
+    done_at: list[float] = []  # each transaction's end, on the workload's own clock
+    stats = run_workload(dsn, rate=40, duration=0.5, transactions=None, mix=WorkloadMix(), seed=3,
+                         progress=lambda s: done_at.append(s.elapsed))
+    assert 12 <= stats.transactions <= 22 and len(done_at) == stats.transactions  # 40/s for 0.5 s: 20
+    # paced: transaction i never ends before its slot i/40 s (the schedule starts just before the clock)
+    assert all(t >= i / 40 - 0.005 for i, t in enumerate(done_at)), done_at
+    assert stats.elapsed >= 0.5  # it ran until its duration was up, not until it had done ~20
     assert run_workload(dsn, rate=1000, duration=5, transactions=5, seed=4).transactions == 5
 
 
