@@ -34,6 +34,7 @@ from pgtape.tape.segment import SegmentError
 from pgtape.snapshots import catalog
 from pgtape.snapshots.catalog import SnapshotRecord
 from pgtape.snapshots.format import TableReader, table_file_name
+from replay_oracle import seed_for
 
 Row = dict[str, str | None]
 
@@ -42,13 +43,6 @@ INITIAL_ACCOUNTS = 200
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def _seed(request: pytest.FixtureRequest) -> int:
-    text = os.environ.get("PGTAPE_TEST_SEED")
-    seed = int(text) if text else random.randrange(1 << 32)
-    print(f"{request.node.name}: seed {seed} (repeat with PGTAPE_TEST_SEED={seed})")
-    return seed
-
-
 def _records(archive: Path) -> list[dict]:
     """The catalog as the user sees it: `pgtape snapshots --json`."""
     r = run_pgtape("snapshots", "--archive", str(archive), "--json", check=True)
@@ -210,7 +204,7 @@ def _accounts(dsn: str, extra: str | None = None) -> None:
 # -- 1. exactness -----------------------------------------------------------------------------
 def test_snapshot_is_exactly_the_state_at_its_as_of_lsn(dsn: str, tmp_path: Path,
                                                         request: pytest.FixtureRequest) -> None:
-    seed = _seed(request)
+    seed = seed_for(request)
     archive = tmp_path / "archive"
     common = ("--dsn", dsn, "--archive", str(archive), "--tables", "public.accounts")
     _accounts(dsn)
@@ -290,7 +284,7 @@ class SeamWriter(threading.Thread):
 
 def test_initial_base_and_tape_meet_exactly_at_the_seam(dsn: str, tmp_path: Path,
                                                         request: pytest.FixtureRequest) -> None:
-    seed = _seed(request)
+    seed = seed_for(request)
     archive = tmp_path / "archive"
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("create table seam (id bigint primary key, writer int not null)")
@@ -537,7 +531,7 @@ def test_a_second_snapshot_is_refused_while_one_runs(dsn: str, tmp_path: Path) -
 # -- 8. scheduled snapshots -----------------------------------------------------------------------
 def test_capture_takes_scheduled_snapshots_and_keeps_confirming(dsn: str, tmp_path: Path,
                                                                 request: pytest.FixtureRequest) -> None:
-    seed = _seed(request)
+    seed = seed_for(request)
     archive = tmp_path / "archive"
     config = tmp_path / "pgtape.toml"
     config.write_text('[capture]\nsnapshot_every = "2s"\n')
