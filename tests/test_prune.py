@@ -368,13 +368,14 @@ def test_snapshot_prune_applies_the_retention_after_the_new_base(dsn: str, tmp_p
 
 def test_scheduled_snapshots_apply_the_retention(dsn: str, tmp_path: Path) -> None:
     b = Built(dsn, tmp_path)
-    b.conf.write_text(CONF + 'snapshot_every = "1s"\n')
     with oracle_connect(dsn) as c:
         _setup(b, c)
         b.batch(c)
         a = Archive(b.archive)
         [s0] = catalog.load_all(a)
         _expire(b.archive, {s0.id})
+        # Only now: with it set, the batch's capture would take a scheduled snapshot if it ran over 1 s.
+        b.conf.write_text(CONF + 'snapshot_every = "1s"\n')
         capture = spawn_pgtape("capture", *b.cli, "--tables", TABLES, log=tmp_path / "capture.log")
         try:
             def s0_gone() -> bool:
