@@ -134,3 +134,15 @@ def test_a_gap_refuses_to_delete_segments(tmp_path: Path) -> None:
     snapshot(archive, "b", lsn=320, expires=FUTURE)
     with pytest.raises(PgtapeError, match="prune deletes nothing from a tape with a gap"):
         plan(archive, NOW)
+
+
+def test_the_last_segment_stays_even_when_sealed_and_before_every_base(tmp_path: Path) -> None:
+    archive = new_archive(tmp_path)
+    segment(archive, 1, 100, [(200, 2000)])
+    segment(archive, 1, 200, [(300, 3000)])  # capture stopped after sealing: no open segment
+    snapshot(archive, "a", lsn=150, expires=PAST)
+    snapshot(archive, "b", lsn=300, at=3000, expires=PAST)
+    p = plan(archive, NOW)
+    assert [r.id for r in p.snapshots] == ["a"]
+    assert names(p.segments) == [(100, 200)]  # 200-300 tells where the tape ends
+    assert p.tape_start == {1: 200}
