@@ -1,7 +1,7 @@
 # `make test` and `make demo` set up everything themselves (scripts/bootstrap.sh).
 PY := .venv/bin/python
 
-.PHONY: setup lint lint-imports test demo bench clean
+.PHONY: setup lint lint-imports test test-fast demo bench clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -15,9 +15,13 @@ lint: setup
 
 lint-imports: setup
 	.venv/bin/lint-imports
+# Unit tests: pure logic, no PostgreSQL, a few seconds.
+test-fast: setup
+	$(PY) -m pytest -q tests/unit
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q tests --ignore=tests/unit
 
 demo: setup
 	$(PY) -m examples.demo

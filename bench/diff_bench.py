@@ -35,7 +35,7 @@ from typing import Any
 
 import psycopg
 
-from bench.measure import ProcResult, machine_info, run, save_results, work_dir
+from bench.measure import ProcResult, clean_env, machine_info, run, save_results, work_dir
 from testkit.cluster import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,10 +71,6 @@ EXPECTED = {"missing": 2, "extra": 2, "different": 6}
 
 def log(msg: str) -> None:
     print(f"diff_bench: {msg}", file=sys.stderr, flush=True)
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("PGTAPE_")}
 
 
 # -- in-process profile -----------------------------------------------------------------------
@@ -170,7 +166,7 @@ def _diff_cmd(dsn: str, archive: Path) -> list[str]:
 
 
 def _timed_diff(dsn: str, archive: Path, work: Path, name: str, expect_rc: int) -> ProcResult:
-    r = run(_diff_cmd(dsn, archive), env=_env(), cwd=ROOT, log_dir=work, name=name, timeout=900)
+    r = run(_diff_cmd(dsn, archive), env=clean_env(), cwd=ROOT, log_dir=work, name=name, timeout=900)
     if r.returncode != expect_rc:
         raise RuntimeError(f"pgtape diff ({name}) exited {r.returncode}, expected {expect_rc}: "
                            f"{r.stderr.strip()[-2000:]}")
@@ -216,7 +212,7 @@ def run_bench(rows: int, runs: int, explain: bool, work: Path) -> dict:
         archive = work / "archive"
         log("pgtape init --tables public.t")
         init = run([sys.executable, "-m", "pgtape", "init", "--dsn", dsn, "--archive", str(archive), "--tables",
-                    TABLE], env=_env(), cwd=ROOT, log_dir=work, name="init", timeout=900).check("pgtape init")
+                    TABLE], env=clean_env(), cwd=ROOT, log_dir=work, name="init", timeout=900).check("pgtape init")
         res["init_seconds"] = round(init.wall, 2)
 
         with psycopg.connect(dsn, autocommit=True) as c:
@@ -227,7 +223,7 @@ def run_bench(rows: int, runs: int, explain: bool, work: Path) -> dict:
                 counts.append(time.perf_counter() - t0)
             assert n == rows
         res["count_star"] = {"best": round(min(counts), 3), "all": [round(x, 3) for x in counts]}
-        startup = run([sys.executable, "-m", "pgtape", "--version"], env=_env(), cwd=ROOT, log_dir=work,
+        startup = run([sys.executable, "-m", "pgtape", "--version"], env=clean_env(), cwd=ROOT, log_dir=work,
                       name="version", timeout=60).check("pgtape --version")
         res["python_startup_seconds"] = round(startup.wall, 3)
 

@@ -1,7 +1,8 @@
 """Measuring tools for the benchmarks: child processes with their own rusage, a slot poller.
 
-Each child is reaped with os.wait4, which returns the resource usage of that one process (not of
-every child so far, as getrusage(RUSAGE_CHILDREN) would): wall time, CPU time and peak RSS.
+The one process-timing harness of every bench: `Child` (and `run`, `timed` on top of it). Each
+child is reaped with os.wait4, which returns the resource usage of that one process (not of every
+child so far, as getrusage(RUSAGE_CHILDREN) would): wall time, CPU time and peak RSS.
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ from typing import Iterator, Sequence
 import psycopg
 
 from pgtape.lsn import parse_lsn
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def clean_env() -> dict[str, str]:
+    """The environment for pgtape children: no PGTAPE_* setting leaks into a measured run."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PGTAPE_")}
 
 
 @dataclass
@@ -75,6 +83,10 @@ class Child:
         timer.start()
         try:
             _, status, ru = os.wait4(self.proc.pid, 0)
+        except BaseException:  # Ctrl-C: never leave the child running
+            self._kill()
+            self.proc.wait()
+            raise
         finally:
             timer.cancel()
         wall = time.perf_counter() - self.start
@@ -116,6 +128,13 @@ class Child:
 def run(cmd: Sequence[str], *, env: dict[str, str], cwd: Path, log_dir: Path, name: str,
         timeout: float) -> ProcResult:
     return Child(cmd, env=env, cwd=cwd, log_dir=log_dir, name=name).wait(timeout)
+
+
+def timed(cmd: Sequence[str], *, what: str, timeout: float) -> ProcResult:
+    """Run cmd (from the repository, without PGTAPE_* settings) to its end and measure it; its
+    output is kept in the result only. Raises RuntimeError naming `what` if it fails."""
+    with tempfile.TemporaryDirectory(prefix="bench-") as logs:
+        return run(cmd, env=clean_env(), cwd=ROOT, log_dir=Path(logs), name="child", timeout=timeout).check(what)
 
 
 class SlotPoller(threading.Thread):

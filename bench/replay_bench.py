@@ -41,7 +41,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -51,13 +50,12 @@ from typing import Any
 
 import psycopg
 
-from bench.measure import chown_tree, save_results, work_dir
+from bench.measure import ROOT, chown_tree, clean_env, save_results, timed, work_dir
 from examples.temba.workload import WorkloadStats, apply_schema, bulk_load, run_workload
 from testkit.cluster import EmbeddedPostgres, free_port
 from pgtape.lsn import format_lsn, parse_lsn
 from pgtape.pg import PINNED_SETTINGS
 
-ROOT = Path(__file__).resolve().parent.parent
 TABLES = ("public.payments", "public.orders", "public.tickets")
 DBNAME = "temba"
 SCHEMA = "bench_recovered"
@@ -81,51 +79,7 @@ def log(msg: str) -> None:
     print(f"replay_bench: {msg}", file=sys.stderr, flush=True)
 
 
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("PGTAPE_")}
-
-
 # -- processes --------------------------------------------------------------------------------
-@dataclass
-class Timed:
-    wall: float
-    user: float
-    sys: float
-    max_rss: int  # bytes
-    stdout: str
-    stderr: str
-
-    @property
-    def cpu(self) -> float:
-        return self.user + self.sys
-
-
-def timed(cmd: list[str], *, timeout: float, what: str) -> Timed:
-    """Run cmd to its end; wall time spawn to exit, and that one process's own rusage (os.wait4,
-    like getrusage(RUSAGE_CHILDREN) but for this child only)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=_env(), cwd=ROOT)
-        timer = threading.Timer(timeout, proc.kill)
-        timer.start()
-        try:
-            _, status, ru = os.wait4(proc.pid, 0)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            timer.cancel()
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
-    if proc.returncode != 0:
-        raise RuntimeError(f"{what} exited {proc.returncode}: {stderr.strip()[-3000:]}")
-    return Timed(wall, ru.ru_utime, ru.ru_stime, ru.ru_maxrss * 1024, stdout, stderr)
-
-
 class Background:
     """A long-running child (pgtape capture) logging to files; stopped with SIGTERM, killed if stuck."""
 
@@ -133,7 +87,7 @@ class Background:
         self.out = log_dir / f"{name}.stdout"
         self.err = log_dir / f"{name}.stderr"
         with open(self.out, "wb") as o, open(self.err, "wb") as e:
-            self.proc = subprocess.Popen(cmd, stdout=o, stderr=e, stdin=subprocess.DEVNULL, env=_env(), cwd=ROOT)
+            self.proc = subprocess.Popen(cmd, stdout=o, stderr=e, stdin=subprocess.DEVNULL, env=clean_env(), cwd=ROOT)
 
     def check_alive(self) -> None:
         if self.proc.poll() is not None:

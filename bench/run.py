@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import psycopg
 
-from bench.measure import Child, ProcResult, SlotPoller, machine_info, percentile, run
+from bench.measure import Child, ProcResult, SlotPoller, clean_env, machine_info, percentile, run
 from pgtape.capture import wal2json
 from examples.temba.workload import WorkloadStats, apply_schema, large_transaction, run_workload
 from pgtape.config import DEFAULT_TABLES, parse_tables
@@ -86,7 +86,7 @@ class Bench:
         self.logs = work / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.recv_bin = pg.bindir / "pg_recvlogical"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PGTAPE_")}
+        self.env = clean_env()
         self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), self.env.get("PYTHONPATH")]))
         self.conn = psycopg.connect(self.dsn, autocommit=True, application_name="bench")
 

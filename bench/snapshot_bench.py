@@ -30,13 +30,15 @@ from pathlib import Path
 
 import psycopg
 
+from bench.measure import timed
 from examples.temba.workload import apply_schema, bulk_load
 from testkit.cluster import EmbeddedPostgres
 
-ROOT = Path(__file__).resolve().parent.parent
 TABLES = ("public.payments", "public.orders", "public.tickets")
 FULL_ORDERS = 222_223  # ~4.5 rows per order: >= 1,000,000 rows
 QUICK_ORDERS = 30_000
+TIMEOUT = 1800  # per measured process, seconds
+MIB = 1 << 20
 
 
 @dataclass
@@ -46,31 +48,6 @@ class Run:
     cpu: float
     max_rss_mib: float
     bytes: int
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("PGTAPE_")}
-
-
-def _timed(cmd: list[str], timeout: float = 1800) -> tuple[float, float, float, str, str]:
-    """Run cmd; (wall s, CPU s, peak RSS MiB, stdout, stderr) of that one child process."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=_env(), cwd=ROOT)
-        try:
-            _, status, ru = os.wait4(proc.pid, 0)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:4])} ... exited {proc.returncode}: {stderr.strip()[-2000:]}")
-    return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024, stdout, stderr
 
 
 def _dir_size(path: Path) -> int:
@@ -87,7 +64,7 @@ def run_bench(orders: int, runs: int, profile: bool, work: Path, pg_dump: Path) 
         pgtape = [sys.executable, "-m", "pgtape"]
         with psycopg.connect(dsn, autocommit=True) as c:
             apply_schema(c)
-        _timed([*pgtape, "init", *common])  # the generation starts on empty tables: its base is empty
+        timed([*pgtape, "init", *common], what="pgtape init", timeout=TIMEOUT)  # on empty tables: an empty base
         started = time.perf_counter()
         with psycopg.connect(dsn, autocommit=True) as c:
             counts = bulk_load(c, orders, seed=1)
@@ -102,26 +79,28 @@ def run_bench(orders: int, runs: int, profile: bool, work: Path, pg_dump: Path) 
         results: list[Run] = []
         for i in range(runs):
             # ours
-            wall, cpu, rss, stdout, _ = _timed([*pgtape, "snapshot", *common, "--json"])
-            snap = json.loads(stdout)
+            r = timed([*pgtape, "snapshot", *common, "--json"], what="pgtape snapshot", timeout=TIMEOUT)
+            snap = json.loads(r.stdout)
             rows = {t.split(".")[1]: n for t, n in snap["rows"].items()}
             if rows != counts:
                 raise RuntimeError(f"snapshot rows {rows} differ from loaded {counts}")
-            results.append(Run("pgtape snapshot", wall, cpu, rss, snap["bytes"]))
-            print(f"run {i + 1}: pgtape snapshot {wall:.2f}s", file=sys.stderr)
+            results.append(Run("pgtape snapshot", r.wall, r.cpu, r.max_rss / MIB, snap["bytes"]))
+            print(f"run {i + 1}: pgtape snapshot {r.wall:.2f}s", file=sys.stderr)
             # pg_dump as asked (default zlib compression), and uncompressed (-Z0) for reference
             for tool, extra in (("pg_dump -Fc", []), ("pg_dump -Fc -Z0", ["--compress=0"])):
                 dump = work / f"dump-{i}.pgdump"
-                wall, cpu, rss, _, _ = _timed([str(pg_dump), "--data-only", "--format=custom", *extra,
-                                               *[a for t in TABLES for a in ("-t", t)], "-f", str(dump), "-d", dsn])
-                results.append(Run(tool, wall, cpu, rss, dump.stat().st_size))
+                r = timed([str(pg_dump), "--data-only", "--format=custom", *extra,
+                           *[a for t in TABLES for a in ("-t", t)], "-f", str(dump), "-d", dsn], what=tool,
+                          timeout=TIMEOUT)
+                results.append(Run(tool, r.wall, r.cpu, r.max_rss / MIB, dump.stat().st_size))
                 dump.unlink()
-                print(f"run {i + 1}: {tool} {wall:.2f}s", file=sys.stderr)
+                print(f"run {i + 1}: {tool} {r.wall:.2f}s", file=sys.stderr)
 
         profile_top: list[str] = []
         if profile:
             prof = work / "snapshot.prof"
-            _timed([sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "pgtape", "snapshot", *common])
+            timed([sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "pgtape", "snapshot", *common],
+                  what="pgtape snapshot (profiled)", timeout=TIMEOUT)
             stats = pstats.Stats(str(prof))
             total_tt = stats.total_tt  # type: ignore[attr-defined]
             rows_ = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:12]  # type: ignore[attr-defined]

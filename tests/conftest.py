@@ -19,6 +19,7 @@ from typing import Callable, Iterator, TypeVar
 import psycopg
 import pytest
 
+from pgtape.lsn import parse_lsn
 from testkit.cluster import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,10 +67,15 @@ def role(pg: EmbeddedPostgres, dbname: str) -> Iterator[str]:
         c.execute(f"drop role {name}")
 
 
+def clean_env() -> dict[str, str]:
+    """This process's environment without PGTAPE_* settings, for the pgtape processes tests start."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PGTAPE_")}
+
+
 def run_pgtape(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
                check: bool = False) -> subprocess.CompletedProcess[str]:
     """Run the real command line in a subprocess, as a user would."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PGTAPE_")}
+    full_env = clean_env()
     full_env.update(env or {})
     r = subprocess.run([sys.executable, "-m", "pgtape", *args], capture_output=True, text=True,
                        timeout=timeout, env=full_env, cwd=ROOT)
@@ -78,9 +84,25 @@ def run_pgtape(*args: str, env: dict[str, str] | None = None, timeout: float = 1
     return r
 
 
+def run_sql(dsn: str, *statements: str) -> None:
+    """Each statement in its own transaction (autocommit)."""
+    with psycopg.connect(dsn, autocommit=True) as c:
+        for s in statements:
+            c.execute(s)
+
+
 def current_lsn(dsn: str) -> str:
     with psycopg.connect(dsn, autocommit=True) as c:
         return c.execute("select pg_current_wal_lsn()::text").fetchone()[0]  # type: ignore[index]
+
+
+def confirmed_flush(dsn: str, slot: str = "pgtape") -> int:
+    """The slot's confirmed_flush_lsn: how far the server knows capture has the tape durable."""
+    with psycopg.connect(dsn, autocommit=True) as c:
+        row = c.execute("select confirmed_flush_lsn::text from pg_replication_slots where slot_name = %s",
+                        (slot,)).fetchone()
+    assert row is not None and row[0] is not None, f"slot {slot} missing"
+    return parse_lsn(row[0])
 
 
 def capture_to_now(dsn: str, archive: Path, *args: str, tables: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -92,10 +114,9 @@ def capture_to_now(dsn: str, archive: Path, *args: str, tables: str | None = Non
 
 def spawn_pgtape(*args: str, log: Path) -> subprocess.Popen[bytes]:
     """`pgtape ARGS` in the background, output to `log`; stop it with stop_process()."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PGTAPE_")}
     with open(log, "wb") as out:
         return subprocess.Popen([sys.executable, "-m", "pgtape", *args], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, cwd=ROOT)
+                                stdin=subprocess.DEVNULL, env=clean_env(), cwd=ROOT)
 
 
 def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> None:
@@ -106,6 +127,14 @@ def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeo
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def wait_until(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.05) -> T:

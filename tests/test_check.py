@@ -18,17 +18,11 @@ import psycopg
 import pytest
 
 from pgtape.capture.preflight import classify_replication_error
-from conftest import run_pgtape
+from conftest import run_pgtape, run_sql as _sql
 from pgtape import pg as pgmod
 from testkit.cluster import EmbeddedPostgres, free_port, server_parameter_defaults
 
 TABLE = "create table public.t (id int primary key, v text)"
-
-
-def _sql(dsn: str, *statements: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as c:
-        for s in statements:
-            c.execute(s)
 
 
 def check(dsn: str, archive: Path | str, *args: str, tables: str = "public.t") -> tuple[int, str, list[str]]:

@@ -13,18 +13,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import run_pgtape
+from conftest import run_pgtape, run_sql as _sql
 from testkit.cluster import EmbeddedPostgres
 
 SPECIALS = ("'NaN'", "'Infinity'", "'-Infinity'")
 SENDS_NULL = "wal2json sends NaN, Infinity and -Infinity as null (the same as NULL), so the tape would lose them in"
 SENDS_BOTH = SENDS_NULL.replace("(the same as NULL)", "(the same as NULL) and float -0 as 0")
-
-
-def _sql(dsn: str, *statements: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as c:
-        for s in statements:
-            c.execute(s)
 
 
 def _value(dsn: str, query: str) -> object:

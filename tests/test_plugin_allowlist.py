@@ -13,10 +13,9 @@ import subprocess
 from pathlib import Path
 from typing import Iterator
 
-import psycopg
 import pytest
 
-from conftest import capture_to_now, run_pgtape
+from conftest import capture_to_now, run_pgtape, run_sql as sql
 from testkit.cluster import EmbeddedPostgres, find_bindir, server_parameter_defaults
 from pgtape.tape.archive import Archive
 from pgtape.tape.reader import iter_changes
@@ -50,12 +49,6 @@ def db(server: EmbeddedPostgres) -> Iterator[str]:
     sql(server.dsn(), *(f"select pg_drop_replication_slot('{s}')" for s in server.psql(
         f"select slot_name from pg_replication_slots where database = '{name}'").split()))
     server.psql(f"drop database {name} with (force)")
-
-
-def sql(dsn: str, *statements: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as c:
-        for s in statements:
-            c.execute(s)
 
 
 def check_problems(dsn: str, archive: Path) -> tuple[int, list[str]]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import msgspec
 import psycopg
 
-from conftest import capture_to_now, run_pgtape, spawn_pgtape, stop_process, wait_until
+from conftest import capture_to_now, process_alive, run_pgtape, spawn_pgtape, stop_process, wait_until
 from pgtape import metadata
 from pgtape.storage import LocalStorage
 from pgtape.tape import FORMAT_VERSION
@@ -390,14 +390,6 @@ def test_scheduled_snapshots_apply_the_retention(dsn: str, tmp_path: Path) -> No
             # A scheduled snapshot (and its prune) may outlive capture: wait for any still running.
             for r in catalog.load_all(a):
                 if r.status == catalog.RUNNING and r.pid:
-                    wait_until(f"scheduled snapshot {r.id} to end", lambda: not _alive(r.pid), 30, 0.1)
+                    wait_until(f"scheduled snapshot {r.id} to end", lambda: not process_alive(r.pid), 30, 0.1)
         assert not catalog.snapshot_dir(a, 1, s0.id).exists()
         _verify_ok(b.archive)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -286,7 +285,9 @@ def test_a_full_disk_makes_capture_wait_and_resume_without_loss(dsn: str, tmp_pa
                 c.execute("INSERT INTO t VALUES (%s, %s)", (i, os.urandom(64 * 1024).hex()))
             wait_until("capture to meet the full disk",
                        lambda: "no space left for the tape" in (tmp_path / "capture.log").read_text(), 60)
-            time.sleep(1.5)  # waiting: it acknowledges nothing, and stays up
+            # waiting: it retries (0.5 s, then 1 s backoff), acknowledges nothing, and stays up
+            wait_until("capture to retry twice on the full disk", lambda: capture.poll() is not None or (
+                tmp_path / "capture.log").read_text().count("no space left for the tape") >= 3, 60)
             assert capture.poll() is None and _confirmed(c) < _now(c)
             assert _confirmed(c) >= confirmed
             filler.unlink()

@@ -1076,11 +1076,10 @@ def test_ctrl_c_while_loading_stops_every_worker_and_drops_the_staging_schema(ds
                 yield line
 
         plan.rows = rows  # type: ignore[method-assign]
-        started = time.monotonic()
         with pytest.raises(KeyboardInterrupt):
             sinks.to_schema(plan, dsn, "rec", False)
-        assert time.monotonic() - started < 20
-        assert sent < produced < sent + 100_000, produced  # stopped within a batch or so, not at the end
+        # stopped within a batch or so of the Ctrl-C, not at the end of its 3 million rows
+        assert sent < produced < sent + 100_000, produced
         assert len(seen) == 1 and seen[0][1] is not None, seen
         assert seen[0][1].startswith("pgtape replay in progress, incomplete: ") and f"pid {os.getpid()}" in seen[0][1]
         assert len(seen[0][0].encode()) <= 63

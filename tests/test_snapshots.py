@@ -22,7 +22,8 @@ import psycopg
 import pytest
 import zstandard
 
-from conftest import ROOT, capture_to_now, run_pgtape, spawn_pgtape, stop_process, wait_until
+from conftest import (ROOT, capture_to_now, clean_env, confirmed_flush, process_alive, run_pgtape, spawn_pgtape,
+                      stop_process, wait_until)
 from testkit.cluster import EmbeddedPostgres
 from pgtape.lsn import parse_lsn
 from pgtape.pg import connect
@@ -34,6 +35,7 @@ from pgtape.snapshots import catalog
 from pgtape.snapshots.catalog import SnapshotRecord
 from pgtape.snapshots.format import TableReader, table_file_name
 from pgtape.storage import local_file
+from replay_oracle import seed_for
 
 Row = dict[str, str | None]
 
@@ -42,23 +44,6 @@ INITIAL_ACCOUNTS = 200
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def _seed(request: pytest.FixtureRequest) -> int:
-    text = os.environ.get("PGTAPE_TEST_SEED")
-    seed = int(text) if text else random.randrange(1 << 32)
-    print(f"{request.node.name}: seed {seed} (repeat with PGTAPE_TEST_SEED={seed})")
-    return seed
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("PGTAPE_")}
-
-
-
-
-
-
-
-
 def _records(archive: Path) -> list[dict]:
     """The catalog as the user sees it: `pgtape snapshots --json`."""
     r = run_pgtape("snapshots", "--archive", str(archive), "--json", check=True)
@@ -138,14 +123,6 @@ def _apply(rows: dict[str, Row], changes: list[RowChange]) -> None:
             rows.clear()
         else:
             raise AssertionError(f"unexpected change {ch.op} on the tape")
-
-
-def _confirmed_flush(dsn: str, slot: str) -> int:
-    with psycopg.connect(dsn, autocommit=True) as c:
-        row = c.execute("select confirmed_flush_lsn::text from pg_replication_slots where slot_name = %s",
-                        (slot,)).fetchone()
-    assert row is not None and row[0] is not None, f"slot {slot} missing"
-    return parse_lsn(row[0])
 
 
 def _one_line_error(r: subprocess.CompletedProcess[str]) -> str:
@@ -228,7 +205,7 @@ def _accounts(dsn: str, extra: str | None = None) -> None:
 # -- 1. exactness -----------------------------------------------------------------------------
 def test_snapshot_is_exactly_the_state_at_its_as_of_lsn(dsn: str, tmp_path: Path,
                                                         request: pytest.FixtureRequest) -> None:
-    seed = _seed(request)
+    seed = seed_for(request)
     archive = tmp_path / "archive"
     common = ("--dsn", dsn, "--archive", str(archive), "--tables", "public.accounts")
     _accounts(dsn)
@@ -308,7 +285,7 @@ class SeamWriter(threading.Thread):
 
 def test_initial_base_and_tape_meet_exactly_at_the_seam(dsn: str, tmp_path: Path,
                                                         request: pytest.FixtureRequest) -> None:
-    seed = _seed(request)
+    seed = seed_for(request)
     archive = tmp_path / "archive"
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("create table seam (id bigint primary key, writer int not null)")
@@ -435,7 +412,7 @@ def test_snapshot_memory_does_not_grow_with_the_table(big: tuple[str, Path]) -> 
         size = c.execute("select pg_table_size('big')").fetchone()[0]  # type: ignore[index]
     assert size > 2 * MEMORY_LIMIT, f"table of {size >> 20} MiB: too small to show bounded memory"
     r = subprocess.run([sys.executable, "-c", WRAPPER, sys.executable, "-m", "pgtape", "snapshot",
-                        *_big_args(big), "--json"], capture_output=True, text=True, env=_env(), cwd=ROOT,
+                        *_big_args(big), "--json"], capture_output=True, text=True, env=clean_env(), cwd=ROOT,
                        timeout=120)
     assert r.returncode == 0, r.stderr
     out = r.stdout.strip().splitlines()
@@ -555,7 +532,7 @@ def test_a_second_snapshot_is_refused_while_one_runs(dsn: str, tmp_path: Path) -
 # -- 8. scheduled snapshots -----------------------------------------------------------------------
 def test_capture_takes_scheduled_snapshots_and_keeps_confirming(dsn: str, tmp_path: Path,
                                                                 request: pytest.FixtureRequest) -> None:
-    seed = _seed(request)
+    seed = seed_for(request)
     archive = tmp_path / "archive"
     config = tmp_path / "pgtape.toml"
     config.write_text('[capture]\nsnapshot_every = "2s"\n')
@@ -568,7 +545,6 @@ def test_capture_takes_scheduled_snapshots_and_keeps_confirming(dsn: str, tmp_pa
     blocker = psycopg.connect(dsn)
     blocker.execute("insert into other values (1)")
     capture = spawn_pgtape("capture", *args, log=tmp_path / "capture.log")
-    started = time.monotonic()
     try:
         work.start()
 
@@ -577,18 +553,18 @@ def test_capture_takes_scheduled_snapshots_and_keeps_confirming(dsn: str, tmp_pa
             return [r for r in catalog.load_all(Archive(archive)) if r.kind == "scheduled"]
         rec = wait_until("a scheduled snapshot", scheduled, 15)[0]
         assert rec.status == catalog.RUNNING
-        lsn0 = _confirmed_flush(dsn, "pgtape")
-        time.sleep(2.5)
-        lsn1 = _confirmed_flush(dsn, "pgtape")
-        assert next(r for r in scheduled() if r.id == rec.id).status == catalog.RUNNING
-        assert lsn1 > lsn0, "capture stopped confirming while a scheduled snapshot ran"
+        lsn0 = confirmed_flush(dsn)
+        lsn1 = wait_until("capture to confirm new changes while a scheduled snapshot runs",
+                          lambda: (lsn := confirmed_flush(dsn)) > lsn0 and lsn, 20)
+        assert next(r for r in scheduled() if r.id == rec.id).status == catalog.RUNNING  # held by `blocker`
         blocker.commit()
         done = wait_until("the scheduled snapshot to complete", lambda: [
             r for r in scheduled() if r.id == rec.id and r.status != catalog.RUNNING], 20)[0]
         assert done.status == catalog.COMPLETED, done.error
         assert done.rows == {"public.accounts": len(_read_table(_snap_file(archive, done, "public.accounts"))[1])}
-        time.sleep(max(0.0, 6.0 - (time.monotonic() - started)))
-        assert _confirmed_flush(dsn, "pgtape") > lsn1
+        wait_until("capture to confirm new changes after the snapshot", lambda: confirmed_flush(dsn) > lsn1,
+                   20)
+        assert capture.poll() is None, (tmp_path / "capture.log").read_text()
         work.stop()
     finally:
         work.stopping.set()
@@ -598,17 +574,9 @@ def test_capture_takes_scheduled_snapshots_and_keeps_confirming(dsn: str, tmp_pa
         for r in catalog.load_all(Archive(archive)):
             if r.status == catalog.RUNNING:
                 try:
-                    wait_until(f"scheduled snapshot {r.id}", lambda: r.pid and not _alive(r.pid), 30, 0.1)
+                    wait_until(f"scheduled snapshot {r.id}", lambda: r.pid and not process_alive(r.pid), 30, 0.1)
                 except AssertionError:
                     os.kill(r.pid, signal.SIGKILL)
     assert capture.returncode == 0, (tmp_path / "capture.log").read_text()
     kinds = [r["kind"] for r in _records(archive) if r["status"] == "completed"]
     assert kinds[0] == "initial" and "scheduled" in kinds
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from decimal import Decimal
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from conftest import wait_until
 from examples.temba.workload import (OPERATIONS, WorkloadMix, WorkloadStats, apply_schema, bulk_load,
                                      large_transaction, reset_schema, run_workload)
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,16 +33,11 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=60, cwd=ROOT)
 
 
-def _stat_row_changes(conn: psycopg.Connection, expected: int) -> int:
+def _stat_row_changes(conn: psycopg.Connection) -> int:
     """Inserts+updates+deletes the statistics system counted: flushed when the workload's backend exits."""
-    deadline = time.monotonic() + 10
-    while True:
-        conn.execute("select pg_stat_clear_snapshot()")
-        n = _count(conn, "select coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) from pg_stat_user_tables "
-                   "where schemaname = 'public'")
-        if n == expected or time.monotonic() > deadline:
-            return n
-        time.sleep(0.05)
+    conn.execute("select pg_stat_clear_snapshot()")
+    return _count(conn, "select coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) from pg_stat_user_tables "
+                  "where schemaname = 'public'")
 
 
 def test_schema_applies_and_resets(dsn: str) -> None:
@@ -80,7 +75,8 @@ def test_short_workload(dsn: str) -> None:
         assert all(counts.values()), counts
         # A fresh database: what is left is what was inserted minus what was deleted.
         assert sum(counts.values()) == stats.inserts - stats.deletes
-        assert _stat_row_changes(conn, stats.row_changes) == stats.row_changes
+        wait_until(f"the statistics to count {stats.row_changes} row changes",
+                   lambda: _stat_row_changes(conn) == stats.row_changes, 10)
         # The foreign keys hold (they are enforced; this also catches a dropped constraint).
         assert _count(conn, "select count(*) from payments p left join orders o on o.id = p.order_id "
                       "where o.id is null") == 0
@@ -131,10 +127,13 @@ def test_same_seed_same_run(dsn: str) -> None:
 def test_rate_and_duration(dsn: str) -> None:
     with _connect(dsn) as conn:
         apply_schema(conn)
-    start = time.monotonic()
-    stats = run_workload(dsn, rate=40, duration=0.5, transactions=None, mix=WorkloadMix(), seed=3)
-    assert 0.45 < time.monotonic() - start < 3
-    assert 12 <= stats.transactions <= 22
+    done_at: list[float] = []  # each transaction's end, on the workload's own clock
+    stats = run_workload(dsn, rate=40, duration=0.5, transactions=None, mix=WorkloadMix(), seed=3,
+                         progress=lambda s: done_at.append(s.elapsed))
+    assert 12 <= stats.transactions <= 22 and len(done_at) == stats.transactions  # 40/s for 0.5 s: 20
+    # paced: transaction i never ends before its slot i/40 s (the schedule starts just before the clock)
+    assert all(t >= i / 40 - 0.005 for i, t in enumerate(done_at)), done_at
+    assert stats.elapsed >= 0.5  # it ran until its duration was up, not until it had done ~20
     assert run_workload(dsn, rate=1000, duration=5, transactions=5, seed=4).transactions == 5
 
 
