@@ -44,13 +44,14 @@ class Report:
 def verify_segment(storage: Storage, key: str, report: Report, expect_start: int | None = None) -> int | None:
     """Check one segment file; returns its end LSN (None if unreadable)."""
     path, name = storage.where(key), key.rpartition("/")[2]
-    sealed, opened = SEALED_RE.match(name), OPEN_RE.match(name)
-    if not sealed and not opened:
+    sealed = SEALED_RE.match(name)
+    named = sealed or OPEN_RE.match(name)
+    if named is None:
         report.problems.append(f"{path}: not a segment file name (<start>-<end>.tape or <start>.tape.open)")
         return None
     report.segments += 1
     report.bytes += storage.size(key)
-    start = int((sealed or opened).group(1), 16)  # type: ignore[union-attr]
+    start = int(named.group(1), 16)
     try:
         reader = SegmentReader(storage, key)
     except SegmentError as e:

@@ -183,6 +183,7 @@ def take_snapshot(config: Config, archive: Archive, tables: list[str], kind: str
             repl.close()  # drops the temporary slot; the imported snapshot lives on in snap.conn
         log(f"snapshot {record.id} of {', '.join(tables)} as of {format_lsn(snap.as_of_lsn)}")
         with snap.conn:
-            return copy_tables(archive, record, snap, {t: view[t].oid for t in tables}, progress=log)  # type: ignore[union-attr]
+            oids = {t: shape.oid for t in tables if (shape := view[t]) is not None}  # (dropped ones left above)
+            return copy_tables(archive, record, snap, oids, progress=log)
     finally:
         lock.release()
