@@ -27,7 +27,7 @@ def test_logs_in_text_and_json_with_either_option_position(dsn: str, tmp_path: P
     assert records and all(re.fullmatch(STAMP, x["time"]) and x["level"] == "info" for x in records), r.stderr
     assert any(x["logger"] == "pgtape.capture.capture" and x["message"].startswith("capturing public.t")
                for x in records), r.stderr
-    assert any(x["logger"] == "pgtape.snapshots.base" for x in records), r.stderr  # the initial base
+    assert any(x["logger"] == "pgtape.capture.generation" for x in records), r.stderr  # the initial base
 
     r = capture_to_now(dsn, archive, tables="t")  # text, the default
     lines = r.stderr.splitlines()

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from pgtape.errors import PgtapeError
-from pgtape.replay.plan import Window, choose_bases, tape_extent, window
+from pgtape.replay.plan import choose_bases, window
+from pgtape.tape.window import Window, tape_extent
 from pgtape.replay.target import Target
 from pgtape.snapshots.catalog import COMPLETED, FAILED, SnapshotRecord
 
