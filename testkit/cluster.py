@@ -14,7 +14,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -165,13 +164,3 @@ class EmbeddedPostgres:
         if r.returncode != 0:
             raise PgtapeError(f"psql failed: {r.stderr.strip()}")
         return r.stdout.strip()
-
-    def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            r = subprocess.run([str(self.bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
-                               capture_output=True)
-            if r.returncode == 0:
-                return
-            time.sleep(0.1)
-        raise PgtapeError("embedded PostgreSQL is not ready")
