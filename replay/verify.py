@@ -49,8 +49,9 @@ def verify_segment(storage: Storage, key: str, report: Report, expect_start: int
     if named is None:
         report.problems.append(f"{path}: not a segment file name (<start>-<end>.tape or <start>.tape.open)")
         return None
+    size = storage.size(key)  # (first: a segment sealed meanwhile raises before anything is counted)
     report.segments += 1
-    report.bytes += storage.size(key)
+    report.bytes += size
     start = int(named.group(1), 16)
     try:
         reader = SegmentReader(storage, key)
@@ -185,8 +186,8 @@ def verify_archive(archive: Archive) -> Report:
                                        f"written, but the newest present ends at {format_lsn(present)}: the tape's "
                                        "newest segments are missing")
         segments = archive.segments(gen_id)
-        for seg in segments:
-            verify_segment(archive.storage, seg.key, report)
+        for seg in segments:  # (an open segment sealed meanwhile: the sealed one)
+            archive.read_segment(seg, lambda storage, key: verify_segment(storage, key, report))
         if not missing_sealed:  # (else that is why the tape ends early: said once)
             _check_durable(archive, gen_id, report)
         # What capture resumes with, and where replay needs newer bases (pgtape/tape/views.py, snapshots/rebase.py).

@@ -18,7 +18,8 @@ from pgtape.lsn import format_lsn, parse_lsn
 from pgtape.pg import connect, quote_literal
 from pgtape.slot import gap_message
 from pgtape.tape.archive import Archive
-from pgtape.tape.segment import SegmentError, footer_stats, open_segment_stats, read_footer
+from pgtape.storage import Storage
+from pgtape.tape.segment import SegmentError, SegmentStats, segment_stats
 from pgtape.timefmt import format_time
 from pgtape.replay.plan import window
 from pgtape.snapshots import catalog
@@ -91,14 +92,10 @@ def summarize_tape(archive: Archive, gen: int) -> TapeSummary:
     end_lsn, first_time, last_time, complete = g.start_lsn, None, None, None
     transactions = changes = size = 0
     for s in segments:
-        try:
-            size += archive.storage.size(s.key)
-            if s.is_open:
-                st = open_segment_stats(archive.storage, s.key, s.start_lsn)
-            else:
-                st = footer_stats(read_footer(archive.storage, s.key))
-        except FileNotFoundError:
-            continue  # sealed while we looked; the next status shows it
+        def read(storage: Storage, key: str, start: int = s.start_lsn) -> tuple[int, SegmentStats]:
+            return storage.size(key), segment_stats(storage, key, start)
+        n, st = archive.read_segment(s, read)  # (an open segment sealed meanwhile: the sealed one)
+        size += n
         transactions += st.transactions
         changes += st.changes
         end_lsn = max(end_lsn, st.end_lsn)

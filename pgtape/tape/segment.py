@@ -438,6 +438,13 @@ def segment_end(storage: Storage, key: str, start_lsn: int) -> SegmentStats:
     return footer_stats(read_footer(storage, key))
 
 
+def segment_stats(storage: Storage, key: str, start_lsn: int) -> SegmentStats:
+    """Counts, end LSN and times of a segment: a sealed one's footer, an open one read whole."""
+    if key.endswith(OPEN_SUFFIX):
+        return open_segment_stats(storage, key, start_lsn)
+    return footer_stats(read_footer(storage, key))
+
+
 def open_segment_end(storage: Storage, key: str, start_lsn: int) -> SegmentStats:
     """End LSN and completeness time of an open segment from its last boundary frames only.
 
