@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import capture_to_now, run_pgtape, spawn_pgtape, stop_process, wait_until
+from conftest import capture_to_now, run_pgtape, scalar, spawn_pgtape, stop_process, wait_until
 from pgtape.tape.archive import Archive
 from pgtape.replay.engine import prepare
 from pgtape.replay.target import Target
@@ -38,7 +38,7 @@ def step(c: psycopg.Connection, label: str, statements: list[str], live_name: st
     for s in statements:
         c.execute(s)
     c.execute("COMMIT")
-    lsn = c.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]  # type: ignore[index]
+    lsn = scalar(c.execute("SELECT pg_current_wal_insert_lsn()::text"))
     return Point(label, lsn_int(lsn), table_state(c, live_name))
 
 

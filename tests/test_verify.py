@@ -24,7 +24,7 @@ import psycopg
 import pytest
 import zstandard
 
-from conftest import capture_to_now, run_pgtape, spawn_pgtape, stop_process, wait_until
+from conftest import capture_to_now, run_pgtape, scalar, spawn_pgtape, stop_process, wait_until
 from pgtape.tape.archive import Archive
 from pgtape.tape.frames import HEADER_SIZE, KIND_DATA, Frame, read_frame
 from pgtape.snapshots import catalog
@@ -406,8 +406,7 @@ def test_verify_live_during_a_workload_and_after_a_change_behind_its_back(dsn: s
         # and verify --live and status say so, naming the range.
         with psycopg.connect(dsn, autocommit=True) as c:
             c.execute("update accounts set balance = 123456.78 where id = 77")
-            moved = c.execute("select pg_replication_slot_advance('pgtape', pg_current_wal_lsn())::text"
-                              ).fetchone()[0]  # type: ignore[index]
+            moved = scalar(c.execute("select pg_replication_slot_advance('pgtape', pg_current_wal_lsn())::text"))
         end = json.loads(run_pgtape("status", *cli, "--json").stdout)["end_lsn"]
         gap = (f"replication slot pgtape has confirmed up to {moved.split(',')[-1].rstrip(')')}, but the tape ends at "
                f"{end}")
