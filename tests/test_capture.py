@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import ROOT, capture_to_now, one_row, run_pgtape, scalar
+from conftest import ROOT, capture_to_now, one_line_error, one_row, run_pgtape, scalar
 from pgtape.pg import connect
 from pgtape.tape.archive import Archive
 from pgtape.tape.reader import RowChange, iter_changes
@@ -184,9 +184,7 @@ def test_large_transaction_memory_is_bounded(dsn: str, tmp_path: Path) -> None:
     (["--slot", "Bad-Slot"], "invalid slot name"),
 ])
 def test_bad_input_is_one_line(dsn: str, tmp_path: Path, args: list[str], message: str) -> None:
-    r = run_pgtape("capture", "--dsn", dsn, "--archive", str(tmp_path / "a"), *args)
-    assert r.returncode == 2 and message in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    one_line_error(run_pgtape("capture", "--dsn", dsn, "--archive", str(tmp_path / "a"), *args), 2, message)
 
 
 def test_missing_table_and_missing_archive_option(dsn: str, tmp_path: Path) -> None:

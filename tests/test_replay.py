@@ -1037,7 +1037,8 @@ def test_ctrl_c_while_swapping_in_keeps_the_old_schema(dsn: str, tmp_path: Path)
         h.close()
 
 
-def test_ctrl_c_while_loading_stops_every_worker_and_drops_the_staging_schema(dsn: str, tmp_path: Path) -> None:
+def test_ctrl_c_while_loading_stops_every_worker_and_drops_the_staging_schema(dsn: str, tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     archive = tmp_path / "archive"
     h = _staged_history(dsn, archive)
     try:
@@ -1065,7 +1066,7 @@ def test_ctrl_c_while_loading_stops_every_worker_and_drops_the_staging_schema(ds
                 produced += 1
                 yield line
 
-        plan.rows = rows  # type: ignore[method-assign]
+        monkeypatch.setattr(plan, "rows", rows)
         with pytest.raises(KeyboardInterrupt):
             sinks.to_schema(plan, dsn, "rec", False)
         # stopped within a batch or so of the Ctrl-C, not at the end of its 3 million rows
