@@ -113,6 +113,7 @@ def replay_once(messages: list[bytes], end_lsn: int) -> tuple[float, float, int]
         cap.follower = Follower(archive, 1, _view(messages, list(config.tables)), 0, None, None, lambda _: None)
         cap.follower._next_poll = float("inf")  # no catalog to poll offline
         writer = TapeWriter(archive, 1, "0", config.slot, config.segment_size)
+        cap._archive_identity = cap.archive.storage.identity()  # as _open_tape records it, for _check_archive
         cpu, wall = time.process_time(), time.perf_counter()
         cap._stream(_Stream(messages), writer)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
