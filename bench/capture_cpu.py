@@ -29,6 +29,8 @@ from pathlib import Path
 
 from pgtape.capture.capture import Capture
 from pgtape.capture.follow import Follower
+from pgtape.capture.protocol import ReplicationStream
+from pgtape.capture.schedule import SnapshotScheduler
 from pgtape.shapes import Column, TableShape, View
 from pgtape.capture.tape_writer import TapeWriter
 from pgtape.config import load_config
@@ -54,8 +56,8 @@ def load_messages(path: Path) -> tuple[list[bytes], int]:
     return messages, lsn
 
 
-class _Stream:
-    """Stands in for capture.protocol.ReplicationStream."""
+class _Stream(ReplicationStream):
+    """Stands in for a replication stream: the messages, with no connection (hence no super().__init__)."""
 
     def __init__(self, messages: list[bytes]) -> None:
         self._messages = messages
@@ -86,7 +88,12 @@ def _view(messages: list[bytes], tables: list[str]) -> View:
                           ["id"]) for i, t in enumerate(tables)}
 
 
-class _NoSnapshots:
+class _NoSnapshots(SnapshotScheduler):
+    """No snapshots offline: nothing to schedule (hence no super().__init__)."""
+
+    def __init__(self) -> None:
+        pass
+
     def poll(self) -> None:
         pass
 
@@ -102,12 +109,13 @@ def replay_once(messages: list[bytes], end_lsn: int) -> tuple[float, float, int]
         archive = Archive(directory)
         archive.start_generation("0", "bench", config.slot, 0, "bench", list(config.tables))
         cap = Capture(config, until_lsn=end_lsn, log=lambda _: None)
-        cap.scheduler = _NoSnapshots()  # type: ignore[assignment]  # a stand-in: no snapshots offline
+        cap.scheduler = _NoSnapshots()
         cap.follower = Follower(archive, 1, _view(messages, list(config.tables)), 0, None, None, lambda _: None)
         cap.follower._next_poll = float("inf")  # no catalog to poll offline
         writer = TapeWriter(archive, 1, "0", config.slot, config.segment_size)
+        cap._archive_identity = cap.archive.storage.identity()  # as _open_tape records it, for _check_archive
         cpu, wall = time.process_time(), time.perf_counter()
-        cap._stream(_Stream(messages), writer)  # type: ignore[arg-type]
+        cap._stream(_Stream(messages), writer)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         writer.close()
         return cpu, wall, writer.changes

@@ -16,18 +16,32 @@ import signal
 import sys
 import tempfile
 import platform
+import pstats
 import subprocess
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import psycopg
 
 from pgtape.lsn import parse_lsn
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def scalar(cur: psycopg.Cursor[tuple[Any, ...]]) -> Any:
+    """The first value of the one row a query returned (asserting that one came back)."""
+    row = cur.fetchone()
+    assert row is not None, "the query returned no row"
+    return row[0]
+
+
+def load_profile(path: Path) -> tuple[float, dict[tuple[str, int, str], tuple[Any, ...]]]:
+    """A cProfile file's total time and entries: (file, line, function) -> (cc, ncalls, tt, ct, callers)."""
+    stats = pstats.Stats(str(path))
+    return stats.total_tt, stats.stats  # type: ignore[attr-defined]  # pstats.Stats has no stubs for total_tt, stats
 
 
 def clean_env() -> dict[str, str]:

@@ -36,7 +36,6 @@ import hashlib
 import json
 import os
 import platform
-import pstats
 import re
 import shutil
 import subprocess
@@ -50,7 +49,7 @@ from typing import Any
 
 import psycopg
 
-from bench.measure import ROOT, chown_tree, clean_env, save_results, timed, work_dir
+from bench.measure import ROOT, chown_tree, clean_env, load_profile, save_results, scalar, timed, work_dir
 from examples.temba.workload import WorkloadStats, apply_schema, bulk_load, run_workload
 from testkit.cluster import EmbeddedPostgres, free_port
 from pgtape.lsn import format_lsn, parse_lsn
@@ -368,9 +367,7 @@ def profile_replay(pgtape: list[str], common: list[str], dsn: str, target: str, 
     finally:
         with psycopg.connect(dsn, autocommit=True) as c:
             c.execute(f"drop schema if exists {schema} cascade")
-    stats = pstats.Stats(str(prof))
-    total_tt = stats.total_tt  # type: ignore[attr-defined]
-    raw = stats.stats  # type: ignore[attr-defined]
+    total_tt, raw = load_profile(prof)
     lines = [f"total {total_tt:.2f}s (under cProfile)", "phases (cumulative):"]
     for (file, line, fn), (_, ncalls, _tt, ct, _) in raw.items():
         if (fn == "prepare" and file.endswith("replay/engine.py")) or \
@@ -405,7 +402,7 @@ def run_bench(sizes: Sizes, workers: int, runs: int, profile: bool, base_orders:
         result["server_settings"] = pg.settings
         with psycopg.connect(pg.dsn(), autocommit=True) as c:
             c.execute(f"create database {DBNAME}")
-            result["postgresql"] = c.execute("show server_version").fetchone()[0]  # type: ignore[index]
+            result["postgresql"] = scalar(c.execute("show server_version"))
         dsn = pg.dsn(DBNAME)
         tape = work / "tape"
         common = ["--dsn", dsn, "--archive", str(tape), "--tables", ",".join(TABLES)]
@@ -448,7 +445,7 @@ def run_bench(sizes: Sizes, workers: int, runs: int, profile: bool, base_orders:
             result["target"] = traffic.target
             log(f"workload: {result['workload']}; target time {target}")
             with psycopg.connect(dsn, autocommit=True) as c:
-                end_lsn = parse_lsn(c.execute("select pg_current_wal_lsn()::text").fetchone()[0])  # type: ignore[index]
+                end_lsn = parse_lsn(scalar(c.execute("select pg_current_wal_lsn()::text")))
             waited = time.monotonic()
             status = wait_until_durable(pgtape, common, end_lsn, capture, timeout=sizes.timeout)
             result["capture_catch_up_seconds"] = round(time.monotonic() - waited, 2)

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import psycopg
 
-from bench.measure import Child, ProcResult, SlotPoller, clean_env, machine_info, percentile, run
+from bench.measure import Child, ProcResult, SlotPoller, clean_env, machine_info, percentile, run, scalar
 from pgtape.capture import wal2json
 from examples.temba.workload import WorkloadStats, apply_schema, large_transaction, run_workload
 from pgtape.config import DEFAULT_TABLES, parse_tables
@@ -553,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         with EmbeddedPostgres() as pg:
             with psycopg.connect(pg.dsn(), autocommit=True) as c:
                 c.execute(f"create database {DBNAME}")
-                results["machine"] = machine_info(c.execute("show server_version").fetchone()[0])  # type: ignore[index]
+                results["machine"] = machine_info(scalar(c.execute("show server_version")))
             results["server_settings"] = pg.settings
             bench = Bench(pg, work, sizes, out=args.out, stamp=stamp, profile=args.profile, keep=args.keep)
             try:

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import pstats
 import shutil
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import psycopg
 
-from bench.measure import timed
+from bench.measure import load_profile, scalar, timed
 from examples.temba.workload import apply_schema, bulk_load
 from testkit.cluster import EmbeddedPostgres
 
@@ -69,7 +68,7 @@ def run_bench(orders: int, runs: int, profile: bool, work: Path, pg_dump: Path) 
         with psycopg.connect(dsn, autocommit=True) as c:
             counts = bulk_load(c, orders, seed=1)
             c.execute("vacuum analyze")
-            sizes = {t: c.execute("select pg_total_relation_size(%s)", (t,)).fetchone()[0]  # type: ignore[index]
+            sizes = {t: scalar(c.execute("select pg_total_relation_size(%s)", (t,)))
                      for t in TABLES}
         load_s = time.perf_counter() - started
         total = sum(counts.values())
@@ -101,9 +100,8 @@ def run_bench(orders: int, runs: int, profile: bool, work: Path, pg_dump: Path) 
             prof = work / "snapshot.prof"
             timed([sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "pgtape", "snapshot", *common],
                   what="pgtape snapshot (profiled)", timeout=TIMEOUT)
-            stats = pstats.Stats(str(prof))
-            total_tt = stats.total_tt  # type: ignore[attr-defined]
-            rows_ = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:12]  # type: ignore[attr-defined]
+            total_tt, raw = load_profile(prof)
+            rows_ = sorted(raw.items(), key=lambda kv: kv[1][2], reverse=True)[:12]
             for (file, line, fn), (_, ncalls, tt, ct, _) in rows_:
                 where = f"{Path(file).name}:{line}({fn})" if line else fn
                 profile_top.append(f"{tt:7.2f}s self {100 * tt / total_tt:5.1f}%  {ct:7.2f}s cum  {ncalls:>9} calls  "

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import psycopg
 
@@ -135,7 +136,7 @@ def main() -> int:
     return 0 if ok else 1
 
 
-def wait_for(cond, capture: subprocess.Popen, workdir: Path, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
+def wait_for(cond: Callable[[], bool], capture: subprocess.Popen, workdir: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if capture.poll() is not None or time.monotonic() > deadline:

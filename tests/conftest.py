@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import secrets
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import psycopg
 import pytest
@@ -84,6 +85,35 @@ def run_pgtape(*args: str, env: dict[str, str] | None = None, timeout: float = 1
     return r
 
 
+def one_row(cur: psycopg.Cursor[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """The one row a query returned (asserting that one came back)."""
+    row = cur.fetchone()
+    assert row is not None, "the query returned no row"
+    return row
+
+
+def scalar(cur: psycopg.Cursor[tuple[Any, ...]]) -> Any:
+    """The first value of the one row a query returned: `scalar(c.execute("select count(*) ..."))`."""
+    return one_row(cur)[0]
+
+
+# A log line in pgtape/log.py's text format: `2026-12-02T16:30:00.123Z info pgtape.x: ...`.
+_LOG_LINE = re.compile(r"\d{4}-\d\d-\d\dT[\d:.]+Z (debug|info|warning|error) pgtape[\w.]*: ")
+
+
+def one_line_error(r: subprocess.CompletedProcess[str], code: int, *needles: str, after_logs: bool = False) -> str:
+    """A refusal: exit `code`, no traceback, and on stderr exactly one line, `pgtape: ...`, holding every
+    needle; that line. With `after_logs`, log lines (progress before the failure) may precede it."""
+    assert r.returncode == code, f"exit {r.returncode} (expected {code}): {r.stderr}{r.stdout}"
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("pgtape: "), r.stderr
+    assert len(lines) == 1 or (after_logs and all(_LOG_LINE.match(line) for line in lines[:-1])), r.stderr
+    for n in needles:
+        assert n in lines[-1], f"{n!r} not in {lines[-1]!r}"
+    return lines[-1]
+
+
 def run_sql(dsn: str, *statements: str) -> None:
     """Each statement in its own transaction (autocommit)."""
     with psycopg.connect(dsn, autocommit=True) as c:
@@ -93,7 +123,7 @@ def run_sql(dsn: str, *statements: str) -> None:
 
 def current_lsn(dsn: str) -> str:
     with psycopg.connect(dsn, autocommit=True) as c:
-        return c.execute("select pg_current_wal_lsn()::text").fetchone()[0]  # type: ignore[index]
+        return scalar(c.execute("select pg_current_wal_lsn()::text"))
 
 
 def confirmed_flush(dsn: str, slot: str = "pgtape") -> int:

@@ -18,6 +18,8 @@ from typing import Any, Iterable, Sequence
 import psycopg
 import pytest
 
+from conftest import one_row, scalar
+
 # Written out here rather than imported from pgtape.pg: the oracle must not share pgtape's code.
 PINNED_OPTIONS = ("-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3 -c bytea_output=hex "
                   "-c IntervalStyle=postgres")
@@ -76,7 +78,7 @@ def table_state(conn: psycopg.Connection, table: str) -> TableState:
     """Columns, types and sorted COPY lines. Types are named as format_type names them with only
     pg_catalog on the search path (a type of another schema qualified: public.mood), so a type's
     name does not depend on the session that reads it."""
-    oid = conn.execute("SELECT %s::regclass::oid", (table,)).fetchone()[0]  # type: ignore[index]
+    oid = scalar(conn.execute("SELECT %s::regclass::oid", (table,)))
     with conn.transaction():
         conn.execute("SET LOCAL search_path = pg_catalog")
         cols = conn.execute(
@@ -154,7 +156,7 @@ class History:
         self.conn.close()
 
     def now(self) -> tuple[int, int]:
-        t, lsn = self.conn.execute("SELECT clock_timestamp(), pg_current_wal_insert_lsn()::text").fetchone()  # type: ignore[misc]
+        t, lsn = one_row(self.conn.execute("SELECT clock_timestamp(), pg_current_wal_insert_lsn()::text"))
         return us(t), lsn_int(lsn)
 
     def observe(self, label: str) -> Step:
@@ -173,8 +175,8 @@ class History:
                     c.execute(s[0], s[1])
                 else:
                     c.execute(s)
-            t, lsn, xid = c.execute("SELECT clock_timestamp(), pg_current_wal_insert_lsn()::text, "
-                                    "pg_current_xact_id()::text").fetchone()  # type: ignore[misc]
+            t, lsn, xid = one_row(c.execute("SELECT clock_timestamp(), pg_current_wal_insert_lsn()::text, "
+                                            "pg_current_xact_id()::text"))
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")

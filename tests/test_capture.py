@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import ROOT, capture_to_now, run_pgtape
+from conftest import ROOT, capture_to_now, one_line_error, one_row, run_pgtape, scalar
 from pgtape.pg import connect
 from pgtape.tape.archive import Archive
 from pgtape.tape.reader import RowChange, iter_changes
@@ -131,11 +131,11 @@ def test_resume_and_idle_tables(dsn: str, tmp_path: Path) -> None:
     ids = _new_ids(archive)
     assert ids == [r * 100 + i for r in range(3) for i in range(20)]
     # Only the noise table is busy now: the slot must still advance (WAL is released).
-    before = c.execute("select confirmed_flush_lsn from pg_replication_slots where slot_name = 'pgtape'").fetchone()
+    before = one_row(c.execute("select confirmed_flush_lsn from pg_replication_slots where slot_name = 'pgtape'"))
     c.execute("insert into noise select generate_series(1, 1000)")
     capture_to_now(dsn, archive, tables="payments")
-    after = c.execute("select confirmed_flush_lsn from pg_replication_slots where slot_name = 'pgtape'").fetchone()
-    assert after > before  # type: ignore[operator]
+    after = one_row(c.execute("select confirmed_flush_lsn from pg_replication_slots where slot_name = 'pgtape'"))
+    assert after > before
     assert len(_tape(archive)) == 60
 
 
@@ -162,7 +162,7 @@ def test_large_transaction_memory_is_bounded(dsn: str, tmp_path: Path) -> None:
     capture_to_now(dsn, archive, tables="tickets")
     rows = 200_000
     c.execute("insert into tickets select g, 'seat-' || g, (g %% 1000) / 100.0 from generate_series(1, %s) g", (rows,))
-    lsn = c.execute("select pg_current_wal_lsn()::text").fetchone()[0]  # type: ignore[index]
+    lsn = scalar(c.execute("select pg_current_wal_lsn()::text"))
     # Peak RSS of the capture process alone, measured by a parent that waits for it.
     probe = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
              "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
@@ -184,9 +184,7 @@ def test_large_transaction_memory_is_bounded(dsn: str, tmp_path: Path) -> None:
     (["--slot", "Bad-Slot"], "invalid slot name"),
 ])
 def test_bad_input_is_one_line(dsn: str, tmp_path: Path, args: list[str], message: str) -> None:
-    r = run_pgtape("capture", "--dsn", dsn, "--archive", str(tmp_path / "a"), *args)
-    assert r.returncode == 2 and message in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    one_line_error(run_pgtape("capture", "--dsn", dsn, "--archive", str(tmp_path / "a"), *args), 2, message)
 
 
 def test_missing_table_and_missing_archive_option(dsn: str, tmp_path: Path) -> None:

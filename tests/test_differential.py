@@ -44,6 +44,7 @@ import json
 import os
 import random
 import re
+import subprocess
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -896,7 +897,7 @@ def differs(table: str, columns: list[str], types: list[str], lines: list[bytes]
     return f"{table}: " + "; ".join(out) + (f"; and {more} more rows" if more > 0 else "")
 
 
-def capture_live(dsn: str, archive: Path, log: Path, init: bool = True):  # type: ignore[no-untyped-def]
+def capture_live(dsn: str, archive: Path, log: Path, init: bool = True) -> subprocess.Popen[bytes]:
     if init:
         run_pgtape("init", "--dsn", dsn, "--archive", str(archive), "--tables", ",".join(TABLES), check=True)
     return spawn_pgtape("capture", "--dsn", dsn, "--archive", str(archive), "--tables", ",".join(TABLES), log=log)
@@ -1002,8 +1003,8 @@ REBASE_STEPS = int(os.environ.get("PGTAPE_DIFF_REBASE_STEPS", "30"))
 
 def new_base_after(archive: Path, table: str, lsn: int) -> int | None:
     bases = [r.as_of_lsn for r in catalog.load_all(Archive(archive))
-             if r.status == catalog.COMPLETED and table in r.tables and (r.as_of_lsn or 0) >= lsn]
-    return min(bases) if bases else None  # type: ignore[type-var]
+             if r.status == catalog.COMPLETED and table in r.tables and r.as_of_lsn is not None and r.as_of_lsn >= lsn]
+    return min(bases) if bases else None
 
 
 def test_rebase_points_refuse_then_replay_exactly(pg: EmbeddedPostgres, tmp_path: Path,

@@ -22,7 +22,7 @@ from pathlib import Path
 import msgspec
 import psycopg
 
-from conftest import capture_to_now, process_alive, run_pgtape, spawn_pgtape, stop_process, wait_until
+from conftest import capture_to_now, one_line_error, process_alive, run_pgtape, spawn_pgtape, stop_process, wait_until
 from pgtape import metadata
 from pgtape.storage import LocalStorage
 from pgtape.tape import FORMAT_VERSION
@@ -118,15 +118,6 @@ def _tree(path: Path) -> dict[str, int]:
             and not p.name.endswith(".lock")}
 
 
-def _one_line_error(r: subprocess.CompletedProcess[str], *needles: str) -> str:
-    err = r.stderr.strip()
-    assert r.returncode == 3, f"exit {r.returncode}: {r.stderr}{r.stdout}"
-    assert "Traceback" not in r.stderr and len(err.splitlines()) == 1, r.stderr
-    for n in needles:
-        assert n in err, f"{n!r} not in {err!r}"
-    return err
-
-
 def _verify_ok(archive: Path) -> None:
     r = run_pgtape("verify", "--archive", str(archive))
     assert r.returncode == 0 and r.stdout.startswith("ok: "), r.stdout + r.stderr
@@ -199,9 +190,9 @@ def test_prune_deletes_expired_keeps_bases_and_replay_is_unchanged(dsn: str, tmp
         _replay_latest(b, c, "after", live)
         # a target before the new window start: refused, with the window printed
         assert s1.as_of_time is not None
-        _one_line_error(run_pgtape("replay", *b.cli, "--target-time", iso(s1.as_of_time), "--dry-run"),
+        one_line_error(run_pgtape("replay", *b.cli, "--target-time", iso(s1.as_of_time), "--dry-run"), 3,
                         "before the oldest base", done["window"]["text"])
-        _one_line_error(run_pgtape("replay", *b.cli, "--target-lsn", lsn_text(s1.as_of_lsn or 0), "--dry-run"),
+        one_line_error(run_pgtape("replay", *b.cli, "--target-lsn", lsn_text(s1.as_of_lsn or 0), "--dry-run"), 3,
                         "before the oldest base", done["window"]["text"])
 
         # a second run: nothing left to do
@@ -227,7 +218,7 @@ def test_nothing_expired_nothing_deleted(dsn: str, tmp_path: Path) -> None:
     assert _tree(b.archive) == before
     _verify_ok(b.archive)
     # errors: one line, no traceback
-    _one_line_error(run_pgtape("prune", "--archive", str(tmp_path / "nope")), "does not exist")
+    one_line_error(run_pgtape("prune", "--archive", str(tmp_path / "nope")), 3, "does not exist")
 
 
 # -- 3 ------------------------------------------------------------------------------------------------
@@ -243,7 +234,7 @@ def test_a_segment_missing_from_the_middle_is_still_a_gap(dsn: str, tmp_path: Pa
     segs = Archive(copy).segments(1)
     segs[1].path.unlink()
     before = _tree(copy)
-    _one_line_error(run_pgtape("prune", "--archive", str(copy)), "gap", segs[2].path.name)
+    one_line_error(run_pgtape("prune", "--archive", str(copy)), 3, "gap", segs[2].path.name)
     assert _tree(copy) == before
     problems = verify_archive(Archive(copy)).problems
     assert len(problems) == 1 and "gap" in problems[0] and lsn_text(segs[1].start_lsn) in problems[0], problems
@@ -338,7 +329,7 @@ def test_prune_is_refused_while_a_snapshot_holds_the_lock(tmp_path: Path) -> Non
     fd = os.open(archive / "snapshot.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        _one_line_error(run_pgtape("prune", "--archive", str(archive)), "is running", "when it ends")
+        one_line_error(run_pgtape("prune", "--archive", str(archive)), 3, "is running", "when it ends")
     finally:
         os.close(fd)
 

@@ -15,15 +15,10 @@ from typing import Iterator
 import psycopg
 import pytest
 
-from conftest import capture_to_now, run_pgtape, spawn_pgtape, stop_process, wait_until
+from conftest import (capture_to_now, one_line_error, run_pgtape, scalar, spawn_pgtape, stop_process,
+                      wait_until)
 from replay_oracle import lsn_int, lsn_text, oracle_connect
-
-
-def one_line(r, code: int = 2) -> str:  # type: ignore[no-untyped-def]
-    """The refusal: exit `code`, exactly one line on stderr, no traceback; that line."""
-    assert r.returncode == code and "Traceback" not in r.stderr and len(r.stderr.splitlines()) == 1, \
-        (r.returncode, r.stderr)
-    return r.stderr.strip()
+from testkit.cluster import EmbeddedPostgres
 
 
 @pytest.mark.parametrize("args", [
@@ -37,7 +32,7 @@ def test_an_empty_value_is_a_usage_error(args: list[str]) -> None:
     """An unset shell variable (`--target-time "$T"`) must not mean the latest state, the current
     directory or libpq's environment."""
     option = next((a for a in args if a.startswith("--") and args[args.index(a) + 1].strip() == ""), None)
-    line = one_line(run_pgtape(*args))
+    line = one_line_error(run_pgtape(*args), 2)
     assert "must not be empty" in line and (option is None or f"argument {option}:" in line), line
 
 
@@ -53,7 +48,7 @@ def test_an_empty_value_is_a_usage_error(args: list[str]) -> None:
 def test_a_config_value_of_the_wrong_type_is_refused_as_such(tmp_path: Path, body: str, message: str) -> None:
     conf = tmp_path / "pgtape.toml"
     conf.write_text(body + "\n")
-    line = one_line(run_pgtape("status", "--config", str(conf)))
+    line = one_line_error(run_pgtape("status", "--config", str(conf)), 2)
     assert line.startswith(f"pgtape: {conf} {message}"), line
 
 
@@ -86,7 +81,7 @@ def test_edited_or_damaged_metadata_fails_its_checksum(dsn: str, tmp_path: Path)
     _edit(record, f'"as_of_lsn":{doc["as_of_lsn"]}', f'"as_of_lsn":{doc["as_of_lsn"] + 8}')
     r = run_pgtape("verify", *cli)
     assert r.returncode == 1 and f"problem: {record} fails its checksum" in r.stdout, r.stdout
-    line = one_line(run_pgtape("replay", *cli, "--latest", "--dry-run"), 3)
+    line = one_line_error(run_pgtape("replay", *cli, "--latest", "--dry-run"), 3)
     assert line == (f"pgtape: {record} fails its checksum: it was changed or damaged after pgtape wrote it "
                     "(run pgtape verify)"), line
     # A later expiry, to keep a snapshot past its retention: the same.
@@ -96,7 +91,7 @@ def test_edited_or_damaged_metadata_fails_its_checksum(dsn: str, tmp_path: Path)
     # Not JSON at all (a torn or foreign file): named, one line, for every command that reads it.
     record.write_text('{"id": ')
     for args in (["replay", "--latest", "--dry-run"], ["status"], ["snapshots"]):
-        assert f"{record} is damaged" in one_line(run_pgtape(*args, *cli), 3), args
+        assert f"{record} is damaged" in one_line_error(run_pgtape(*args, *cli), 3), args
     r = run_pgtape("verify", *cli)
     assert r.returncode == 1 and f"problem: {record} is damaged" in r.stdout and "Traceback" not in r.stderr
     record.write_bytes(good)
@@ -107,7 +102,7 @@ def test_edited_or_damaged_metadata_fails_its_checksum(dsn: str, tmp_path: Path)
     _edit(ident, system_id, str(int(system_id) + 1))
     for args in (["verify"], ["status"], ["capture", "--until-lsn", "0/1"]):
         code = 1 if args == ["verify"] else 3  # damage is what verify looks for; elsewhere a failure
-        assert f"{ident} fails its checksum" in one_line(run_pgtape(*args, *cli), code), args
+        assert f"{ident} fails its checksum" in one_line_error(run_pgtape(*args, *cli), code), args
 
 
 def test_capture_on_an_open_segment_with_a_damaged_header_says_so(dsn: str, tmp_path: Path) -> None:
@@ -117,7 +112,7 @@ def test_capture_on_an_open_segment_with_a_damaged_header_says_so(dsn: str, tmp_
     data = bytearray(segment.read_bytes())
     data[30] ^= 0xFF  # inside the header frame's payload: its checksum fails
     segment.write_bytes(bytes(data))
-    line = one_line(run_pgtape("capture", "--dsn", dsn, "--archive", str(archive), "--until-lsn", "0/1"), 3)
+    line = one_line_error(run_pgtape("capture", "--dsn", dsn, "--archive", str(archive), "--until-lsn", "0/1"), 3)
     assert line.startswith("pgtape: damaged archive file: ") and str(segment) in line and \
         "segment header is missing or damaged" in line, line
 
@@ -127,7 +122,7 @@ def test_an_archive_path_that_is_a_file(dsn: str, tmp_path: Path) -> None:
     a_file = tmp_path / "file"
     a_file.write_text("")
     for args in (["init"], ["capture"], ["status"], ["replay", "--latest"]):
-        line = one_line(run_pgtape(*args, "--dsn", dsn, "--archive", str(a_file), "--tables", "t"), 3)
+        line = one_line_error(run_pgtape(*args, "--dsn", dsn, "--archive", str(a_file), "--tables", "t"), 3)
         assert line == f"pgtape: archive path {a_file} exists but is not a directory: choose another --archive", args
 
 
@@ -146,11 +141,11 @@ def test_log_refuses_an_unknown_key_column(dsn: str, tmp_path: Path) -> None:
     cli = ["--dsn", dsn, "--archive", str(archive)]
     assert run_pgtape("log", *cli, "--key", "id=2").stdout.count("INSERT") == 1
     assert run_pgtape("log", *cli, "--key", "id=99").stdout == ""  # a real column, no such value: no error
-    line = one_line(run_pgtape("log", *cli, "--key", "nosuchcol=1"))
+    line = one_line_error(run_pgtape("log", *cli, "--key", "nosuchcol=1"), 2)
     assert line == "pgtape: --key: no change looked at has a column nosuchcol (columns: id, v)", line
 
 
-def test_replay_names_the_missing_grant_and_diff_every_missing_table(pg, dbname: str, role: str,  # type: ignore[no-untyped-def]
+def test_replay_names_the_missing_grant_and_diff_every_missing_table(pg: EmbeddedPostgres, dbname: str, role: str,
                                                                      tmp_path: Path) -> None:
     dsn = pg.dsn(dbname)
     archive = tmp_path / "archive"
@@ -161,13 +156,13 @@ def test_replay_names_the_missing_grant_and_diff_every_missing_table(pg, dbname:
         c.execute(f"REVOKE CREATE ON DATABASE {dbname} FROM PUBLIC")
         capture_to_now(dsn, archive, tables="a,b")
     cli = ["--dsn", pg.dsn(dbname, user=role), "--archive", str(archive)]
-    line = one_line(run_pgtape("replay", *cli, "--latest", "--schema", "rec"), 3)
+    line = one_line_error(run_pgtape("replay", *cli, "--latest", "--schema", "rec"), 3)
     assert line == (f"pgtape: role {role} may not create schemas in database {dbname}: GRANT CREATE ON DATABASE "
                     f"{dbname} TO {role} (as its owner or a superuser), or replay --output DIR, or --into a database "
                     "where it may"), line
     cli = ["--dsn", dsn, "--archive", str(archive)]
     run_pgtape("replay", *cli, "--latest", "--schema", "rec", "--tables", "a", check=True)
-    line = one_line(run_pgtape("diff", *cli, "--schema", "rec", "--against", "schema:nope"), 3)
+    line = one_line_error(run_pgtape("diff", *cli, "--schema", "rec", "--against", "schema:nope"), 3)
     assert line == "pgtape: not found: rec.b, nope.a, nope.b (a replay of only some tables? name them with --tables)"
 
 
@@ -182,9 +177,9 @@ def test_two_forced_replays_into_one_schema_take_turns(dsn: str, tmp_path: Path)
         holder.execute("SELECT pg_advisory_lock(hashtext('pgtape replay schema ' || 'rec'))")
         procs = [spawn_pgtape("replay", *cli, log=tmp_path / f"replay-{i}.log") for i in range(4)]
         try:
-            wait_until("four replays waiting to publish", lambda: c.execute(
+            wait_until("four replays waiting to publish", lambda: scalar(c.execute(
                 "SELECT count(*) = 4 FROM pg_stat_activity WHERE application_name = 'pgtape replay' "
-                "AND wait_event = 'advisory'").fetchone()[0], 60)  # type: ignore[index]
+                "AND wait_event = 'advisory'")), 60)
             holder.execute("SELECT pg_advisory_unlock_all()")
             for p in procs:
                 p.wait(120)
@@ -217,7 +212,7 @@ def test_a_tape_that_lost_its_last_writes_is_refused_and_reported(dsn: str, tmp_
         f.truncate(segment.stat().st_size - 37)
     r = run_pgtape("verify", *cli)
     assert r.returncode == 1 and "the tape lost its last writes in (" in r.stdout, r.stdout
-    line = one_line(run_pgtape("capture", *cli, "--until-lsn", "FF/0"), 3)
+    line = one_line_error(run_pgtape("capture", *cli, "--until-lsn", "FF/0"), 3)
     assert "has confirmed up to" in line and "pgtape init --restart" in line, line
     r = run_pgtape("status", *cli)
     assert r.returncode == 1 and "GAP                replication slot pgtape has confirmed up to" in r.stdout, r.stdout
@@ -245,13 +240,13 @@ def test_capture_stops_acknowledging_when_its_archive_is_deleted(dsn: str, tmp_p
         assert _confirmed(c) < after  # nothing acknowledged after the deletion
 
 
-def _confirmed(c) -> int:  # type: ignore[no-untyped-def]
-    return lsn_int(c.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = "
-                             "'pgtape'").fetchone()[0])
+def _confirmed(c: psycopg.Connection) -> int:
+    return lsn_int(scalar(c.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = "
+                                    "'pgtape'")))
 
 
-def _now(c) -> int:  # type: ignore[no-untyped-def]
-    return lsn_int(c.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])
+def _now(c: psycopg.Connection) -> int:
+    return lsn_int(scalar(c.execute("SELECT pg_current_wal_lsn()::text")))
 
 
 # -- a full disk -------------------------------------------------------------------------------------
@@ -376,20 +371,21 @@ def test_in_place_waits_for_the_lock_at_most_lock_timeout(dsn: str, tmp_path: Pa
         c.execute("INSERT INTO t VALUES (1, 'x')")
         holder.execute("BEGIN")
         holder.execute("UPDATE t SET v = 'held' WHERE id = 1")  # an open writer's lock
-        line = one_line(run_pgtape("replay", *cli, "--latest", "--in-place", "--yes", "--lock-timeout", "1"), 3)
+        line = one_line_error(run_pgtape("replay", *cli, "--latest", "--in-place", "--yes", "--lock-timeout", "1"), 3)
         holder.execute("ROLLBACK")
         assert line == ("pgtape: could not lock public.t against writes within 1s: other sessions hold locks on them "
                         "(see pg_locks); nothing was changed; retry, or wait longer with --lock-timeout"), line
         assert c.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'pgtape_backup_%'").fetchone() == (0,)
 
 
-def test_a_snapshot_without_select_names_the_grant(pg, dbname: str, role: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_snapshot_without_select_names_the_grant(pg: EmbeddedPostgres, dbname: str, role: str,
+                                                   tmp_path: Path) -> None:
     dsn = pg.dsn(dbname)
     archive = tmp_path / "archive"
     with oracle_connect(dsn) as c:
         c.execute("CREATE TABLE t (id int PRIMARY KEY)")
         capture_to_now(dsn, archive, tables="t")
     r = run_pgtape("snapshot", "--dsn", pg.dsn(dbname, user=role), "--archive", str(archive))
-    assert r.returncode == 3 and "Traceback" not in r.stderr, r.stderr
-    last = r.stderr.splitlines()[-1]  # (after the progress line that names the snapshot)
-    assert "permission denied for table t: the role needs SELECT on every captured table (GRANT SELECT ON" in last
+    # (after the progress line that names the snapshot)
+    one_line_error(r, 3, "permission denied for table t: the role needs SELECT on every captured table (GRANT "
+                   "SELECT ON", after_logs=True)

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 import zstandard
 
-from conftest import capture_to_now, run_pgtape
+from conftest import capture_to_now, one_line_error, run_pgtape, scalar
 from testkit.cluster import EmbeddedPostgres
 from pgtape.tape.archive import Archive
 from pgtape.tape.frames import KIND_DATA, read_frame
@@ -35,16 +35,6 @@ from pgtape.snapshots import catalog
 # -- helpers ----------------------------------------------------------------------------------
 def _cli(dsn: str, archive: Path, tables: str) -> list[str]:
     return ["--dsn", dsn, "--archive", str(archive), "--tables", tables]
-
-
-def _one_line_error(r: Any, code: int, *needles: str) -> str:
-    """A refusal: exit `code`, exactly one line on stderr holding every needle, never a traceback."""
-    err = r.stderr.strip()
-    assert r.returncode == code, f"exit {r.returncode} (expected {code}): {r.stderr}{r.stdout}"
-    assert "Traceback" not in r.stderr and len(err.splitlines()) == 1, r.stderr
-    for n in needles:
-        assert n in err, f"{n!r} not in {err!r}"
-    return err
 
 
 def _tape_txns(archive: Path) -> dict[int, Txn]:
@@ -418,16 +408,16 @@ def test_cli_targets_and_window_errors(dsn: str, tmp_path: Path) -> None:
 
         # outside the window: one line that prints the window, exit 1
         window = f"recoverable window: {out['window']['from']}"
-        err = _one_line_error(run_pgtape("replay", *cli, "--target-time", "2000-01-01T00:00:00Z", "--dry-run"), 3,
+        err = one_line_error(run_pgtape("replay", *cli, "--target-time", "2000-01-01T00:00:00Z", "--dry-run"), 3,
                               "before the oldest base", window)
         assert out["window"]["to"] == log[-1]["commit_time"] and out["window"]["to"] in err
         late = iso(h.steps[-1].post_time + 3600 * 10**6)
-        _one_line_error(run_pgtape("replay", *cli, "--target-time", late, "--dry-run"), 3, window)
-        _one_line_error(run_pgtape("replay", *cli, "--target-lsn", "FF/0", "--dry-run"), 3, window)
-        _one_line_error(run_pgtape("replay", *cli, "--target-lsn", "0/10", "--dry-run"), 3, window)
-        _one_line_error(run_pgtape("replay", *cli, "--target-time", "2026-11-25 14:02:59", "--dry-run"), 2,
+        one_line_error(run_pgtape("replay", *cli, "--target-time", late, "--dry-run"), 3, window)
+        one_line_error(run_pgtape("replay", *cli, "--target-lsn", "FF/0", "--dry-run"), 3, window)
+        one_line_error(run_pgtape("replay", *cli, "--target-lsn", "0/10", "--dry-run"), 3, window)
+        one_line_error(run_pgtape("replay", *cli, "--target-time", "2026-11-25 14:02:59", "--dry-run"), 2,
                         "no time zone")
-        _one_line_error(run_pgtape("replay", *cli, "--target-name", "nope", "--dry-run"), 3,
+        one_line_error(run_pgtape("replay", *cli, "--target-name", "nope", "--dry-run"), 3,
                         "'nope'", "before-x")
         # nothing was written by the refusals
         assert _schemas(h.conn, "pgtape_recovered_%") == sorted(
@@ -491,9 +481,9 @@ def test_gaps_and_damage_are_reported_not_replayed(dsn: str, tmp_path: Path) -> 
         shutil.move(middle.path, moved)
         try:
             r = run_pgtape("replay", *cli, "--latest", "--dry-run")
-            _one_line_error(r, 3, "gap", lsn_text(middle.start_lsn), lsn_text(middle.end_lsn))
+            one_line_error(r, 3, "gap", lsn_text(middle.start_lsn), lsn_text(middle.end_lsn))
             r = run_pgtape("replay", *cli, "--latest", "--output", str(tmp_path / "out"))
-            _one_line_error(r, 3, "gap")
+            one_line_error(r, 3, "gap")
             assert not (tmp_path / "out" / "public.payments.csv").exists()
         finally:
             shutil.move(moved, middle.path)
@@ -503,7 +493,7 @@ def test_gaps_and_damage_are_reported_not_replayed(dsn: str, tmp_path: Path) -> 
         original = _flip(middle.path, frame_at + size // 2)
         try:
             r = run_pgtape("replay", *cli, "--latest")
-            _one_line_error(r, 3, str(middle.path), f"offset {frame_at}")
+            one_line_error(r, 3, str(middle.path), f"offset {frame_at}")
             assert _schemas(c, "pgtape_recovered_%") == []
         finally:
             middle.path.write_bytes(original)
@@ -515,7 +505,7 @@ def test_gaps_and_damage_are_reported_not_replayed(dsn: str, tmp_path: Path) -> 
         original = _flip(snap, frame_at + size // 2)
         try:
             r = run_pgtape("replay", *cli, "--latest")
-            _one_line_error(r, 3, str(snap), f"offset {frame_at}")
+            one_line_error(r, 3, str(snap), f"offset {frame_at}")
             assert _schemas(c, "pgtape_recovered_%") == []  # rolled back
         finally:
             snap.write_bytes(original)
@@ -618,13 +608,13 @@ def test_in_place_refused_by_a_foreign_key_rolls_back(dsn: str, tmp_path: Path) 
         c.execute("INSERT INTO parent VALUES (1, 'one')")
         run_pgtape("init", *cli, check=True)
         c.execute("UPDATE parent SET name = 'uno' WHERE id = 1")
-        before = c.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]  # type: ignore[index]
+        before = scalar(c.execute("SELECT pg_current_wal_insert_lsn()::text"))
         c.execute("INSERT INTO parent VALUES (2, 'two')")
         c.execute("INSERT INTO child VALUES (10, 2)")  # not captured; depends on a row the target lacks
         capture_to_now(dsn, archive, tables="parent")
         live = dump(c, ["public.parent", "public.child"])
         r = run_pgtape("replay", *cli, "--target-lsn", before, "--in-place", "--yes")
-        err = _one_line_error(r, 3, "rolled back")
+        err = one_line_error(r, 3, "rolled back")
         assert "child_parent_fk" in err or "child" in err, err
         assert dump(c, ["public.parent", "public.child"]) == live
         assert _schemas(c, "pgtape_backup_%") == []
@@ -657,7 +647,7 @@ def test_output_files_hold_the_target_state(dsn: str, tmp_path: Path) -> None:
         h.txn("later", ["UPDATE f SET t = 'later'", "DELETE FROM f WHERE id = 3"])
         capture_to_now(dsn, archive, tables="f")
         want = target.state["public.f"]
-        expected = [[unescape_copy(x) for x in line.split(b"\t")] for line in want.lines]
+        expected: list[list[Any]] = [[unescape_copy(x) for x in line.split(b"\t")] for line in want.lines]
         when = iso((target.post_time + h.steps[-1].pre_time) // 2)
         for fmt in ("csv", "jsonl"):
             out = tmp_path / fmt
@@ -668,7 +658,7 @@ def test_output_files_hold_the_target_state(dsn: str, tmp_path: Path) -> None:
             if fmt == "csv":
                 rows = parse_pg_csv(text)
                 assert rows[0] == list(want.columns)
-                got = rows[1:]
+                got: list[list[Any]] = rows[1:]
                 # PostgreSQL itself reads the file back to the same rows (NULL vs "" included)
                 h.conn.execute("CREATE TABLE f_back (LIKE f)")
                 with h.conn.cursor().copy("COPY f_back FROM STDIN (FORMAT csv, HEADER true)") as cp:
@@ -678,7 +668,7 @@ def test_output_files_hold_the_target_state(dsn: str, tmp_path: Path) -> None:
                 objs = [json.loads(line) for line in text.splitlines()]
                 assert all(list(o) == list(want.columns) for o in objs)
                 got = [list(o.values()) for o in objs]
-            assert sorted(got, key=lambda r: int(r[0])) == sorted(expected, key=lambda r: int(r[0]))  # type: ignore[arg-type]
+            assert sorted(got, key=lambda r: int(r[0])) == sorted(expected, key=lambda r: int(r[0]))
             assert any(r[1] is None for r in got) and any(r[1] == "" for r in got)
     finally:
         h.close()
@@ -710,7 +700,7 @@ def test_dry_run_counts_json_and_recovery_schema(dsn: str, pg: EmbeddedPostgres,
         c.execute("CREATE TABLE rec.keep (x int)")
         c.execute("INSERT INTO rec.keep VALUES (1)")
         r = run_pgtape("replay", *cli, "--target-lsn", lsn, "--schema", "rec")
-        _one_line_error(r, 3, "rec", "--force")
+        one_line_error(r, 3, "rec", "--force")
         assert c.execute("SELECT x FROM rec.keep").fetchall() == [(1,)]
         r = run_pgtape("replay", *cli, "--target-lsn", lsn, "--schema", "rec", "--force", "--json")
         assert r.returncode == 0, r.stderr
@@ -733,9 +723,9 @@ def test_dry_run_counts_json_and_recovery_schema(dsn: str, pg: EmbeddedPostgres,
         with oracle_connect(pg.dsn(other_db)) as o:
             _check_schema(o, "rec", target.state)
         # option combinations that make no sense are usage errors
-        _one_line_error(run_pgtape("replay", *cli, "--latest", "--dry-run", "--schema", "x"), 2)
-        _one_line_error(run_pgtape("replay", *cli, "--latest", "--yes"), 2)
-        _one_line_error(run_pgtape("replay", *cli, "--latest", "--target-exclusive"), 2)
+        one_line_error(run_pgtape("replay", *cli, "--latest", "--dry-run", "--schema", "x"), 2)
+        one_line_error(run_pgtape("replay", *cli, "--latest", "--yes"), 2)
+        one_line_error(run_pgtape("replay", *cli, "--latest", "--target-exclusive"), 2)
         assert table_state(c, "public.acc") == live
     finally:
         h.conn.execute(f'DROP DATABASE IF EXISTS "{other_db}" WITH (FORCE)')
@@ -866,7 +856,7 @@ def test_two_in_place_restores_in_a_row_keep_both_backups(dsn: str, tmp_path: Pa
         c.execute("CREATE TABLE t1 (id int PRIMARY KEY)")
         c.execute("CREATE TABLE t2 (id int PRIMARY KEY)")
         run_pgtape("init", *_cli(dsn, archive, "t1,t2"), check=True)
-        start = c.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]  # type: ignore[index]
+        start = scalar(c.execute("SELECT pg_current_wal_insert_lsn()::text"))
         c.execute("INSERT INTO t1 VALUES (1)")
         c.execute("INSERT INTO t2 VALUES (2)")
         capture_to_now(dsn, archive, tables="t1,t2")
@@ -906,7 +896,7 @@ def test_target_between_the_tape_end_and_a_newer_base(dsn: str, tmp_path: Path) 
             if r.returncode == 0:
                 _check_schema(h.conn, f"lag{i}", t2.state)
             else:
-                _one_line_error(r, 3, "recoverable window")
+                one_line_error(r, 3, "recoverable window")
         r = run_pgtape("replay", *cli, "--latest", "--schema", "lag_latest")
         assert r.returncode == 0, r.stderr
         _check_schema(h.conn, "lag_latest", t3.state)
@@ -968,12 +958,12 @@ def _primary_keys(conn: psycopg.Connection, schema: str) -> dict[str, list[str]]
 
 
 def _schema_comment(conn: psycopg.Connection, schema: str) -> str | None:
-    return conn.execute("SELECT obj_description(%s::regnamespace, 'pg_namespace')", (schema,)).fetchone()[0]  # type: ignore[index]
+    return scalar(conn.execute("SELECT obj_description(%s::regnamespace, 'pg_namespace')", (schema,)))
 
 
 def _replay_sessions(conn: psycopg.Connection) -> int:
-    return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgtape replay' "
-                        "AND datname = current_database()").fetchone()[0]  # type: ignore[index]
+    return scalar(conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgtape replay' "
+                               "AND datname = current_database()"))
 
 
 def test_recovery_schema_swapped_in_complete_or_not_at_all(dsn: str, tmp_path: Path) -> None:
@@ -1002,7 +992,7 @@ def test_recovery_schema_swapped_in_complete_or_not_at_all(dsn: str, tmp_path: P
         original = _flip(snap, frame_at + size // 2)
         try:
             r = run_pgtape("replay", *cli, "--latest", "--schema", "rec", "--force")
-            _one_line_error(r, 3, "damaged base", str(snap), f"offset {frame_at}")
+            one_line_error(r, 3, "damaged base", str(snap), f"offset {frame_at}")
         finally:
             snap.write_bytes(original)
         assert _schemas(c, "pgtape_incomplete_%") == []
@@ -1047,7 +1037,8 @@ def test_ctrl_c_while_swapping_in_keeps_the_old_schema(dsn: str, tmp_path: Path)
         h.close()
 
 
-def test_ctrl_c_while_loading_stops_every_worker_and_drops_the_staging_schema(dsn: str, tmp_path: Path) -> None:
+def test_ctrl_c_while_loading_stops_every_worker_and_drops_the_staging_schema(dsn: str, tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     archive = tmp_path / "archive"
     h = _staged_history(dsn, archive)
     try:
@@ -1075,7 +1066,7 @@ def test_ctrl_c_while_loading_stops_every_worker_and_drops_the_staging_schema(ds
                 produced += 1
                 yield line
 
-        plan.rows = rows  # type: ignore[method-assign]
+        monkeypatch.setattr(plan, "rows", rows)
         with pytest.raises(KeyboardInterrupt):
             sinks.to_schema(plan, dsn, "rec", False)
         # stopped within a batch or so of the Ctrl-C, not at the end of its 3 million rows

@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import capture_to_now, run_pgtape, spawn_pgtape, stop_process, wait_until
+from conftest import capture_to_now, one_line_error, run_pgtape, scalar, spawn_pgtape, stop_process, wait_until
 from pgtape.tape.archive import Archive
 from pgtape.replay.engine import prepare
 from pgtape.replay.target import Target
@@ -38,7 +38,7 @@ def step(c: psycopg.Connection, label: str, statements: list[str], live_name: st
     for s in statements:
         c.execute(s)
     c.execute("COMMIT")
-    lsn = c.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]  # type: ignore[index]
+    lsn = scalar(c.execute("SELECT pg_current_wal_insert_lsn()::text"))
     return Point(label, lsn_int(lsn), table_state(c, live_name))
 
 
@@ -133,11 +133,10 @@ def test_a_rewrite_is_refused_until_capture_has_taken_a_new_base(dsn: str, tmp_p
             stop_process(capture)
         assert base.tables == ["public.orders"] and (base.as_of_lsn or 0) > rewrite.lsn
         assert_replays(archive, "public.orders", [before, after])
-        r = run_pgtape("replay", *cli, "--target-lsn", lsn_text(rewrite.lsn), "--dry-run")
-        assert r.returncode == 3 and len(r.stderr.splitlines()) == 1, r.stderr
-        assert r.stderr.startswith(f"pgtape: public.orders cannot be replayed to up to LSN {lsn_text(rewrite.lsn)}: "
-                                   "ALTER TABLE rewrote it"), r.stderr
-        assert "or at or after a base of it taken" in r.stderr and lsn_text(base.as_of_lsn or 0) in r.stderr
+        line = one_line_error(run_pgtape("replay", *cli, "--target-lsn", lsn_text(rewrite.lsn), "--dry-run"), 3,
+                              "or at or after a base of it taken", lsn_text(base.as_of_lsn or 0))
+        assert line.startswith(f"pgtape: public.orders cannot be replayed to up to LSN {lsn_text(rewrite.lsn)}: "
+                               "ALTER TABLE rewrote it"), line
 
 
 def capture_done(archive: Path, lsn: int, table: str = "public.orders") -> bool:

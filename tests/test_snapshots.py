@@ -22,8 +22,8 @@ import psycopg
 import pytest
 import zstandard
 
-from conftest import (ROOT, capture_to_now, clean_env, confirmed_flush, process_alive, run_pgtape, spawn_pgtape,
-                      stop_process, wait_until)
+from conftest import (ROOT, capture_to_now, clean_env, confirmed_flush, one_line_error, process_alive, run_pgtape,
+                      scalar, spawn_pgtape, stop_process, wait_until)
 from testkit.cluster import EmbeddedPostgres
 from pgtape.lsn import parse_lsn
 from pgtape.pg import connect
@@ -65,14 +65,21 @@ def _parse_copy(text: str, columns: list[str]) -> Iterator[Row]:
         yield {c: (None if v == "\\N" else v) for c, v in zip(columns, values)}
 
 
+def _id(row: Row) -> str:
+    """A row's key: these tests' tables have a NOT NULL id."""
+    key = row["id"]
+    assert key is not None, row
+    return key
+
+
 def _read_table(path: Path) -> tuple[list[str], dict[str, Row]]:
     """A snapshot table file's rows keyed by id, verified to the footer."""
     reader = TableReader(*local_file(path))
     rows: dict[str, Row] = {}
     for chunk in reader.chunks():
         for row in _parse_copy(chunk.decode(), reader.header.columns):
-            assert row["id"] not in rows, f"id {row['id']} twice in {path}"
-            rows[row["id"]] = row  # type: ignore[index]
+            assert _id(row) not in rows, f"id {row['id']} twice in {path}"
+            rows[_id(row)] = row
     assert reader.footer is not None and reader.footer.rows == len(rows)
     return reader.header.columns, rows
 
@@ -84,7 +91,7 @@ def _live_rows(dsn: str, table: str, columns: list[str]) -> dict[str, Row]:
         with c.cursor().copy(f"COPY (SELECT {', '.join(columns)} FROM {table}) TO STDOUT") as copy:
             for piece in copy:
                 data += piece
-    return {r["id"]: r for r in _parse_copy(data.decode(), columns)} if data else {}  # type: ignore[misc]
+    return {_id(r): r for r in _parse_copy(data.decode(), columns)} if data else {}
 
 
 def _initial_base(archive: Path) -> SnapshotRecord:
@@ -109,29 +116,20 @@ def _apply(rows: dict[str, Row], changes: list[RowChange]) -> None:
     for ch in changes:
         if ch.op == "I":
             assert ch.new is not None and ch.new["id"] not in rows, ch
-            rows[ch.new["id"]] = dict(ch.new)  # type: ignore[index]
+            rows[_id(ch.new)] = dict(ch.new)
         elif ch.op == "U":
             assert ch.new is not None
-            prev = rows.pop((ch.old or ch.new)["id"])  # type: ignore[arg-type]
+            prev = rows.pop(_id(ch.old or ch.new))
             row = {c: prev[c] for c in ch.absent}
             row.update(ch.new)
-            rows[ch.new["id"]] = row  # type: ignore[index]
+            rows[_id(ch.new)] = row
         elif ch.op == "D":
             assert ch.old is not None
-            del rows[ch.old["id"]]  # type: ignore[arg-type]
+            del rows[_id(ch.old)]
         elif ch.op == "T":
             rows.clear()
         else:
             raise AssertionError(f"unexpected change {ch.op} on the tape")
-
-
-def _one_line_error(r: subprocess.CompletedProcess[str]) -> str:
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = r.stderr.strip().splitlines()
-    # Progress lines may precede it; the error itself is the one last line.
-    errors = [line for line in lines if line.startswith("pgtape: ")]
-    assert errors == lines[-1:], r.stderr
-    return lines[-1]
 
 
 class AccountsWorkload(threading.Thread):
@@ -311,7 +309,7 @@ def test_initial_base_and_tape_meet_exactly_at_the_seam(dsn: str, tmp_path: Path
     in_tape: list[int] = []
     for ch in iter_changes(Archive(archive), base.generation):
         assert ch.op == "I" and ch.new is not None, ch
-        in_tape.append(int(ch.new["id"]))  # type: ignore[arg-type]
+        in_tape.append(int(_id(ch.new)))
     tape = set(in_tape)
     assert len(tape) == len(in_tape), "a row is twice on the tape"
     both = in_base & tape
@@ -391,7 +389,8 @@ def test_kill_9_during_a_snapshot_is_recorded_as_interrupted(big: tuple[str, Pat
     assert listed[rec.id]["status"] == "failed", listed[rec.id]
     assert "interrupted" in listed[rec.id]["error"]
     assert not catalog.snapshot_dir(archive, rec.generation, rec.id).exists(), "a killed snapshot was published"
-    assert catalog.newest_completed(archive, rec.generation).kind == "initial"  # type: ignore[union-attr]
+    newest = catalog.newest_completed(archive, rec.generation)
+    assert newest is not None and newest.kind == "initial"
 
     r = run_pgtape("snapshot", *_big_args(big), "--json")
     assert r.returncode == 0, r.stderr
@@ -409,7 +408,7 @@ WRAPPER = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); 
 
 def test_snapshot_memory_does_not_grow_with_the_table(big: tuple[str, Path]) -> None:
     with psycopg.connect(big[0], autocommit=True) as c:
-        size = c.execute("select pg_table_size('big')").fetchone()[0]  # type: ignore[index]
+        size = scalar(c.execute("select pg_table_size('big')"))
     assert size > 2 * MEMORY_LIMIT, f"table of {size >> 20} MiB: too small to show bounded memory"
     r = subprocess.run([sys.executable, "-c", WRAPPER, sys.executable, "-m", "pgtape", "snapshot",
                         *_big_args(big), "--json"], capture_output=True, text=True, env=clean_env(), cwd=ROOT,
@@ -465,7 +464,7 @@ def test_subset_snapshots_and_refused_tables(dsn: str, tmp_path: Path) -> None:
     with psycopg.connect(dsn, autocommit=True) as c:
         apply_schema(c)
         bulk_load(c, 300, seed=5)
-        payments = c.execute("select count(*) from payments").fetchone()[0]  # type: ignore[index]
+        payments = scalar(c.execute("select count(*) from payments"))
     run_pgtape("init", "--dsn", dsn, "--archive", str(archive), "--tables", all_tables, check=True)
 
     r = run_pgtape("snapshot", "--dsn", dsn, "--archive", str(archive), "--tables", "payments", "--json")
@@ -480,8 +479,7 @@ def test_subset_snapshots_and_refused_tables(dsn: str, tmp_path: Path) -> None:
 
     count = len(_records(archive))
     r = run_pgtape("snapshot", "--dsn", dsn, "--archive", str(archive), "--tables", "public.nosuch")
-    assert r.returncode == 2
-    line = _one_line_error(r)
+    line = one_line_error(r, 2, after_logs=True)
     assert "public.nosuch" in line and "not captured" in line
     assert len(_records(archive)) == count, "a refused snapshot left a record"
 
@@ -489,8 +487,7 @@ def test_subset_snapshots_and_refused_tables(dsn: str, tmp_path: Path) -> None:
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("drop table tickets")
     r = run_pgtape("snapshot", "--dsn", dsn, "--archive", str(archive), "--tables", all_tables)
-    assert r.returncode == 3, r.stderr
-    line = _one_line_error(r)
+    line = one_line_error(r, 3, after_logs=True)
     assert "public.tickets does not exist" in line, line
     failed = [x for x in _records(archive)[count:]]
     assert len(failed) == 1 and failed[0]["status"] == "failed", failed
@@ -517,8 +514,7 @@ def test_a_second_snapshot_is_refused_while_one_runs(dsn: str, tmp_path: Path) -
             r for r in catalog.load_all(Archive(archive)) if r.id not in before and r.status == catalog.RUNNING], 30)
         second = run_pgtape("snapshot", *args, timeout=30)
         assert first.poll() is None, "the first snapshot must still be running"
-        assert second.returncode != 0
-        assert "another snapshot is running" in _one_line_error(second)
+        one_line_error(second, 3, "another snapshot is running", after_logs=True)
         blocker.commit()
         assert first.wait(60) == 0, (tmp_path / "first.log").read_text()
     finally:
