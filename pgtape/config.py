@@ -69,6 +69,42 @@ def parse_disk_full(text: str) -> str:
     return text
 
 
+def parse_listen(text: str) -> tuple[str, int]:
+    """`HOST:PORT` (an IPv6 host in brackets: `[::1]:7432`) -> (host, port)."""
+    host, sep, port = str(text).rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"invalid listen address {text!r}: use HOST:PORT, e.g. 127.0.0.1:7432")
+    return host, int(port)
+
+
+def parse_bool(value: bool | str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"invalid value {value!r}: use true or false")
+
+
+def parse_urls(value: str | list[str]) -> tuple[str, ...]:
+    """One URL, several separated by commas or spaces, or a TOML list -> http(s) URLs."""
+    items = [str(i) for i in value] if isinstance(value, list) else re.split(r"[,\s]+", str(value).strip())
+    urls = tuple(u for u in items if u)
+    for u in urls:
+        if not re.match(r"https?://[^/\s]+", u):
+            raise ValueError(f"invalid URL {u!r}: use http://host/path or https://host/path")
+    return urls
+
+
+def parse_schema(text: str) -> str:
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", text):
+        raise ValueError(f"invalid schema name {text!r}: use lower-case letters, digits and _ (at most 63)")
+    return text
+
+
 def parse_slot(text: str) -> str:
     if not re.fullmatch(r"[a-z0-9_]{1,63}", text):
         raise ValueError(f"invalid slot name {text!r}: use lower-case letters, digits and _ (at most 63)")
@@ -85,7 +121,7 @@ class Option:
     parse: Callable[[Any], Any]
     default: Any
     help: str
-    kind: str = "text"  # what pgtape.toml must hold: text, tables (text or a list of text), duration, size
+    kind: str = "text"  # what pgtape.toml must hold: text, tables/list (text or a list of text), duration, size, bool
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -114,6 +150,21 @@ OPTIONS: tuple[Option, ...] = (
     Option("status_max_lag", "capture", "max_lag", None, None, parse_duration, "5m",
            "pgtape status reports capture as not keeping up when the server has WAL beyond the tape and the "
            "tape is complete only up to a time longer ago than this", "duration"),
+    # pgtape serve (docs/ARCHITECTURE.md, "Service")
+    Option("api_listen", "api", "listen", None, None, parse_listen, "127.0.0.1:7432",
+           "where pgtape serve listens for HTTP: HOST:PORT"),
+    Option("api_token_file", "api", "token_file", None, None, lambda v: Path(str(v)), None,
+           "file of API tokens, one 'NAME TOKEN' per line (mode 0600); PGTAPE_API_TOKEN adds one named 'env'"),
+    Option("api_public_metrics", "api", "public_metrics", None, None, parse_bool, False,
+           "serve GET /metrics without a token", "bool"),
+    Option("notify_webhooks", "notify", "webhook_urls", "BACKUP_WEBHOOK_URL", None, parse_urls, None,
+           "URLs that receive a JSON POST (Slack-compatible 'text') when something needs attention", "list"),
+    Option("notify_disconnected_after", "notify", "disconnected_after", None, None, parse_duration, "2m",
+           "notify when capture has been disconnected longer than this", "duration"),
+    Option("sql_dsn", "sql", "dsn", None, "--sql-dsn", str, None,
+           "database that holds the SQL monitoring catalog and views (default: the source DSN)"),
+    Option("sql_schema", "sql", "schema", None, None, parse_schema, "pgtape",
+           "schema of the SQL monitoring catalog, views and functions"),
 )
 
 
@@ -130,6 +181,13 @@ class Config:
     on_disk_full: str
     retention: float | None
     status_max_lag: float
+    api_listen: tuple[str, int]
+    api_token_file: Path | None
+    api_public_metrics: bool
+    notify_webhooks: tuple[str, ...] | None
+    notify_disconnected_after: float
+    sql_dsn: str | None
+    sql_schema: str
     source_file: Path | None = field(default=None)
     defaulted: frozenset[str] = field(default=frozenset())  # options nobody set: their default applies
 
@@ -189,6 +247,8 @@ _KINDS = {  # what each kind of option may be in TOML, and how to say so
     "tables": ((str, list), 'a string or a list of strings, e.g. ["public.payments", "public.orders"]'),
     "duration": ((str, int, float), 'a duration, e.g. "200ms", "24h" or a number of seconds'),
     "size": ((str, int), 'a size, e.g. "64MiB" or a number of bytes'),
+    "list": ((str, list), 'a string or a list of strings, e.g. ["https://hooks.example/1"]'),
+    "bool": ((bool,), "true or false"),
 }
 
 
@@ -196,8 +256,8 @@ def _check_file_value(where: str, opt: Option, raw: Any) -> None:
     """A value of the wrong TOML type is refused as such, not turned into text; an empty one too."""
     types, wanted = _KINDS[opt.kind]
     items = raw if isinstance(raw, list) else [raw]
-    if isinstance(raw, bool) or not isinstance(raw, types) or not all(isinstance(i, str) for i in items
-                                                                          if isinstance(raw, list)):
+    misfit = (isinstance(raw, bool) and opt.kind != "bool") or not isinstance(raw, types)
+    if misfit or not all(isinstance(i, str) for i in items if isinstance(raw, list)):
         raise UsageError(f"{where} must be {wanted}, not {type(raw).__name__} {raw!r}")
     if any(isinstance(i, str) and not i.strip() for i in items) or items == []:
         raise UsageError(f"{where} is empty: give a value or remove the line")

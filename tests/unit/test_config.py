@@ -48,7 +48,7 @@ def test_precedence_flag_over_environment_over_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("text, message", [
-    ('[capture]\nnope = 1\n', "unknown setting [capture] nope; known settings: [archive] path,"),
+    ('[capture]\nnope = 1\n', "unknown setting [capture] nope; known settings: [api] listen, [api] public_metrics,"),
     ('capture = 1\n', "'capture' must be a [section]"),
     ('[capture]\nfsync_interval = true\n', '[capture] fsync_interval must be a duration, e.g. "200ms"'),
     ('[capture]\nsegment_size = 1.5\n', '[capture] segment_size must be a size, e.g. "64MiB"'),
