@@ -174,7 +174,7 @@ class Notifier:
         self.host = socket.gethostname()
         self._channels = [_Channel(u, timeout, max_attempts, backoff, queue_size) for u in dict.fromkeys(urls)]
 
-    def send(self, event: str, text: str, **fields: object) -> None:
+    def send(self, event: str, text: str, /, **fields: object) -> None:
         """Queue `event` for every URL and return at once; never raises."""
         if not self._channels:
             return
