@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections import Counter as Tally
 from collections.abc import Iterable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -38,8 +39,10 @@ class Metrics:
         self._observed.families = gauges(status, snapshots, jobs)
 
     def render(self) -> tuple[bytes, str]:
-        """The exposition text and its Content-Type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        """The exposition text and its Content-Type: the classic text format (version 0.0.4), which
+        every Prometheus reads, as prometheus_client serves a scraper that asks for nothing else."""
+        encode, content_type = choose_encoder("")
+        return encode(self.registry), content_type
 
 
 class _Observed(Collector):
