@@ -16,7 +16,7 @@ from pgtape.service.metrics import Metrics
 from pgtape.service.status import ServerSummary, Status, collect
 from pgtape.snapshots import catalog
 from pgtape.tape.archive import Archive
-from tests.unit.archive_kit import new_archive, segment, snapshot
+from .archive_kit import new_archive, segment, snapshot
 
 ODD = 'public."Ledger ""x"" \\ y"'  # quotes and a backslash: the label value must be escaped
 S = 1_000_000  # µs per second
