@@ -6,7 +6,7 @@ capture is not keeping up ([capture] max_lag), or when the server cannot be reac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import msgspec
@@ -172,8 +172,7 @@ def collect(config: Config, archive: Archive) -> Status:
     behind = (max(0, server.server_time - (tape.complete_time or 0)) / 1e6 if lag_bytes else 0.0) if server else None
     status = Status(archive.path, tape, server, server_error, recoverable, window_error, newest, lag_bytes, age, gap,
                     behind, config.status_max_lag, [], collected_at)
-    status.problems.extend(_problems(status))
-    return status
+    return replace(status, problems=_problems(status))
 
 
 def summarize_tape(archive: Archive, gen: int) -> TapeSummary:
