@@ -84,13 +84,13 @@ def test_install_is_idempotent_and_sync_mirrors_the_catalog(dsn: str, tmp_path: 
                                                                              "public.tickets") else "tables"
 
     raw = {r.id: r for r in catalog.load_all(a)}
-    expected = {}
+    expected: dict[str, tuple[Any, ...]] = {}
     for rec in records:
-        r = raw[rec["id"]]
-        done = r.status == "completed"
-        expected[r.id] = (kind(r.tables), r.status, r.tables, sum(r.rows.values()) if done else None,
-                          r.bytes if done else None, _time(r.created_at), _time(r.expires_at),
-                          _time(r.completed_at), rec["as_of_lsn"], _time(r.as_of_time), r.error, r.generation)
+        s = raw[rec["id"]]
+        completed = s.status == "completed"
+        expected[s.id] = (kind(s.tables), s.status, s.tables, sum(s.rows.values()) if completed else None,
+                          s.bytes if completed else None, _time(s.created_at), _time(s.expires_at),
+                          _time(s.completed_at), rec["as_of_lsn"], _time(s.as_of_time), s.error, s.generation)
     assert sorted(e[0] for e in expected.values()) == ["full", "full", "full", "orders", "payments", "payments",
                                                        "tickets"]
     with psycopg.connect(dsn, autocommit=True) as c:
@@ -105,9 +105,9 @@ def test_install_is_idempotent_and_sync_mirrors_the_catalog(dsn: str, tmp_path: 
     summary: dict[str, tuple[Any, ...]] = {}
     for t in {e[0] for e in expected.values()}:
         mine = [e for e in expected.values() if e[0] == t]
-        done = [e for e in mine if e[1] == "completed"]
-        summary[t] = (len(mine), len(done), sum(e[1] == "failed" for e in mine), sum(e[1] == "running" for e in mine),
-                      max((e[7] for e in done), default=None), sum(e[4] for e in done))
+        ok = [e for e in mine if e[1] == "completed"]
+        summary[t] = (len(mine), len(ok), sum(e[1] == "failed" for e in mine), sum(e[1] == "running" for e in mine),
+                      max((e[7] for e in ok), default=None), sum(e[4] for e in ok))
     with psycopg.connect(dsn) as c:  # one transaction: the views' now() is db_now
         got = {row[0]: tuple(row[1:]) for row in c.execute(
             "select backup_type, total, completed, failed, running, newest_completed_at, completed_size_bytes "
@@ -125,6 +125,10 @@ def test_install_is_idempotent_and_sync_mirrors_the_catalog(dsn: str, tmp_path: 
         assert newest == summary[t][4], t
         assert (age is None) == (newest is None) and (newest is None or float(age) == (db_now - newest)
                                                                             .total_seconds()), t
+        finished = max((e for e in mine if e[1] != "running"), key=lambda e: e[5])
+        rule = ("critical" if newest is None or db_now - newest > timedelta(hours=48) else
+                "warning" if finished[1] == "failed" or db_now - newest > timedelta(hours=25) else "healthy")
+        assert verdict == rule, t
     # full: a success just now (the running and old ones do not count against it); payments: the newest
     # finished one failed, after a success; orders: completed just now; tickets: never succeeded.
     assert {t: h[4] for t, h in health.items()} == {"full": "healthy", "payments": "warning", "orders": "healthy",
