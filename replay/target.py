@@ -64,7 +64,8 @@ class Target:
     def slug(self) -> str:
         """For default schema names: pgtape_recovered_<slug>."""
         if self.kind in ("snapshot", "time") and self.name is not None:
-            return "".join(c if c.isalnum() else "_" for c in self.name).lower()[:40]
+            slug = "".join(c if c.isalnum() else "_" for c in self.name).lower()[:40]
+            return f"snapshot_{slug}" if self.kind == "snapshot" else slug
         if self.kind == "time":
             return format_time(self.time).replace("-", "").replace(":", "").replace(" ", "t").split(".")[0].lower()
         if self.kind == "lsn":
