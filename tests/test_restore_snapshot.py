@@ -59,7 +59,11 @@ def test_replay_snapshot_restores_it_exactly(dsn: str, archive_with_snapshot: An
     assert {t: _rows(dsn, f"restored.{t}") for t in ("a", "b")} == at_snapshot
     assert _rows(dsn, "a") != at_snapshot["a"]  # (the live table moved on)
 
-    # A subset, into files; and a dry run names the differences from live.
+    # Into files; a subset; and a dry run names the differences from live.
+    out = archive_with_snapshot[1].parent / "out"
+    r = run_pgtape("replay", *cli, "--snapshot", sid, "--output", str(out), "--format", "jsonl", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["rows"] == {"public.a": len(at_snapshot["a"]), "public.b": len(at_snapshot["b"])}
     r = run_pgtape("replay", *cli, "--snapshot", sid, "--tables", "b", "--dry-run", "--json")
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
