@@ -33,6 +33,7 @@ from pgtape.pg import connect, first_line
 from pgtape.plugin_allowlist import is_refusal, refusal_message
 from pgtape.slot import check_no_gap, find_slot, identify_system
 from pgtape.tape.archive import Archive
+from pgtape.tape.marks import MARK_PREFIX
 from pgtape.tape.records import Begin, Change, Message, Truncate
 from pgtape.tape.views import load_view
 
@@ -224,6 +225,8 @@ class Capture:
                                         writer.change(schema, len(payload))
                             elif msg.transactional:
                                 record = Message(wal2json.lsn(msg.lsn), True, msg.prefix or "", msg.content or "")
+                                if record.prefix == MARK_PREFIX:
+                                    writer.mark(record, txn_end, txn_time)
                         elif action == "T":
                             identity = follower.identity(msg.schema or "", msg.table or "")
                             record = (follower.truncate(msg.schema or "", msg.table or "", identity)

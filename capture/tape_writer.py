@@ -10,13 +10,17 @@ memory stays bounded; they become meaningful only with the boundary frame holdin
 
 from __future__ import annotations
 
+import logging
 import time
 
 from pgtape import metadata
 from pgtape.tape.archive import Archive
+from pgtape.tape.marks import Mark, parse_mark, save_new_mark
 from pgtape.tape.segment import DURABLE_FILE
 from pgtape.tape.records import Begin, Change, Commit, Message, Position, Record, Relation, Schema, Truncate
 from pgtape.tape.segment import SegmentWriter
+
+logger = logging.getLogger(__name__)
 
 FRAME_BYTES = 4 << 20  # decoded bytes buffered before an unfinished transaction goes to disk
 
@@ -50,6 +54,7 @@ class TapeWriter:
         self._idle_lsn = 0  # latest idle position received (see advance_idle), and its server time
         self._idle_time = 0
         self._noted = 0  # durable position last written to DURABLE.json
+        self._marks: list[tuple[int, Mark]] = []  # (end LSN of its transaction, mark): to list once durable
         self.transactions = 0
         self.changes = 0
 
@@ -111,6 +116,22 @@ class TapeWriter:
         self._buffer_bytes += size_hint
         if self._buffer_bytes >= self.frame_bytes:
             self._spill()
+
+    def mark(self, message: Message, txn_end: int, txn_time: int) -> None:
+        """A recovery point's message (written with change()): listed in the mark catalog once its
+        transaction is durable (pgtape/tape/marks.py)."""
+        mark = parse_mark(message, txn_time, self.generation)
+        if mark is not None:
+            self._marks.append((txn_end, mark))
+
+    def _list_marks(self) -> None:
+        durable = [m for end, m in self._marks if end <= self.durable_lsn]
+        self._marks = [(end, m) for end, m in self._marks if end > self.durable_lsn]
+        for m in durable:
+            try:
+                save_new_mark(self.archive, m)
+            except OSError as e:  # not fatal: replay finds an unlisted mark on the tape
+                logger.warning(f"could not list recovery point {m.name!r} in the archive's catalog: {e}")
 
     def commit(self, end_lsn: int) -> bool:
         """End the transaction; False if it had nothing captured (and so was not written)."""
@@ -179,6 +200,8 @@ class TapeWriter:
             self.segment.sync()
         self.durable_lsn = max(self.durable_lsn, self.tape_lsn)
         self.unsynced_since = None
+        if self._marks:
+            self._list_marks()
         if self.segment.offset >= self.segment_size and not self.in_transaction:
             self.rotate()
         return self.durable_lsn
@@ -212,6 +235,7 @@ class TapeWriter:
         del self._buffer[self._committed:]
         self._buffer_bytes = 0
         self._pending_begin = None
+        self._marks = [(end, m) for end, m in self._marks if end <= self.tape_lsn]  # (the server sends it again)
         if self._txn_on_disk:
             self.sync()  # still inside the transaction, so no rotation; whole transactions are kept
             self.segment.cut_to_boundary()

@@ -16,11 +16,11 @@ from pgtape.timefmt import format_time
 from pgtape.names import canonical, names_in_one_schema
 from pgtape.storage import Storage
 from pgtape.tape.archive import Archive
-from pgtape.tape.records import MARK_PREFIX, Begin, Change, Commit, Message, Relation, Schema, Truncate
+from pgtape.tape.marks import MARK_PREFIX, load_mark
+from pgtape.tape.records import Begin, Change, Commit, Message, Relation, Schema, Truncate
 from pgtape.tape.segment import SegmentError, SegmentReader
 from pgtape.replay.fold import BagFold, RelInfo, TableFold
 from pgtape.tape.window import Window
-from pgtape.replay.marks import load_mark
 from pgtape.replay.plan import choose_bases, window
 from pgtape.replay.target import Target
 from pgtape.snapshots import catalog, rebase
@@ -79,16 +79,22 @@ def _base_lines(storage: Storage, base_dir: str, table: str) -> Iterator[bytes]:
 
 
 def prepare(archive: Archive, tables: list[str], target: Target,
-            progress: Callable[[int], None] | None = None, complete_to: int | None = None) -> Plan:
+            progress: Callable[[int], None] | None = None, complete_to: int | None = None,
+            snapshot: SnapshotRecord | None = None) -> Plan:
     """`complete_to`: an LSN up to which the tape is known complete although no record says so
-    yet (the slot's confirmed position, which capture advances only over durable data)."""
+    yet (the slot's confirmed position, which capture advances only over durable data).
+    `snapshot` (plan.find_snapshot): the base of every table, instead of the newest before the
+    target; with a Target of kind "snapshot", the tables exactly as it holds them."""
     gen = archive.identity().generation
     w, bases = window(archive, gen, tables)
     if complete_to is not None and complete_to > w.to_lsn:
         w = Window(w.from_lsn, w.from_time, complete_to, w.to_time)
     if target.kind == "name":
         target = resolve_mark(archive, target)
-    chosen = choose_bases(w, bases, target)
+    elif target.kind == "snapshot":
+        assert snapshot is not None
+        target = Target("snapshot", lsn=snapshot.as_of_lsn, name=snapshot.id)
+    chosen = choose_bases(w, bases, target, snapshot)
     base_dirs = {t: catalog.snapshot_key(archive, gen, b.id) for t, b in chosen.items()}
     folds: dict[str, TableFold] = {}
     for t in tables:
@@ -122,7 +128,8 @@ def prepare(archive: Archive, tables: list[str], target: Target,
         raise PgtapeError(f"damaged tape: {e} (run pgtape verify)") from None
     if target.kind == "name" and stop_after is None:
         raise PgtapeError(f"recovery point {target.name!r} is not on the tape yet: is capture running?")
-    _refuse_unreplayable(archive, gen, folds, chosen, bases, last.end_lsn if last else from_lsn, target)
+    if target.kind != "snapshot":  # (nothing from the tape applied: the snapshot's rows are as read)
+        _refuse_unreplayable(archive, gen, folds, chosen, bases, last.end_lsn if last else from_lsn, target)
     return Plan(gen, w, chosen, target, folds, last, transactions, changes, base_dirs, archive.storage)
 
 
@@ -260,5 +267,11 @@ def _mark_name(content: str) -> str | None:
 
 
 def resolve_mark(archive: Archive, target: Target) -> Target:
+    """A time mark is its time (inclusive), named; a mark at a position stops after its transaction."""
     mark = load_mark(archive, target.name or "")
+    if mark.generation != archive.identity().generation:
+        raise PgtapeError(f"recovery point {mark.name!r} belongs to generation {mark.generation}, before the "
+                          "archive's current one: its tape is not replayed any more")
+    if mark.at is not None:
+        return Target("time", time=mark.at, name=target.name)
     return Target("name", lsn=mark.lsn, name=target.name)

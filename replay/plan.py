@@ -7,7 +7,8 @@ outside it is an error that prints the window, never a quiet replay to something
 
 from __future__ import annotations
 
-from pgtape.errors import PgtapeError
+from pgtape.errors import PgtapeError, UsageError
+from pgtape.lsn import format_lsn
 from pgtape.tape.archive import Archive
 from pgtape.tape.window import Window, tape_extent
 from pgtape.timefmt import format_time
@@ -35,9 +36,38 @@ def window(archive: Archive, gen: int, tables: list[str]) -> tuple[Window, dict[
     return Window(first.as_of_lsn, first.as_of_time, extent.end_lsn, extent.complete_time), bases
 
 
-def choose_bases(w: Window, bases: dict[str, list[SnapshotRecord]], target: Target) -> dict[str, SnapshotRecord]:
-    """Each table's newest base at or before the target; raises with the window when the target is
-    outside it."""
+def find_snapshot(archive: Archive, gen: int, snapshot_id: str) -> SnapshotRecord:
+    """The completed snapshot `replay --snapshot ID` names, of the current generation."""
+    records = catalog.load_all(archive)
+    record = next((r for r in records if r.id == snapshot_id), None)
+    if record is None:
+        newest = [r.id for r in sorted(records, key=lambda r: r.created_at)[-3:]]
+        raise UsageError(f"no snapshot {snapshot_id!r}; newest: {', '.join(newest) or 'none'} "
+                         "(pgtape snapshots lists them all)")
+    if record.status != catalog.COMPLETED or record.as_of_lsn is None or record.as_of_time is None:
+        why = f": {record.error}" if record.error else ""
+        raise PgtapeError(f"snapshot {snapshot_id} is {record.status}{why}; only a completed snapshot can be restored")
+    if record.generation != gen:
+        raise PgtapeError(f"snapshot {snapshot_id} belongs to generation {record.generation}, not the current "
+                          f"generation {gen}: its tables cannot be recovered from this archive's tape")
+    return record
+
+
+def snapshot_tables(record: SnapshotRecord, asked: list[str] | None) -> list[str]:
+    """The tables to restore from `record`: those asked for (each must be in it), else all of its."""
+    if asked is None:
+        return list(record.tables)
+    missing = [t for t in asked if t not in record.tables]
+    if missing:
+        raise UsageError(f"snapshot {record.id} does not hold {', '.join(missing)}; "
+                         f"it holds {', '.join(record.tables)}")
+    return asked
+
+
+def choose_bases(w: Window, bases: dict[str, list[SnapshotRecord]], target: Target,
+                 snapshot: SnapshotRecord | None = None) -> dict[str, SnapshotRecord]:
+    """Each table's newest base at or before the target (or `snapshot`, which must be); raises with
+    the window when the target is outside it."""
     if target.kind == "time":
         assert target.time is not None
         if target.time < w.from_time or (target.exclusive and target.time == w.from_time):
@@ -51,6 +81,12 @@ def choose_bases(w: Window, bases: dict[str, list[SnapshotRecord]], target: Targ
             raise PgtapeError(f"target {target.describe()} is before the oldest base; {w.describe()}")
         if target.lsn > w.to_lsn:
             raise PgtapeError(f"target {target.describe()} is beyond the tape's end; {w.describe()}")
+    if snapshot is not None:
+        if not _at_or_before(snapshot, target):
+            raise PgtapeError(f"snapshot {snapshot.id} is as of {format_time(snapshot.as_of_time)} "
+                              f"({format_lsn(snapshot.as_of_lsn or 0)}), after the target {target.describe()}: "
+                              "choose a target at or after it, or an older snapshot (pgtape snapshots)")
+        return {t: snapshot for t in bases}
     chosen = {}
     for table, found in bases.items():
         usable = [b for b in found if _at_or_before(b, target)]
@@ -65,7 +101,7 @@ def _at_or_before(base: SnapshotRecord, target: Target) -> bool:
     if target.kind == "time":
         assert target.time is not None
         return (base.as_of_time or 0) < target.time or (not target.exclusive and base.as_of_time == target.time)
-    if target.kind in ("lsn", "name"):
+    if target.kind in ("lsn", "name", "snapshot"):
         assert target.lsn is not None
         return (base.as_of_lsn or 0) <= target.lsn  # a mark's lsn: its message
     return True

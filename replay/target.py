@@ -6,6 +6,8 @@ stops before the first transaction that is past the target:
   --target-lsn L    past = commit LSN > L   (>= L with --target-exclusive)
   --target-name N   the transaction that recorded mark N is the last one applied
   --latest          everything on the tape
+  --snapshot ID     alone: that snapshot as it is (nothing from the tape applied)
+A time mark (pgtape mark NAME --at TIME) resolves to --target-time TIME, keeping its name.
 Stopping at the first transaction past the target, rather than filtering by timestamp, always
 yields a state the database really was in (commit timestamps are not monotonic in commit order).
 """
@@ -25,10 +27,10 @@ _NO_LIMIT = 1 << 64  # beyond any LSN or µs timestamp
 
 @dataclass(frozen=True)
 class Target:
-    kind: str  # time, lsn, name, latest
+    kind: str  # time, lsn, name, latest, snapshot
     time: int | None = None  # µs UTC
     lsn: int | None = None
-    name: str | None = None
+    name: str | None = None  # a mark's name (also of a time mark, kind time); a snapshot's id
     exclusive: bool = False
 
     def last_allowed(self) -> tuple[int, int]:
@@ -38,6 +40,8 @@ class Target:
         if self.kind == "time":
             assert self.time is not None
             return self.time - 1 if self.exclusive else self.time, _NO_LIMIT
+        if self.kind == "snapshot":
+            return -1, -1  # every transaction after the base is past it
         if self.kind == "lsn":
             assert self.lsn is not None
             return _NO_LIMIT, self.lsn - 1 if self.exclusive else self.lsn
@@ -45,8 +49,12 @@ class Target:
 
     def describe(self) -> str:
         rel = "before" if self.exclusive else "up to"
+        if self.kind == "time" and self.name is not None:
+            return f"recovery point {self.name!r} (time {format_time(self.time)})"
         if self.kind == "time":
             return f"{rel} time {format_time(self.time)}"
+        if self.kind == "snapshot":
+            return f"snapshot {self.name} (LSN {format_lsn(self.lsn or 0)})"
         if self.kind == "lsn":
             return f"{rel} LSN {format_lsn(self.lsn or 0)}"
         if self.kind == "name":
@@ -55,11 +63,14 @@ class Target:
 
     def slug(self) -> str:
         """For default schema names: pgtape_recovered_<slug>."""
+        if self.kind in ("snapshot", "time") and self.name is not None:
+            slug = "".join(c if c.isalnum() else "_" for c in self.name).lower()[:40]
+            return f"snapshot_{slug}" if self.kind == "snapshot" else slug
         if self.kind == "time":
             return format_time(self.time).replace("-", "").replace(":", "").replace(" ", "t").split(".")[0].lower()
         if self.kind == "lsn":
             return format_lsn(self.lsn or 0).replace("/", "_").lower()
-        if self.kind == "name":
+        if self.kind == "name":  # (a time mark: above)
             return "".join(c if c.isalnum() else "_" for c in (self.name or "")).lower()[:40]
         return "latest"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 
 from pgtape import metadata
-from pgtape.errors import PgtapeError
+from pgtape.errors import PgtapeError, UsageError
 from pgtape.lsn import format_lsn
 from pgtape.storage import Storage, local_file
 from pgtape.tape.archive import Archive
@@ -157,6 +157,64 @@ def _check_durable(archive: Archive, gen_id: int, report: Report) -> None:
                                f"in ({format_lsn(end)}, {format_lsn(recorded)}]")
 
 
+def _verify_snapshot(archive: Archive, r: catalog.SnapshotRecord, report: Report, gen_start: int,
+                     pruned_from: int | None) -> None:
+    """A completed snapshot: its files against its catalog record. `pruned_from`: where the pruned tape begins."""
+    report.snapshots += 1
+    d = catalog.snapshot_key(archive, r.generation, r.id)
+    if not archive.storage.exists(d):
+        report.problems.append(f"snapshot {r.id}: catalog says completed but "
+                               f"{archive.storage.where(d)} is missing")
+        return
+    size = 0
+    for table in r.tables:
+        key = f"{d}/{table_file_name(table)}"
+        f = archive.storage.where(key)
+        if not archive.storage.exists(key):
+            report.problems.append(f"snapshot {r.id}: {f} is missing")
+            continue
+        size += archive.storage.size(key)
+        rows = verify_table_file(archive.storage, key, report)
+        if rows is not None and rows != r.rows.get(table):
+            report.problems.append(f"{f}: holds {rows} rows, the catalog records {r.rows.get(table)}")
+    if size != r.bytes and not any(archive.storage.where(d) in p for p in report.problems):
+        report.problems.append(f"snapshot {r.id}: files hold {size} bytes, the catalog records {r.bytes}")
+    if r.as_of_lsn is not None and r.as_of_lsn < gen_start:
+        report.problems.append(f"snapshot {r.id}: as of {format_lsn(r.as_of_lsn)}, before generation "
+                               f"{r.generation} starts ({format_lsn(gen_start)})")
+    elif pruned_from is not None and r.as_of_lsn is not None and r.as_of_lsn < pruned_from:
+        report.problems.append(f"snapshot {r.id}: as of {format_lsn(r.as_of_lsn)}, but the pruned tape of "
+                               f"generation {r.generation} begins at {format_lsn(pruned_from)}")
+
+
+def verify_snapshot(archive: Archive, snapshot_id: str) -> Report:
+    """One snapshot (verify --snapshot ID): its catalog record and every file of it."""
+    report = Report()
+    if "/" in snapshot_id or snapshot_id.startswith("."):
+        raise UsageError(f"invalid snapshot id {snapshot_id!r} (pgtape snapshots lists them)")
+    try:
+        r = catalog.stale_as_failed(metadata.read(archive.storage, catalog.record_key(snapshot_id),
+                                                  catalog.SnapshotRecord))
+    except FileNotFoundError:
+        raise UsageError(f"no snapshot {snapshot_id!r} (pgtape snapshots lists them)") from None
+    except PgtapeError as e:  # the record fails its checksum
+        report.problems.append(str(e))
+        return report
+    if r.status != catalog.COMPLETED:
+        report.problems.append(f"snapshot {r.id} is {r.status}" + (f": {r.error}" if r.error else "")
+                               + "; it holds nothing to restore")
+        return report
+    if r.generation in archive.pruned().deleted_generations:
+        report.problems.append(f"snapshot {r.id}: its generation {r.generation} was deleted by pgtape prune")
+        return report
+    segments = archive.segments(r.generation)
+    start = archive.generation(r.generation).start_lsn
+    pruned_from = archive.pruned().tape_start_lsn.get(r.generation)
+    _verify_snapshot(archive, r, report, start,
+                     (segments[0].start_lsn if segments else start) if pruned_from is not None else None)
+    return report
+
+
 def verify_archive(archive: Archive) -> Report:
     report = Report()
     ident = archive.identity()
@@ -198,31 +256,7 @@ def verify_archive(archive: Archive) -> Report:
                 report.problems.append(f"generation {gen_id}: {e}")
         tape_from = segments[0].start_lsn if segments else gen.start_lsn
         for r in (r for r in records if r.generation == gen_id and r.status == catalog.COMPLETED):
-            report.snapshots += 1
-            d = catalog.snapshot_key(archive, gen_id, r.id)
-            if not archive.storage.exists(d):
-                report.problems.append(f"snapshot {r.id}: catalog says completed but "
-                                       f"{archive.storage.where(d)} is missing")
-                continue
-            size = 0
-            for table in r.tables:
-                key = f"{d}/{table_file_name(table)}"
-                f = archive.storage.where(key)
-                if not archive.storage.exists(key):
-                    report.problems.append(f"snapshot {r.id}: {f} is missing")
-                    continue
-                size += archive.storage.size(key)
-                rows = verify_table_file(archive.storage, key, report)
-                if rows is not None and rows != r.rows.get(table):
-                    report.problems.append(f"{f}: holds {rows} rows, the catalog records {r.rows.get(table)}")
-            if size != r.bytes and not any(archive.storage.where(d) in p for p in report.problems):
-                report.problems.append(f"snapshot {r.id}: files hold {size} bytes, the catalog records {r.bytes}")
-            if r.as_of_lsn is not None and r.as_of_lsn < gen.start_lsn:
-                report.problems.append(f"snapshot {r.id}: as of {format_lsn(r.as_of_lsn)}, before generation "
-                                       f"{gen_id} starts ({format_lsn(gen.start_lsn)})")
-            elif gen_id in pruned.tape_start_lsn and r.as_of_lsn is not None and r.as_of_lsn < tape_from:
-                report.problems.append(f"snapshot {r.id}: as of {format_lsn(r.as_of_lsn)}, but the pruned tape of "
-                                       f"generation {gen_id} begins at {format_lsn(tape_from)}")
+            _verify_snapshot(archive, r, report, gen.start_lsn, tape_from if gen_id in pruned.tape_start_lsn else None)
         if gen_id in pruned.tape_start_lsn:  # the initial base may be pruned: some complete base must remain
             if not any(r.generation == gen_id and r.status == catalog.COMPLETED and set(gen.tables) <= set(r.tables)
                        for r in records):

@@ -19,7 +19,8 @@ from pgtape.tape.archive import Archive
 from pgtape.timefmt import format_time
 from pgtape.replay import sinks
 from pgtape.replay.engine import prepare
-from pgtape.replay.target import add_target_options, target_from_args
+from pgtape.replay.plan import find_snapshot, snapshot_tables
+from pgtape.replay.target import Target, add_target_options, target_from_args
 
 HELP = "rebuild tables as of a time, LSN or recovery point (dry run, recovery schema, files or in place)"
 
@@ -63,7 +64,10 @@ class ReplayResult(msgspec.Struct):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_target_options(p.add_mutually_exclusive_group(required=True))
+    add_target_options(p.add_mutually_exclusive_group())  # one is required, unless --snapshot (run)
+    p.add_argument("--snapshot", metavar="ID",
+                   help="restore this snapshot as it is; with a target: replay from it instead of the base "
+                        "replay would choose")
     p.add_argument("--target-exclusive", action="store_true",
                    help="stop before a transaction committed exactly at the target")
     out = p.add_mutually_exclusive_group()
@@ -92,14 +96,26 @@ def run(args: argparse.Namespace, config: Config) -> int:
         raise UsageError("--lock-timeout must be a positive number of seconds")
     if (args.into or args.schema or args.force) and (args.output or args.in_place or args.dry_run):
         raise UsageError("--into, --schema and --force are for a recovery schema (not --output, --in-place, --dry-run)")
+    no_target = args.target_time is None and args.target_lsn is None and args.target_name is None and not args.latest
+    if no_target and not args.snapshot:
+        raise UsageError("give a target: one of --target-time, --target-lsn, --target-name, --latest "
+                         "(or --snapshot ID)")
+    if no_target and args.target_exclusive:
+        raise UsageError("--target-exclusive needs --target-time or --target-lsn")
     archive = Archive.existing(config.require_archive())
     gen = archive.generation(archive.identity().generation)
     tables = config.selected_tables(gen.tables)
-    target = target_from_args(args)
+    target = Target("snapshot", name=args.snapshot) if no_target else target_from_args(args)
+    snapshot = None
+    if args.snapshot:
+        snapshot = find_snapshot(archive, gen.id, args.snapshot)
+        # All its tables, or those --tables names (tables configured for capture do not narrow it).
+        tables = snapshot_tables(snapshot, tables if getattr(args, "opt_tables", None) is not None else None)
     # Progress per tape segment: shown to someone watching (stderr a terminal), else only with debug.
     watched = sys.stderr.isatty() and not args.json
     plan = prepare(archive, tables, target, progress=lambda n: logger.log(
-        logging.INFO if watched else logging.DEBUG, f"replaying: {n} transactions", extra={"transactions": n}))
+        logging.INFO if watched else logging.DEBUG, f"replaying: {n} transactions", extra={"transactions": n}),
+        snapshot=snapshot)
     s = ReplayResult(
         outcome="", target=plan.target.describe(),
         base=SnapshotRef(plan.base.id, format_lsn(plan.base.as_of_lsn or 0), format_time(plan.base.as_of_time)),

@@ -16,7 +16,7 @@ from pgtape.tape.archive import Archive
 from pgtape.tape.segment import SegmentError
 from pgtape.replay.compare import render
 from pgtape.replay.live import LiveResult, verify_live
-from pgtape.replay.verify import verify_archive, verify_file
+from pgtape.replay.verify import verify_archive, verify_file, verify_snapshot
 
 HELP = "check every tape segment and snapshot (or one FILE); --live compares a replay with the live tables"
 
@@ -42,6 +42,7 @@ class LiveVerifyReport(msgspec.Struct):  # --live
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", nargs="?", metavar="FILE", help="check only this segment (.tape) or snapshot (.snap) file")
     p.add_argument("--live", action="store_true", help="replay to an exact live position and compare with it")
+    p.add_argument("--snapshot", metavar="ID", help="check only this snapshot: its catalog record and files")
     p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                    help="with --live: how long to wait for capture to make the position durable (default 60)")
     p.add_argument("--json", action="store_true", help="machine-readable result")
@@ -59,6 +60,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:
+    if args.snapshot and (args.file or args.live):
+        raise UsageError("--snapshot ID checks one snapshot: give no FILE and no --live")
     if args.live:
         if args.file:
             raise UsageError("--live compares the archive with the live tables: give no FILE")
@@ -68,6 +71,8 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         if not path.is_file():
             raise UsageError(f"{path} is not a file")
         report = verify_file(path)
+    elif args.snapshot:
+        report = verify_snapshot(Archive.existing(config.require_archive()), args.snapshot)
     else:
         report = verify_archive(Archive.existing(config.require_archive()))
     if args.json:
@@ -76,7 +81,8 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     else:
         for p in report.problems:
             print(f"problem: {p}")
-        what = f"{report.segments} segment(s), {report.snapshots} snapshot(s)" if not args.file else args.file
+        what = (args.file or (f"snapshot {args.snapshot}" if args.snapshot else
+                              f"{report.segments} segment(s), {report.snapshots} snapshot(s)"))
         print(f"{'ok' if report.ok else 'FAILED'}: {what}, {report.transactions} transactions, "
               f"{report.changes} changes, {report.bytes} bytes read"
               + ("" if report.ok else f"; {len(report.problems)} problem(s)"))
