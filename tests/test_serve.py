@@ -237,3 +237,23 @@ def test_refuses_to_start_without_a_safe_token(dsn: str, tmp_path: Path) -> None
     one_line_error(run_pgtape("serve", "--config", str(conf), "--no-capture"), 2, "line 1", "NAME TOKEN")
     conf.write_text(f'[archive]\npath = "{tmp_path}"\n')
     one_line_error(run_pgtape("serve", "--config", str(conf), "--no-capture"), 2, "no API token")
+
+
+def test_capture_failing_keeps_the_api_up_and_is_retried(serve: Serve, dsn: str, tmp_path: Path) -> None:
+    serve.stop()
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("select pg_drop_replication_slot('pgtape')")  # capture cannot continue without it
+    s = Serve(tmp_path, dsn)
+    try:
+        def unhealthy() -> dict[str, Any] | None:
+            status, doc = s.call("GET", "/healthz", token=None)
+            return doc if status == 503 and "capture stopped" in doc.get("reason", "") else None
+        doc = wait_until("/healthz 503 naming why capture stopped", unhealthy, 60, 0.2)
+        assert doc["ok"] is False and "slot pgtape has disappeared" in doc["reason"], doc
+        assert s.call("GET", "/v1/backups")[0] == 200  # the API answers meanwhile
+        wait_until("a second capture attempt", lambda: "starting capture again (attempt 2)" in s.log.read_text(), 60,
+                   0.2)
+        assert s.proc.poll() is None
+    finally:
+        s.stop()
+    assert s.proc.returncode == 0, s.log.read_text()

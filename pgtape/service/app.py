@@ -53,9 +53,10 @@ MAX_BODY = 1 << 20
 
 
 class HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers
 
 
 # -- request bodies: unknown fields and wrong types are refused by msgspec -------------------------
@@ -129,12 +130,12 @@ class Api:
             if route not in PUBLIC and not (route == ("GET", "/metrics") and self.config.api_public_metrics):
                 name = auth.token_name(self.tokens, environ.get("HTTP_AUTHORIZATION"))
                 if name is None:
-                    raise HttpError(401, "missing or wrong bearer token: send 'Authorization: Bearer TOKEN'")
+                    raise HttpError(401, "missing or wrong bearer token: send 'Authorization: Bearer TOKEN'",
+                                    (("WWW-Authenticate", 'Bearer realm="pgtape"'),))
                 actor = f"api:{name}"
             response = self.dispatch(route, params, environ, actor)
         except HttpError as e:
-            response = Response(e.status, {"error": str(e)},
-                                (("WWW-Authenticate", 'Bearer realm="pgtape"'),) if e.status == 401 else ())
+            response = Response(e.status, {"error": str(e)}, e.headers)
         except TooManyJobs as e:
             response = Response(429, {"error": str(e)})
         except UsageError as e:
@@ -157,7 +158,7 @@ class Api:
 
     @staticmethod
     def route(method: str, path: str) -> tuple[tuple[str, str], dict[str, str]]:
-        parts = path.rstrip("/").split("/") if path != "/" else [""]
+        parts = path.removesuffix("/").split("/") if path != "/" else [""]
         allowed = []
         for m, pattern in ROUTES:
             want = pattern.split("/")
@@ -169,7 +170,8 @@ class Api:
                     return (m, pattern), params
                 allowed.append(m)
         if allowed:
-            raise HttpError(405, f"{method} is not allowed on {path}: use {', '.join(allowed)}")
+            raise HttpError(405, f"{method} is not allowed on {path}: use {', '.join(sorted(allowed))}",
+                            (("Allow", ", ".join(sorted(allowed))),))
         raise HttpError(404, f"no such endpoint: {path} (see GET /v1/openapi.json)")
 
     def dispatch(self, route: tuple[str, str], params: dict[str, str], environ: dict[str, Any],
