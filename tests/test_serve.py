@@ -205,6 +205,11 @@ def test_jobs_read_interrupted_after_the_service_stops(serve: Serve, dsn: str, t
             assert status == 202, doc
             pid = s.call("GET", f"/v1/jobs/{doc['id']}")[1]["pid"]
             assert pid > 0 and s.call("GET", f"/v1/recoveries/{doc['id']}")[1]["status"] == "running"
+            if sig == signal.SIGTERM:  # MAX_RUNNING jobs at once, then 429
+                more = [s.call("POST", "/v1/recoveries", {"recovery_type": "data_verification"}) for _ in range(3)]
+                assert [m[0] for m in more] == [202] * 3, more
+                status, refused = s.call("POST", "/v1/backups", {"backup_type": "full"})
+                assert status == 429 and "jobs are running" in refused["error"]
         finally:
             s.stop(sig)
         wait_until(f"job process {pid} to end with the service", lambda: not _alive(pid), 30)
