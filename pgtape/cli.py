@@ -24,7 +24,7 @@ from pgtape.pg import first_line
 from pgtape.tape.segment import SegmentError
 
 SUBCOMMANDS = ("check", "init", "capture", "snapshot", "snapshots", "mark", "replay", "verify", "diff", "log", "status",
-               "prune", "sql")
+                "prune", "sql", "serve")
 
 
 class _Parser(argparse.ArgumentParser):

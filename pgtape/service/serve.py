@@ -1,0 +1,117 @@
+"""pgtape serve: capture in the main thread (as pgtape capture runs it), the HTTP API beside it in
+waitress's threads, jobs as child processes. docs/ARCHITECTURE.md, "Service".
+
+Capture stopping with an error does not stop the service: the API keeps answering (GET /healthz
+says 503 and why) and capture is started again with backoff. SIGTERM/SIGINT stop capture cleanly,
+then the jobs (SIGTERM, then SIGKILL; recorded `interrupted`), then the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+from waitress.server import create_server  # type: ignore[import-untyped]  # waitress ships no types
+
+from pgtape.capture.capture import Capture
+from pgtape.config import Config
+from pgtape.errors import PgtapeError
+from pgtape.service import auth
+from pgtape.service.app import Api
+from pgtape.service.jobs import JobManager
+from pgtape.service.openapi import document
+from pgtape.tape.archive import Archive
+
+logger = logging.getLogger(__name__)
+
+SERVER_THREADS = 8  # concurrent requests; a slow one (status, mark) holds one
+RETRY_FIRST, RETRY_MAX = 1.0, 60.0  # seconds between capture attempts after an error, doubling
+
+
+def child_env(config: Config) -> dict[str, str]:
+    """The environment that gives a pgtape child the service's configuration: the DSN stays out of
+    the process list (and out of job records)."""
+    env = dict(os.environ)
+    env.pop(auth.ENV_TOKEN, None)  # a child needs no API token
+    if config.source_file:
+        env["PGTAPE_CONFIG"] = str(config.source_file)
+    if config.dsn:
+        env["PGTAPE_DSN"] = config.dsn
+    env["PGTAPE_ARCHIVE"] = str(config.require_archive())
+    env["PGTAPE_SLOT"] = config.slot
+    return env
+
+
+class Service:
+    def __init__(self, config: Config, listen: tuple[str, int], capture: bool) -> None:
+        self.config = config
+        self.listen = listen
+        self.with_capture = capture
+        self.stopping = threading.Event()
+        self.capture: Capture | None = None
+        self.capture_error: str | None = None  # why capture is down, while it is retried
+
+    def stop(self, *_: object) -> None:
+        self.stopping.set()
+        if self.capture is not None:
+            self.capture.stop()
+
+    def health(self) -> str | None:
+        if self.capture_error:
+            return f"capture stopped: {self.capture_error} (retrying)"
+        return None
+
+    def run(self) -> int:
+        tokens = auth.load_tokens(self.config.api_token_file)  # refuse to start without a usable token
+        archive = Archive(self.config.require_archive())
+        if not self.with_capture:
+            archive = Archive.existing(archive.path)
+        env = child_env(self.config)
+        jobs = JobManager(archive.storage, env)
+        jobs.recover()
+        api = Api(self.config, tokens, jobs, env, self.health, document())
+        host, port = self.listen
+        try:
+            server: Any = create_server(api, host=host, port=port, threads=SERVER_THREADS,
+                                        clear_untrusted_proxy_headers=True)
+        except OSError as e:
+            raise PgtapeError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        http = threading.Thread(target=server.run, name="http", daemon=True)
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        http.start()
+        logger.info(f"serving the API on http://{host}:{port} ({len(tokens)} token(s))"
+                    + ("" if self.with_capture else "; capture is left to another process"))
+        try:
+            if self.with_capture:
+                self._capture()
+            else:
+                while not self.stopping.wait(3600):
+                    pass
+        finally:
+            jobs.stop_all()
+            server.close()
+            logger.info("service stopped")
+        return 0
+
+    def _capture(self) -> None:
+        """Capture until stopped; after an error, again, with backoff."""
+        delay, attempt = RETRY_FIRST, 1
+        while not self.stopping.is_set():
+            self.capture = Capture(self.config)
+            if self.stopping.is_set():  # a signal between the check and the assignment
+                break
+            try:
+                self.capture.run()
+                return  # stopped
+            except Exception as e:  # anything, even a bug: the API stays up and says why
+                self.capture_error = f"{type(e).__name__}: {e}" if not isinstance(e, PgtapeError) else str(e)
+                logger.error(f"capture stopped: {self.capture_error}; attempt {attempt + 1} in {delay:.0f}s")
+            if self.stopping.wait(delay):
+                return
+            delay, attempt = min(delay * 2, RETRY_MAX), attempt + 1
+            logger.info(f"starting capture again (attempt {attempt})")
+            self.capture_error = None
