@@ -154,4 +154,7 @@ def read(archive: Archive) -> tuple[list[Entry], list[str]]:
 
 def check(archive: Archive) -> list[str]:
     """What pgtape verify reports about the audit log."""
-    return read(archive)[1]
+    try:
+        return read(archive)[1]
+    except OSError as e:
+        return [f"{archive.storage.where(KEY)}: cannot read the audit log: {e.strerror or e}"]
