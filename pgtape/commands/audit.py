@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from datetime import datetime
+from typing import Any
 
 from pgtape.commands.results import emit
 from pgtape.config import Config
@@ -29,6 +30,10 @@ def _us(time: str) -> int:
     return (datetime.fromisoformat(time) - EPOCH) // MICROSECOND
 
 
+def _pairs(d: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in d.items())
+
+
 def run(args: argparse.Namespace, config: Config) -> int:
     since = parse_time(args.since, "--since") if args.since else None
     until = parse_time(args.until, "--until") if args.until else None
@@ -40,9 +45,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
         if args.json:
             emit(e)
         else:
-            given = " ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in e.arguments.items())
-            print(f"{e.time}  {e.actor}  {e.operation}{' ' + given if given else ''}  -> "
-                  f"exit {e.result.get('exit_code')}: {e.result.get('outcome')}")
+            given = _pairs(e.arguments)
+            r = e.result  # a command's: exit_code and outcome; pgtape serve's API calls may hold others
+            result = f"exit {r['exit_code']}: {r.get('outcome')}" if set(r) == {"exit_code", "outcome"} else _pairs(r)
+            print(f"{e.time}  {e.actor}  {e.operation}{' ' + given if given else ''}  -> {result}")
     for p in problems:  # on stderr: stdout stays the entries (one JSON document per line with --json)
         print(f"problem: {p}", file=sys.stderr)
     return PROBLEMS_FOUND if problems else OK
