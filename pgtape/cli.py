@@ -4,6 +4,7 @@ Each subcommand module defines HELP, `add_arguments(parser)` and `run(args, conf
 Connection and archive options come from pgtape.config.OPTIONS and are accepted after any
 subcommand, as are --log-level and --log-format (pgtape/log.py). Errors a user can act on are
 PgtapeError: one line on stderr and the exit code of pgtape/errors.py; so is anything unexpected.
+Commands that read or change data then append one line to the archive's audit trail (pgtape/tape/audit.py).
 """
 
 from __future__ import annotations
@@ -11,20 +12,24 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import signal
 import sys
-from typing import NoReturn, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, Sequence
 
 import psycopg
 
 from pgtape import __version__, log
-from pgtape.config import OPTIONS, load_config
-from pgtape.errors import FAILURE, PgtapeError, UsageError
+from pgtape.config import OPTIONS, Config, load_config
+from pgtape.errors import FAILURE, OK, PROBLEMS_FOUND, PgtapeError, UsageError
 from pgtape.pg import first_line
+from pgtape.tape import audit
+from pgtape.tape.archive import Archive
 from pgtape.tape.segment import SegmentError
 
 SUBCOMMANDS = ("check", "init", "capture", "snapshot", "snapshots", "mark", "replay", "verify", "diff", "log", "status",
-                "prune", "sql", "serve")
+                "prune", "audit", "sql", "serve")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
             if opt.flag:
                 p.add_argument(opt.flag, dest=f"opt_{opt.name}", metavar=opt.name.upper(), help=opt.help)
         module.add_arguments(p)
-        p.set_defaults(run=module.run)
+        p.set_defaults(run=module.run, parser=p)
         _refuse_blank(p)
     _refuse_blank(parser)
     return parser
@@ -78,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A closed pipe (pgtape log | head) ends quietly, as other Unix tools do.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     debug = False
+    config: Config | None = None
     try:
         args = build_parser().parse_args(argv)
         level = args.sub_log_level if getattr(args, "sub_log_level", None) else args.log_level or "info"
@@ -88,24 +94,85 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         overrides = {opt.name: getattr(args, f"opt_{opt.name}", None) for opt in OPTIONS}
         config = load_config(args.sub_config or args.config, overrides)
-        return int(args.run(args, config) or 0)
-    except PgtapeError as e:
-        print(f"pgtape: {e}", file=sys.stderr)
-        return e.exit_code
-    except SegmentError as e:  # a damaged file where a command met it first: named, never a traceback
-        print(f"pgtape: damaged archive file: {e} (run pgtape verify)", file=sys.stderr)
-        return FAILURE
-    except KeyboardInterrupt:
-        print("pgtape: interrupted", file=sys.stderr)
-        return 130
-    except psycopg.Error as e:  # a database error no command anticipated: still one line
-        print(f"pgtape: database error: {first_line(e)}", file=sys.stderr)
-        return FAILURE
-    except OSError as e:  # disk full, permissions, ...
-        print(f"pgtape: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
-        return FAILURE
-    except Exception as e:  # a bug: still one line; the traceback only for --log-level debug
-        if debug:
-            logging.getLogger(__name__).debug("internal error", exc_info=True)
-        print(f"pgtape: internal error: {type(e).__name__}: {first_line(e)}", file=sys.stderr)
-        return FAILURE
+        code, error = int(args.run(args, config) or 0), None
+    except (KeyboardInterrupt, Exception) as e:
+        code, error = _failure(e, debug)
+        print(f"pgtape: {error}", file=sys.stderr)
+    if config is not None and args.command in AUDITED:
+        code = _audit(args, config, code, error)
+    return code
+
+
+def _failure(e: BaseException, debug: bool) -> tuple[int, str]:
+    """The exit code and the one line (after `pgtape: `) for an exception that ended a command."""
+    if isinstance(e, PgtapeError):
+        return e.exit_code, str(e)
+    if isinstance(e, SegmentError):  # a damaged file where a command met it first: named, never a traceback
+        return FAILURE, f"damaged archive file: {e} (run pgtape verify)"
+    if isinstance(e, KeyboardInterrupt):
+        return 130, "interrupted"
+    if isinstance(e, psycopg.Error):  # a database error no command anticipated: still one line
+        return FAILURE, f"database error: {first_line(e)}"
+    if isinstance(e, OSError):  # disk full, permissions, ...
+        return FAILURE, f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}"
+    # a bug: still one line; the traceback only for --log-level debug
+    if debug:
+        logging.getLogger(__name__).debug("internal error", exc_info=e)
+    return FAILURE, f"internal error: {type(e).__name__}: {first_line(e)}"
+
+
+# Commands that read or change data leave one audit line each (docs/ARCHITECTURE.md, "Audit trail").
+AUDITED = ("snapshot", "replay", "prune", "mark", "verify", "diff", "init", "log")
+_SECRET = re.compile(r"dsn|password|passwd|token|secret", re.IGNORECASE)
+# libpq's password=... (quoted or not) and postgresql://user:secret@host
+_PASSWORD = re.compile(r"(password\s*=\s*)(?:'(?:[^'\\]|\\.)*'|\S+)|(://[^/@\s:]*:)[^/@\s]*(?=@)", re.IGNORECASE)
+_NOT_ARGUMENTS = {"help", "sub_config", "sub_log_level", "sub_log_format", "json"}
+
+
+def _changes_data(args: argparse.Namespace) -> bool:
+    """Whose audit line must be written, or the command fails (exit 3)."""
+    return (args.command in ("snapshot", "mark", "init") or (args.command == "prune" and not args.dry_run)
+            or (args.command == "replay" and args.in_place))
+
+
+def _arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The options given (those not at their default), never a connection string or anything secret:
+    an option is left out when its name or metavar says DSN/password/token; a password in a value is masked."""
+    out: dict[str, Any] = {}
+    for action in args.parser._actions:
+        value = getattr(args, action.dest, None)
+        if (action.dest in _NOT_ARGUMENTS or value is None or value == action.default
+                or _SECRET.search(f"{action.dest} {action.metavar or ''}")):
+            continue
+        if isinstance(value, Path):
+            value = str(value)
+        if isinstance(value, str):
+            value = _scrub(value)
+        out[action.dest.removeprefix("opt_")] = value
+    return out
+
+
+def _scrub(text: str) -> str:
+    return _PASSWORD.sub(lambda m: f"{m.group(1) or m.group(2)}***", text)
+
+
+def _audit(args: argparse.Namespace, config: Config, code: int, error: str | None) -> int:
+    """Append the command's audit line; returns its exit code (3 if a data-changing command's line
+    cannot be written: an unaudited change is a failure)."""
+    if config.archive is None:
+        return code
+    archive = Archive(config.archive)
+    try:
+        if not archive.exists():
+            return code  # no archive (or init failed before making one): nowhere to write
+        outcome = (_scrub(error) if error else "ok" if code == OK else
+                   "problems found" if code == PROBLEMS_FOUND else f"exit {code}")
+        audit.append(archive, audit.actor(), args.command, _arguments(args), {"exit_code": code, "outcome": outcome})
+    except Exception as e:  # (a bug here too: one line, never a traceback)
+        why = (e.strerror or str(e)) if isinstance(e, OSError) else f"{type(e).__name__}: {first_line(e)}"
+        problem = f"could not write the audit trail ({audit.KEY}): {why}"
+        if _changes_data(args) and code == OK:
+            print(f"pgtape: {problem}; the {args.command} itself completed", file=sys.stderr)
+            return FAILURE
+        logging.getLogger(__name__).warning(problem)
+    return code

@@ -4,7 +4,7 @@ Checks, per generation: every segment (frame checksums, decodability, footer aga
 transactions moving forward, commit counts), LSN continuity from the generation's start (once
 pruned: from where PRUNED.json lets its tape begin) to its newest segment, every snapshot table
 file (frames, footer, row count), and the catalog against the files (completed snapshots exist
-with the recorded rows and bytes). Like pgBackRest's verify,
+with the recorded rows and bytes), and every line of the audit trail. Like pgBackRest's verify,
 it reports every broken range, not just the first.
 """
 
@@ -19,6 +19,7 @@ from pgtape import metadata
 from pgtape.errors import PgtapeError, UsageError
 from pgtape.lsn import format_lsn
 from pgtape.storage import Storage, local_file
+from pgtape.tape import audit
 from pgtape.tape.archive import Archive
 from pgtape.tape.records import Begin, Change, Commit, Record, Relation, Truncate
 from pgtape.tape.views import load_view
@@ -220,6 +221,7 @@ def verify_archive(archive: Archive) -> Report:
     ident = archive.identity()
     records = catalog.load_all(archive, damaged=report.problems)
     pruned = archive.pruned()
+    report.problems.extend(audit.check(archive))  # damaged or torn lines of the audit trail
     for gen_id in range(1, ident.generation + 1):
         if gen_id in pruned.deleted_generations:
             continue  # deleted by pgtape prune (what an interrupted prune left is the next prune's)
