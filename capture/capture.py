@@ -61,6 +61,7 @@ class Capture:
         self.until_lsn = until_lsn
         self.log = log or logging.getLogger(__name__).info
         self.stopping = False
+        self.writer: TapeWriter | None = None  # the tape being written (pgtape serve counts its changes)
 
     def stop(self, *_: object) -> None:
         self.stopping = True
@@ -79,7 +80,7 @@ class Capture:
             conn = connect(self.config.dsn, replication=True)
             system, gen = open_generation(conn, self.archive, self.config)
             self.scheduler = SnapshotScheduler(self.config, self.archive, gen.id)
-            writer = self._open_tape(conn, system.system_id, gen.id)
+            writer = self.writer = self._open_tape(conn, system.system_id, gen.id)
             # A long-lived loop allocating millions of short-lived objects: keep start-up objects out of
             # the collector's scans and collect young objects less often (about 10% less CPU).
             gc.freeze()
@@ -98,7 +99,7 @@ class Capture:
                             check_no_gap(slot, writer.durable_lsn)
                         self.log(f"reconnected; resuming at {format_lsn(writer.durable_lsn)}")
                     if not writable:  # as after a crash: the open segment cut back to its last boundary
-                        writer = self._open_tape(conn, system.system_id, gen.id)
+                        writer = self.writer = self._open_tape(conn, system.system_id, gen.id)
                         writable = True
                         self.log(f"tape reopened after a full disk; resuming at {format_lsn(writer.durable_lsn)}")
                     stream = self._start(conn, writer.durable_lsn)

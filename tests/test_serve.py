@@ -27,7 +27,7 @@ FILE_TOKEN = "other-token-from-the-file"
 
 
 class Serve:
-    def __init__(self, tmp: Path, dsn: str, *extra: str) -> None:
+    def __init__(self, tmp: Path, dsn: str, *extra: str, conf: str = "") -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.conf = tmp / "pgtape.toml"
@@ -37,7 +37,7 @@ class Serve:
             tokens.chmod(0o600)
         self.conf.write_text(f'[source]\ndsn = "{dsn}"\ntables = ["public.payments", "public.orders"]\n'
                              f'[archive]\npath = "{tmp / "archive"}"\n'
-                             f'[api]\nlisten = "127.0.0.1:{self.port}"\ntoken_file = "{tokens}"\n')
+                             f'[api]\nlisten = "127.0.0.1:{self.port}"\ntoken_file = "{tokens}"\n' + conf)
         self.log = tmp / f"serve-{self.port}.log"
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "pgtape", "serve", "--config", str(self.conf), *extra],

@@ -11,7 +11,7 @@ import logging
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 import msgspec
 
@@ -22,6 +22,7 @@ from pgtape.names import resolve, split_table
 from pgtape.service import auth
 from pgtape.service.jobs import JobManager, TooManyJobs
 from pgtape.snapshots import catalog
+from pgtape.tape import audit
 from pgtape.tape.archive import Archive
 from pgtape.timefmt import now_us, parse_time
 
@@ -44,7 +45,10 @@ ROUTES: tuple[tuple[str, str], ...] = (
     ("POST", "/v1/recovery-points"),
 )
 PUBLIC = {("GET", "/healthz")}
-SUBPROCESS_TIMEOUT = 120.0  # seconds for the synchronous commands (status, mark)
+# Probes a monitoring system sends every few seconds: not audited (they change nothing and would
+# bury every other line of the audit trail).
+UNAUDITED = {"/healthz", "/metrics"}
+SUBPROCESS_TIMEOUT = 120.0  # seconds for the synchronous command (mark)
 
 _REASONS = {200: "OK", 201: "Created", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
             405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large", 429: "Too Many Requests",
@@ -106,18 +110,29 @@ def iso(us: int | None) -> str | None:
 @dataclass
 class Response:
     status: int
-    body: Any
+    body: Any  # bytes are sent as they are, with content_type; anything else as JSON
     headers: tuple[tuple[str, str], ...] = ()
+    content_type: str = "application/json"
+
+
+class Observed(Protocol):
+    """What the service last saw of itself (pgtape/service/monitor.py)."""
+
+    def health(self) -> str | None: ...  # why it is not healthy; None: it is
+
+    def status_document(self) -> Any: ...  # what `pgtape status --json` prints; None: no status yet
+
+    def render_metrics(self) -> tuple[bytes, str]: ...  # body, content type
 
 
 class Api:
     def __init__(self, config: Config, tokens: dict[str, str], jobs: JobManager, env: dict[str, str],
-                 health: Callable[[], str | None], openapi: dict[str, Any]) -> None:
+                 observed: Observed, openapi: dict[str, Any]) -> None:
         self.config = config
         self.tokens = tokens
         self.jobs = jobs
         self.env = env  # what a pgtape child needs to see the service's configuration
-        self.health = health  # why capture is not healthy (None: it is, or --no-capture)
+        self.observed = observed
         self.openapi = openapi  # pgtape/service/openapi.py (which describes this module's routes)
         self.archive = Archive(config.require_archive())
 
@@ -147,14 +162,22 @@ class Api:
             response = Response(500, {"error": f"internal error: {type(e).__name__}: {e}"})
         self._after_request(actor, method, path, response.status)
         body = response.body if isinstance(response.body, bytes) else msgspec.json.encode(response.body)
-        ctype = "text/plain; version=0.0.4" if isinstance(response.body, bytes) else "application/json"
+        ctype = response.content_type if isinstance(response.body, bytes) else "application/json"
         start_response(f"{response.status} {_REASONS.get(response.status, '')}",
                        [("Content-Type", ctype), ("Content-Length", str(len(body))), *response.headers])
         return [body]
 
     def _after_request(self, actor: str, method: str, path: str, status: int) -> None:
-        """Every API call, with the token's name: the audit trail's line goes here (pgtape/tape/audit.py)."""
+        """Every API call but the probes goes into the audit trail, with the token's name (or
+        "unauthenticated" for a refused one); the jobs it starts write their own lines."""
         logger.debug(f"{actor} {method} {path} -> {status}", extra={"actor": actor, "status": status})
+        if path.removesuffix("/") in UNAUDITED:
+            return
+        try:
+            audit.append(self.archive, actor if actor != "-" else "unauthenticated", f"{method} {path}", {},
+                         {"http_status": status})
+        except Exception as e:  # the answer is given already; the log says what the trail lacks
+            logger.warning(f"audit trail: the line for {method} {path} ({actor}) was not written: {e}")
 
     @staticmethod
     def route(method: str, path: str) -> tuple[tuple[str, str], dict[str, str]]:
@@ -190,8 +213,8 @@ class Api:
         if pattern == "/healthz":
             return self.healthz()
         if pattern == "/metrics":
-            # Prometheus metrics come with pgtape/service/metrics.py; until then, say so.
-            raise HttpError(501, "GET /metrics is not available in this version of pgtape serve")
+            text, ctype = self.observed.render_metrics()
+            return Response(200, text, content_type=ctype)
         if pattern == "/v1/status":
             return self.status()
         if pattern == "/v1/openapi.json":
@@ -304,21 +327,13 @@ class Api:
         raise HttpError(500, error or f"pgtape mark failed (exit {code})")
 
     def status(self) -> Response:
-        code, doc, error = self._pgtape(["status", "--json"], "-")
+        doc = self.observed.status_document()
         if doc is None:
-            raise HttpError(502, error or f"pgtape status failed (exit {code})")
+            raise HttpError(503, self.observed.health() or "no status yet")
         return Response(200, doc)
 
     def healthz(self) -> Response:
-        reason = self.health()
-        if reason is None:
-            code, doc, error = self._pgtape(["status", "--json"], "-")
-            if not isinstance(doc, dict):
-                reason = error or f"pgtape status failed (exit {code})"
-            elif not doc.get("healthy"):
-                reason = "; ".join(doc.get("problems") or ["not healthy"])
-            elif not (doc.get("server") or {}).get("capture_connected"):
-                reason = "capture is not connected"
+        reason = self.observed.health()
         if reason:
             return Response(503, {"ok": False, "reason": reason})
         return Response(200, {"ok": True})

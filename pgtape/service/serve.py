@@ -16,12 +16,14 @@ from typing import Any
 
 from waitress.server import create_server  # type: ignore[import-untyped]  # waitress ships no types
 
+from pgtape import notify
 from pgtape.capture.capture import Capture
 from pgtape.config import Config
 from pgtape.errors import PgtapeError
 from pgtape.service import auth
 from pgtape.service.app import Api
-from pgtape.service.jobs import JobManager
+from pgtape.service.jobs import JobManager, JobRecord
+from pgtape.service.monitor import Monitor
 from pgtape.service.openapi import document
 from pgtape.tape.archive import Archive
 
@@ -53,16 +55,22 @@ class Service:
         self.stopping = threading.Event()
         self.capture: Capture | None = None
         self.capture_error: str | None = None  # why capture is down, while it is retried
+        self.changes_before = 0  # written by the captures that ran before this one
+        self.monitor: Monitor | None = None
 
     def stop(self, *_: object) -> None:
         self.stopping.set()
         if self.capture is not None:
             self.capture.stop()
 
-    def health(self) -> str | None:
-        if self.capture_error:
-            return f"capture stopped: {self.capture_error} (retrying)"
-        return None
+    def changes_written(self) -> int:
+        """Row changes the in-process capture has put on the tape since the service started."""
+        writer = self.capture.writer if self.capture is not None else None
+        return self.changes_before + (writer.changes if writer is not None else 0)
+
+    def _after_job(self, job: JobRecord) -> None:
+        if self.monitor is not None:
+            self.monitor.after_job(job)
 
     def run(self) -> int:
         tokens = auth.load_tokens(self.config.api_token_file)  # refuse to start without a usable token
@@ -70,9 +78,13 @@ class Service:
         if not self.with_capture:
             archive = Archive.existing(archive.path)
         env = child_env(self.config)
-        jobs = JobManager(archive.storage, env)
+        jobs = JobManager(archive.storage, env, after_job=self._after_job)
         jobs.recover()
-        api = Api(self.config, tokens, jobs, env, self.health, document())
+        notifier = notify.Notifier(self.config.notify_webhooks or ())
+        self.monitor = monitor = Monitor(self.config, archive, jobs, notifier, lambda: self.capture_error,
+                                         self.changes_written)
+        monitor.start()
+        api = Api(self.config, tokens, jobs, env, monitor, document())
         host, port = self.listen
         try:
             server: Any = create_server(api, host=host, port=port, threads=SERVER_THREADS,
@@ -94,6 +106,8 @@ class Service:
         finally:
             jobs.stop_all()
             server.close()
+            monitor.stop()
+            notifier.close(5.0)
             logger.info("service stopped")
         return 0
 
@@ -101,6 +115,7 @@ class Service:
         """Capture until stopped; after an error, again, with backoff."""
         delay, attempt = RETRY_FIRST, 1
         while not self.stopping.is_set():
+            self.changes_before = self.changes_written()
             self.capture = Capture(self.config)
             if self.stopping.is_set():  # a signal between the check and the assignment
                 break

@@ -105,13 +105,30 @@ def _call(api: Api, method: str, path: str, headers: dict[str, str] | None = Non
     environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "wsgi.input": io.BytesIO(body),
                "CONTENT_LENGTH": str(len(body)), "CONTENT_TYPE": "application/json", **(headers or {})}
     out = b"".join(api(environ, start_response))
-    return seen["status"], seen["headers"], json.loads(out)
+    json_body = seen["headers"]["Content-Type"] == "application/json"
+    return seen["status"], seen["headers"], json.loads(out) if json_body else out
+
+
+class _Seen:
+    """What a monitor would have seen: a fixed health reason, no status yet, one metric."""
+
+    def __init__(self, reason: str | None) -> None:
+        self.reason = reason
+
+    def health(self) -> str | None:
+        return self.reason
+
+    def status_document(self) -> Any:
+        return None
+
+    def render_metrics(self) -> tuple[bytes, str]:
+        return b"pgtape_up 1\n", "text/plain; version=0.0.4; charset=utf-8"
 
 
 def test_wsgi_auth_and_errors(tmp_path: Path) -> None:
     config = load_config(None, {"archive": str(tmp_path)}, environ={})
     jobs = JobManager(Archive(tmp_path).storage, {})
-    api = Api(config, {"ops": "tok"}, jobs, {}, lambda: "capture stopped: test", document())
+    api = Api(config, {"ops": "tok"}, jobs, {}, _Seen("capture stopped: test"), document())
     status, headers, doc = _call(api, "GET", "/v1/backups")
     assert status.startswith("401") and headers["WWW-Authenticate"].startswith("Bearer") and "token" in doc["error"]
     status, headers, doc = _call(api, "GET", "/metrics")
@@ -127,6 +144,11 @@ def test_wsgi_auth_and_errors(tmp_path: Path) -> None:
     assert _call(api, "GET", "/v1/jobs/..%2f..", ok)[0].startswith("404")
     status, _, doc = _call(api, "POST", "/v1/backups", ok, b'{"backup_type": "full", "date_from": "x"}')
     assert status.startswith("400") and "date_from" in doc["error"]
-    public = Api(replace(config, api_public_metrics=True), {"o": "t"}, jobs, {}, lambda: None, document())
-    assert _call(public, "GET", "/metrics")[0].startswith("501")  # no token asked; metrics come at the merge
+    assert _call(api, "GET", "/v1/status", ok)[0:3:2] == ("503 Service Unavailable",
+                                                         {"error": "capture stopped: test"})
+    public = Api(replace(config, api_public_metrics=True), {"o": "t"}, jobs, {}, _Seen(None), document())
+    assert _call(public, "GET", "/healthz")[0:3:2] == ("200 OK", {"ok": True})
+    status, headers, text = _call(public, "GET", "/metrics")  # no token asked
+    assert (status, headers["Content-Type"], text) == ("200 OK", "text/plain; version=0.0.4; charset=utf-8",
+                                                       b"pgtape_up 1\n")
     assert _call(public, "GET", "/v1/jobs")[0].startswith("401")
