@@ -12,6 +12,7 @@ Prometheus scraper would. Rounds alternate the order. Results: BENCHMARKS.md, "p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import socket
@@ -110,8 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.serve_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--rounds", type=int, help="rounds (default: 3, --quick: 1)")
+    parser.add_argument("--changes", type=int, help="row changes the workload makes (default: 250,000)")
     args = parser.parse_args(argv)
     sizes: Sizes = QUICK if args.quick else FULL
+    if args.changes:
+        sizes = dataclasses.replace(sizes, changes=args.changes)
     rounds = args.rounds or sizes.rounds
     work = Path(tempfile.mkdtemp(prefix="pgtape-serve-bench-"))
     started = time.time()
