@@ -125,3 +125,28 @@ def test_pgtape_mark_still_marks_the_current_position(dsn: str, tmp_path: Path) 
     assert r.returncode == 0, r.stderr
     assert _ids(dsn, "at_now.t") == [1]
     assert load_mark(Archive(archive), "now").description == "d"
+
+
+def test_create_recovery_point_from_sql_end_to_end(dsn: str, tmp_path: Path) -> None:
+    """The function `pgtape sql install` creates, called as the old guide did, is a recovery point
+    replay reaches by name: now() at its transaction, an earlier ts as that time."""
+    cli, archive = _setup(dsn, tmp_path)
+    run_pgtape("sql", "install", "--dsn", dsn, check=True)
+    run_sql(dsn, "INSERT INTO t VALUES (1)")
+    earlier = _server_now(dsn)
+    time.sleep(0.01)
+    with psycopg.connect(dsn) as c:  # one transaction: its row and its recovery point
+        c.execute("INSERT INTO t VALUES (2)")
+        c.execute("SELECT pgtape.create_recovery_point('before-release-42', 'deploy 42')")
+    run_sql(dsn, "INSERT INTO t VALUES (3)",
+            f"SELECT pgtape.create_recovery_point('nightly-close', NULL, '{earlier}'::timestamptz)")
+    with psycopg.connect(dsn) as c:  # rolled back: no recovery point
+        c.execute("SELECT pgtape.create_recovery_point('rolled-back')")
+        c.rollback()
+    capture_to_now(dsn, archive, tables="t")
+    assert run_pgtape("replay", *cli, "--target-name", "before-release-42", "--schema", "rp").returncode == 0
+    assert _ids(dsn, "rp.t") == [1, 2]
+    assert run_pgtape("replay", *cli, "--target-name", "nightly-close", "--schema", "rp_time").returncode == 0
+    assert _ids(dsn, "rp_time.t") == [1]
+    one_line_error(run_pgtape("replay", *cli, "--target-name", "rolled-back", "--dry-run"), 3,
+                   "no recovery point named 'rolled-back'")

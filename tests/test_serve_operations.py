@@ -164,3 +164,47 @@ def test_metrics_webhooks_audit_sql_and_restoring_a_backup(dsn: str, tmp_path: P
         assert "disappeared" in hook["error"] and hook["disconnected_seconds"] > 1
     finally:
         serve.stop()
+
+
+def test_failures_are_notified(dsn: str, tmp_path: Path, receiver: Receiver) -> None:
+    """The other webhooks, each provoked for real: a recovery that fails, a verification that finds
+    damage, and (with capture left to nobody) lag over [capture] max_lag."""
+    archive = tmp_path / "archive"
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("create table payments (id int primary key, amount numeric(12,2) not null, note text)")
+        c.execute("create table orders (id int primary key, item text)")
+        c.execute("insert into payments select g, g, 'p' || g from generate_series(1, 20) g")
+    capture_to_now(dsn, archive, tables="public.payments,public.orders")
+    conf = f'[notify]\nwebhook_urls = ["{receiver.url}"]\n[capture]\nmax_lag = "1s"\n'
+    serve = Serve(tmp_path, dsn, "--no-capture", conf=conf)
+    try:
+        # A point-in-time recovery before the recoverable window fails: recovery_failed.
+        status, doc = serve.call("POST", "/v1/recoveries", {"recovery_type": "point_in_time",
+                                                             "target_time": "2001-01-01T00:00:00Z"})
+        assert status == 202, doc
+        job = serve.job(doc["id"])
+        assert job["status"] == "failed" and "recoverable window" in job["error"], job
+        hook = wait_until("the recovery_failed webhook", lambda: receiver.events("recovery_failed"), 30, 0.2)[0]
+        assert hook["recovery_id"] == job["id"] and hook["error"] == job["error"]
+
+        # A backup whose file is damaged: data_verification of it finds it, verify_failed.
+        backup = catalog.load_all(Archive(archive))[0]
+        damaged = next(catalog.snapshot_dir(Archive(archive), backup.generation, backup.id).iterdir())
+        data = bytearray(damaged.read_bytes())
+        data[len(data) // 2] ^= 0x40
+        damaged.write_bytes(bytes(data))
+        status, doc = serve.call("POST", "/v1/recoveries", {"recovery_type": "data_verification",
+                                                             "backup_id": backup.id})
+        job = serve.job(doc["id"])
+        assert job["exit_code"] == 1 and job["result"]["ok"] is False, job
+        hook = wait_until("the verify_failed webhook", lambda: receiver.events("verify_failed"), 30, 0.2)[0]
+        assert hook["problem_count"] >= 1 and damaged.name in json.dumps(hook["problems"]), hook
+
+        # Nobody captures: WAL piles up beyond the tape, and the tape falls behind max_lag: lag_high.
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("update payments set note = 'nobody captures this' where id <= 5")
+        hook = wait_until("the lag_high webhook", lambda: receiver.events("lag_high"), 60, 0.3)[0]
+        assert hook["max_lag_seconds"] == 1 and hook["lag_seconds"] > 1, hook
+        assert serve.call("GET", "/healthz", token=None)[0] == 503
+    finally:
+        serve.stop()
