@@ -10,6 +10,7 @@ process is gone (kill -9, power loss) is reported as failed ("interrupted") by `
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -96,6 +97,9 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+ID_RE = re.compile(r"\d{8}T\d{6}\.\d{6}Z-\d+")
 
 
 def new_id() -> str:

@@ -129,11 +129,11 @@ def _copy_table(snap: ExportedSnapshot, archive: Archive, directory: str, record
         raise
 
 
-def new_record(archive: Archive, generation: int, tables: list[str], kind: str, retention: float | None
-               ) -> SnapshotRecord:
+def new_record(archive: Archive, generation: int, tables: list[str], kind: str, retention: float | None,
+               snapshot_id: str | None = None) -> SnapshotRecord:
     now = now_us()
     expires = now + int(retention * 1_000_000) if retention else None
-    return SnapshotRecord(catalog.new_id(), generation, kind, tables, catalog.RUNNING, now, expires,
+    return SnapshotRecord(snapshot_id or catalog.new_id(), generation, kind, tables, catalog.RUNNING, now, expires,
                           os.getpid(), os.uname().nodename)
 
 
@@ -150,7 +150,14 @@ def _describe(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-def take_snapshot(config: Config, archive: Archive, tables: list[str], kind: str) -> SnapshotRecord:
+def take_snapshot(config: Config, archive: Archive, tables: list[str], kind: str,
+                  snapshot_id: str | None = None) -> SnapshotRecord:
+    """`snapshot_id`: the new snapshot's id, named in advance (pgtape serve answers with it at once)."""
+    if snapshot_id is not None:
+        if not catalog.ID_RE.fullmatch(snapshot_id):
+            raise UsageError(f"invalid snapshot id {snapshot_id!r}: the form is 20261202T170000.123456Z-4242")
+        if any(r.id == snapshot_id for r in catalog.load_all(archive)):
+            raise UsageError(f"snapshot {snapshot_id} exists already: choose another id")
     ident = archive.identity()
     gen = archive.generation(ident.generation)
     unknown = [t for t in tables if t not in gen.tables]
@@ -172,7 +179,7 @@ def take_snapshot(config: Config, archive: Archive, tables: list[str], kind: str
             if dropped:  # a table dropped since the generation began: its last bases stay as they are
                 log(f"skipping {', '.join(dropped)}: dropped")
                 tables = [t for t in tables if t not in dropped]
-            record = new_record(archive, gen.id, tables, kind, config.retention)
+            record = new_record(archive, gen.id, tables, kind, config.retention, snapshot_id)
             catalog.save(archive, record)
             try:
                 snap = create_slot_exporting(repl, config.dsn, temporary_slot_name(), temporary=True)

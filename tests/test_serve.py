@@ -136,9 +136,11 @@ def test_backup_recoveries_and_capture(serve: Serve, dsn: str, tmp_path: Path) -
     archive = str(tmp_path / "archive")
     status, doc = serve.call("POST", "/v1/backups", {"backup_type": "full"})
     assert status == 202, doc
-    job = serve.job(doc["id"])
-    assert job["status"] == "completed" and job["exit_code"] == 0, job
-    backup_id = job["result"]["id"]
+    backup_id = doc["id"]  # named at once: GET shows it running, then completed
+    status, early = serve.call("GET", f"/v1/backups/{backup_id}")
+    assert status == 200 and early["id"] == backup_id and early["status"] in ("running", "completed"), early
+    job = serve.job(doc["job_id"])
+    assert job["status"] == "completed" and job["exit_code"] == 0 and job["result"]["id"] == backup_id, job
     status, rec = serve.call("GET", f"/v1/backups/{backup_id}")
     listed = {r["id"]: r for r in json.loads(run_pgtape("snapshots", "--archive", archive, "--json",
                                                        check=True).stdout)}
@@ -148,7 +150,7 @@ def test_backup_recoveries_and_capture(serve: Serve, dsn: str, tmp_path: Path) -
     assert rec["file_size_bytes"] == cli["bytes"] and rec["error_message"] is None
     assert {b["id"] for b in serve.call("GET", "/v1/backups")[1]} == set(listed)
     status, doc = serve.call("POST", "/v1/backups", {"backup_type": "orders"})
-    assert status == 202 and serve.job(doc["id"])["result"]["rows"] == {"public.orders": 20}
+    assert status == 202 and serve.job(doc["job_id"])["result"]["rows"] == {"public.orders": 20}
 
     # Capture runs inside the service: changes reach the tape and /healthz turns 200.
     with psycopg.connect(dsn, autocommit=True) as c:

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import capture_to_now, run_pgtape, wait_until
+from conftest import capture_to_now, one_line_error, run_pgtape, wait_until
 from pgtape.snapshots import catalog
 from pgtape.tape.archive import Archive
 from test_serve import TOKEN, Serve
@@ -98,9 +98,12 @@ def test_metrics_webhooks_audit_sql_and_restoring_a_backup(dsn: str, tmp_path: P
         # A full backup through the API; the SQL catalog shows it (the service syncs after the job).
         status, doc = serve.call("POST", "/v1/backups", {"backup_type": "full"})
         assert status == 202, doc
-        job = serve.job(doc["id"])
-        assert job["status"] == "completed", job
-        backup_id = job["result"]["id"]
+        job = serve.job(doc["job_id"])
+        backup_id = doc["id"]
+        assert job["status"] == "completed" and job["result"]["id"] == backup_id, job
+        cli = ["--archive", str(archive), "--dsn", dsn]  # an id named in advance is checked
+        one_line_error(run_pgtape("snapshot", *cli, "--id", backup_id), 2, "exists already")
+        one_line_error(run_pgtape("snapshot", *cli, "--id", "nope"), 2, "invalid snapshot id")
         with psycopg.connect(dsn, autocommit=True) as c:
             at_backup = sorted(c.execute("select id, amount::text, note from payments").fetchall())
             c.execute("update payments set amount = 0 where id <= 10")  # after the backup: not in it

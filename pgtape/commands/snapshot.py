@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", choices=("manual", "scheduled", "rebase"), default="manual", help=argparse.SUPPRESS)
     p.add_argument("--prune", action="store_true",
                    help="then apply the retention: what pgtape prune does (scheduled snapshots always do)")
+    p.add_argument("--id", metavar="ID", help="the new snapshot's id, named in advance (default: from the time; "
+                   "pgtape serve names a backup before it starts)")
     p.add_argument("--json", action="store_true", help="machine-readable summary")
 
 
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     archive = Archive.existing(config.require_archive())
     # --tables picks a subset of the captured tables (default: all of them).
     captured = archive.generation(archive.identity().generation).tables
-    rec = take_snapshot(config, archive, config.selected_tables(captured), args.kind)
+    rec = take_snapshot(config, archive, config.selected_tables(captured), args.kind, args.id)
     if not args.json:
         print(f"snapshot {rec.id} completed: as of {format_lsn(rec.as_of_lsn or 0)} "
               f"({format_time(rec.as_of_time)}), {sum(rec.rows.values())} rows, {rec.bytes} bytes", flush=True)

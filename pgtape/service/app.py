@@ -225,6 +225,9 @@ class Api:
             for b in self.backups():
                 if b.id == params["id"]:
                     return Response(200, b)
+            pending = self._pending_backup(params["id"])
+            if pending is not None:
+                return Response(200, pending)
             raise HttpError(404, f"no backup {params['id']!r} (GET /v1/backups lists them)")
         kinds = ("recovery", "verification") if pattern.startswith("/v1/recoveries") else None
         if pattern.endswith("{id}"):
@@ -262,9 +265,10 @@ class Api:
                                      f"({', '.join(split_table(t)[1] for t in captured)})")
         else:
             tables = _tables(req.tables, captured)
-        job = self.jobs.start("backup", msgspec.to_builtins(req), ["snapshot", "--tables", ",".join(tables), "--json"],
-                              actor)
-        return Response(202, {"id": job.id})
+        backup_id = catalog.new_id()  # named now, so the answer can say which backup GET will show
+        job = self.jobs.start("backup", msgspec.to_builtins(req),
+                              ["snapshot", "--tables", ",".join(tables), "--id", backup_id, "--json"], actor)
+        return Response(202, {"id": backup_id, "job_id": job.id})
 
     def post_recovery(self, body: bytes, actor: str) -> Response:
         req = _decode(body, RecoveryRequest)
@@ -352,6 +356,20 @@ class Api:
         except msgspec.DecodeError:
             doc = None
         return r.returncode, doc, errors[-1] if errors else None
+
+    def _pending_backup(self, backup_id: str) -> BackupRecord | None:
+        """A backup the API started that has no catalog record yet (its job is starting) or never
+        got one (its job failed first), from its job."""
+        for job in self.jobs.all():
+            if job.kind == "backup" and backup_id in job.argv and job.status != "completed":
+                tables = job.argv[job.argv.index("--tables") + 1].split(",")
+                captured = self._captured()
+                kind = ("full" if set(tables) == set(captured) else
+                        split_table(tables[0])[1] if len(tables) == 1 else "tables")
+                status = "running" if job.status == "running" else "failed"
+                return BackupRecord(backup_id, kind, status, tables, 0, 0, job.started_at, None, job.finished_at,
+                                    job.error if status == "failed" else None)
+        return None
 
     def backups(self) -> list[BackupRecord]:
         records = catalog.load_all(self.archive)

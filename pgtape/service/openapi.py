@@ -20,6 +20,11 @@ class Accepted(msgspec.Struct):
     id: str  # the job's id: GET /v1/jobs/{id} (or /v1/recoveries/{id})
 
 
+class BackupAccepted(msgspec.Struct):
+    id: str  # the backup's id: GET /v1/backups/{id} (status running until it completes or fails)
+    job_id: str  # its job: GET /v1/jobs/{id} (progress, result)
+
+
 class Health(msgspec.Struct, omit_defaults=True):
     ok: bool
     reason: str | None = None  # why not
@@ -54,7 +59,8 @@ def _op(summary: str, ok: tuple[str, dict[str, Any], str], body: str | None = No
 
 def document() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
-        (BackupRequest, RecoveryRequest, RecoveryPointRequest, BackupRecord, JobRecord, Error, Accepted, Health),
+        (BackupRequest, RecoveryRequest, RecoveryPointRequest, BackupRecord, JobRecord, Error, Accepted, BackupAccepted,
+         Health),
         ref_template="#/components/schemas/{name}")
     any_json: dict[str, Any] = {"type": "object"}
     accepted = ("202", _ref("Accepted"), "started as a job")
@@ -76,7 +82,8 @@ def document() -> dict[str, Any]:
                                       errors=(502,))},
             "/v1/openapi.json": {"get": _op("this document", ("200", any_json, "OpenAPI 3.1"), errors=())},
             "/v1/backups": {
-                "post": _op("take a snapshot: backup_type full or a captured table's name, or tables", accepted,
+                "post": _op("take a snapshot: backup_type full or a captured table's name, or tables",
+                            ("202", _ref("BackupAccepted"), "started as a job; the backup's id is named now"),
                             "BackupRequest", errors=(400, 429)),
                 "get": _op("the snapshot catalog", ("200", {"type": "array", "items": _ref("BackupRecord")},
                                                     "every backup, oldest first"), errors=())},
