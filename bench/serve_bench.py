@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -163,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                            else ""))
         finally:
             bench.close()
+            shutil.rmtree(work, ignore_errors=True)
     results["runs"] = runs
 
     def best(tool: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from pgtape.errors import PgtapeError
 from pgtape.service import sql_monitor
 from pgtape.service.jobs import JobManager, JobRecord
 from pgtape.service.metrics import Metrics
-from pgtape.service.status import Status, StatusReport, collect
+from pgtape.service.status import OpenSegments, Status, StatusReport, collect
 from pgtape.snapshots import catalog
 from pgtape.tape.archive import Archive
 
@@ -37,6 +37,7 @@ class Monitor:
         self.changes_written = changes_written  # by the in-process capture, since the service started
         self.metrics = Metrics()
         self.watch = notify.Watch(notifier, config.notify_disconnected_after, config.status_max_lag)
+        self.open_segments = OpenSegments()  # each look decodes only what the open segment gained
         self.status: Status | None = None
         self.status_error: str | None = None  # why the last look failed
         self._changes_seen = 0
@@ -109,7 +110,7 @@ class Monitor:
         if written > self._changes_seen:
             self.metrics.changes_captured.inc(written - self._changes_seen)
         self._changes_seen = written
-        status = collect(self.config, self.archive)
+        status = collect(self.config, self.archive, self.open_segments)
         snapshots = catalog.load_all(self.archive)
         jobs = Counter((j.kind, j.status) for j in self.jobs.all())
         self.metrics.observe(status, snapshots, dict(jobs))

@@ -19,7 +19,8 @@ from pgtape.pg import connect, quote_literal
 from pgtape.slot import gap_message
 from pgtape.tape.archive import Archive
 from pgtape.storage import Storage
-from pgtape.tape.segment import SegmentError, SegmentStats, segment_stats
+from pgtape.tape.segment import (OPEN_SUFFIX, OpenProgress, SegmentError, SegmentStats, open_segment_progress,
+                                  segment_stats)
 from pgtape.tape.window import Window
 from pgtape.timefmt import format_time, now_us
 from pgtape.replay.plan import window
@@ -141,11 +142,12 @@ class Status:
             self.lag_seconds, self.healthy, self.problems)
 
 
-def collect(config: Config, archive: Archive) -> Status:
-    """Reads the tape and the catalog, asks the server; an unreachable server is part of the answer."""
+def collect(config: Config, archive: Archive, open_segments: OpenSegments | None = None) -> Status:
+    """Reads the tape and the catalog, asks the server; an unreachable server is part of the answer.
+    `open_segments`: what earlier calls read of the open segment (they are many: pgtape serve)."""
     collected_at = now_us()
     try:
-        tape = summarize_tape(archive, archive.identity().generation)
+        tape = summarize_tape(archive, archive.identity().generation, open_segments)
     except SegmentError as e:
         raise PgtapeError(f"cannot read the tape: {e}") from None
     server: ServerSummary | None = None
@@ -175,14 +177,31 @@ def collect(config: Config, archive: Archive) -> Status:
     return replace(status, problems=_problems(status))
 
 
-def summarize_tape(archive: Archive, gen: int) -> TapeSummary:
+class OpenSegments:
+    """What earlier looks read of open segments, so the next look decodes only what was added
+    (pgtape serve looks every few seconds; reading a 64 MiB open segment whole each time would
+    take a core)."""
+
+    def __init__(self) -> None:
+        self.read: dict[str, OpenProgress] = {}
+
+    def stats(self, storage: Storage, key: str, start_lsn: int) -> SegmentStats:
+        if not key.endswith(OPEN_SUFFIX):
+            return segment_stats(storage, key, start_lsn)
+        progress = open_segment_progress(storage, key, start_lsn, self.read.get(key))
+        self.read = {key: progress}  # (one open segment per generation; a sealed one is read by its footer)
+        return progress.stats
+
+
+def summarize_tape(archive: Archive, gen: int, open_segments: OpenSegments | None = None) -> TapeSummary:
     g = archive.generation(gen)
     segments = archive.segments(gen)
     end_lsn, first_time, last_time, complete = g.start_lsn, None, None, None
     transactions = changes = size = 0
+    stats = open_segments.stats if open_segments is not None else segment_stats
     for s in segments:
         def read(storage: Storage, key: str, start: int = s.start_lsn) -> tuple[int, SegmentStats]:
-            return storage.size(key), segment_stats(storage, key, start)
+            return storage.size(key), stats(storage, key, start)
         n, st = archive.read_segment(s, read)  # (an open segment sealed meanwhile: the sealed one)
         size += n
         transactions += st.transactions

@@ -431,6 +431,48 @@ def open_segment_stats(storage: Storage, key: str, start_lsn: int) -> SegmentSta
     return SegmentStats(end_lsn=start_lsn).after([r for r in reader.records() if isinstance(r, _STATS_RECORDS)])
 
 
+@dataclass(frozen=True)
+class OpenProgress:
+    """How far open_segment_progress read an open segment: its stats up to `offset`, the end of the
+    boundary frame whose header (its checksum included) is `last_header`."""
+    key: str
+    offset: int
+    stats: SegmentStats
+    last_header: bytes = b""
+
+
+def open_segment_progress(storage: Storage, key: str, start_lsn: int, since: OpenProgress | None = None
+                          ) -> OpenProgress:
+    """open_segment_stats, decoding only the frames after `since`: an open segment only grows, and a
+    repair after a crash cuts it back only to a boundary at or after every frame counted before; a
+    `since` whose last frame is not there any more, byte for byte, is ignored (the segment is read
+    whole)."""
+    path = storage.where(key)
+    with storage.open_read(key) as f:
+        headers = list(scan_frame_headers(f))
+
+        def header_at(offset: int) -> bytes:
+            f.seek(offset)
+            return f.read(HEADER_SIZE)
+        resume = since is not None and since.key == key and any(
+            o + size == since.offset and flags & FLAG_BOUNDARY and header_at(o) == since.last_header
+            for o, _, flags, size in headers)
+        stats, done = (since.stats, since.offset) if resume and since else (SegmentStats(end_lsn=start_lsn), 0)
+        last = since.last_header if resume and since else b""
+        dec = zstandard.ZstdDecompressor()
+        pending: list[Record] = []
+        for offset, kind, flags, size in headers:
+            if offset < done or kind != KIND_DATA:
+                continue
+            frame = _frame_or_none(f, offset, dec)
+            if frame is None:
+                raise SegmentError(path, offset, "damaged frame")
+            pending.extend(r for r in _records_decoder.decode(frame.payload) if isinstance(r, _STATS_RECORDS))
+            if flags & FLAG_BOUNDARY:
+                stats, pending, done, last = stats.after(pending), [], offset + size, header_at(offset)
+    return OpenProgress(key, done, stats, last)
+
+
 def segment_end(storage: Storage, key: str, start_lsn: int) -> SegmentStats:
     """End LSN and completeness time of a segment: a sealed one's footer, an open one's last boundary frames."""
     if key.endswith(OPEN_SUFFIX):

@@ -10,7 +10,8 @@ import pytest
 from pgtape.storage import LocalStorage, local_file
 from pgtape.tape import FORMAT_VERSION
 from pgtape.tape.records import Begin, Change, Commit, Relation
-from pgtape.tape.segment import SegmentError, SegmentReader, SegmentWriter, last_boundary, read_footer
+from pgtape.tape.segment import (SegmentError, SegmentReader, SegmentWriter, last_boundary, open_segment_progress,
+                                 open_segment_stats, read_footer)
 
 
 def _txn(xid: int, end: int) -> list:
@@ -97,3 +98,33 @@ def test_archive_of_another_format_version_is_refused_in_one_line(tmp_path: Path
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip().count("\n") == 0 and "tape format 1" in r.stderr \
         and f"reads format {FORMAT_VERSION}" in r.stderr, r.stderr
+
+
+def test_open_segment_progress_decodes_only_what_was_added(tmp_path: Path) -> None:
+    """pgtape serve looks at the open segment every few seconds: each look continues where the last
+    stopped, and must equal reading the segment whole, also after a repair cut the tail back."""
+    storage = LocalStorage(tmp_path)
+    w = _segment(tmp_path, n=3)
+    key = f"tape/{w.name}"
+    first = open_segment_progress(storage, key, 100)
+    assert first.stats == open_segment_stats(storage, key, 100) and first.stats.transactions == 3
+    assert first.offset == last_boundary(storage, key)
+    w.append(_txn(4, 500)[:2], boundary=False)  # a transaction under way: not counted yet
+    w.sync()
+    assert open_segment_progress(storage, key, 100, first) == first
+    w.append(_txn(4, 500)[2:], boundary=True)
+    w.append(_txn(5, 600), boundary=True)
+    w.sync()
+    second = open_segment_progress(storage, key, 100, first)
+    assert second.stats == open_segment_stats(storage, key, 100) and second.stats.transactions == 5
+    assert second.stats.changes == 5 and second.stats.end_lsn == 600 and second.offset > first.offset
+    w.close()
+    # Cut back before what `second` counted (a repair, then other transactions): read whole again.
+    os.truncate(tmp_path / key, first.offset)
+    w2, _ = SegmentWriter.recover(storage, key)
+    w2.append(_txn(9, 900), boundary=True)
+    w2.sync()
+    third = open_segment_progress(storage, key, 100, second)
+    assert third.stats == open_segment_stats(storage, key, 100) and third.stats.transactions == 4
+    assert third.stats.end_lsn == 900
+    w2.close()
