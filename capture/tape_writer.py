@@ -14,6 +14,7 @@ import logging
 import time
 
 from pgtape import metadata
+from pgtape.errors import PgtapeError
 from pgtape.tape.archive import Archive
 from pgtape.tape.marks import Mark, parse_mark, save_new_mark
 from pgtape.tape.segment import DURABLE_FILE
@@ -130,7 +131,7 @@ class TapeWriter:
         for m in durable:
             try:
                 save_new_mark(self.archive, m)
-            except OSError as e:  # not fatal: replay finds an unlisted mark on the tape
+            except (OSError, PgtapeError) as e:  # not fatal: replay finds an unlisted mark on the tape
                 logger.warning(f"could not list recovery point {m.name!r} in the archive's catalog: {e}")
 
     def commit(self, end_lsn: int) -> bool:
