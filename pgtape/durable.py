@@ -8,6 +8,6 @@ directory is fsynced too. See docs/ARCHITECTURE.md, "Durability".
 
 from __future__ import annotations
 
-from pgtape.storage.local import fsync_dir, make_dirs_durably
+from pgtape.storage.local import create_private, fsync_dir, make_dirs_durably
 
-__all__ = ["fsync_dir", "make_dirs_durably"]
+__all__ = ["create_private", "fsync_dir", "make_dirs_durably"]

@@ -15,7 +15,7 @@ from pgtape.errors import PgtapeError
 class Lock:
     def __init__(self, path: Path, busy: str) -> None:
         """Take the lock on `path` (created if need be), or raise PgtapeError(`busy`)."""
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -22,15 +22,28 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# The archive holds every payment: what pgtape creates is its owner's alone, whatever the umask.
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def create_private(path: Path) -> int:
+    """Open `path` for writing, created or emptied, mode FILE_MODE exactly (not umask's); an fd."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    os.fchmod(fd, FILE_MODE)
+    return fd
+
+
 def make_dirs_durably(path: Path) -> None:
-    """mkdir -p, fsyncing each parent whose entry list changed."""
+    """mkdir -p (each new directory mode DIR_MODE), fsyncing each parent whose entry list changed."""
     missing: list[Path] = []
     p = path
     while not p.exists():
         missing.append(p)
         p = p.parent
     for d in reversed(missing):
-        d.mkdir()
+        d.mkdir(mode=DIR_MODE)
+        os.chmod(d, DIR_MODE)
         fsync_dir(d.parent)
 
 
@@ -113,7 +126,7 @@ class LocalStorage(Storage):
         path = self._path(key)
         make_dirs_durably(path.parent)
         tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
+        with os.fdopen(create_private(tmp), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -83,7 +83,7 @@ def decode(line: bytes) -> Entry | None:
 
 @contextmanager
 def _locked(archive: Archive) -> Iterator[None]:
-    fd = os.open(archive.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(archive.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # blocking: writers queue for the few ms of one append
         yield

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from pgtape.copytext import unescape
-from pgtape.durable import fsync_dir, make_dirs_durably
+from pgtape.durable import create_private, fsync_dir, make_dirs_durably
 from pgtape.names import file_stem
 from pgtape.replay.engine import Plan
 
@@ -18,7 +18,7 @@ def to_files(plan: Plan, directory: Path, fmt: str) -> dict[str, int]:
         final = directory / f"{file_stem(fold.relname)}.{fmt}"  # named as the table was at the target
         tmp = final.with_name(final.name + ".partial")
         n = 0
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        with os.fdopen(create_private(tmp), "w", newline="", encoding="utf-8") as f:  # rows: owner only
             if fmt == "csv":
                 f.write(",".join(_csv_field(c) for c in fold.columns) + "\r\n")
                 for line in plan.rows(table):

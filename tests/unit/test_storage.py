@@ -6,6 +6,7 @@ Add an implementation to STORAGES (e.g. S3 against a local test server) and it m
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Callable
 
@@ -112,3 +113,21 @@ def test_identity_tells_a_replaced_archive(storage: Storage, tmp_path: Path) -> 
         storage.root.rename(tmp_path / "moved")
         storage.root.mkdir()
         assert storage.identity() != before
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022])
+def test_local_files_are_the_owners_alone_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    old = os.umask(umask)
+    try:
+        storage = LocalStorage(tmp_path / "archive")
+        storage.write_atomic("generations/0001/GENERATION.json", b"{}")
+        handle = storage.create("generations/0001/tape/1.tape.open", b"head")
+        handle.append(b"more")
+        handle.sync()
+        handle.close()
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*")}
+    assert modes == {"archive": 0o700, "archive/generations": 0o700, "archive/generations/0001": 0o700,
+                     "archive/generations/0001/GENERATION.json": 0o600, "archive/generations/0001/tape": 0o700,
+                     "archive/generations/0001/tape/1.tape.open": 0o600}
