@@ -1,6 +1,7 @@
 """The archive's locks: each an exclusive, non-blocking flock held for the life of its holder.
 
-A second holder is refused, never queued (docs/ARCHITECTURE.md, "Concurrency and locks").
+A second holder is refused, never queued (docs/ARCHITECTURE.md, "Concurrency and locks"). Records
+that name a process instead (a running snapshot, a service's job) ask `process_alive`.
 """
 
 from __future__ import annotations
@@ -24,3 +25,14 @@ class Lock:
 
     def release(self) -> None:
         os.close(self._fd)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -19,6 +19,7 @@ import msgspec
 from pgtape import metadata
 from pgtape.tape.archive import Archive
 from pgtape.timefmt import now_us
+from pgtape.lock import process_alive
 
 RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
 CATALOG_KEY = "catalog/snapshots"
@@ -83,20 +84,11 @@ def load_all(archive: Archive, damaged: list[str] | None = None) -> list[Snapsho
 
 
 def stale_as_failed(r: SnapshotRecord) -> SnapshotRecord:
-    if r.status == RUNNING and r.host == os.uname().nodename and not _alive(r.pid):
+    if r.status == RUNNING and r.host == os.uname().nodename and not process_alive(r.pid):
         return msgspec.structs.replace(r, status=FAILED, error=f"interrupted: process {r.pid} ended "
                                                                  "before the snapshot completed")
     return r
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 ID_RE = re.compile(r"\d{8}T\d{6}\.\d{6}Z-\d+")

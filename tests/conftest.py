@@ -160,11 +160,12 @@ def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeo
 
 
 def process_alive(pid: int) -> bool:
+    """Whether `pid` runs; a zombie (ended, not yet reaped by its parent) counts as ended."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
         return False
-    return True
 
 
 def wait_until(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.05) -> T:

@@ -5,7 +5,6 @@ service, and jobs interrupted by stopping the service reading `interrupted` afte
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +17,8 @@ from typing import Any, Iterator
 import psycopg
 import pytest
 
-from conftest import ROOT, capture_to_now, clean_env, one_line_error, run_pgtape, stop_process, wait_until
+from conftest import (ROOT, capture_to_now, clean_env, one_line_error, process_alive, run_pgtape, stop_process,
+                      wait_until)
 from pgtape.service.app import ROUTES
 from testkit.cluster import free_port
 
@@ -214,22 +214,13 @@ def test_jobs_read_interrupted_after_the_service_stops(serve: Serve, dsn: str, t
                 assert status == 429 and "jobs are running" in refused["error"]
         finally:
             s.stop(sig)
-        wait_until(f"job process {pid} to end with the service", lambda: not _alive(pid), 30)
+        wait_until(f"job process {pid} to end with the service", lambda: not process_alive(pid), 30)
         s = Serve(tmp_path, dsn, "--no-capture")
         try:
             job = s.call("GET", f"/v1/recoveries/{doc['id']}")[1]
             assert job["status"] == "interrupted" and "interrupted" in job["error"], (sig, job)
         finally:
             s.stop()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie (not yet reaped by init) counts as ended.
-    return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
 
 
 def test_refuses_to_start_without_a_safe_token(dsn: str, tmp_path: Path) -> None:

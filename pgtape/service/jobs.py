@@ -27,6 +27,7 @@ import msgspec
 from pgtape import metadata
 from pgtape.log import utc_time
 from pgtape.storage import Storage
+from pgtape.lock import process_alive
 
 RUNNING, COMPLETED, FAILED, INTERRUPTED = "running", "completed", "failed", "interrupted"
 KINDS = ("backup", "recovery", "verification")
@@ -70,15 +71,6 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
 
 def _now() -> str:
     return utc_time(time.time())
@@ -98,7 +90,8 @@ class JobManager:
         """Records left `running` by a service that is gone: their processes died with it."""
         for job in self.all():
             if job.status == RUNNING and job.id not in self.live and (
-                    job.host != os.uname().nodename or not _alive(job.service_pid) or not _alive(job.pid)):
+                    job.host != os.uname().nodename or not process_alive(job.service_pid)
+                    or not process_alive(job.pid)):
                 self._save(msgspec.structs.replace(job, status=INTERRUPTED, finished_at=job.finished_at or _now(),
                                                    error=job.error or "interrupted: the service stopped"))
 
