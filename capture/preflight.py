@@ -2,7 +2,8 @@
 
 Checks the server settings, the role's privileges, the replication connection, wal2json, the
 tables and the archive directory. Each problem is one line that says what is wrong and how to
-fix it; so is each warning (a risk that does not fail the check: values wal2json cannot carry).
+fix it; so is each warning (a risk that does not fail the check: values wal2json cannot carry, a
+DSN that allows an unencrypted connection to a remote host).
 Only what a role with REPLICATION and SELECT may do is used (catalog views, settings and a
 TEMPORARY slot), so such a role can check itself; no superuser needed.
 """
