@@ -2,21 +2,25 @@
 
 Checks the server settings, the role's privileges, the replication connection, wal2json, the
 tables and the archive directory. Each problem is one line that says what is wrong and how to
-fix it; so is each warning (a risk that does not fail the check: values wal2json cannot carry).
+fix it; so is each warning (a risk that does not fail the check: values wal2json cannot carry, a
+DSN that allows an unencrypted connection to a remote host).
 Only what a role with REPLICATION and SELECT may do is used (catalog views, settings and a
 TEMPORARY slot), so such a role can check itself; no superuser needed.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
 import tempfile
 import threading
 from dataclasses import dataclass, field
+from typing import Mapping
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from pgtape.capture import ddl_trigger
 from pgtape import pg
@@ -99,6 +103,9 @@ _RELKINDS = {"v": "a view", "m": "a materialized view", "f": "a foreign table", 
 
 def preflight(config: Config) -> Report:
     report = Report()
+    plaintext = plaintext_warning(config.dsn, os.environ)
+    if plaintext is not None:
+        report.warn(plaintext)
     try:
         conn = pg.connect(config.dsn, application_name="pgtape check")
     except PgtapeError as e:
@@ -280,6 +287,49 @@ def _check_ddl_trigger(conn: psycopg.Connection, server: Server, report: Report)
                         f"the DDL trigger is {'disabled' if off else 'not installed'}: capture notices schema changes "
                         "by polling the catalog, at an approximate position, and replay refuses targets around each "
                         f"one until capture has taken a new base; to record them exactly, {fix}"))
+
+
+# -- TLS ---------------------------------------------------------------------------------------
+
+# libpq's sslmode values that settle for an unencrypted connection (prefer is its default).
+_PLAINTEXT_SSLMODES = ("disable", "allow", "prefer")
+
+
+def plaintext_warning(dsn: str | None, environ: Mapping[str, str]) -> Problem | None:
+    """A warning when the DSN lets libpq talk to a host that is not local without TLS: row values
+    and the password would cross the network readable. The environment counts as libpq reads it
+    (PGHOST, PGHOSTADDR, PGSSLMODE), each only where the DSN leaves the parameter out."""
+    try:
+        params = conninfo_to_dict(dsn or "")
+    except psycopg.ProgrammingError:
+        return None  # connecting says what is wrong with it
+
+    def setting(name: str, env: str) -> str:
+        value = params.get(name)
+        return str(value) if value is not None else environ.get(env, "")
+
+    sslmode = setting("sslmode", "PGSSLMODE") or "prefer"
+    if sslmode not in _PLAINTEXT_SSLMODES:
+        return None
+    # hostaddr, when given, is where libpq really connects (host then only names the certificate).
+    hosts = setting("hostaddr", "PGHOSTADDR") or setting("host", "PGHOST")
+    remote = [h for h in (h.strip() for h in hosts.split(",")) if h and not _is_local(h)]
+    if not remote:
+        return None
+    return Problem("unencrypted_connection",
+                   f"sslmode={sslmode} allows an unencrypted connection to {', '.join(remote)}, which is not "
+                   "local: row values and the password could be read on the network; add sslmode=verify-full "
+                   "and sslrootcert=<the server's CA certificate> to the DSN (sslmode=require at least)")
+
+
+def _is_local(host: str) -> bool:
+    """A unix-socket directory (or, with @, an abstract one), localhost or a loopback address (127.0.0.0/8, ::1)."""
+    if host.startswith("/") or host.startswith("@") or host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # -- tables ------------------------------------------------------------------------------------

@@ -69,11 +69,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# pg_hba.conf lines for TCP connections (unix sockets are always trusted); a test that needs TLS
+# passes hostssl lines instead.
+TCP_HBA = ("host all all 127.0.0.1/32 trust", "host replication all 127.0.0.1/32 trust")
+
+
 class EmbeddedPostgres:
     """`with EmbeddedPostgres() as pg: psycopg.connect(pg.dsn())`."""
 
     def __init__(self, base_dir: str | Path | None = None, settings: dict[str, str] | None = None,
-                 superuser: str = "postgres", output_plugins: Sequence[str] = ("wal2json",)) -> None:
+                 superuser: str = "postgres", output_plugins: Sequence[str] = ("wal2json",),
+                 tcp_hba: Sequence[str] = TCP_HBA) -> None:
         self.bindir = find_bindir()
         self._own_dir = base_dir is None
         self.root = Path(base_dir or tempfile.mkdtemp(prefix="pgtape-pg-"))
@@ -84,6 +90,7 @@ class EmbeddedPostgres:
         self.settings = {**SERVER_SETTINGS, **allow_output_plugins(server_parameter_defaults(self.bindir),
                                                                    output_plugins), **(settings or {})}
         self.superuser = superuser
+        self.tcp_hba = tcp_hba
         self._run_as = "postgres" if os.geteuid() == 0 else None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -125,8 +132,8 @@ class EmbeddedPostgres:
                 f.write(f"{k} = {v}\n")
             f.write(f"port = {self.port}\nunix_socket_directories = '{self.sockdir}'\n")
         with open(self.datadir / "pg_hba.conf", "w") as f:
-            f.write("local all all trust\nlocal replication all trust\n"
-                    "host all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n")
+            f.write("local all all trust\nlocal replication all trust\n")
+            f.writelines(f"{line}\n" for line in self.tcp_hba)
 
     def start(self) -> None:
         if not self.datadir.exists():
