@@ -1,6 +1,7 @@
 """`pgtape check`: can capture run with this configuration? Exit 0 when it can, 1 when not.
 
-Warnings (values the tape would lose) are printed but do not change the exit status."""
+Warnings (values the tape would lose, a connection that may go unencrypted across a network) are
+printed but do not change the exit status."""
 
 from __future__ import annotations
 
