@@ -372,7 +372,8 @@ class Workload:
         elif kind == "upd_big":
             big = [c for c in others if c.storage == "e"] or others
             c = r.choice(big)
-            v = self.big() if r.random() < 0.6 and c.type in ("text", "character varying") else self.value(c.type)
+            v = (self.big() if r.random() < 0.6 and c.type in ("text", "character varying")
+                 else self.value(c.type, not c.notnull))
             self.exec(f"UPDATE {t} SET {ident(c.name)} = {v} WHERE {k_} = {r.choice(keys)}")
         elif kind == "upd_many" and others:
             self.exec(f"UPDATE {t} SET {self.assignments(self.some(others, 1, 1, 0.0))} "
@@ -484,7 +485,8 @@ class Workload:
             self.exec(f"UPDATE {t} SET {self.assignments(self.some(others))} WHERE {at(r.choice(keys))}")
         elif kind == "upd_big" and others:
             c = r.choice([c for c in others if c.storage == "e"] or others)
-            v = self.big() if c.type in ("text", "character varying") and r.random() < 0.6 else self.value(c.type)
+            v = (self.big() if c.type in ("text", "character varying") and r.random() < 0.6
+                 else self.value(c.type, not c.notnull))
             self.exec(f"UPDATE {t} SET {ident(c.name)} = {v} WHERE {at(r.choice(keys))}")
         elif kind == "move":  # to another month, usually another partition; TOAST left out
             extra = self.some(others, 0, 1, 0.0) if others else []
@@ -536,7 +538,8 @@ class Workload:
             self.exec(f"UPDATE {t} SET {self.assignments(self.some(rest, 1, 1, 0.0), pool=True)} WHERE {match}")
         elif kind == "upd_big":
             c = r.choice([c for c in cols if c.storage == "e"] or rest)
-            val = self.big() if c.type in ("text", "character varying") and r.random() < 0.7 else self.value(c.type)
+            val = (self.big() if c.type in ("text", "character varying") and r.random() < 0.7
+                   else self.value(c.type, not c.notnull))
             self.exec(f"UPDATE {t} SET {ident(c.name)} = {val} WHERE {one}")
         elif kind == "del_one":
             self.exec(f"DELETE FROM {t} WHERE {one}")
