@@ -23,11 +23,11 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from pgtape.capture import ddl_trigger
-from pgtape import pg
+from pgtape import pg, privileges
 from pgtape.config import Config
 from pgtape.names import split_table
 from pgtape.errors import PgtapeError, UsageError
-from pgtape.plugin_allowlist import PARAMETER, allowlist_problem, is_refusal, read_allowlist, refusal_message
+from pgtape.plugin_allowlist import PARAMETER, Allowlist, allowlist_problem, is_refusal, read_allowlist, refusal_message
 from pgtape.slot import PLUGIN, find_slot
 
 # Creating a logical slot waits until every transaction open at that moment has ended; a stuck
@@ -41,11 +41,21 @@ class Problem:
     message: str
 
 
+@dataclass(frozen=True)
+class Capability:
+    """What this role may do beyond the least-privilege role's commands (pgtape/privileges.py)."""
+    code: str  # in_place_replay, schema_change_trigger, output_plugin_libraries, mark
+    description: str
+    available: bool
+    enable: str | None  # when not available: the statements (or the step) that make it so
+
+
 @dataclass
 class Report:
     checks: list[str] = field(default_factory=list)  # what passed, one line each
     problems: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)  # risks that do not fail the check
+    capabilities: list[Capability] = field(default_factory=list)  # optional; never fail the check
 
     @property
     def ok(self) -> bool:
@@ -160,12 +170,13 @@ def _check_database(conn: psycopg.Connection, config: Config, report: Report) ->
                       f"WAL senders: {server.senders_used} of {server.max_senders} in use")
 
     # The probe needs a WAL sender of its own, and a free slot for its temporary one.
-    if free_sender:
-        _probe_replication(conn, config, server, create_slot=logical and free_slot, report=report)
+    decoded = free_sender and _probe_replication(conn, config, server, create_slot=logical and free_slot,
+                                                 report=report)
 
     _check_ddl_trigger(conn, server, report)
     for table in config.tables:
         _check_table(conn, table, server, report)
+    _check_capabilities(conn, config, server, allowlist, decoded, report)
 
 
 def _check_slot(conn: psycopg.Connection, name: str, server: Server, report: Report) -> bool:
@@ -191,9 +202,10 @@ def _check_slot(conn: psycopg.Connection, name: str, server: Server, report: Rep
 
 
 def _probe_replication(conn: psycopg.Connection, config: Config, server: Server, *, create_slot: bool,
-                       report: Report) -> None:
+                       report: Report) -> bool:
     """Open a replication connection (REPLICATION privilege, a free WAL sender) and create a TEMPORARY
     wal2json slot (plugin installed, slot creation allowed); the server drops it when the session ends.
+    True when the slot was created (so this role's sessions may decode through wal2json).
 
     pg_hba.conf needs nothing more: it matches a logical replication connection like an ordinary one
     to its database (`replication` lines are for physical replication only)."""
@@ -201,11 +213,11 @@ def _probe_replication(conn: psycopg.Connection, config: Config, server: Server,
         repl = pg.connect(config.dsn, replication=True, application_name="pgtape check")
     except PgtapeError as e:
         report.add_once(classify_replication_error(str(e), server.role, server.major))
-        return
+        return False
     with repl:
         if not create_slot:
             report.passed("replication connection accepted (no test slot created, so wal2json is unverified)")
-            return
+            return False
 
         def cancel() -> None:
             try:
@@ -223,10 +235,11 @@ def _probe_replication(conn: psycopg.Connection, config: Config, server: Server,
                 report.add_once(Problem("plugin_not_allowed", refusal_message(conn)))
             else:
                 report.add_once(classify_replication_error(pg.first_line(e), server.role, server.major))
-            return
+            return False
         finally:
             timer.cancel()
     report.passed(f"replication connection accepted and a temporary {PLUGIN} slot created: {PLUGIN} is installed")
+    return True
 
 
 def classify_replication_error(text: str, role: str, server_major: int) -> Problem:
@@ -287,6 +300,49 @@ def _check_ddl_trigger(conn: psycopg.Connection, server: Server, report: Report)
                         f"the DDL trigger is {'disabled' if off else 'not installed'}: capture notices schema changes "
                         "by polling the catalog, at an approximate position, and replay refuses targets around each "
                         f"one until capture has taken a new base; to record them exactly, {fix}"))
+
+
+# -- optional capabilities -------------------------------------------------------------------
+
+def _check_capabilities(conn: psycopg.Connection, config: Config, server: Server, allowlist: Allowlist | None,
+                        decoded: bool, report: Report) -> None:
+    """What needs more than the least-privilege role (pgtape/privileges.py), each with what enables it."""
+    oids = [oid for oid in (_table_oid(conn, t) for t in config.tables) if oid is not None]
+    grants = privileges.in_place_grants(conn, oids)
+    report.capabilities.append(Capability(
+        "in_place_replay", "replay --in-place: replace the live rows (INSERT, UPDATE, DELETE on the captured tables; "
+        "CREATE and TEMPORARY on the database)", not grants, "; ".join(grants) or None))
+
+    off = ddl_trigger.disabled(conn)
+    trigger = ddl_trigger.installed(conn)
+    report.capabilities.append(Capability(
+        "schema_change_trigger", "schema changes recorded at their exact position (the DDL event triggers; creating "
+        "them needs a superuser)", trigger,
+        None if trigger else "; ".join(f"ALTER EVENT TRIGGER {n} ENABLE" for n in off) if off else
+        "run pgtape init once as this role (a superuser)" if server.superuser else
+        "run pgtape init once with a superuser's DSN (pgtape init --dsn '... user=<a superuser>')"))
+
+    if allowlist is None:
+        report.capabilities.append(Capability(
+            "output_plugin_libraries", f"decoding through {PLUGIN} (this server predates {PARAMETER}: any installed "
+            "plugin decodes)", True, None))
+    else:
+        allowed = PLUGIN in allowlist.names if allowlist.names is not None else decoded
+        report.capabilities.append(Capability(
+            "output_plugin_libraries", f"decoding through {PLUGIN} ({PARAMETER} must name it; changing it needs a "
+            "superuser's ALTER SYSTEM)", allowed,
+            None if allowed else allowlist_problem(allowlist, server.role, server.database).split(": ", 1)[1]))
+
+    grant = privileges.mark_grant(conn)
+    report.capabilities.append(Capability(
+        "mark", "pgtape mark: recovery points at the exact stream position (pg_logical_emit_message)",
+        grant is None, grant))
+
+
+def _table_oid(conn: psycopg.Connection, table: str) -> int | None:
+    row = conn.execute("SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                       "WHERE n.nspname = %s AND c.relname = %s", split_table(table)).fetchone()
+    return None if row is None else int(row[0])
 
 
 # -- TLS ---------------------------------------------------------------------------------------

@@ -9,9 +9,10 @@ names an earlier instant instead, and replaying to it is replaying to that time 
 from __future__ import annotations
 
 from pgtape import metadata
-from pgtape.errors import UsageError
+from pgtape.errors import PgtapeError, UsageError
 from pgtape.lsn import parse_lsn
 from pgtape.pg import connect
+from pgtape.privileges import mark_grant
 from pgtape.tape.archive import Archive
 from pgtape.tape.marks import MARK_PREFIX, Mark, check_name, load_mark, mark_content, mark_key
 from pgtape.timefmt import format_time
@@ -35,6 +36,10 @@ def create_mark(archive: Archive, dsn: str | None, name: str, description: str |
         if at is not None and at > now[0]:
             raise UsageError(f"--at {format_time(at)} is in the future (the server's time is {format_time(now[0])}): "
                              "a recovery point names a time that has passed")
+        grant = mark_grant(c)
+        if grant is not None:
+            raise PgtapeError(f"pgtape mark emits a logical message, which this role may not: as a superuser run "
+                              f"{grant}")
         row = c.execute("SELECT pg_logical_emit_message(true, %s, %s)::text",
                         (MARK_PREFIX, mark_content(name, description, at))).fetchone()
     assert row is not None

@@ -10,6 +10,7 @@ import psycopg
 from pgtape.errors import PgtapeError
 from pgtape.names import quote_ident
 from pgtape.pg import column_types, connect, first_line
+from pgtape.privileges import in_place_grants, in_place_refusal
 from pgtape.replay.engine import Plan
 from pgtape.replay.fold import TableFold
 from pgtape.replay.sinks.load import create_table, live_relation, load_rows, qual
@@ -33,6 +34,11 @@ def diff_live(plan: Plan, dsn: str | None, apply: bool = False,
     to the result, all in one transaction. Returns (diffs, backup schema or None)."""
     backup = None
     with connect(dsn, autocommit=False, application_name="pgtape replay") as conn:
+        if apply:  # refused before anything is loaded or locked, with the statements that allow it
+            grants = in_place_grants(conn, [f.oid for f in plan.present.values()])
+            conn.rollback()
+            if grants:
+                raise PgtapeError(in_place_refusal(grants))
         try:
             staged: dict[str, str] = {}
             counts = {}
