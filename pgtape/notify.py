@@ -4,7 +4,8 @@ Best effort and never in the caller's way: `Notifier.send` only queues (bounded;
 oldest waiting notification is dropped) and returns; one daemon thread per URL posts, retrying
 connection errors, timeouts, HTTP 5xx and 429 with exponential backoff plus jitter, so a dead
 endpoint delays neither the caller nor the other URLs. Webhook URLs embed secrets: logs name only
-scheme, host and port.
+scheme, host and port. Credentials in a URL (`https://user:password@host/...`) are sent as HTTP Basic
+authentication.
 
 `Watch` turns the service's periodic look at capture into edge-triggered events: one notification
 when a bad state begins (disconnected too long, lag too high), one when it ends.
@@ -12,6 +13,7 @@ when a bad state begins (disconnected too long, lag too high), one when it ends.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import random
@@ -24,7 +26,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.message import Message
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pgtape.log import utc_time
 
@@ -61,6 +63,21 @@ def redact(url: str) -> str:
     return f"{parts.scheme}://{'[' + host + ']' if ':' in host else host}{port}/..."
 
 
+def basic_auth(url: str) -> tuple[str, str | None]:
+    """A URL with credentials (`https://user:password@host/path`) -> the URL without them and the
+    `Authorization: Basic` header they stand for (urllib would take them for part of the host name)."""
+    try:
+        parts = urlsplit(url)
+        if parts.username is None and parts.password is None:
+            return url, None
+        host = parts.netloc.rpartition("@")[2]
+    except ValueError:
+        return url, None  # posting fails and says so, naming only redact(url)
+    credentials = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}".encode()
+    return (urlunsplit(parts._replace(netloc=host)),
+            "Basic " + base64.b64encode(credentials).decode())
+
+
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     # urllib would turn a redirected POST into a GET without the body: a webhook that redirects is
     # misconfigured, so its 3xx is reported as a (not retried) failure instead.
@@ -77,6 +94,7 @@ class _Channel:
 
     def __init__(self, url: str, timeout: float, max_attempts: int, backoff: float, queue_size: int) -> None:
         self.url, self.name = url, redact(url)
+        self.post_url, self.auth = basic_auth(url)
         self.timeout, self.max_attempts, self.backoff = timeout, max(1, max_attempts), backoff
         self.queue: deque[tuple[str, bytes]] = deque()
         self.queue_size = max(1, queue_size)
@@ -146,8 +164,10 @@ class _Channel:
 
     def _post(self, body: bytes) -> tuple[str | None, bool, float | None]:
         """One POST -> (error or None, whether to retry, the server's Retry-After in seconds)."""
-        request = urllib.request.Request(self.url, data=body, method="POST",
-                                         headers={"Content-Type": "application/json", "User-Agent": "pgtape"})
+        headers = {"Content-Type": "application/json", "User-Agent": "pgtape"}
+        if self.auth is not None:
+            headers["Authorization"] = self.auth
+        request = urllib.request.Request(self.post_url, data=body, method="POST", headers=headers)
         try:
             with _opener.open(request, timeout=self.timeout) as response:
                 response.read()
@@ -161,9 +181,12 @@ class _Channel:
                     retry_after = None
                 return f"HTTP {e.code} {e.reason}", retry, retry_after
         except urllib.error.URLError as e:
-            return str(e.reason).replace(self.url, self.name), True, None
+            return self._redacted(str(e.reason)), True, None
         except Exception as e:  # timeouts, resets, malformed responses: worth another try
-            return (str(e) or type(e).__name__).replace(self.url, self.name), True, None
+            return self._redacted(str(e) or type(e).__name__), True, None
+
+    def _redacted(self, text: str) -> str:
+        return text.replace(self.url, self.name).replace(self.post_url, self.name)
 
 
 class Notifier:

@@ -22,15 +22,21 @@ PINNED_SETTINGS = {
 }
 
 
+# Connection parameters that hold a secret: the password, the passphrase of an encrypted client key
+# (sslpassword), and OAuth's client secret (libpq 18).
+SECRET_PARAMETERS = ("password", "sslpassword", "oauth_client_secret")
+
+
 def redact_dsn(dsn: str | None) -> str:
-    """The DSN with any password removed, for messages and logs."""
+    """The DSN without its secrets (SECRET_PARAMETERS), for messages and logs."""
     if not dsn:
         return "(libpq environment)"
     try:
         params = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
         return "(unparsable connection string)"
-    params.pop("password", None)
+    for name in SECRET_PARAMETERS:
+        params.pop(name, None)
     return make_conninfo("", **{k: v for k, v in params.items() if v is not None})
 
 

@@ -233,6 +233,14 @@ def test_redact() -> None:
     assert notify.redact("http://user:pw@[::1]:8080/x?token=1") == "http://[::1]:8080/..."
 
 
+def test_basic_auth_from_the_url() -> None:
+    assert notify.basic_auth("https://hooks.slack.com/services/T0/B0/x") == ("https://hooks.slack.com/services/T0/B0/x",
+                                                                             None)
+    assert notify.basic_auth("http://us%40er:p%3Aw%2F@[::1]:8080/x?t=1") == ("http://[::1]:8080/x?t=1",
+                                                                             "Basic dXNAZXI6cDp3Lw==")
+    assert notify.basic_auth("http://user@host/x") == ("http://host/x", "Basic dXNlcjo=")
+
+
 def test_event_texts() -> None:
     e = notify.verify_failed([f"problem {i}" for i in range(60)])
     assert e.text == "pgtape: verification found 60 problem(s): problem 0; problem 1; problem 2; and 57 more"
