@@ -102,7 +102,9 @@ _TABLE_SQL = """
 select c.relkind, c.relreplident,
        exists(select 1 from pg_index i where i.indrelid = c.oid and i.indisprimary),
        exists(select 1 from pg_index i where i.indrelid = c.oid and i.indisreplident),
-       has_table_privilege(c.oid, 'SELECT')
+       has_table_privilege(c.oid, 'SELECT'),
+       c.relrowsecurity and (c.relforcerowsecurity or not pg_has_role(c.relowner, 'USAGE'))
+         and not (select rolbypassrls or rolsuper from pg_roles where rolname = current_user)
 from pg_class c join pg_namespace n on n.oid = c.relnamespace
 where n.nspname = %s and c.relname = %s
 """
@@ -396,7 +398,14 @@ def _check_table(conn: psycopg.Connection, table: str, server: Server, report: R
         report.add(Problem("table_missing", f"table {table} does not exist in database {server.database}: "
                                             "create it or fix --tables"))
         return
-    relkind, replident, has_pk, has_identity_index, can_select = row
+    relkind, replident, has_pk, has_identity_index, can_select, policed = row
+    if policed:
+        # pgtape's sessions turn row_security off, so the role would get an error rather than the rows
+        # its policies allow (capture decodes every row: the base and the tape would disagree).
+        report.add(Problem("row_security", f"table {table} has row-level security and role {server.role} is "
+                                           "subject to it: snapshots and comparisons would fail rather than see "
+                                           f"only some rows; as a superuser run ALTER ROLE {pg.sql_name(server.role)} "
+                                           "BYPASSRLS"))
     if relkind == "p":
         # Captured through its root: its partitions, later ones included, are filed under it.
         if not has_pk:

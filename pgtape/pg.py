@@ -19,6 +19,9 @@ PINNED_SETTINGS = {
     "extra_float_digits": "3",
     "bytea_output": "hex",
     "IntervalStyle": "postgres",
+    # Row-level security never filters silently: a role that policies would restrict gets an error
+    # (as pg_dump does) instead of a snapshot, comparison or in-place replay of only some rows.
+    "row_security": "off",
 }
 
 

@@ -142,6 +142,9 @@ def _describe(e: BaseException) -> str:
         return "interrupted"
     if isinstance(e, OSError):
         return f"cannot write the archive: {e.strerror or e} ({e.filename or ''})".replace(" ()", "")
+    if isinstance(e, psycopg.errors.InsufficientPrivilege) and "row-level security" in str(e):
+        return (f"{first_line(e)}: pgtape reads every row or none (row_security is off in its sessions); as a "
+                "superuser run ALTER ROLE <this role> BYPASSRLS (pgtape check names it)")
     if isinstance(e, psycopg.errors.InsufficientPrivilege):
         return (f"{first_line(e)}: the role needs SELECT on every captured table (GRANT SELECT ON ... TO ...; "
                 "pgtape check names each one missing)")

@@ -231,3 +231,33 @@ def test_capabilities_for_least_role_and_superuser(tmp_path: Path) -> None:
         run_pgtape("replay", "--dsn", dsn, "--archive", str(archive), "--tables", ",".join(TABLES), "--latest",
                    "--schema", "rec", check=True)
         assert rows(owner, "public.payments") == rows(owner, "rec.payments")
+
+
+def test_row_level_security_is_never_a_silent_filter(server: EmbeddedPostgres, tmp_path: Path) -> None:
+    """A policy would let the role see only some rows: capture decodes them all, so a base or a
+    comparison of the visible ones would be wrong without a word. check names the fix; the commands
+    refuse (row_security is off in pgtape's sessions); with BYPASSRLS the base holds every row."""
+    server.psql("CREATE DATABASE shop")
+    owner = server.dsn("shop")
+    run_sql(owner, *SCHEMA_SQL, "ALTER TABLE payments ENABLE ROW LEVEL SECURITY",
+            "CREATE POLICY cheap ON payments USING (amount < 100)")
+    dsn = least_role(server, "shop")
+    archive = tmp_path / "archive"
+    cli = ["--dsn", dsn, "--archive", str(archive), "--tables", ",".join(TABLES)]
+    with psycopg.connect(dsn, autocommit=True) as c:  # what the role would see with row_security on
+        assert scalar(c.execute("SELECT count(*) FROM payments")) == 79
+
+    r = run_pgtape("check", "--json", *cli)
+    assert r.returncode == 1, r.stdout
+    assert json.loads(r.stdout)["problems"] == [{"code": "row_security", "message": (
+        f"table public.payments has row-level security and role {ROLE} is subject to it: snapshots and comparisons "
+        f"would fail rather than see only some rows; as a superuser run ALTER ROLE {ROLE} BYPASSRLS")}]
+    one_line_error(run_pgtape("init", *cli), 3, 'row-level security policy for table "payments"',
+                   "ALTER ROLE <this role> BYPASSRLS", after_logs=True)
+
+    run_sql(owner, f"ALTER ROLE {ROLE} BYPASSRLS")
+    assert run_pgtape("check", *cli).returncode == 0
+    run_pgtape("init", "--restart", *cli, check=True)
+    run_pgtape("replay", *cli, "--latest", "--schema", "rec", check=True)
+    assert len(rows(owner, "rec.payments")) == 200
+    assert rows(owner, "public.payments") == rows(owner, "rec.payments")
