@@ -102,7 +102,7 @@ _TABLE_SQL = """
 select c.relkind, c.relreplident,
        exists(select 1 from pg_index i where i.indrelid = c.oid and i.indisprimary),
        exists(select 1 from pg_index i where i.indrelid = c.oid and i.indisreplident),
-       has_table_privilege(c.oid, 'SELECT'),
+       has_table_privilege(c.oid, 'SELECT'), has_schema_privilege(n.oid, 'USAGE'),
        c.relrowsecurity and (c.relforcerowsecurity or not pg_has_role(c.relowner, 'USAGE'))
          and not (select rolbypassrls or rolsuper from pg_roles where rolname = current_user)
 from pg_class c join pg_namespace n on n.oid = c.relnamespace
@@ -398,7 +398,12 @@ def _check_table(conn: psycopg.Connection, table: str, server: Server, report: R
         report.add(Problem("table_missing", f"table {table} does not exist in database {server.database}: "
                                             "create it or fix --tables"))
         return
-    relkind, replident, has_pk, has_identity_index, can_select, policed = row
+    relkind, replident, has_pk, has_identity_index, can_select, usage, policed = row
+    if not usage:
+        schema = split_table(table)[0]
+        report.add(Problem("schema_usage", f"role {server.role} lacks USAGE on schema {pg.sql_name(schema)}, so it "
+                                           f"cannot read {table}: GRANT USAGE ON SCHEMA {pg.sql_name(schema)} TO "
+                                           f"{pg.sql_name(server.role)}"))
     if policed:
         # pgtape's sessions turn row_security off, so the role would get an error rather than the rows
         # its policies allow (capture decodes every row: the base and the tape would disagree).

@@ -261,3 +261,18 @@ def test_row_level_security_is_never_a_silent_filter(server: EmbeddedPostgres, t
     run_pgtape("replay", *cli, "--latest", "--schema", "rec", check=True)
     assert len(rows(owner, "rec.payments")) == 200
     assert rows(owner, "public.payments") == rows(owner, "rec.payments")
+
+
+def test_a_schema_without_usage_is_named(pg: EmbeddedPostgres, dbname: str, role: str, tmp_path: Path) -> None:
+    """SELECT on a table is not enough outside public: the role needs USAGE on its schema too."""
+    run_sql(pg.dsn(dbname), 'CREATE SCHEMA "Billing"', 'CREATE TABLE "Billing".invoices (id int PRIMARY KEY)',
+            f'GRANT SELECT ON "Billing".invoices TO {role}')
+    r = run_pgtape("check", "--json", "--dsn", pg.dsn(dbname, user=role), "--archive", str(tmp_path / "a"),
+                   "--tables", '"Billing".invoices')
+    assert json.loads(r.stdout)["problems"] == [{"code": "schema_usage", "message": (
+        f'role {role} lacks USAGE on schema "Billing", so it cannot read "Billing".invoices: GRANT USAGE ON SCHEMA '
+        f'"Billing" TO {role}')}], r.stdout
+    run_sql(pg.dsn(dbname), f'GRANT USAGE ON SCHEMA "Billing" TO {role}')
+    r = run_pgtape("check", "--dsn", pg.dsn(dbname, user=role), "--archive", str(tmp_path / "a"),
+                   "--tables", '"Billing".invoices')
+    assert r.returncode == 0, r.stdout
