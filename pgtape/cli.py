@@ -29,7 +29,7 @@ from pgtape.tape.archive import Archive
 from pgtape.tape.segment import SegmentError
 
 SUBCOMMANDS = ("check", "init", "capture", "snapshot", "snapshots", "mark", "replay", "verify", "diff", "log", "status",
-                "prune", "audit", "sql", "serve")
+                "prune", "audit", "sql", "serve", "key")
 
 
 class _Parser(argparse.ArgumentParser):

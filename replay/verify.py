@@ -17,6 +17,7 @@ import msgspec
 
 from pgtape import metadata
 from pgtape.errors import PgtapeError, UsageError
+from pgtape.keys import Keyring
 from pgtape.lsn import format_lsn
 from pgtape.storage import Storage, local_file
 from pgtape.tape import audit
@@ -126,9 +127,10 @@ def verify_table_file(storage: Storage, key: str, report: Report) -> int | None:
     return reader.footer.rows if reader.footer else None
 
 
-def verify_file(path: Path) -> Report:
+def verify_file(path: Path, keyring: Keyring | None = None) -> Report:
     report = Report()
     storage, key = local_file(path)
+    storage.keyring = keyring
     if path.name.endswith(".snap"):
         verify_table_file(storage, key, report)
     else:
