@@ -123,6 +123,7 @@ def test_encrypted_round_trip_leaks_nothing_and_needs_its_key(dsn: str, tmp_path
     assert r.stdout.startswith("ok: "), r.stdout
     log = _pgtape(keyring, "log", *cli, "--json").stdout
     assert f"{marker}-late" in log  # the tape decrypts
+    assert f"{marker}-new" in _pgtape(keyring, "log", *cli, "--key", f"note={marker}-new").stdout  # (audited, masked)
     r = _pgtape(keyring, "diff", *cli, "--target-lsn", end, "--json", check=False)
     assert r.returncode == 0, r.stdout + r.stderr
     _pgtape(keyring, "status", *cli)
@@ -262,6 +263,14 @@ def test_unencrypted_archive_unchanged_and_switching_takes_init_restart(dsn: str
     _same_as_live(dsn, archive, keyring, "rec1")
     gen2 = archive / "generations/0002"
     assert not [p for p in gen2.rglob("*") if p.is_file() and marker.encode() in _readable(p)]
+    # A plaintext file put in place of an encrypted one (nothing to authenticate it) is named by verify.
+    copy = tmp_path / "replaced"
+    shutil.copytree(archive, copy)
+    [plain_base] = (copy / "generations/0001").rglob("*.snap")
+    [victim] = (copy / "generations/0002").rglob("*.snap")
+    shutil.copyfile(plain_base, victim)
+    r = _pgtape(keyring, "verify", *_cli(dsn, copy), check=False)
+    assert r.returncode == 1 and f"problem: {victim}: not encrypted, but generation 2 is" in r.stdout, r.stdout
 
     # And back: without the key the encrypted generation refuses capture; init --restart starts a plain one.
     r = _pgtape(None, "capture", *cli, "--until-lsn", current_lsn(dsn), check=False)

@@ -72,6 +72,16 @@ def version_problem(version: int, encryption: Encryption | None) -> str | None:
     return f"format version {version}; this pgtape reads {FORMAT_VERSION} and {ENCRYPTED_FORMAT_VERSION} (encrypted)"
 
 
+def generation_mismatch(encrypted_file: bool, generation: int, encrypted_generation: bool) -> str | None:
+    """Why a file does not belong in its generation: a plaintext file in an encrypted one would be a file
+    put in place of one pgtape wrote (nothing authenticates it), or None."""
+    if encrypted_file == encrypted_generation:
+        return None
+    if encrypted_generation:
+        return f"not encrypted, but generation {generation} is (a file replaced?)"
+    return f"encrypted, but generation {generation} is not"
+
+
 def key_for(keyring: Keyring | None, kid: str, what: str) -> bytes:
     """The key with id `kid`, or one line saying how to configure it. `what` names the file."""
     if keyring is None:
