@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import json
 import secrets
+from datetime import timezone
 import shutil
 import struct
 import zlib
 from pathlib import Path
 
 import psycopg
+import pytest
 import zstandard
 
-from conftest import current_lsn, one_line_error, run_pgtape, run_sql
+from conftest import current_lsn, one_line_error, run_pgtape, run_sql, wait_until
 from pgtape.keys import key_id, load
 from pgtape.tape import FORMAT_VERSION
 from pgtape.tape.archive import Archive
@@ -296,3 +298,57 @@ def test_key_generate_refuses_to_overwrite(tmp_path: Path) -> None:
     kid, material = line.split()
     listed = run_pgtape("key", "list", str(keyring), check=True).stdout
     assert kid in listed and material not in listed and kid == key_id(load(keyring).active_key())
+
+
+def test_service_jobs_and_capture_on_an_encrypted_archive(dsn: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """pgtape serve with PGTAPE_KEY_FILE: its capture, a backup job, a recovery job and a verification
+    job all work on the encrypted archive (its children get the keyring's path, never a key)."""
+    import test_serve
+
+    marker = f"Zq{secrets.token_hex(6)}"
+    keyring = _keyring(tmp_path / "keyring")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("create table payments (id int primary key, amount numeric(12,2) not null, note text)")
+        c.execute("create table orders (id int primary key, item text)")
+        c.execute("insert into payments select g, g * 1.5, %s || g from generate_series(1, 100) g", (marker,))
+        c.execute("insert into orders select g, 'item ' || g from generate_series(1, 20) g")
+    archive = tmp_path / "archive"
+    _pgtape(keyring, "capture", "--dsn", dsn, "--archive", str(archive), "--tables", "public.payments,public.orders",
+            "--until-lsn", current_lsn(dsn))
+    with_key = test_serve.clean_env
+    monkeypatch.setattr(test_serve, "clean_env", lambda: {**with_key(), "PGTAPE_KEY_FILE": str(keyring)})
+    serve = test_serve.Serve(tmp_path, dsn)
+    try:
+        status, doc = serve.call("POST", "/v1/backups", {"backup_type": "full"})
+        assert status == 202, doc
+        job = serve.job(doc["job_id"])
+        assert job["status"] == "completed" and job["result"]["rows"] == {"public.payments": 100, "public.orders": 20}
+        run_sql(dsn, f"update payments set note = '{marker}-served' where id <= 10")
+        with psycopg.connect(dsn, autocommit=True) as c:
+            expected = sorted(c.execute("select id, amount::text, note from payments").fetchall())
+            when = c.execute("select now()").fetchone()[0]  # type: ignore[index]
+            c.execute(f"update payments set note = '{marker}-after' where id = 11")  # the tape must pass `when`
+        wait_until("the service's capture to put the update on the tape",
+                   lambda: f"{marker}-after" in _pgtape(keyring, "log", "--archive", str(archive), "--json",
+                                                        check=False).stdout, 60, 0.3)
+        status, doc = serve.call("POST", "/v1/recoveries", {"recovery_type": "point_in_time",
+                                                             "target_time": when.astimezone(timezone.utc).isoformat(),
+                                                             "tables": ["payments"], "dry_run": False,
+                                                             "into": {"schema": "restored"}})
+        assert status == 202, doc
+        job = serve.job(doc["id"])
+        assert job["status"] == "completed", job
+        with psycopg.connect(dsn) as c:
+            assert sorted(c.execute("select id, amount::text, note from restored.payments").fetchall()) == expected
+        status, doc = serve.call("POST", "/v1/recoveries", {"recovery_type": "data_verification",
+                                                             "tables": ["payments"]})
+        job = serve.job(doc["id"])
+        assert job["status"] == "completed" and job["result"]["ok"] is True, job
+        assert serve.call("GET", "/v1/status")[0] == 200
+    finally:
+        serve.stop()
+    files = [p for p in archive.rglob("*") if p.is_file()]
+    assert not [str(p) for p in files if marker.encode() in _readable(p)]
+    key = keyring.read_text().split()[-1]
+    assert not [str(p) for p in [*files, serve.log] if key.encode() in p.read_bytes()]
