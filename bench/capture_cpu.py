@@ -9,6 +9,7 @@ path on a quiet and an unquiet machine alike (CPU time barely depends on other l
 
     python -m bench.capture_cpu /tmp/pgtape-bench-XXXX/recv-1.json --runs 5
     python -m bench.capture_cpu FILE --profile     # cProfile of one run, by own time
+    python -m bench.capture_cpu FILE --compare-key # interleaved runs without and with encryption, as a ratio
 
 It drives a private method with stand-ins for the stream and the snapshot scheduler, so it
 follows capture's internals: if those change, adjust the stand-ins here.
@@ -34,6 +35,7 @@ from pgtape.capture.schedule import SnapshotScheduler
 from pgtape.shapes import Column, TableShape, View
 from pgtape.capture.tape_writer import TapeWriter
 from pgtape.config import load_config
+from pgtape.keys import Keyring, generate, load
 from pgtape.lsn import parse_lsn
 from pgtape.tape.archive import Archive
 
@@ -101,12 +103,12 @@ class _NoSnapshots(SnapshotScheduler):
         pass
 
 
-def replay_once(messages: list[bytes], end_lsn: int) -> tuple[float, float, int]:
-    """(CPU seconds, wall seconds, changes) of one pass onto a fresh tape."""
+def replay_once(messages: list[bytes], end_lsn: int, keyring: Keyring | None = None) -> tuple[float, float, int]:
+    """(CPU seconds, wall seconds, changes) of one pass onto a fresh tape (encrypted with `keyring`)."""
     directory = Path(tempfile.mkdtemp(prefix="pgtape-capture-cpu-"))
     try:
         config = load_config(None, {"archive": str(directory)}, environ={})
-        archive = Archive(directory)
+        archive = Archive(directory, keyring)
         archive.start_generation("0", "bench", config.slot, 0, "bench", list(config.tables))
         cap = Capture(config, until_lsn=end_lsn, log=lambda _: None)
         cap.scheduler = _NoSnapshots()
@@ -128,8 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("file", type=Path, help="wal2json output of pg_recvlogical (format-version 2)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="cProfile one run instead")
+    parser.add_argument("--compare-key", action="store_true",
+                        help="interleaved runs without and with a keyring (encryption at rest); prints the ratio")
     args = parser.parse_args(argv)
     messages, end = load_messages(args.file)
+    if args.compare_key:
+        return _compare_key(messages, end, args.runs)
     if args.profile:
         prof = cProfile.Profile()
         prof.runcall(replay_once, messages, end)
@@ -140,6 +146,26 @@ def main(argv: list[str] | None = None) -> int:
     per = [cpu / max(1, changes) * 1e6 for cpu, _, _ in results]
     print(f"{len(messages)} messages, {changes} row changes; CPU per change: best {min(per):.1f} us "
           f"(runs: {', '.join(f'{p:.1f}' for p in per)})")
+    return 0
+
+
+def _compare_key(messages: list[bytes], end: int, runs: int) -> int:
+    with tempfile.TemporaryDirectory(prefix="pgtape-capture-cpu-key-") as d:
+        generate(Path(d) / "keyring")
+        keyring = load(Path(d) / "keyring")
+    per: dict[str, list[float]] = {"plain": [], "encrypted": []}
+    changes = 0
+    for i in range(runs):
+        order = ["plain", "encrypted"] if i % 2 == 0 else ["encrypted", "plain"]
+        for kind in order:
+            cpu, _, changes = replay_once(messages, end, keyring if kind == "encrypted" else None)
+            per[kind].append(cpu / max(1, changes) * 1e6)
+    best = {k: min(v) for k, v in per.items()}
+    print(f"{len(messages)} messages, {changes} row changes; CPU per change, best of {runs} interleaved runs: "
+          f"plain {best['plain']:.2f} us, encrypted {best['encrypted']:.2f} us, "
+          f"ratio {best['encrypted'] / best['plain']:.3f}")
+    for k, v in per.items():
+        print(f"  {k}: {', '.join(f'{p:.2f}' for p in v)}")
     return 0
 
 

@@ -18,6 +18,7 @@ from typing import Callable
 
 import psycopg
 
+from pgtape import keys
 from pgtape.capture import wal2json
 from pgtape.capture.protocol import (KEEPALIVE, KEEPALIVE_MSG, XLOG_DATA, XLOG_HEADER, XLOG_PAYLOAD_OFFSET,
                               ConnectionLost, ReplicationStream, pg_time_to_unix_us)
@@ -57,7 +58,7 @@ class Capture:
     def __init__(self, config: Config, until_lsn: int | None = None,
                  log: Callable[[str], None] | None = None) -> None:
         self.config = config
-        self.archive = Archive(config.require_archive())
+        self.archive = Archive(config.require_archive(), keys.configured(config))
         self.until_lsn = until_lsn
         self.log = log or logging.getLogger(__name__).info
         self.stopping = False

@@ -24,6 +24,7 @@ from pgtape.pg import connect
 from pgtape.exported_snapshot import create_slot_exporting
 from pgtape.slot import PLUGIN, SlotInfo, SystemInfo, find_slot, identify_system
 from pgtape.tape.archive import Archive, Generation
+from pgtape.tape.crypto import KeyUnavailable
 from pgtape.tape.segment import SegmentWriter
 from pgtape.tape.views import save_view
 from pgtape.snapshots import catalog
@@ -51,6 +52,7 @@ def initialize(config: Config, archive: Archive, *, restart: bool) -> tuple[Gene
                 if ident.system_id != system.system_id:
                     raise PgtapeError(f"{archive.path} belongs to database system {ident.system_id}, not "
                                       f"{system.system_id}: use another --archive, or --restart to start over")
+                archive.check_encryption(gen)  # a key added or removed: only --restart switches
                 if base is not None:
                     _ddl_trigger(config, log)
                     return gen, None  # initialised; a vanished slot is capture's fatal error, not a reason to redo
@@ -109,6 +111,7 @@ def open_generation(conn: psycopg.Connection, archive: Archive, config: Config) 
     if sorted(gen.tables) != sorted(config.tables):
         raise PgtapeError(f"generation {gen.id} of {archive.path} captures {','.join(gen.tables)}, not "
                           f"{','.join(config.tables)}: use --tables {','.join(gen.tables)}")
+    archive.check_encryption(gen)
     check_slot(slot, config.slot, system.database, gen)
     return system, gen
 
@@ -161,7 +164,11 @@ def _seal_open_segment(archive: Archive, generation: int) -> None:
     """A generation that ends keeps its tape, sealed: it can still be replayed on its own."""
     segments = archive.segments(generation)
     if segments and segments[-1].is_open:
-        writer, _ = SegmentWriter.recover(archive.storage, segments[-1].key)
+        try:
+            writer, _ = SegmentWriter.recover(archive.storage, segments[-1].key)
+        except KeyUnavailable as e:  # switching encryption off: the old tape stays as it is, readable with its key
+            log(f"{segments[-1].path.name} stays open (it reads as it is, up to its last transaction): {e}")
+            return
         writer.seal()
 
 

@@ -29,7 +29,7 @@ from pgtape.tape.archive import Archive
 from pgtape.tape.segment import SegmentError
 
 SUBCOMMANDS = ("check", "init", "capture", "snapshot", "snapshots", "mark", "replay", "verify", "diff", "log", "status",
-                "prune", "audit", "sql", "serve")
+                "prune", "audit", "sql", "serve", "key")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -135,9 +135,10 @@ def _changes_data(args: argparse.Namespace) -> bool:
             or (args.command == "replay" and args.in_place))
 
 
-def _arguments(args: argparse.Namespace) -> dict[str, Any]:
+def _arguments(args: argparse.Namespace, encrypted: bool = False) -> dict[str, Any]:
     """The options given (those not at their default), never a connection string or anything secret:
-    an option is left out when its name or metavar says DSN/password/token; a password in a value is masked."""
+    an option is left out when its name or metavar says DSN/password/token; a password in a value is masked.
+    `encrypted` (a keyring is configured): the values of `log --key COL=VALUE`, row values, are masked too."""
     out: dict[str, Any] = {}
     for action in args.parser._actions:
         value = getattr(args, action.dest, None)
@@ -148,6 +149,8 @@ def _arguments(args: argparse.Namespace) -> dict[str, Any]:
             value = str(value)
         if isinstance(value, str):
             value = _scrub(value)
+        if args.command == "log" and action.dest == "key" and encrypted:  # row values stay out of audit.log
+            value = [f"{v.partition('=')[0]}=***" for v in value]
         out[action.dest.removeprefix("opt_")] = value
     return out
 
@@ -167,7 +170,8 @@ def _audit(args: argparse.Namespace, config: Config, code: int, error: str | Non
             return code  # no archive (or init failed before making one): nowhere to write
         outcome = (_scrub(error) if error else "ok" if code == OK else
                    "problems found" if code == PROBLEMS_FOUND else f"exit {code}")
-        audit.append(archive, audit.actor(), args.command, _arguments(args), {"exit_code": code, "outcome": outcome})
+        arguments = _arguments(args, encrypted=config.key_file is not None)
+        audit.append(archive, audit.actor(), args.command, arguments, {"exit_code": code, "outcome": outcome})
     except Exception as e:  # (a bug here too: one line, never a traceback)
         why = (e.strerror or str(e)) if isinstance(e, OSError) else f"{type(e).__name__}: {first_line(e)}"
         problem = f"could not write the audit trail ({audit.KEY}): {why}"

@@ -165,6 +165,8 @@ OPTIONS: tuple[Option, ...] = (
            "database that holds the SQL monitoring catalog and views (default: the source DSN)"),
     Option("sql_schema", "sql", "schema", None, None, parse_schema, "pgtape",
            "schema of the SQL monitoring catalog, views and functions"),
+    Option("key_file", "archive", "key_file", "PGTAPE_KEY_FILE", None, lambda v: Path(str(v)), None,
+           "keyring file (mode 0600, pgtape key generate): when set, new generations are encrypted at rest"),
 )
 
 
@@ -188,6 +190,7 @@ class Config:
     notify_disconnected_after: float
     sql_dsn: str | None
     sql_schema: str
+    key_file: Path | None
     source_file: Path | None = field(default=None)
     defaulted: frozenset[str] = field(default=frozenset())  # options nobody set: their default applies
 

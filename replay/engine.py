@@ -16,6 +16,7 @@ from pgtape.timefmt import format_time
 from pgtape.names import canonical, names_in_one_schema
 from pgtape.storage import Storage
 from pgtape.tape.archive import Archive
+from pgtape.tape.crypto import generation_mismatch
 from pgtape.tape.marks import MARK_PREFIX, load_mark
 from pgtape.tape.records import Begin, Change, Commit, Message, Relation, Schema, Truncate
 from pgtape.tape.segment import SegmentError, SegmentReader
@@ -95,13 +96,17 @@ def prepare(archive: Archive, tables: list[str], target: Target,
         assert snapshot is not None
         target = Target("snapshot", lsn=snapshot.as_of_lsn, name=snapshot.id)
     chosen = choose_bases(w, bases, target, snapshot)
+    encrypted = archive.generation(gen).encrypted
     base_dirs = {t: catalog.snapshot_key(archive, gen, b.id) for t, b in chosen.items()}
     folds: dict[str, TableFold] = {}
     for t in tables:
         try:
-            h = TableReader(archive.storage, f"{base_dirs[t]}/{table_file_name(t)}").header
+            base = TableReader(archive.storage, f"{base_dirs[t]}/{table_file_name(t)}")
+            if problem := generation_mismatch(base.encrypted, gen, encrypted):
+                raise SegmentError(base.path, 0, problem)
         except (FileNotFoundError, SegmentError) as e:
             raise PgtapeError(f"base {chosen[t].id} is unreadable for {t}: {e} (run pgtape verify)") from None
+        h = base.header
         # Without a key (REPLICA IDENTITY FULL) rows are matched as whole rows, duplicates and all.
         fold_class = TableFold if h.key else BagFold
         folds[t] = fold_class(t, list(h.columns), list(h.types), list(h.key), list(h.columns),
@@ -115,8 +120,10 @@ def prepare(archive: Archive, tables: list[str], target: Target,
         for seg in archive.segments(gen):
             if seg.end_lsn is not None and seg.end_lsn <= from_lsn:
                 continue
-            result = _fold_segment(archive.read_segment(seg, SegmentReader), folds, from_lsn, target, last,
-                                   stop_after)
+            reader = archive.read_segment(seg, SegmentReader)
+            if problem := generation_mismatch(reader.encrypted, gen, encrypted):
+                raise SegmentError(seg.path, 0, problem)
+            result = _fold_segment(reader, folds, from_lsn, target, last, stop_after)
             last, stop_after, stopped = result.last, result.stop_after, result.stopped
             transactions += result.transactions
             changes += result.changes

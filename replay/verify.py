@@ -17,6 +17,8 @@ import msgspec
 
 from pgtape import metadata
 from pgtape.errors import PgtapeError, UsageError
+from pgtape.keys import Keyring
+from pgtape.tape.crypto import generation_mismatch
 from pgtape.lsn import format_lsn
 from pgtape.storage import Storage, local_file
 from pgtape.tape import audit
@@ -42,8 +44,10 @@ class Report:
         return not self.problems
 
 
-def verify_segment(storage: Storage, key: str, report: Report, expect_start: int | None = None) -> int | None:
-    """Check one segment file; returns its end LSN (None if unreadable)."""
+def verify_segment(storage: Storage, key: str, report: Report, expect_start: int | None = None,
+                   generation: tuple[int, bool] | None = None) -> int | None:
+    """Check one segment file; returns its end LSN (None if unreadable). `generation`: its id and
+    whether it is encrypted (so must the file be)."""
     path, name = storage.where(key), key.rpartition("/")[2]
     sealed = SEALED_RE.match(name)
     named = sealed or OPEN_RE.match(name)
@@ -62,6 +66,8 @@ def verify_segment(storage: Storage, key: str, report: Report, expect_start: int
     if reader.header.start_lsn != start:
         report.problems.append(f"{path}: header says it starts at {format_lsn(reader.header.start_lsn)}, "
                                f"its name says {format_lsn(start)}")
+    if generation is not None and (problem := generation_mismatch(reader.encrypted, *generation)):
+        report.problems.append(f"{path}: {problem}")
     last_end, txns, changes, in_txn, txn_changes = start, 0, 0, None, 0
     relations: set[int] = set()
     try:
@@ -109,12 +115,15 @@ def verify_segment(storage: Storage, key: str, report: Report, expect_start: int
     return last_end
 
 
-def verify_table_file(storage: Storage, key: str, report: Report) -> int | None:
-    """Check one snapshot table file; returns its row count (None if damaged)."""
+def verify_table_file(storage: Storage, key: str, report: Report,
+                      generation: tuple[int, bool] | None = None) -> int | None:
+    """Check one snapshot table file; returns its row count (None if damaged). `generation` as verify_segment's."""
     path = storage.where(key)
     report.bytes += storage.size(key)
     try:
         reader = TableReader(storage, key)
+        if generation is not None and (problem := generation_mismatch(reader.encrypted, *generation)):
+            report.problems.append(f"{path}: {problem}")
         for _ in reader.chunks():
             pass
     except SegmentError as e:
@@ -126,9 +135,10 @@ def verify_table_file(storage: Storage, key: str, report: Report) -> int | None:
     return reader.footer.rows if reader.footer else None
 
 
-def verify_file(path: Path) -> Report:
+def verify_file(path: Path, keyring: Keyring | None = None) -> Report:
     report = Report()
     storage, key = local_file(path)
+    storage.keyring = keyring
     if path.name.endswith(".snap"):
         verify_table_file(storage, key, report)
     else:
@@ -168,6 +178,7 @@ def _verify_snapshot(archive: Archive, r: catalog.SnapshotRecord, report: Report
                                f"{archive.storage.where(d)} is missing")
         return
     size = 0
+    encrypted = archive.generation(r.generation).encrypted
     for table in r.tables:
         key = f"{d}/{table_file_name(table)}"
         f = archive.storage.where(key)
@@ -175,7 +186,7 @@ def _verify_snapshot(archive: Archive, r: catalog.SnapshotRecord, report: Report
             report.problems.append(f"snapshot {r.id}: {f} is missing")
             continue
         size += archive.storage.size(key)
-        rows = verify_table_file(archive.storage, key, report)
+        rows = verify_table_file(archive.storage, key, report, (r.generation, encrypted))
         if rows is not None and rows != r.rows.get(table):
             report.problems.append(f"{f}: holds {rows} rows, the catalog records {r.rows.get(table)}")
     if size != r.bytes and not any(archive.storage.where(d) in p for p in report.problems):
@@ -247,7 +258,8 @@ def verify_archive(archive: Archive) -> Report:
                                        "newest segments are missing")
         segments = archive.segments(gen_id)
         for seg in segments:  # (an open segment sealed meanwhile: the sealed one)
-            archive.read_segment(seg, lambda storage, key: verify_segment(storage, key, report))
+            archive.read_segment(seg, lambda storage, key: verify_segment(storage, key, report, None,
+                                                                          (gen_id, gen.encrypted)))
         if not missing_sealed:  # (else that is why the tape ends early: said once)
             _check_durable(archive, gen_id, report)
         # What capture resumes with, and where replay needs newer bases (pgtape/tape/views.py, snapshots/rebase.py).

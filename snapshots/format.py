@@ -17,14 +17,14 @@ import zstandard
 
 from pgtape.names import file_stem
 from pgtape.storage import Storage
-from pgtape.tape import FORMAT_VERSION
-from pgtape.tape.frames import KIND_DATA, KIND_FOOTER, KIND_HEADER, Frame, encode_frame
+from pgtape.tape.crypto import Encryption, format_version, new_encryption, version_problem
+from pgtape.tape.frames import KIND_DATA, KIND_FOOTER, KIND_HEADER, Frame, FrameCipher, encode_frame
 from pgtape.tape.segment import FramedReader, SegmentError
 
 CHUNK_BYTES = 4 << 20  # decoded COPY bytes per data frame: bounds memory whatever the table size
 
 
-class TableHeader(msgspec.Struct, frozen=True):
+class TableHeader(msgspec.Struct, frozen=True, omit_defaults=True):
     format_version: int
     snapshot_id: str
     generation: int
@@ -38,6 +38,7 @@ class TableHeader(msgspec.Struct, frozen=True):
     key: list[str]  # the replica key (pgtape.pg.replica_key), [] without one
     as_of_lsn: int
     as_of_time: int  # µs UTC
+    encryption: Encryption | None = None  # set by TableWriter when the storage has a keyring
 
 
 class TableFooter(msgspec.Struct, frozen=True):
@@ -52,13 +53,19 @@ def table_file_name(table: str) -> str:
 
 
 class TableWriter:
-    """Writes one table file; `write(data)` takes COPY text output in arbitrary pieces."""
+    """Writes one table file; `write(data)` takes COPY text output in arbitrary pieces. Encrypted
+    with the active key of `storage.keyring` when there is one (pgtape/tape/crypto.py)."""
 
     def __init__(self, storage: Storage, key: str, header: TableHeader) -> None:
         self._compressor = zstandard.ZstdCompressor(level=3)
         self._pending = bytearray()
         self.rows = 0
+        keyring = storage.keyring
+        encryption = None if keyring is None else new_encryption(keyring)
+        header = msgspec.structs.replace(header, format_version=format_version(encryption), encryption=encryption)
         first = encode_frame(KIND_HEADER, msgspec.msgpack.encode(header), boundary=True)
+        self._cipher = None if keyring is None or encryption is None else FrameCipher(keyring.active_key(),
+                                                                                      encryption.salt, first)
         self._h = storage.create(key, first)
         self._offset = len(first)
         self._crc = zlib.crc32(first)
@@ -81,13 +88,15 @@ class TableWriter:
         chunk = bytes(self._pending[:cut])
         del self._pending[:cut]
         self.rows += chunk.count(b"\n")
-        self._emit(encode_frame(KIND_DATA, chunk, boundary=True, compressor=self._compressor))
+        self._emit(encode_frame(KIND_DATA, chunk, boundary=True, compressor=self._compressor, cipher=self._cipher,
+                                offset=self._offset))
 
     def finish(self) -> tuple[int, int]:
         """Footer, fsync, close; returns (rows, bytes)."""
         self._flush(final=True)
         footer = TableFooter(self.rows, self._offset, self._crc)
-        self._h.append(encode_frame(KIND_FOOTER, msgspec.msgpack.encode(footer), boundary=True))
+        self._h.append(encode_frame(KIND_FOOTER, msgspec.msgpack.encode(footer), boundary=True, cipher=self._cipher,
+                                    offset=self._offset))
         self._h.sync()
         self._h.close()
         return self.rows, self._h.size()
@@ -112,9 +121,8 @@ class TableReader(FramedReader):
             self.header = msgspec.msgpack.decode(frame.payload, type=TableHeader)
         except msgspec.DecodeError as e:
             raise SegmentError(self.path, 0, f"undecodable snapshot header: {e}") from None
-        if self.header.format_version != FORMAT_VERSION:
-            raise SegmentError(self.path, 0, f"format version {self.header.format_version}; this pgtape reads "
-                                             f"{FORMAT_VERSION}")
+        if (problem := version_problem(self.header.format_version, self.header.encryption)) is not None:
+            raise SegmentError(self.path, 0, problem)
 
     def _footer(self, frame: Frame) -> None:
         footer = msgspec.msgpack.decode(frame.payload, type=TableFooter)

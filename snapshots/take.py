@@ -163,6 +163,7 @@ def take_snapshot(config: Config, archive: Archive, tables: list[str], kind: str
             raise UsageError(f"snapshot {snapshot_id} exists already: choose another id")
     ident = archive.identity()
     gen = archive.generation(ident.generation)
+    archive.check_encryption(gen)  # its files are encrypted as its generation is, or not at all
     unknown = [t for t in tables if t not in gen.tables]
     if unknown:
         raise UsageError(f"{', '.join(unknown)} not captured in generation {gen.id} (captured: "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import msgspec
 
+from pgtape import keys
 from pgtape.capture.generation import initialize
 from pgtape.commands.results import emit
 from pgtape.config import Config
@@ -31,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    archive = Archive(config.require_archive())
+    archive = Archive(config.require_archive(), keys.configured(config))
     archive.require_directory()
     make_dirs_durably(archive.path)
     lock = archive.lock_capture()

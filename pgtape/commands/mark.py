@@ -6,6 +6,7 @@ import argparse
 
 import msgspec
 
+from pgtape import keys
 from pgtape.commands.results import emit
 from pgtape.config import Config
 from pgtape.lsn import format_lsn
@@ -33,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, config: Config) -> int:
     at = parse_time(args.at, "--at") if args.at is not None else None
-    mark = create_mark(Archive.existing(config.require_archive()), config.dsn, args.name, args.description, at)
+    archive = Archive.existing(config.require_archive(), keys.configured(config))
+    mark = create_mark(archive, config.dsn, args.name, args.description, at)
     at_text = format_time(mark.at) if mark.at is not None else None
     if args.json:
         emit(MarkResult(mark.name, format_lsn(mark.lsn), format_time(mark.time), mark.description, at_text))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from pgtape import keys
 from pgtape.commands.results import (PrunedGeneration, PrunedLeftover, PrunedSegment, PrunedSnapshot, PruneSummary,
                                      RecoverableWindow, emit, lsn_or_none, time_or_none)
 from pgtape.config import Config
 from pgtape.lsn import format_lsn
 from pgtape.tape.archive import Archive
+from pgtape.tape.crypto import key_ids_in_use
 from pgtape.timefmt import format_time
 from pgtape.snapshots import catalog
 from pgtape.snapshots.prune import PrunePlan, prune, segment_generation
@@ -22,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    archive = Archive.existing(config.require_archive())
+    archive = Archive.existing(config.require_archive(), keys.configured(config))
     report(archive, prune(archive, dry_run=args.dry_run), args.dry_run, args.json)
     return 0
 
@@ -38,7 +40,15 @@ def summary(archive: Archive, p: PrunePlan, dry_run: bool) -> PruneSummary:
     w = p.window
     window = None if w is None else RecoverableWindow(format_time(w.from_time), format_lsn(w.from_lsn),
                                                       format_time(w.to_time), format_lsn(w.to_lsn), w.describe())
-    return PruneSummary(dry_run, p.empty, snaps, segs, gens, leftovers, p.bytes, window)
+    return PruneSummary(dry_run, p.empty, snaps, segs, gens, leftovers, p.bytes, window, unused_keys(archive, p))
+
+
+def unused_keys(archive: Archive, p: PrunePlan) -> list[str]:
+    """Keys of the configured keyring that no archive file uses once `p` is done (their files pruned)."""
+    if archive.keyring is None:
+        return []
+    used = key_ids_in_use(archive.storage, p.sizes)
+    return [k for k in archive.keyring.ids if k not in used and k != archive.keyring.active_id]
 
 
 def report(archive: Archive, p: PrunePlan, dry_run: bool, as_json: bool) -> None:
@@ -63,3 +73,6 @@ def report(archive: Archive, p: PrunePlan, dry_run: bool, as_json: bool) -> None
         print(f"{'would free' if dry_run else 'freed'} {p.bytes} bytes")
     print(p.window.describe() if p.window else "recoverable window: none (no completed snapshot holds every captured "
           "table)")
+    for kid in out.unused_keys:
+        print(f"key {kid} of {archive.keyring.path if archive.keyring else ''} is used by no archive file"
+              f"{' once this is pruned' if dry_run else ''}: it may be removed from the keyring")

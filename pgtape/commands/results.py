@@ -109,3 +109,4 @@ class PruneSummary(msgspec.Struct):
     leftovers: list[PrunedLeftover]
     bytes_freed: int
     window: RecoverableWindow | None
+    unused_keys: list[str] = []  # ids of configured keys no remaining archive file uses (they may be removed)

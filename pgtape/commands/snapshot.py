@@ -6,6 +6,7 @@ import argparse
 
 import msgspec
 
+from pgtape import keys
 from pgtape.commands.prune import report, summary
 from pgtape.commands.results import PruneSummary, emit
 from pgtape.config import Config
@@ -38,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    archive = Archive.existing(config.require_archive())
+    archive = Archive.existing(config.require_archive(), keys.configured(config))
     # --tables picks a subset of the captured tables (default: all of them).
     captured = archive.generation(archive.identity().generation).tables
     rec = take_snapshot(config, archive, config.selected_tables(captured), args.kind, args.id)

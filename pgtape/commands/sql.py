@@ -7,6 +7,7 @@ import dataclasses
 
 import msgspec
 
+from pgtape import keys
 from pgtape.commands.results import emit
 from pgtape.config import Config, parse_schema
 from pgtape.pg import redact_dsn
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         config = dataclasses.replace(config, sql_schema=args.schema)
     database = redact_dsn(sql_monitor.monitoring_dsn(config))
     if args.action == "sync":
-        count = sql_monitor.sync(config, Archive.existing(config.require_archive()))
+        count = sql_monitor.sync(config, Archive.existing(config.require_archive(), keys.configured(config)))
         table = f"{config.sql_schema}.{sql_monitor.TABLE}"
         if args.json:
             emit(SqlSyncResult(database, table, count))

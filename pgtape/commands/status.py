@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from pgtape import keys
 from pgtape.commands.results import emit
 from pgtape.config import Config
 from pgtape.errors import OK, PROBLEMS_FOUND
@@ -24,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    archive = Archive.existing(config.require_archive())
+    archive = Archive.existing(config.require_archive(), keys.configured(config))
     status = collect(config, archive)
     code = OK if status.healthy else PROBLEMS_FOUND
     if args.json:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import msgspec
 
+from pgtape import keys
 from pgtape.commands.results import TableComparison, emit
 from pgtape.config import Config
 from pgtape.errors import OK, PROBLEMS_FOUND, ProblemsFound, UsageError
@@ -65,16 +66,17 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     if args.live:
         if args.file:
             raise UsageError("--live compares the archive with the live tables: give no FILE")
-        return _live(verify_live(config, Archive.existing(config.require_archive()), args.timeout), args.json)
+        archive = Archive.existing(config.require_archive(), keys.configured(config))
+        return _live(verify_live(config, archive, args.timeout), args.json)
     if args.file:
         path = Path(args.file)
         if not path.is_file():
             raise UsageError(f"{path} is not a file")
-        report = verify_file(path)
+        report = verify_file(path, keys.configured(config))
     elif args.snapshot:
-        report = verify_snapshot(Archive.existing(config.require_archive()), args.snapshot)
+        report = verify_snapshot(Archive.existing(config.require_archive(), keys.configured(config)), args.snapshot)
     else:
-        report = verify_archive(Archive.existing(config.require_archive()))
+        report = verify_archive(Archive.existing(config.require_archive(), keys.configured(config)))
     if args.json:
         emit(VerifyReport(report.ok, report.problems, report.segments, report.snapshots, report.transactions,
                           report.changes, report.bytes), indent=2)

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 import msgspec
 
+from pgtape import keys
 from pgtape.config import Config, parse_schema
 from pgtape.errors import PgtapeError, UsageError
 from pgtape.log import utc_time
@@ -134,7 +135,7 @@ class Api:
         self.env = env  # what a pgtape child needs to see the service's configuration
         self.observed = observed
         self.openapi = openapi  # pgtape/service/openapi.py (which describes this module's routes)
-        self.archive = Archive(config.require_archive())
+        self.archive = Archive(config.require_archive(), keys.configured(config))
 
     # -- WSGI ------------------------------------------------------------------------------
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import hmac
 import os
-import stat
 from pathlib import Path
 
 from pgtape.errors import UsageError
+from pgtape.private_file import check_private
 
 ENV_TOKEN = "PGTAPE_API_TOKEN"
 
@@ -21,13 +21,11 @@ def load_tokens(token_file: Path | None, environ: dict[str, str] | None = None) 
         tokens["env"] = env[ENV_TOKEN].strip()
     if token_file is not None:
         try:
-            mode = token_file.stat().st_mode
+            st = token_file.stat()
             text = token_file.read_text()
         except OSError as e:
             raise UsageError(f"cannot read the API token file {token_file}: {e.strerror or e}") from None
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise UsageError(f"API token file {token_file} is accessible by group or others "
-                             f"(mode {stat.S_IMODE(mode):04o}): chmod 600 {token_file}")
+        check_private(token_file, "API token file", st)
         for n, line in enumerate(text.splitlines(), 1):
             line = line.strip()
             if not line or line.startswith("#"):

@@ -16,6 +16,7 @@ from typing import Any
 
 from waitress.server import create_server  # type: ignore[import-untyped]  # waitress ships no types
 
+from pgtape import keys
 from pgtape import notify
 from pgtape.capture.capture import Capture
 from pgtape.config import Config
@@ -44,6 +45,8 @@ def child_env(config: Config) -> dict[str, str]:
         env["PGTAPE_DSN"] = config.dsn
     env["PGTAPE_ARCHIVE"] = str(config.require_archive())
     env["PGTAPE_SLOT"] = config.slot
+    if config.key_file:
+        env[keys.KEY_FILE_ENV] = str(config.key_file)  # the keyring's path (never its keys)
     return env
 
 
@@ -74,9 +77,9 @@ class Service:
 
     def run(self) -> int:
         tokens = auth.load_tokens(self.config.api_token_file)  # refuse to start without a usable token
-        archive = Archive(self.config.require_archive())
+        archive = Archive(self.config.require_archive(), keys.configured(self.config))
         if not self.with_capture:
-            archive = Archive.existing(archive.path)
+            archive = Archive.existing(archive.path, archive.keyring)
         env = child_env(self.config)
         jobs = JobManager(archive.storage, env, after_job=self._after_job)
         jobs.recover()

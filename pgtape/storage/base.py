@@ -13,6 +13,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import BinaryIO, Hashable
 
+from pgtape.keys import Keyring
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -52,6 +54,10 @@ class AppendHandle(ABC):
 
 
 class Storage(ABC):
+    # The configured keyring (pgtape/keys.py), set by Archive: frame readers find a file's key in it, and
+    # writers of new segments and snapshot files encrypt with its active key when it is set.
+    keyring: Keyring | None = None
+
     @abstractmethod
     def where(self, key: str) -> str:
         """How messages name the object (locally: its path)."""

@@ -18,6 +18,7 @@ import msgspec
 
 from pgtape import metadata
 from pgtape.errors import PgtapeError
+from pgtape.keys import KEY_FILE_ENV, Keyring
 from pgtape.lock import Lock
 from pgtape.lsn import format_lsn
 from pgtape.storage import LocalStorage, Storage
@@ -37,7 +38,7 @@ class ArchiveIdentity(msgspec.Struct):
     created_at: int  # µs UTC
 
 
-class Generation(msgspec.Struct):
+class Generation(msgspec.Struct, omit_defaults=True):
     id: int
     system_id: str
     database: str
@@ -46,6 +47,7 @@ class Generation(msgspec.Struct):
     created_at: int
     reason: str
     tables: list[str]  # captured tables, schema-qualified
+    encrypted: bool = False  # its files are encrypted (pgtape/tape/crypto.py); absent in older archives
 
 
 class Pruned(msgspec.Struct):
@@ -78,14 +80,19 @@ class Archive:
     """The archive at `path`: its files are read and written through `storage` only (local
     process locks aside, which live in the directory itself)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, keyring: Keyring | None = None) -> None:
         self.path = path
         self.storage: Storage = LocalStorage(path)
+        self.storage.keyring = keyring  # (pgtape/keys.py: configured(config))
+
+    @property
+    def keyring(self) -> Keyring | None:
+        return self.storage.keyring
 
     @classmethod
-    def existing(cls, path: Path) -> Archive:
+    def existing(cls, path: Path, keyring: Keyring | None = None) -> Archive:
         """An archive that must already hold a tape (for readers: log, status, ...)."""
-        archive = cls(path)
+        archive = cls(path, keyring)
         archive.require_directory()
         if not path.is_dir():
             raise PgtapeError(f"archive {path} does not exist: check --archive / PGTAPE_ARCHIVE")
@@ -142,12 +149,26 @@ class Archive:
         """Record a new generation and make it current (durably, in that order)."""
         current = self.identity().generation if self.exists() else 0
         now = now_us()
-        gen = Generation(current + 1, system_id, database, slot, start_lsn, now, reason, tables)
+        gen = Generation(current + 1, system_id, database, slot, start_lsn, now, reason, tables,
+                         encrypted=self.keyring is not None)
         metadata.write(self.storage, f"{self.generation_key(gen.id)}/GENERATION.json", gen)
         created = self.identity().created_at if self.exists() else now
         metadata.write(self.storage, IDENTITY_FILE,
                        ArchiveIdentity(FORMAT_VERSION, system_id, database, slot, gen.id, created))
         return gen
+
+    def check_encryption(self, gen: Generation) -> None:
+        """For writers (capture, snapshot, init): one generation is encrypted throughout or not at all,
+        so the configured keyring must match it (one line saying how to switch otherwise)."""
+        if gen.encrypted and self.keyring is None:
+            raise PgtapeError(f"generation {gen.id} of {self.path} is encrypted, but no key is configured: set "
+                              f"{KEY_FILE_ENV} or [archive] key_file to its keyring (or, to stop encrypting, start "
+                              "a new generation without one: pgtape init --restart)")
+        if not gen.encrypted and self.keyring is not None:
+            raise PgtapeError(f"generation {gen.id} of {self.path} is not encrypted, but a key is configured "
+                              f"({self.keyring.path}): to encrypt, start a new generation with pgtape init --restart "
+                              f"(older generations stay readable as they are); else unset {KEY_FILE_ENV} and "
+                              "[archive] key_file")
 
     def segments(self, gen: int) -> list[SegmentFile]:
         """The generation's segment files ordered by start LSN (an open one sorts last)."""

@@ -2,24 +2,34 @@
 
     offset 0  4s  magic b"PGTF"
            4  B   kind      (KIND_HEADER, KIND_DATA, KIND_FOOTER)
-           5  B   flags     (FLAG_ZSTD, FLAG_BOUNDARY)
+           5  B   flags     (FLAG_ZSTD, FLAG_BOUNDARY, FLAG_ENCRYPTED)
            6  H   reserved  (0)
            8  I   payload length in bytes
           12  I   decoded payload length in bytes
           16  I   crc32 of bytes 0..15 and the payload
-          20      payload: msgpack, zstd-compressed when FLAG_ZSTD
+          20      payload: msgpack, zstd-compressed when FLAG_ZSTD;
+                  when FLAG_ENCRYPTED: 12-byte nonce || AES-256-GCM(that) || 16-byte tag
 
-All integers big-endian. A torn or flipped frame fails its checksum; see docs/FORMAT.md.
+All integers big-endian. A torn or flipped frame fails its checksum; see docs/FORMAT.md. In an
+encrypted file (its header frame names the key: pgtape/tape/crypto.py) every later frame is
+encrypted, and authenticated together with its 16 header bytes, its offset and a digest of the
+file's header frame: a changed, moved or transplanted frame fails authentication.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import struct
 import zlib
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import zstandard
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 MAGIC = b"PGTF"
 HEADER = struct.Struct(">4sBBHIII")
@@ -32,6 +42,12 @@ KIND_NAMES = {KIND_HEADER: "header", KIND_DATA: "data", KIND_FOOTER: "footer"}
 
 FLAG_ZSTD = 1
 FLAG_BOUNDARY = 2  # the frame ends between transactions: the file may be cut right after it
+FLAG_ENCRYPTED = 4  # the payload is nonce || ciphertext || tag (docs/FORMAT.md, "Encryption")
+
+NONCE_BYTES = 12
+TAG_BYTES = 16
+FRAME_KEY_INFO = b"pgtape frame v1"  # HKDF info of a file's frame subkey
+AUTH_FAILED = "authentication failed (wrong key or tampered data)"
 
 MAX_PAYLOAD = 256 << 20  # refuse absurd lengths from a corrupt header before allocating
 
@@ -43,6 +59,47 @@ class FrameError(Exception):
         super().__init__(f"offset {offset}: {reason}")
         self.offset = offset
         self.reason = reason
+
+
+class AuthenticationFailed(FrameError):
+    """An encrypted frame whose checksum holds but whose tag does not: tampered (or a wrong key)."""
+
+    def __init__(self, offset: int) -> None:
+        super().__init__(offset, AUTH_FAILED)
+
+
+def subkey(master: bytes, salt: bytes, info: bytes) -> bytes:
+    """HKDF-SHA256 of a keyring key: one subkey per file (its random salt), so random nonces repeat
+    with negligible probability however many files one key encrypts."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(master)
+
+
+class FrameCipher:
+    """AES-256-GCM for the frames of one file: its subkey, and the digest of its header frame that
+    every frame's associated data carries (so frames cannot move between files, nor the header change)."""
+
+    __slots__ = ("_aead", "_bind")
+
+    def __init__(self, master: bytes, salt: bytes, header_frame: bytes) -> None:
+        self._aead = AESGCM(subkey(master, salt, FRAME_KEY_INFO))
+        self._bind = hashlib.sha256(header_frame).digest()
+
+    def _aad(self, head: bytes, offset: int) -> bytes:
+        return head + offset.to_bytes(8, "big") + self._bind
+
+    def seal(self, head: bytes, offset: int, body: bytes) -> bytes:
+        """nonce || ciphertext || tag. A fresh random nonce every time: a frame rewritten at the same
+        offset (after a torn tail is cut) never reuses one."""
+        nonce = os.urandom(NONCE_BYTES)
+        return nonce + self._aead.encrypt(nonce, body, self._aad(head, offset))
+
+    def open(self, head: bytes, offset: int, sealed: bytes) -> bytes:
+        if len(sealed) < NONCE_BYTES + TAG_BYTES:
+            raise AuthenticationFailed(offset)
+        try:
+            return self._aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], self._aad(head, offset))
+        except InvalidTag:
+            raise AuthenticationFailed(offset) from None
 
 
 @dataclass(frozen=True)
@@ -64,21 +121,31 @@ class Frame:
 
 
 def encode_frame(kind: int, payload: bytes, *, boundary: bool,
-                 compressor: zstandard.ZstdCompressor | None = None) -> bytes:
+                 compressor: zstandard.ZstdCompressor | None = None,
+                 cipher: FrameCipher | None = None, offset: int = 0) -> bytes:
+    """The frame's bytes; with `cipher`, encrypted for its place in its file: `offset`."""
     flags = FLAG_BOUNDARY if boundary else 0
     body = payload
     if compressor is not None:
         body = compressor.compress(payload)
         flags |= FLAG_ZSTD
-    head = HEADER.pack(MAGIC, kind, flags, 0, len(body), len(payload), 0)[:16]
+    if cipher is not None:
+        flags |= FLAG_ENCRYPTED
+        head = HEADER.pack(MAGIC, kind, flags, 0, NONCE_BYTES + len(body) + TAG_BYTES, len(payload), 0)[:16]
+        body = cipher.seal(head, offset, body)
+    else:
+        head = HEADER.pack(MAGIC, kind, flags, 0, len(body), len(payload), 0)[:16]
     crc = zlib.crc32(body, zlib.crc32(head))
     return head + crc.to_bytes(4, "big") + body
 
 
-def read_frame(f: BinaryIO, offset: int, decompressor: zstandard.ZstdDecompressor, crc_in: int = 0) -> Frame | None:
-    """The frame at `offset`, or None at a clean end of file. Raises FrameError if damaged.
+def read_frame(f: BinaryIO, offset: int, decompressor: zstandard.ZstdDecompressor, crc_in: int = 0,
+               cipher: FrameCipher | None = None) -> Frame | None:
+    """The frame at `offset`, or None at a clean end of file. Raises FrameError if damaged
+    (AuthenticationFailed if its checksum holds but its tag does not).
 
-    `crc_in` is the crc32 of the file's bytes before `offset`, so callers get a whole-file checksum."""
+    `crc_in` is the crc32 of the file's bytes before `offset`, so callers get a whole-file checksum.
+    `cipher`: the file is encrypted, so this frame must be (None: it must not be)."""
     head = f.read(HEADER_SIZE)
     if not head:
         return None
@@ -94,6 +161,13 @@ def read_frame(f: BinaryIO, offset: int, decompressor: zstandard.ZstdDecompresso
         raise FrameError(offset, f"truncated frame ({len(body)} of {length} payload bytes)")
     if zlib.crc32(body, zlib.crc32(head[:16])) != crc:
         raise FrameError(offset, "checksum mismatch")
+    disk_crc = zlib.crc32(body, zlib.crc32(head, crc_in))
+    if flags & FLAG_ENCRYPTED:
+        if cipher is None:
+            raise FrameError(offset, "encrypted frame in a file whose header names no key")
+        body = cipher.open(head[:16], offset, body)
+    elif cipher is not None:
+        raise FrameError(offset, "unencrypted frame in an encrypted file")
     if flags & FLAG_ZSTD:
         try:
             payload = decompressor.decompress(body, max_output_size=raw_length)
@@ -103,4 +177,4 @@ def read_frame(f: BinaryIO, offset: int, decompressor: zstandard.ZstdDecompresso
         payload = body
     if len(payload) != raw_length:
         raise FrameError(offset, f"decoded length {len(payload)} differs from header {raw_length}")
-    return Frame(offset, kind, flags, payload, HEADER_SIZE + length, zlib.crc32(body, zlib.crc32(head, crc_in)))
+    return Frame(offset, kind, flags, payload, HEADER_SIZE + length, disk_crc)

@@ -12,6 +12,7 @@ from typing import Iterator
 from pgtape.copytext import split_row
 from pgtape.lsn import format_lsn
 from pgtape.tape.archive import Archive, SegmentFile
+from pgtape.tape.crypto import generation_mismatch
 from pgtape.names import split_table
 from pgtape.tape.records import Begin, Change, Commit, Message, Relation, Schema, Truncate
 from pgtape.tape.segment import SegmentError, SegmentReader
@@ -45,17 +46,20 @@ class RowChange:
 def iter_changes(archive: Archive, generation: int, from_lsn: int | None = None,
                  to_lsn: int | None = None) -> Iterator[RowChange]:
     """Changes of transactions whose end LSN lies in (from_lsn, to_lsn], in commit order."""
+    encrypted = archive.generation(generation).encrypted
     for seg in archive.segments(generation):
         if from_lsn is not None and seg.end_lsn is not None and seg.end_lsn <= from_lsn:
             continue
         if to_lsn is not None and seg.start_lsn >= to_lsn:
             break
-        yield from _segment_changes(archive, seg, from_lsn, to_lsn)
+        yield from _segment_changes(archive, seg, from_lsn, to_lsn, (generation, encrypted))
 
 
 def _segment_changes(archive: Archive, seg: SegmentFile, from_lsn: int | None,
-                     to_lsn: int | None) -> Iterator[RowChange]:
+                     to_lsn: int | None, generation: tuple[int, bool]) -> Iterator[RowChange]:
     reader = archive.read_segment(seg, SegmentReader)
+    if problem := generation_mismatch(reader.encrypted, *generation):
+        raise SegmentError(seg.path, 0, problem)
     relations: dict[int, Relation] = {}
     txn: Txn | None = None
     wanted = False

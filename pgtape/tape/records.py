@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import msgspec
 
+from pgtape.tape.crypto import Encryption
+
 
 class Relation(msgspec.Struct, tag="R", array_like=True, frozen=True):
     """A tuple shape: table plus the columns (and their types) a change carries, in order."""
@@ -89,13 +91,14 @@ class Position(msgspec.Struct, tag="P", array_like=True):
 Record = Relation | Begin | Change | Truncate | Message | Schema | Commit | Position
 
 
-class SegmentHeader(msgspec.Struct, frozen=True):
+class SegmentHeader(msgspec.Struct, frozen=True, omit_defaults=True):
     format_version: int
     generation: int
     system_id: str
     slot: str
     start_lsn: int  # the segment holds positions after this
     created_at: int  # µs UTC
+    encryption: Encryption | None = None  # how every later frame is encrypted (absent: not at all)
 
 
 class SegmentFooter(msgspec.Struct, frozen=True):

@@ -22,9 +22,10 @@ import zstandard
 from pgtape import metadata
 from pgtape.lsn import lsn_filename_part
 from pgtape.storage import AppendHandle, Storage
-from pgtape.tape import FORMAT_VERSION
+from pgtape.tape.crypto import file_cipher, format_version, new_encryption, version_problem
 from pgtape.tape.frames import (FLAG_BOUNDARY, HEADER, HEADER_SIZE, KIND_DATA, KIND_FOOTER, KIND_HEADER,
-                                KIND_NAMES, MAGIC, Frame, FrameError, encode_frame, read_frame)
+                                KIND_NAMES, MAGIC, AuthenticationFailed, Frame, FrameCipher, FrameError,
+                                encode_frame, read_frame)
 from pgtape.tape.records import Begin, Change, Commit, Position, Record, Relation, SegmentFooter, SegmentHeader
 from pgtape.timefmt import now_us
 
@@ -113,8 +114,10 @@ class _CutPoint:
 class SegmentWriter:
     """Appends frames to an open segment. Not thread-safe: one capture process owns it."""
 
-    def __init__(self, storage: Storage, handle: AppendHandle, header: SegmentHeader, cut: _CutPoint) -> None:
+    def __init__(self, storage: Storage, handle: AppendHandle, header: SegmentHeader, cut: _CutPoint,
+                 cipher: FrameCipher | None) -> None:
         self.storage = storage
+        self._cipher = cipher  # the file is encrypted: every frame after the header
         self.key = handle.key
         self.name = self.key.rpartition("/")[2]
         self.header = header
@@ -129,13 +132,20 @@ class SegmentWriter:
     @classmethod
     def create(cls, storage: Storage, directory: str, generation: int, system_id: str, slot: str,
                start_lsn: int) -> SegmentWriter:
-        header = SegmentHeader(FORMAT_VERSION, generation, system_id, slot, start_lsn, now_us())
+        """Encrypted with the active key of `storage.keyring` when there is one (pgtape/tape/crypto.py)."""
+        keyring = storage.keyring
+        encryption = None if keyring is None else new_encryption(keyring)
+        header = SegmentHeader(format_version(encryption), generation, system_id, slot, start_lsn, now_us(),
+                               encryption)
         frame = encode_frame(KIND_HEADER, msgspec.msgpack.encode(header), boundary=True)
+        key = child_key(directory, open_name(start_lsn))
+        cipher = None if keyring is None or encryption is None else FrameCipher(keyring.active_key(),
+                                                                                encryption.salt, frame)
         # Created with its header, durably (Storage.create): a full disk never leaves an open
         # segment without its header (which recovery would refuse to touch).
-        handle = storage.create(child_key(directory, open_name(start_lsn)), frame)
+        handle = storage.create(key, frame)
         return cls(storage, handle, header,
-                   _CutPoint(len(frame), zlib.crc32(frame), SegmentStats(end_lsn=start_lsn), {}))
+                   _CutPoint(len(frame), zlib.crc32(frame), SegmentStats(end_lsn=start_lsn), {}), cipher)
 
     @classmethod
     def recover(cls, storage: Storage, key: str) -> tuple[SegmentWriter, int]:
@@ -144,27 +154,32 @@ class SegmentWriter:
         Returns the writer and the number of bytes cut. Raises SegmentError if the header is
         unreadable: pgtape never deletes such a file by itself."""
         with storage.open_read(key) as f:
-            header, cut, size = cls._scan(storage.where(key), f)
+            header, cut, size, cipher = cls._scan(storage, storage.where(key), f)
         handle = storage.open_append(key)
         if size != cut.offset:
             handle.truncate(cut.offset)
-        return cls(storage, handle, header, cut), size - cut.offset
+        # An encrypted segment goes on with its own key (named in its header), new frames with new nonces.
+        return cls(storage, handle, header, cut, cipher), size - cut.offset
 
     @staticmethod
-    def _scan(path: str, f: BinaryIO) -> tuple[SegmentHeader, _CutPoint, int]:
-        """The header, the state after the last boundary frame that holds, and the file's size."""
+    def _scan(storage: Storage, path: str, f: BinaryIO
+              ) -> tuple[SegmentHeader, _CutPoint, int, FrameCipher | None]:
+        """The header, the state after the last boundary frame that holds, the file's size and cipher.
+
+        A frame whose checksum holds but whose authentication fails is no torn write: SegmentError."""
         dec = zstandard.ZstdDecompressor()
         header_frame = _frame_or_none(f, 0, dec)
         if header_frame is None or header_frame.kind != KIND_HEADER:
             raise SegmentError(path, 0, "segment header is missing or damaged")
         header = _decode_header(path, header_frame)
+        cipher = file_cipher(storage.keyring, f, header_frame, path)
         crc = header_frame.disk_crc
         cut = _CutPoint(header_frame.end, crc, SegmentStats(end_lsn=header.start_lsn), {})
         relations: dict[int, Relation] = {}
         since_cut: list[Record] = []
         offset = header_frame.end
         last_end = header.start_lsn
-        while (frame := _frame_or_none(f, offset, dec, crc)) is not None and frame.kind == KIND_DATA:
+        while (frame := _frame_or_none(f, offset, dec, crc, cipher, path)) is not None and frame.kind == KIND_DATA:
             records = _records_decoder.decode(frame.payload)
             ends = [r.end_lsn for r in records if isinstance(r, Begin)]
             if ends and (ends[0] <= last_end or ends != sorted(set(ends))):
@@ -182,13 +197,13 @@ class SegmentWriter:
             if frame.boundary:
                 cut = _CutPoint(offset, crc, cut.stats.after(since_cut), dict(relations))
                 since_cut = []
-        return header, cut, f.seek(0, os.SEEK_END)
+        return header, cut, f.seek(0, os.SEEK_END), cipher
 
     # -- writing --------------------------------------------------------------------------
     def append(self, records: list[Record], *, boundary: bool) -> None:
         """Append one frame. `boundary`: the records end between transactions."""
         frame = encode_frame(KIND_DATA, _records_encoder.encode(records), boundary=boundary,
-                             compressor=self._compressor)
+                             compressor=self._compressor, cipher=self._cipher, offset=self.offset)
         self._h.append(frame)
         self.offset += len(frame)
         self._crc = zlib.crc32(frame, self._crc)
@@ -228,7 +243,8 @@ class SegmentWriter:
         footer = SegmentFooter(self.header.start_lsn, s.end_lsn, s.transactions, s.changes, s.first_commit_lsn,
                                s.last_commit_lsn, s.first_commit_time, s.last_commit_time, s.complete_time,
                                self.offset, self._crc)
-        self._h.append(encode_frame(KIND_FOOTER, msgspec.msgpack.encode(footer), boundary=True))
+        self._h.append(encode_frame(KIND_FOOTER, msgspec.msgpack.encode(footer), boundary=True,
+                                    cipher=self._cipher, offset=self.offset))
         self.sync()
         self._h.close()
         directory = parent_key(self.key)
@@ -249,12 +265,26 @@ class SegmentWriter:
             pass
 
 
-def _frame_or_none(f: BinaryIO, offset: int, dec: zstandard.ZstdDecompressor, crc: int = 0) -> Frame | None:
+def _frame_or_none(f: BinaryIO, offset: int, dec: zstandard.ZstdDecompressor, crc: int = 0,
+                   cipher: FrameCipher | None = None, path: str = "") -> Frame | None:
+    """None for a damaged (torn) frame; a frame that fails authentication though its checksum holds
+    was changed on purpose (or read with a wrong key): SegmentError."""
     f.seek(offset)
     try:
-        return read_frame(f, offset, dec, crc)
+        return read_frame(f, offset, dec, crc, cipher)
+    except AuthenticationFailed as e:
+        raise SegmentError(path, e.offset, e.reason) from None
     except FrameError:
         return None
+
+
+def _cipher_of(storage: Storage, path: str, f: BinaryIO, dec: zstandard.ZstdDecompressor) -> FrameCipher | None:
+    """The cipher of a segment from its header frame (None: not encrypted)."""
+    header = _frame_or_none(f, 0, dec)
+    if header is None or header.kind != KIND_HEADER:
+        raise SegmentError(path, 0, "segment header is missing or damaged")
+    _decode_header(path, header)
+    return file_cipher(storage.keyring, f, header, path)
 
 
 def _decode_header(path: str, frame: Frame) -> SegmentHeader:
@@ -262,8 +292,8 @@ def _decode_header(path: str, frame: Frame) -> SegmentHeader:
         header = _header_decoder.decode(frame.payload)
     except msgspec.DecodeError as e:
         raise SegmentError(path, 0, f"undecodable segment header: {e}") from None
-    if header.format_version != FORMAT_VERSION:
-        raise SegmentError(path, 0, f"format version {header.format_version}; this pgtape reads {FORMAT_VERSION}")
+    if (problem := version_problem(header.format_version, header.encryption)) is not None:
+        raise SegmentError(path, 0, problem)
     return header
 
 
@@ -312,12 +342,14 @@ class FramedReader:
         self.path = storage.where(key)
         self._f = storage.open_read(key)
         self._dec = zstandard.ZstdDecompressor()
+        self._cipher: FrameCipher | None = None
         try:
             self._stop = self._stop_offset()
             first = self._next_frame(0)
             if first is None or first.kind != KIND_HEADER:
                 raise SegmentError(self.path, 0, f"{self.what} header is missing")
             self._header(first)
+            self._cipher = file_cipher(storage.keyring, self._f, first, self.path)
         except BaseException:
             self._f.close()
             raise
@@ -334,12 +366,16 @@ class FramedReader:
         """Decode and check the footer against the data read (self._crc: CRC-32 of every byte before it)."""
         raise NotImplementedError
 
+    @property
+    def encrypted(self) -> bool:
+        return self._cipher is not None
+
     def _next_frame(self, offset: int, crc: int = 0) -> Frame | None:
         if self._stop is not None and offset >= self._stop:
             return None
         self._f.seek(offset)
         try:
-            return read_frame(self._f, offset, self._dec, crc)
+            return read_frame(self._f, offset, self._dec, crc, self._cipher)
         except FrameError as e:
             raise SegmentError(self.path, e.offset, e.reason) from None
 
@@ -413,7 +449,8 @@ def read_footer(storage: Storage, key: str) -> SegmentFooter:
             last, end = (offset, kind), offset + size
         if last is None or last[1] != KIND_FOOTER or end != f.seek(0, os.SEEK_END):
             raise SegmentError(path, end, "sealed segment has no footer (truncated or damaged)")
-        frame = _frame_or_none(f, last[0], zstandard.ZstdDecompressor())
+        dec = zstandard.ZstdDecompressor()
+        frame = _frame_or_none(f, last[0], dec, 0, _cipher_of(storage, path, f, dec), path)
         if frame is None:
             raise SegmentError(path, last[0], "damaged footer frame")
     assert frame is not None
@@ -460,11 +497,12 @@ def open_segment_progress(storage: Storage, key: str, start_lsn: int, since: Ope
         stats, done = (since.stats, since.offset) if resume and since else (SegmentStats(end_lsn=start_lsn), 0)
         last = since.last_header if resume and since else b""
         dec = zstandard.ZstdDecompressor()
+        cipher = _cipher_of(storage, path, f, dec) if headers else None
         pending: list[Record] = []
         for offset, kind, flags, size in headers:
             if offset < done or kind != KIND_DATA:
                 continue
-            frame = _frame_or_none(f, offset, dec)
+            frame = _frame_or_none(f, offset, dec, 0, cipher, path)
             if frame is None:
                 raise SegmentError(path, offset, "damaged frame")
             pending.extend(r for r in _records_decoder.decode(frame.payload) if isinstance(r, _STATS_RECORDS))
@@ -497,9 +535,10 @@ def open_segment_end(storage: Storage, key: str, start_lsn: int) -> SegmentStats
         frames = [(o, size) for o, kind, flags, size in scan_frame_headers(f)
                   if kind == KIND_DATA and flags & FLAG_BOUNDARY]
         dec = zstandard.ZstdDecompressor()
+        cipher = _cipher_of(storage, path, f, dec) if frames else None
         end, complete = start_lsn, None
         for frame_offset, _ in reversed(frames):
-            frame = _frame_or_none(f, frame_offset, dec)
+            frame = _frame_or_none(f, frame_offset, dec, 0, cipher, path)
             if frame is None:
                 raise SegmentError(path, frame_offset, "damaged frame")
             for r in _records_decoder.decode(frame.payload):
