@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 from urllib.parse import quote, quote_plus
 
 import psycopg
@@ -37,7 +37,7 @@ ENV_TOKEN = "tok-env-9d1e33ab7c6042"
 SSL_KEY_PASSWORD = "sslKeyPass-4e1f"  # sslpassword: libpq keeps it for an encrypted client key
 HOOK_USER, HOOK_PASSWORD = "hookuser", "hookpw-7f3a2"
 HOOK_PATH = "/services/T0/B0/hookpath8c2d41"  # a webhook URL's path is a secret too (Slack's are)
-# The secrets of the session (the encryption at rest work adds its key material here).
+# The secrets of the session; the keyring's keys, made during the session, join them (key_secrets).
 SECRETS = [PASSWORD, WRONG_PASSWORD, SSL_KEY_PASSWORD, FILE_TOKEN, ENV_TOKEN, HOOK_PASSWORD, "hookpath8c2d41"]
 TABLES = "public.payments,public.orders"
 HBA = ("host all postgres 127.0.0.1/32 trust", "host all all 127.0.0.1/32 scram-sha-256")
@@ -50,8 +50,20 @@ def forms(secret: str) -> set[str]:
             max(secret.split(" "), key=len)}
 
 
-def find_secrets(text: bytes) -> list[str]:
-    return sorted({f for s in SECRETS for f in forms(s) if f.encode() in text})
+def find_secrets(text: bytes, keys: Sequence[bytes] = ()) -> list[str]:
+    found = {f for s in SECRETS for f in forms(s) if f.encode() in text}
+    return sorted(found | {f"key {form[:6]!r}..." for key in keys for form in key_forms(key) if form in text})
+
+
+def key_forms(key: bytes) -> list[bytes]:
+    """An encryption key as bytes, in base64 (the keyring's form) and in hex."""
+    return [key, base64.b64encode(key), key.hex().encode(), key.hex().upper().encode()]
+
+
+def keyring_keys(path: Path) -> list[bytes]:
+    """The keys of a keyring file, read by the test itself: '<id> <base64 key>' lines, '#' comments."""
+    return [base64.b64decode(line.split()[1]) for line in path.read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
 
 
 def decompressed(data: bytes) -> bytes:
@@ -256,6 +268,33 @@ def test_no_secret_in_any_output_or_file(server: EmbeddedPostgres, hooks: Hooks,
     s.run("check", "--dsn", unparsable, *base, expect=1)
     s.run(*debug, "replay", "--latest", "--dsn", unparsable, *base, expect=3)
 
+    # Encryption at rest: a keyring, a new generation encrypted with it, a rotation; the service below
+    # runs with the keyring too. Its keys are secrets like the rest.
+    keyring = secret_dir / "keyring"
+    s.run(*debug, "key", "generate", str(keyring))
+    with_key = {"PGTAPE_KEY_FILE": str(keyring)}
+    s.run(*debug, "replay", "--latest", "--dry-run", "--dsn", kv, *base, env=with_key)  # a key it does not need
+    s.run(*as_json, "init", "--restart", "--json", "--dsn", url, *base, env=with_key)
+    time.sleep(1)  # so that `when` below, whole seconds, falls after the new generation's base
+    work(3)
+    s.run(*debug, "capture", "--dsn", kv, *base, "--until-lsn", current_lsn(owner), env=with_key)
+    s.run(*debug, "key", "rotate", str(keyring))
+    s.run("key", "list", "--json", str(keyring))
+    work(4)
+    s.run(*as_json, "capture", "--dsn", url, *base, "--until-lsn", current_lsn(owner), env=with_key)
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # within the encrypted generation's window
+    s.run(*debug, "snapshot", "--dsn", kv, *base, env=with_key)
+    s.run(*debug, "replay", "--latest", "--schema", "rec_enc", "--dsn", kv, *base, env=with_key)
+    s.run(*debug, "diff", "--schema", "rec_enc", "--dsn", kv, *base, env=with_key)
+    s.run(*as_json, "verify", "--json", *base, env={**with_key, "PGTAPE_DSN": url})
+    s.run(*debug, "log", "--table", "public.payments", "--key", "id=7", "--json", "--archive", str(archive),
+          env=with_key)
+    s.run(*debug, "status", "--json", *base, env={**with_key, "PGTAPE_DSN": url})
+    s.run(*debug, "prune", "--dry-run", "--json", "--archive", str(archive), "--dsn", kv, env=with_key)
+    s.run(*debug, "replay", "--latest", "--dry-run", "--dsn", kv, *base, expect=3)  # without its key
+    keys = keyring_keys(keyring)
+    assert len(keys) == 2 and keys[0] != keys[1]
+
     # The service: a token file, an environment token, a webhook URL with credentials in it.
     tokens = secret_dir / "tokens"
     tokens.write_text(f"ops {FILE_TOKEN}\n")
@@ -264,7 +303,7 @@ def test_no_secret_in_any_output_or_file(server: EmbeddedPostgres, hooks: Hooks,
     port = free_port()
     conf = secret_dir / "pgtape.toml"
     conf.write_text(f'[source]\ndsn = "{kv}"\ntables = ["public.payments", "public.orders"]\n'
-                    f'[archive]\npath = "{archive}"\n'
+                    f'[archive]\npath = "{archive}"\nkey_file = "{keyring}"\n'
                     f'[api]\nlisten = "127.0.0.1:{port}"\ntoken_file = "{tokens}"\n'
                     f'[notify]\nwebhook_urls = ["{hook_url}"]\ndisconnected_after = "1s"\n')
     api = Api(port, s)
@@ -280,17 +319,17 @@ def test_no_secret_in_any_output_or_file(server: EmbeddedPostgres, hooks: Hooks,
         assert api.call("GET", "/v1/openapi.json")[0] == 200
         status, doc = api.call("POST", "/v1/backups", {"backup_type": "full"})
         assert status == 202, doc
-        assert api.job(doc["job_id"])["status"] == "completed"
+        assert (job := api.job(doc["job_id"]))["status"] == "completed", job
         assert api.call("GET", f"/v1/backups/{doc['id']}")[0] == 200
         assert api.call("GET", "/v1/backups")[0] == 200
         at_when = {"recovery_type": "point_in_time", "target_time": when}
         status, doc = api.call("POST", "/v1/recoveries", {**at_when, "tables": ["payments"], "dry_run": True})
         assert status == 202, doc
-        assert api.job(doc["id"])["status"] == "completed"
+        assert (job := api.job(doc["id"]))["status"] == "completed", json.dumps(job)
         status, doc = api.call("POST", "/v1/recoveries", {"recovery_type": "data_verification",
                                                           "tables": ["payments"]})
         assert status == 202, doc
-        assert api.job(doc["id"])["status"] == "completed"
+        assert (job := api.job(doc["id"]))["status"] == "completed", json.dumps(job)
         # A recovery into a schema that exists and is not empty fails: its error travels to the job,
         # the recovery's record and the webhook.
         status, doc = api.call("POST", "/v1/recoveries", {**at_when, "dry_run": False, "into": {"schema": "rec"}})
@@ -299,7 +338,7 @@ def test_no_secret_in_any_output_or_file(server: EmbeddedPostgres, hooks: Hooks,
         assert api.call("GET", f"/v1/recoveries/{doc['id']}")[0] == 200
         status, doc = api.call("POST", "/v1/recoveries", {**at_when, "dry_run": False, "into": {"schema": "api_r"}})
         assert status == 202, doc
-        assert api.job(doc["id"])["status"] == "completed"
+        assert (job := api.job(doc["id"]))["status"] == "completed", json.dumps(job)
         status, doc = api.call("POST", "/v1/recovery-points", {"name": "api-point", "description": "x"})
         assert status == 201, doc
         assert api.call("POST", "/v1/recovery-points", {"name": "api-point"})[0] == 409
@@ -331,12 +370,12 @@ def test_no_secret_in_any_output_or_file(server: EmbeddedPostgres, hooks: Hooks,
     s.outputs.extend((f"webhook {n}", body) for n, (_, _, body) in enumerate(hooks.received))
 
     # Now search: outputs, API answers, webhook bodies, every file of the archive and of the output.
-    leaks = [f"{label}: {found}" for label, text in s.outputs if (found := find_secrets(text))]
+    leaks = [f"{label}: {found}" for label, text in s.outputs if (found := find_secrets(text, keys))]
     files = [p for d in (archive, out) for p in sorted(d.rglob("*")) if p.is_file()]
     assert any(p.parent.name == "jobs" for p in files) and any("audit" in p.parts for p in files), files
     for path in files:
         data = path.read_bytes()
-        if found := find_secrets(data + b"\n" + decompressed(data)):
+        if found := find_secrets(data + b"\n" + decompressed(data), keys):
             leaks.append(f"{path.relative_to(tmp_path)}: {found}")
     assert not leaks, "secrets leaked:\n" + "\n".join(leaks)
     assert len(s.outputs) > 100 and len(files) > 20, (len(s.outputs), len(files))
@@ -350,4 +389,8 @@ def test_the_search_finds_a_leak(tmp_path: Path) -> None:
             frame = b"header" + zstandard.ZstdCompressor().compress(b"row\t" + form.encode()) + b"footer"
             assert find_secrets(decompressed(frame)), form
     assert not find_secrets(b"password=*** postgresql://app@127.0.0.1/shop")
+    key = bytes(range(32))
+    for key_form in key_forms(key):
+        assert find_secrets(b"x " + key_form + b" y", [key]), key_form
+    assert not find_secrets(b"key 0123456789abcdef", [key])
 
