@@ -16,10 +16,12 @@ import time
 from pgtape import metadata
 from pgtape.errors import PgtapeError
 from pgtape.tape.archive import Archive
+from pgtape.tape.latency import CommitToDurable, LatencyWindow
 from pgtape.tape.marks import Mark, parse_mark, save_new_mark
 from pgtape.tape.segment import DURABLE_FILE
 from pgtape.tape.records import Begin, Change, Commit, Message, Position, Record, Relation, Schema, Truncate
 from pgtape.tape.segment import SegmentWriter
+from pgtape.timefmt import now_us
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,11 @@ class TapeWriter:
         self._marks: list[tuple[int, Mark]] = []  # (end LSN of its transaction, mark): to list once durable
         self.transactions = 0
         self.changes = 0
+        self.fsyncs = 0  # of the tape, this run
+        self._txn_time = 0  # commit time of the transaction being received (µs UTC, the server's clock)
+        self._commit_times: list[int] = []  # those of the whole transactions not yet durable
+        self.latency = LatencyWindow()  # commit to durable, published in DURABLE.json (pgtape/tape/latency.py)
+        self._published: CommitToDurable | None = None  # the newest window with a transaction
 
     def _open_segment(self) -> SegmentWriter:
         """Resume the open segment (cutting a torn tail), or start one where the tape ends."""
@@ -90,6 +97,7 @@ class TapeWriter:
         """A transaction starts; nothing is written unless it has a captured change."""
         self._pending_begin = record
         self._txn_changes = 0
+        self._txn_time = record.commit_time
 
     def _open_txn(self) -> None:
         if self._pending_begin is not None:
@@ -145,6 +153,7 @@ class TapeWriter:
         self.tape_lsn = end_lsn
         self.transactions += 1
         self.changes += self._txn_changes
+        self._commit_times.append(self._txn_time)
         if self.unsynced_since is None:
             self.unsynced_since = time.monotonic()
         return True
@@ -199,6 +208,9 @@ class TapeWriter:
                 self._buffer_bytes = 0
         if self.unsynced_since is not None:
             self.segment.sync()
+            self.fsyncs += 1
+            self.latency.fsynced(now_us(), self._commit_times)
+            self._commit_times = []
         self.durable_lsn = max(self.durable_lsn, self.tape_lsn)
         self.unsynced_since = None
         if self._marks:
@@ -209,10 +221,15 @@ class TapeWriter:
 
     def note_durable(self) -> None:
         """Record the durable position beside the tape (DURABLE.json), so that verify notices a tape
-        that later lost its last writes (docs/ARCHITECTURE.md, the gap rule)."""
+        that later lost its last writes (docs/ARCHITECTURE.md, the gap rule), with the commit-to-durable
+        latency of the transactions made durable since the last time (the newest such window if none)."""
         if self.durable_lsn > self._noted:
+            self._published = self.latency.take() or self._published
+            doc: dict[str, object] = {"lsn": self.durable_lsn}
+            if self._published is not None:
+                doc["commit_to_durable"] = self._published
             metadata.write(self.archive.storage, f"{self.archive.generation_key(self.generation)}/{DURABLE_FILE}",
-                           {"lsn": self.durable_lsn})
+                           doc)
             self._noted = self.durable_lsn
 
     def rotate(self) -> str:
