@@ -137,6 +137,7 @@ def latency_phase(bench: Bench, mode: str, rate: float, seconds: float, first_id
         if not (ends[i] > lsn and (i + 1 == len(commits) or ends[i] <= commits[i + 1][1])):
             raise RuntimeError(f"{slot}: transaction {i} ends at {format_lsn(ends[i])}, out of order")
     latencies: list[float] = []
+    when: list[float] = []  # seconds since the first commit, for each latency
     server_side: list[float] = []  # from the server's commit timestamp instead of the client clock
     not_durable = 0
     for (t, _), end, ct in zip(commits, ends, commit_times):
@@ -145,6 +146,7 @@ def latency_phase(bench: Bench, mode: str, rate: float, seconds: float, first_id
             not_durable += 1
         else:
             latencies.append(durable - t)
+            when.append(t - commits[0][0])
             server_side.append(durable - ct / 1e6)
     published = metadata.read(arch.storage, f"{arch.generation_key(arch.identity().generation)}/{DURABLE_FILE}",
                               dict).get("commit_to_durable")
@@ -159,6 +161,9 @@ def latency_phase(bench: Bench, mode: str, rate: float, seconds: float, first_id
         else cpu_after - cpu_before,
         "poll_interval_mean": poller.mean_interval(),
         "published_commit_to_durable": published,  # capture's own last window (DURABLE.json)
+        # The slowest 1%: (seconds into the phase, latency in ms), to tell stalls from spread.
+        "slowest": sorted(((round(w, 3), round(x * 1e3, 1)) for x, w in zip(latencies, when)),
+                          key=lambda e: -e[1])[:max(1, len(latencies) // 100)],
     }
 
 
@@ -242,8 +247,14 @@ def bench_throughput(bench: Bench, plan: Plan) -> dict[str, Any]:
                         if x["tool"] == a and y["tool"] == b and x["round"] == y["round"])
         return ratios[len(ratios) // 2]
 
+    def median_cpu(tool: str) -> float:
+        cpus = sorted(r["cpu"] / max(1, r["changes"]) * 1e6 for r in runs if r["tool"] == tool)
+        return cpus[len(cpus) // 2]
+
     wal = bench.wal_diff(end, start)
     return {"workload": workload, "wal_bytes": wal, "runs": runs,
+            "cpu_us_per_change_median": {t: median_cpu(t) for t in tools},
+            "adaptive_vs_timer_cpu_per_change": median_cpu("adaptive") / median_cpu("timer"),
             "best": {t: best(t)["changes_per_s"] for t in tools},
             "adaptive_vs_timer_best": best("adaptive")["changes_per_s"] / best("timer")["changes_per_s"],
             "adaptive_vs_timer_median_of_rounds": median_ratio("adaptive", "timer"),
@@ -285,6 +296,9 @@ def print_report(res: dict[str, Any]) -> None:
               f"target >= {TARGET_THROUGHPUT}), adaptive/recv {t['adaptive_vs_recv_best']:.2f}, timer/recv "
               f"{t['timer_vs_recv_best']:.2f}; tape/WAL timer {t['tape_wal']['timer']:.3f}, adaptive "
               f"{t['tape_wal']['adaptive']:.3f}; change counts agree: {t['changes_agree']}")
+        c = t["cpu_us_per_change_median"]
+        print(f"CPU per change (median of rounds): timer {c['timer']:.1f} us, adaptive {c['adaptive']:.1f} us, "
+              f"pg_recvlogical {c['recv']:.1f} us; adaptive/timer {t['adaptive_vs_timer_cpu_per_change']:.3f}")
         for r in t["runs"]:
             print(f"  round {r['round']} {r['tool']:8} {r['changes']:>9,} changes {r['wall']:6.2f}s "
                   f"{r['changes_per_s']:>9,.0f}/s CPU {r['cpu']:6.2f}s "
@@ -303,9 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.commit_latency", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short phases, small workload: a smoke run")
     parser.add_argument("--only", default="latency,throughput", help="latency, throughput or both (default)")
+    parser.add_argument("--rounds", type=int, help="throughput rounds (default 3; --quick 1)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (archives, logs)")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
+    if args.rounds:
+        plan = Plan(plan.name, plan.rates, plan.changes, args.rounds)
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     if only - {"latency", "throughput"}:
         parser.error(f"unknown --only part(s): {', '.join(sorted(only - {'latency', 'throughput'}))}")

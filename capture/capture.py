@@ -142,7 +142,7 @@ class Capture:
             if not writable:  # stopped while the disk was full: the tape stays as recovery will cut it
                 return CaptureResult(writer.durable_lsn, writer.transactions, writer.changes, writer.fsyncs)
             writer.close()
-            writer.note_durable()
+            writer.note_durable(wait=True)
             self.follower.close()
             self.scheduler.stop()
             self.log(f"stopped; tape durable up to {format_lsn(writer.durable_lsn)} "

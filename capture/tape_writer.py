@@ -11,6 +11,7 @@ memory stays bounded; they become meaningful only with the boundary frame holdin
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from pgtape import metadata
@@ -65,6 +66,8 @@ class TapeWriter:
         self._commit_times: list[int] = []  # those of the whole transactions not yet durable
         self.latency = LatencyWindow()  # commit to durable, published in DURABLE.json (pgtape/tape/latency.py)
         self._published: CommitToDurable | None = None  # the newest window with a transaction
+        self._noting: threading.Thread | None = None  # writing DURABLE.json (note_durable)
+        self._noting_error: BaseException | None = None
 
     def _open_segment(self) -> SegmentWriter:
         """Resume the open segment (cutting a torn tail), or start one where the tape ends."""
@@ -219,18 +222,43 @@ class TapeWriter:
             self.rotate()
         return self.durable_lsn
 
-    def note_durable(self) -> None:
+    def note_durable(self, wait: bool = False) -> None:
         """Record the durable position beside the tape (DURABLE.json), so that verify notices a tape
         that later lost its last writes (docs/ARCHITECTURE.md, the gap rule), with the commit-to-durable
-        latency of the transactions made durable since the last time (the newest such window if none)."""
-        if self.durable_lsn > self._noted:
-            self._published = self.latency.take() or self._published
-            doc: dict[str, object] = {"lsn": self.durable_lsn}
-            if self._published is not None:
-                doc["commit_to_durable"] = self._published
-            metadata.write(self.archive.storage, f"{self.archive.generation_key(self.generation)}/{DURABLE_FILE}",
-                           doc)
-            self._noted = self.durable_lsn
+        latency of the transactions made durable since the last time (the newest such window if none).
+
+        The file is replaced atomically (three fsyncs): a thread of its own writes it, so that commits
+        arriving meanwhile are not held up (Rule A1), one write at a time; while one is still running
+        this call does nothing (the next writes a newer position). Its error, if any (a full disk),
+        is raised by the next call. `wait`: written before this returns (capture stopping)."""
+        noting = self._noting
+        if noting is not None:
+            if noting.is_alive() and not wait:
+                return
+            noting.join()
+            self._noting = None
+            error, self._noting_error = self._noting_error, None
+            if error is not None:
+                raise error
+        if self.durable_lsn <= self._noted:
+            return
+        self._published = self.latency.take() or self._published
+        doc: dict[str, object] = {"lsn": self.durable_lsn}
+        if self._published is not None:
+            doc["commit_to_durable"] = self._published
+        key = f"{self.archive.generation_key(self.generation)}/{DURABLE_FILE}"
+        self._noted = self.durable_lsn
+        if wait:
+            metadata.write(self.archive.storage, key, doc)
+            return
+        self._noting = threading.Thread(target=self._write_noted, args=(key, doc), name="pgtape-durable-note")
+        self._noting.start()
+
+    def _write_noted(self, key: str, doc: dict[str, object]) -> None:
+        try:
+            metadata.write(self.archive.storage, key, doc)
+        except BaseException as e:  # raised in capture's thread by the next note_durable
+            self._noting_error = e
 
     def rotate(self) -> str:
         sealed = self.segment.seal()

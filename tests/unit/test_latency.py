@@ -4,17 +4,21 @@ status and the metrics read it back."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import random
 from pathlib import Path
 
 import pytest
 
 from pgtape import metadata
+from pgtape.capture.tape_writer import TapeWriter
 from pgtape.config import load_config
 from pgtape.service.metrics import Metrics
 from pgtape.service.status import Status, collect
 from pgtape.tape.latency import LatencyWindow
+from pgtape.tape.records import Begin, Message
 from pgtape.tape.segment import DURABLE_FILE
+from pgtape.timefmt import now_us
 from .archive_kit import new_archive, segment
 from .test_metrics import samples
 
@@ -96,3 +100,35 @@ def _render(status: Status) -> bytes:
     m = Metrics()
     m.observe(status, [], {})
     return m.render()[0]
+
+
+def test_the_writer_measures_each_fsync_and_notes_durable_in_a_thread(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """TapeWriter: each captured transaction's latency is taken at the fsync that makes it durable;
+    DURABLE.json is written by a thread (one at a time), whose error the next call raises."""
+    archive = new_archive(tmp_path / "a")
+    w = TapeWriter(archive, 1, "7", "pgtape", 1 << 20)
+    key = f"{archive.generation_key(1)}/{DURABLE_FILE}"
+    now = now_us()
+    for i, ago in enumerate((7 * MS, 3 * MS)):
+        w.begin(Begin(500 + i, 200 + 10 * i, 208 + 10 * i, now - ago))
+        w.change(Message(200 + 10 * i, True, "x", "y"), 10)
+        assert w.commit(208 + 10 * i)
+    w.sync()
+    w.note_durable()
+    w.note_durable(wait=True)  # waits for the thread's write; nothing newer to write
+    doc = metadata.read(archive.storage, key, dict)
+    assert doc["lsn"] == 218 and doc["commit_to_durable"]["transactions"] == 2
+    assert doc["commit_to_durable"]["fsyncs"] == 1 and 7 <= doc["commit_to_durable"]["max_ms"] < 1000
+    assert w.fsyncs == 1
+
+    def full(*_: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(metadata, "write", full)
+    w.position(300, now)
+    w.sync()
+    w.note_durable()  # the thread fails
+    with pytest.raises(OSError, match="No space left"):
+        w.note_durable(wait=True)
+    assert metadata.read(archive.storage, key, dict)["lsn"] == 218
