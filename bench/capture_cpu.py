@@ -74,6 +74,9 @@ class _Stream(ReplicationStream):
     def wait(self, timeout: float) -> None:
         pass
 
+    def take_waiting(self) -> bool:
+        return False  # nothing beyond the messages: drained once they are read (adaptive group commit)
+
     def send_status(self, write_lsn: int, flush_lsn: int, reply: bool = False) -> None:
         pass
 
@@ -103,11 +106,12 @@ class _NoSnapshots(SnapshotScheduler):
         pass
 
 
-def replay_once(messages: list[bytes], end_lsn: int, keyring: Keyring | None = None) -> tuple[float, float, int]:
+def replay_once(messages: list[bytes], end_lsn: int, keyring: Keyring | None = None,
+                group_commit: str | None = None) -> tuple[float, float, int]:
     """(CPU seconds, wall seconds, changes) of one pass onto a fresh tape (encrypted with `keyring`)."""
     directory = Path(tempfile.mkdtemp(prefix="pgtape-capture-cpu-"))
     try:
-        config = load_config(None, {"archive": str(directory)}, environ={})
+        config = load_config(None, {"archive": str(directory), "group_commit": group_commit}, environ={})
         archive = Archive(directory, keyring)
         archive.start_generation("0", "bench", config.slot, 0, "bench", list(config.tables))
         cap = Capture(config, until_lsn=end_lsn, log=lambda _: None)
@@ -129,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.capture_cpu", description=__doc__.splitlines()[0])
     parser.add_argument("file", type=Path, help="wal2json output of pg_recvlogical (format-version 2)")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--group-commit", choices=["adaptive", "timer"],
+                        help="[capture] group_commit (default: adaptive)")
     parser.add_argument("--profile", action="store_true", help="cProfile one run instead")
     parser.add_argument("--compare-key", action="store_true",
                         help="interleaved runs without and with a keyring (encryption at rest); prints the ratio")
@@ -138,10 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         return _compare_key(messages, end, args.runs)
     if args.profile:
         prof = cProfile.Profile()
-        prof.runcall(replay_once, messages, end)
+        prof.runcall(replay_once, messages, end, None, args.group_commit)
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
         return 0
-    results = [replay_once(messages, end) for _ in range(args.runs)]
+    results = [replay_once(messages, end, None, args.group_commit) for _ in range(args.runs)]
     changes = results[0][2]
     per = [cpu / max(1, changes) * 1e6 for cpu, _, _ in results]
     print(f"{len(messages)} messages, {changes} row changes; CPU per change: best {min(per):.1f} us "

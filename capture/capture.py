@@ -1,7 +1,8 @@
 """The long-running capture: stream wal2json changes onto the tape, confirm only what is durable.
 
 One thread, one loop: read a message, hand it to the TapeWriter, and between messages (or
-while waiting) fsync when the group-commit interval is due and report the durable position.
+while waiting) fsync when group commit says so (as soon as the stream is drained, at the latest
+after fsync_interval) and report the durable position.
 The LSN rules it follows are in docs/ARCHITECTURE.md; each is cited where it is applied.
 """
 
@@ -48,6 +49,7 @@ class CaptureResult:
     durable_lsn: int
     transactions: int
     changes: int
+    fsyncs: int  # of the tape (group commits and Positions)
 
 
 class ArchiveGone(PgtapeError):
@@ -139,14 +141,14 @@ class Capture:
                     disk_backoff = min(disk_backoff * 2, MAX_BACKOFF)
             _close(conn)
             if not writable:  # stopped while the disk was full: the tape stays as recovery will cut it
-                return CaptureResult(writer.durable_lsn, writer.transactions, writer.changes)
+                return CaptureResult(writer.durable_lsn, writer.transactions, writer.changes, writer.fsyncs)
             writer.close()
-            writer.note_durable()
+            writer.note_durable(wait=True)
             self.follower.close()
             self.scheduler.stop()
             self.log(f"stopped; tape durable up to {format_lsn(writer.durable_lsn)} "
                      f"({writer.transactions} transactions, {writer.changes} changes this run)")
-            return CaptureResult(writer.durable_lsn, writer.transactions, writer.changes)
+            return CaptureResult(writer.durable_lsn, writer.transactions, writer.changes, writer.fsyncs)
         finally:
             lock.release()
 
@@ -187,9 +189,15 @@ class Capture:
         in_txn = False
         txn_end = txn_time = 0
         next_check = 0.0  # housekeeping runs at most every HOUSEKEEPING seconds while busy
+        adaptive = cfg.group_commit == "adaptive"  # else "timer": fsync only every fsync_interval
         while True:
             buf = stream.read()
             now = monotonic()
+            more = False  # libpq had no whole message, but the socket held more: read on without waiting
+            if buf is None and adaptive:
+                more = stream.take_waiting()
+                if more and now < next_check:
+                    continue
             if buf is not None:
                 kind = buf[0]
                 if kind == XLOG_DATA:
@@ -255,8 +263,10 @@ class Capture:
                 writer.record_idle()
                 writer.note_durable()  # what was durable up to now (the Position: with the next sync)
                 last_position = now
-            # Housekeeping: group commit (Rule A1), then report what is durable (Rule A2).
-            if writer.unsynced_since is not None and (now - writer.unsynced_since >= cfg.fsync_interval
+            # Housekeeping: group commit (Rule A1), then report what is durable (Rule A2). Adaptive: as soon
+            # as the stream is drained (everything sent so far is read); always within fsync_interval.
+            drained = adaptive and buf is None and not more
+            if writer.unsynced_since is not None and (drained or now - writer.unsynced_since >= cfg.fsync_interval
                                                       or self.stopping or self._reached_tape(writer)):
                 writer.sync()
                 next_status = 0.0
@@ -271,7 +281,7 @@ class Capture:
                 return
             follower.housekeeping(received, in_txn, writer.tape_lsn, writer.segment.stats.complete_time,
                                   writer.durable_lsn)
-            if buf is None:
+            if buf is None and not more:
                 timeout = cfg.status_interval
                 if writer.unsynced_since is not None:
                     timeout = min(timeout, writer.unsynced_since + cfg.fsync_interval - now)

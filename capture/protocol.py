@@ -66,6 +66,17 @@ class ReplicationStream:
             except psycopg.Error as e:
                 raise ConnectionLost(str(e).strip() or type(e).__name__) from None
 
+    def take_waiting(self) -> bool:
+        """Without waiting: take in what the socket holds now. False when it held nothing: everything
+        the server has sent so far has been read (the stream is drained, group commit flushes)."""
+        if not self._selector.select(0):
+            return False
+        try:
+            self.pgconn.consume_input()
+        except psycopg.Error as e:
+            raise ConnectionLost(str(e).strip() or type(e).__name__) from None
+        return True
+
     def send_status(self, write_lsn: int, flush_lsn: int, reply: bool = False) -> None:
         msg = STATUS_MSG.pack(b"r", write_lsn, flush_lsn, flush_lsn, pg_now(), 1 if reply else 0)
         try:

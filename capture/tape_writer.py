@@ -11,15 +11,18 @@ memory stays bounded; they become meaningful only with the boundary frame holdin
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from pgtape import metadata
 from pgtape.errors import PgtapeError
 from pgtape.tape.archive import Archive
+from pgtape.tape.latency import CommitToDurable, LatencyWindow
 from pgtape.tape.marks import Mark, parse_mark, save_new_mark
 from pgtape.tape.segment import DURABLE_FILE
 from pgtape.tape.records import Begin, Change, Commit, Message, Position, Record, Relation, Schema, Truncate
 from pgtape.tape.segment import SegmentWriter
+from pgtape.timefmt import now_us
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +61,13 @@ class TapeWriter:
         self._marks: list[tuple[int, Mark]] = []  # (end LSN of its transaction, mark): to list once durable
         self.transactions = 0
         self.changes = 0
+        self.fsyncs = 0  # of the tape, this run
+        self._txn_time = 0  # commit time of the transaction being received (µs UTC, the server's clock)
+        self._commit_times: list[int] = []  # those of the whole transactions not yet durable
+        self.latency = LatencyWindow()  # commit to durable, published in DURABLE.json (pgtape/tape/latency.py)
+        self._published: CommitToDurable | None = None  # the newest window with a transaction
+        self._noting: threading.Thread | None = None  # writing DURABLE.json (note_durable)
+        self._noting_error: BaseException | None = None
 
     def _open_segment(self) -> SegmentWriter:
         """Resume the open segment (cutting a torn tail), or start one where the tape ends."""
@@ -90,6 +100,7 @@ class TapeWriter:
         """A transaction starts; nothing is written unless it has a captured change."""
         self._pending_begin = record
         self._txn_changes = 0
+        self._txn_time = record.commit_time
 
     def _open_txn(self) -> None:
         if self._pending_begin is not None:
@@ -145,6 +156,7 @@ class TapeWriter:
         self.tape_lsn = end_lsn
         self.transactions += 1
         self.changes += self._txn_changes
+        self._commit_times.append(self._txn_time)
         if self.unsynced_since is None:
             self.unsynced_since = time.monotonic()
         return True
@@ -199,6 +211,9 @@ class TapeWriter:
                 self._buffer_bytes = 0
         if self.unsynced_since is not None:
             self.segment.sync()
+            self.fsyncs += 1
+            self.latency.fsynced(now_us(), self._commit_times)
+            self._commit_times = []
         self.durable_lsn = max(self.durable_lsn, self.tape_lsn)
         self.unsynced_since = None
         if self._marks:
@@ -207,13 +222,43 @@ class TapeWriter:
             self.rotate()
         return self.durable_lsn
 
-    def note_durable(self) -> None:
+    def note_durable(self, wait: bool = False) -> None:
         """Record the durable position beside the tape (DURABLE.json), so that verify notices a tape
-        that later lost its last writes (docs/ARCHITECTURE.md, the gap rule)."""
-        if self.durable_lsn > self._noted:
-            metadata.write(self.archive.storage, f"{self.archive.generation_key(self.generation)}/{DURABLE_FILE}",
-                           {"lsn": self.durable_lsn})
-            self._noted = self.durable_lsn
+        that later lost its last writes (docs/ARCHITECTURE.md, the gap rule), with the commit-to-durable
+        latency of the transactions made durable since the last time (the newest such window if none).
+
+        The file is replaced atomically (three fsyncs): a thread of its own writes it, so that commits
+        arriving meanwhile are not held up (Rule A1), one write at a time; while one is still running
+        this call does nothing (the next writes a newer position). Its error, if any (a full disk),
+        is raised by the next call. `wait`: written before this returns (capture stopping)."""
+        noting = self._noting
+        if noting is not None:
+            if noting.is_alive() and not wait:
+                return
+            noting.join()
+            self._noting = None
+            error, self._noting_error = self._noting_error, None
+            if error is not None:
+                raise error
+        if self.durable_lsn <= self._noted:
+            return
+        self._published = self.latency.take() or self._published
+        doc: dict[str, object] = {"lsn": self.durable_lsn}
+        if self._published is not None:
+            doc["commit_to_durable"] = self._published
+        key = f"{self.archive.generation_key(self.generation)}/{DURABLE_FILE}"
+        self._noted = self.durable_lsn
+        if wait:
+            metadata.write(self.archive.storage, key, doc)
+            return
+        self._noting = threading.Thread(target=self._write_noted, args=(key, doc), name="pgtape-durable-note")
+        self._noting.start()
+
+    def _write_noted(self, key: str, doc: dict[str, object]) -> None:
+        try:
+            metadata.write(self.archive.storage, key, doc)
+        except BaseException as e:  # raised in capture's thread by the next note_durable
+            self._noting_error = e
 
     def rotate(self) -> str:
         sealed = self.segment.seal()

@@ -69,6 +69,12 @@ def parse_disk_full(text: str) -> str:
     return text
 
 
+def parse_group_commit(text: str) -> str:
+    if text not in ("adaptive", "timer"):
+        raise ValueError(f"invalid value {text!r}: use \"adaptive\" or \"timer\"")
+    return text
+
+
 def parse_listen(text: str) -> tuple[str, int]:
     """`HOST:PORT` (an IPv6 host in brackets: `[::1]:7432`) -> (host, port)."""
     host, sep, port = str(text).rpartition(":")
@@ -134,7 +140,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("archive", "archive", "path", "PGTAPE_ARCHIVE", "--archive", lambda v: Path(str(v)), None,
            "archive directory that holds the tape"),
     Option("fsync_interval", "capture", "fsync_interval", None, None, parse_duration, "200ms",
-           "group-commit interval: the longest a received commit waits to be fsynced (the RPO)", "duration"),
+           "group commit: the longest a received commit waits to be fsynced while more keeps coming (the RPO)",
+           "duration"),
     Option("segment_size", "capture", "segment_size", None, None, parse_size, "64MiB",
            "compressed size at which a tape segment is sealed and a new one begun", "size"),
     Option("status_interval", "capture", "status_interval", None, None, parse_duration, "1s",
@@ -143,6 +150,9 @@ OPTIONS: tuple[Option, ...] = (
            "capture takes a snapshot when the newest is this old (e.g. 24h; default: never)", "duration"),
     Option("on_disk_full", "capture", "on_disk_full", None, None, parse_disk_full, "wait",
            "when the archive's disk is full: wait (acknowledge nothing, retry with backoff) or exit"),
+    Option("group_commit", "capture", "group_commit", None, None, parse_group_commit, "adaptive",
+           "adaptive: fsync as soon as the stream has nothing more to read (fsync_interval the longest wait); "
+           "timer: only every fsync_interval (the earlier behaviour, kept for comparison)"),
     Option("retention", "snapshots", "retention", None, None, parse_duration, "30d",
            "how long a snapshot is kept: its expiry time in the catalog", "duration"),
     # Time, not bytes: the WAL rate of the whole server (tables not captured too) says nothing
@@ -191,6 +201,7 @@ class Config:
     sql_dsn: str | None
     sql_schema: str
     key_file: Path | None
+    group_commit: str = "adaptive"  # [capture] group_commit: "adaptive" or "timer" (docs/ARCHITECTURE.md, Rule A1)
     source_file: Path | None = field(default=None)
     defaulted: frozenset[str] = field(default=frozenset())  # options nobody set: their default applies
 

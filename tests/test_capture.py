@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from conftest import ROOT, capture_to_now, one_line_error, one_row, run_pgtape, scalar
+from conftest import (ROOT, capture_to_now, confirmed_flush, one_line_error, one_row, run_pgtape, scalar, spawn_pgtape,
+                      stop_process, wait_until)
+from pgtape.lsn import parse_lsn
 from pgtape.pg import connect
 from pgtape.tape.archive import Archive
 from pgtape.tape.reader import RowChange, iter_changes
@@ -217,3 +220,41 @@ def test_log_filters_and_json(dsn: str, tmp_path: Path) -> None:
     assert status["transactions"] == 3 and status["changes"] == 4 and status["server"]["slot_exists"]
     # Background WAL (e.g. running-xacts records) may follow, so lag is only known to be small.
     assert status["end_lsn"] == status["server"]["slot_confirmed_lsn"] and 0 <= status["lag_bytes"] < 1 << 20
+
+
+@pytest.mark.parametrize("mode", ["adaptive", "timer"])
+def test_group_commit_flushes_when_the_stream_is_drained(dsn: str, tmp_path: Path, mode: str) -> None:
+    """Rule A1. With an fsync_interval of an hour, adaptive group commit still confirms each commit of a quiet
+    system at once (nothing more to read: flush), while busy uncaptured tables (idle progress, Rule A3)
+    cost no fsync; the timer confirms nothing until its interval (or the stop). Status reports the latency."""
+    import json
+    c = _setup(dsn, "create table payments (id int primary key)", "create table noise (id int)")
+    archive = tmp_path / "archive"
+    conf = tmp_path / "pgtape.toml"
+    conf.write_text(f'[capture]\nfsync_interval = "1h"\ngroup_commit = "{mode}"\n')
+    base = ["--config", str(conf), "--dsn", dsn, "--archive", str(archive), "--tables", "payments"]
+    capture_to_now(dsn, archive, *base[:2], tables="payments")
+    proc = spawn_pgtape("capture", *base, "--json", log=tmp_path / "capture.log")
+    try:
+        wait_until("capture streaming", lambda: scalar(c.execute(
+            "select active from pg_replication_slots where slot_name = 'pgtape'")), 60)
+        for i in range(5):
+            before = parse_lsn(scalar(c.execute("select pg_current_wal_insert_lsn()::text")))
+            c.execute("insert into payments values (%s)", (i,))
+            for _ in range(20):
+                c.execute("insert into noise values (1)")
+            if mode == "adaptive":
+                wait_until(f"commit {i} confirmed", lambda: confirmed_flush(dsn) > before, 30)
+        if mode == "timer":
+            time.sleep(1)  # (several status intervals: an early flush would show)
+            assert confirmed_flush(dsn) <= before
+    finally:
+        stop_process(proc)
+    assert proc.returncode == 0, (tmp_path / "capture.log").read_text()
+    summary = json.loads((tmp_path / "capture.log").read_text().strip().splitlines()[-1])
+    assert summary["transactions"] == 5 and _new_ids(archive) == [0, 1, 2, 3, 4]
+    # One fsync per payment at most (adaptive), the timer's one at the stop; plus a Position or two.
+    assert summary["fsyncs"] <= (5 if mode == "adaptive" else 1) + 2, summary
+    status = json.loads(run_pgtape("status", *base, "--json", check=True).stdout)["commit_to_durable"]
+    assert 1 <= status["transactions"] <= 5 and 0 < status["p50_ms"] <= status["p99_ms"] <= status["max_ms"]
+    assert status["fsyncs"] >= 1 and status["first_durable"] <= status["last_durable"]

@@ -18,6 +18,7 @@ class CaptureSummary(msgspec.Struct):
     durable_lsn: str  # the tape is durable up to here
     transactions: int  # captured in this run
     changes: int
+    fsyncs: int  # of the tape in this run (transactions / fsyncs: the group-commit batch size)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,5 +32,5 @@ def run(args: argparse.Namespace, config: Config) -> int:
     install_signal_handlers(cap)
     result = cap.run()
     if args.json:
-        emit(CaptureSummary(format_lsn(result.durable_lsn), result.transactions, result.changes))
+        emit(CaptureSummary(format_lsn(result.durable_lsn), result.transactions, result.changes, result.fsyncs))
     return 0

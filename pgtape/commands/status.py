@@ -38,6 +38,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
     print(f"durable up to      {format_lsn(tape.end_lsn)}, last commit {format_time(tape.last_commit_time)}")
     print(f"tape covers        {format_lsn(tape.start_lsn)} .. {format_lsn(tape.end_lsn)} "
           f"(commits {format_time(tape.first_commit_time)} .. {format_time(tape.last_commit_time)})")
+    lat = status.commit_to_durable
+    if lat is not None:
+        print(f"commit->durable    p50 {lat.p50_ms:g} ms, p99 {lat.p99_ms:g} ms over {lat.transactions} transactions "
+              f"({lat.fsyncs} fsyncs) made durable {format_time(lat.first_durable)} .. {format_time(lat.last_durable)}")
     print(f"recoverable        {status.recoverable or 'NOTHING YET: ' + status.window_error}"
           .replace("recoverable window: ", ""))
     for t, r in status.newest.items():

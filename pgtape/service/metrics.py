@@ -54,7 +54,7 @@ class _Observed(Collector):
 
 
 def gauges(status: Status, snapshots: list[SnapshotRecord], jobs: dict[tuple[str, str], int]) -> list[Metric]:
-    tape, server, w = status.tape, status.server, status.window
+    tape, server, w, lat = status.tape, status.server, status.window, status.commit_to_durable
     out: list[Metric | None] = [
         _gauge("pgtape_server_reachable", "1 when the status could reach the PostgreSQL server, else 0.",
                server is not None),
@@ -72,6 +72,11 @@ def gauges(status: Status, snapshots: list[SnapshotRecord], jobs: dict[tuple[str
         _gauge("pgtape_recoverable_window_end_timestamp_seconds", "Latest recoverable time (the tape is "
                "known complete up to it), Unix seconds.", _seconds(w.to_time) if w else None),
         _gauge("pgtape_status_problems", "Problems pgtape status reports (0: healthy).", len(status.problems)),
+        _gauge("pgtape_commit_to_durable_p50_seconds", "Median time from a transaction's commit (server clock) to "
+               "its fsync on the tape, over capture's latest window (about 10 s).",
+               None if lat is None else lat.p50_ms / 1000),
+        _gauge("pgtape_commit_to_durable_p99_seconds", "99th percentile of the same.",
+               None if lat is None else lat.p99_ms / 1000),
     ]
     age = GaugeMetricFamily("pgtape_snapshot_age_seconds", "Now minus the as-of time of the table's newest "
                             "completed snapshot.", labels=["table"])

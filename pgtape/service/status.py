@@ -12,15 +12,17 @@ from pathlib import Path
 import msgspec
 
 from pgtape.capture import ddl_trigger
+from pgtape import metadata
 from pgtape.config import Config
 from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn, parse_lsn
 from pgtape.pg import connect, quote_literal
 from pgtape.slot import gap_message
 from pgtape.tape.archive import Archive
+from pgtape.tape.latency import CommitToDurable
 from pgtape.storage import Storage
-from pgtape.tape.segment import (OPEN_SUFFIX, OpenProgress, SegmentError, SegmentStats, open_segment_progress,
-                                  segment_stats)
+from pgtape.tape.segment import (DURABLE_FILE, OPEN_SUFFIX, OpenProgress, SegmentError, SegmentStats,
+                                  open_segment_progress, segment_stats)
 from pgtape.tape.window import Window
 from pgtape.timefmt import format_time, now_us
 from pgtape.replay.plan import window
@@ -67,6 +69,18 @@ class ServerStatus(msgspec.Struct):
     schema_changes: str  # "exact" (DDL trigger) or "approximate" (polled)
 
 
+class CommitToDurableReport(msgspec.Struct):
+    """Commit-to-durable latency of the transactions capture made durable in its latest window
+    (pgtape/tape/latency.py, docs/CLI_JSON.md)."""
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    transactions: int
+    fsyncs: int
+    first_durable: str  # the window: its first and last fsync (capture's clock)
+    last_durable: str
+
+
 class StatusReport(msgspec.Struct):
     """`pgtape status --json` and GET /v1/status (docs/CLI_JSON.md)."""
     generation: int
@@ -89,6 +103,7 @@ class StatusReport(msgspec.Struct):
     lag_seconds: float | None  # how long ago the tape was complete up to, while the server has more WAL (else 0)
     healthy: bool  # no problems
     problems: list[str]  # why not, one line each
+    commit_to_durable: CommitToDurableReport | None = None  # null until capture has published one
 
 
 @dataclass(frozen=True)
@@ -108,6 +123,7 @@ class Status:
     max_lag: float  # [capture] max_lag, seconds
     problems: list[str]
     collected_at: int  # µs UTC, this machine's clock
+    commit_to_durable: CommitToDurable | None = None  # capture's latest window (DURABLE.json)
 
     @property
     def healthy(self) -> bool:
@@ -139,7 +155,7 @@ class Status:
             self.server_error, self.lag_bytes, self.last_commit_age, self.gap,
             {t: None if r is None else SnapshotRef(r.id, format_lsn(r.as_of_lsn or 0), format_time(r.as_of_time))
              for t, r in self.newest.items()},
-            self.lag_seconds, self.healthy, self.problems)
+            self.lag_seconds, self.healthy, self.problems, _latency_report(self.commit_to_durable))
 
 
 def collect(config: Config, archive: Archive, open_segments: OpenSegments | None = None) -> Status:
@@ -173,7 +189,7 @@ def collect(config: Config, archive: Archive, open_segments: OpenSegments | None
     # (Idle, capture records a Position every 10 s; an idle server with no new WAL is never behind.)
     behind = (max(0, server.server_time - (tape.complete_time or 0)) / 1e6 if lag_bytes else 0.0) if server else None
     status = Status(archive.path, tape, server, server_error, recoverable, window_error, newest, lag_bytes, age, gap,
-                    behind, config.status_max_lag, [], collected_at)
+                    behind, config.status_max_lag, [], collected_at, commit_to_durable(archive, tape.generation))
     return replace(status, problems=_problems(status))
 
 
@@ -213,6 +229,27 @@ def summarize_tape(archive: Archive, gen: int, open_segments: OpenSegments | Non
     start = segments[0].start_lsn if segments else g.start_lsn  # later than g.start_lsn once pruned
     return TapeSummary(gen, g.slot, start, end_lsn, len(segments), size, transactions, changes,
                        first_time, last_time, complete or g.created_at)
+
+
+def commit_to_durable(archive: Archive, gen: int) -> CommitToDurable | None:
+    """Capture's latest commit-to-durable window, from DURABLE.json; None before capture has written one
+    (or when the file is damaged: verify names that)."""
+    try:
+        doc = metadata.read(archive.storage, f"{archive.generation_key(gen)}/{DURABLE_FILE}", _Durable)
+    except (FileNotFoundError, PgtapeError):
+        return None
+    return doc.commit_to_durable
+
+
+class _Durable(msgspec.Struct):
+    commit_to_durable: CommitToDurable | None = None
+
+
+def _latency_report(c: CommitToDurable | None) -> CommitToDurableReport | None:
+    if c is None:
+        return None
+    return CommitToDurableReport(c.p50_ms, c.p99_ms, c.max_ms, c.transactions, c.fsyncs,
+                                 format_time(c.first_durable), format_time(c.last_durable))
 
 
 def summarize_server(config: Config, slot: str) -> ServerSummary:

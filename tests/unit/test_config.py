@@ -22,6 +22,7 @@ def test_defaults() -> None:
     assert (c.dsn, c.archive, c.slot) == (None, None, "pgtape")
     assert (c.fsync_interval, c.segment_size, c.status_interval) == (0.2, 64 * 1024 * 1024, 1.0)
     assert (c.snapshot_every, c.on_disk_full, c.retention) == (None, "wait", 30 * 86400.0)
+    assert c.group_commit == "adaptive"
     assert c.source_file is None and "tables" in c.defaulted and "slot" in c.defaulted
 
 
@@ -29,12 +30,13 @@ def test_file_values_and_their_types(tmp_path: Path) -> None:
     path = toml(tmp_path, '[source]\ntables = ["payments", "Billing.\\"Ledger Entries\\""]\n'
                           '[archive]\npath = "/srv/tape"\n'
                           '[capture]\nfsync_interval = "50ms"\nsegment_size = 1024\nstatus_interval = 2\n'
-                          'snapshot_every = "24h"\non_disk_full = "exit"\n[snapshots]\nretention = "7d"\n')
+                          'snapshot_every = "24h"\non_disk_full = "exit"\ngroup_commit = "timer"\n'
+                          '[snapshots]\nretention = "7d"\n')
     c = load_config(path, environ={})
     assert c.tables == ("public.payments", 'billing."Ledger Entries"')
     assert c.archive == Path("/srv/tape")
     assert (c.fsync_interval, c.segment_size, c.status_interval) == (0.05, 1024, 2.0)
-    assert (c.snapshot_every, c.on_disk_full, c.retention) == (86400.0, "exit", 604800.0)
+    assert (c.snapshot_every, c.on_disk_full, c.retention, c.group_commit) == (86400.0, "exit", 604800.0, "timer")
     assert c.source_file == Path(path) and "tables" not in c.defaulted and "slot" in c.defaulted
 
 
@@ -58,6 +60,8 @@ def test_precedence_flag_over_environment_over_file(tmp_path: Path) -> None:
     ('[capture]\nfsync_interval = "5 parsecs"\n', "[capture] fsync_interval: invalid duration '5 parsecs'"),
     ('[capture]\nfsync_interval = 0\n', "invalid duration 0: must be positive"),
     ('[capture]\non_disk_full = "panic"\n', "invalid value 'panic': use \"wait\" or \"exit\""),
+    ('[capture]\ngroup_commit = "eager"\n',
+     "[capture] group_commit: invalid value 'eager': use \"adaptive\" or \"timer\""),
     ('[source]\nslot = "Bad-Slot"\n', "invalid slot name 'Bad-Slot'"),
     ('[source\n', "cannot read config file"),
 ])
