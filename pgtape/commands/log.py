@@ -70,7 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    archive = Archive.existing(config.require_archive())
+    archive = Archive.reading(config)
     gen = archive.identity().generation
     tables = set(resolve(args.table or [], archive.generation(gen).tables, "--table"))
     since = parse_time(args.since, "--since") if args.since else None

@@ -184,6 +184,22 @@ class S3Storage(Storage):
             raise
         return cast(bytes, self._call(key, lambda: r["Body"].read()))
 
+    def download(self, key: str, f: BinaryIO) -> tuple[int, str]:
+        """The object's bytes into `f`, streamed; its size and SHA-256 (base64). A checksum the store
+        recorded that does not match what arrived is a RemoteStorageError naming the object."""
+        r = self._call(key, lambda: self.client.get_object(Bucket=self.bucket, Key=self._key(key),
+                                                            ChecksumMode="ENABLED"))
+        h, size = hashlib.sha256(), 0
+        body = r["Body"]
+        while chunk := self._call(key, lambda: body.read(1 << 20)):
+            h.update(chunk)
+            f.write(chunk)
+            size += len(chunk)
+        sha = base64.b64encode(h.digest()).decode()
+        if r.get("ChecksumSHA256") and r["ChecksumSHA256"] != sha:
+            raise RemoteStorageError(f"{self.where(key)}: bytes received differ from the SHA-256 it was stored with")
+        return size, sha
+
     # -- writing -------------------------------------------------------------------------------------------
     def write_atomic(self, key: str, data: bytes) -> None:
         self._call(key, lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
