@@ -73,8 +73,8 @@ class OffsiteStatus(msgspec.Struct):
     url: str
     generation: int  # the generation whose tape is offsite up to offsite_lsn
     offsite_lsn: str  # the tape is offsite (complete, in the bucket) up to here
-    lag_bytes: int | None  # local tape end minus offsite_lsn (WAL bytes); null when another generation is offsite
-    lag_seconds: float | None  # local tape's completeness time minus the offsite tape's (server clock); 0 when caught up
+    lag_bytes: int | None  # local tape end minus offsite_lsn (WAL bytes); null: another generation is offsite
+    lag_seconds: float | None  # local tape's completeness time minus the offsite tape's (server clock); 0: caught up
     objects: int  # objects the bucket holds, confirmed
     last_upload_time: str | None  # the open segment's last upload (this machine's clock)
     caught_up_time: str | None  # the last pass that left nothing pending
@@ -201,8 +201,8 @@ def offsite(archive: Archive, tape: TapeSummary) -> OffsiteStatus | None:
         return None
     same = st.generation == tape.generation
     lag_bytes = max(0, tape.end_lsn - st.tape_lsn) if same else None
-    lag_seconds = (0.0 if lag_bytes == 0 else
-                   max(0, (tape.complete_time or 0) - (st.tape_time or 0)) / 1e6 if same and tape.complete_time else None)
+    behind = max(0, (tape.complete_time or 0) - (st.tape_time or 0)) / 1e6
+    lag_seconds = 0.0 if lag_bytes == 0 else behind if same and tape.complete_time else None
     return OffsiteStatus(st.url, st.generation, format_lsn(st.tape_lsn), lag_bytes, lag_seconds, len(st.objects),
                          _time(st.open_uploaded_at), _time(st.caught_up_at), st.last_error, _time(st.last_error_at))
 
