@@ -11,15 +11,19 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psycopg
 import pytest
 
 from conftest import (ROOT, capture_to_now, clean_env, confirmed_flush, current_lsn, run_pgtape, spawn_pgtape,
                       stop_process, wait_until)
 from pgtape.lsn import parse_lsn
+from pgtape.snapshots import catalog
+from pgtape.tape.archive import Archive
 from pgtape.storage.s3 import S3Storage
 from testkit.seaweed import SeaweedS3
 
@@ -215,3 +219,79 @@ def test_store_down_and_back_while_capture_runs(dsn: str, tmp_path: Path, monkey
         assert _replayed(out) == _live(dsn)
     finally:
         server.stop()
+
+
+def _batch(dsn: str, archive: Path, cli: list[str], n: int) -> None:
+    """Incompressible rows, captured: each batch overfills an 8 kB segment."""
+    with psycopg.connect(dsn, autocommit=True) as c:
+        lo = 100_000 + n * 300
+        c.execute("INSERT INTO payments SELECT g, g, md5(random()::text) || md5(random()::text) "
+                  "FROM generate_series(%s::int, %s::int) g", (lo, lo + 299))
+        c.execute("UPDATE payments SET amount = amount + 1 WHERE id %% 7 = %s", (n % 7,))
+    capture_to_now(dsn, archive, *cli)
+
+
+def _snapshot(cli: list[str], archive: Path) -> str:
+    r = run_pgtape("snapshot", *cli, "--archive", str(archive), "--json", check=True)
+    return str(json.loads(r.stdout)["id"])
+
+
+def _expire_all_but(archive: Path, keep: set[str]) -> None:
+    a = Archive(archive)
+    past = time.time_ns() // 1000 - 1_000_000
+    for r in catalog.load_all(a):
+        if r.id not in keep:
+            catalog.save(a, msgspec.structs.replace(r, expires_at=past))
+
+
+def _data(files: dict[str, bytes]) -> dict[str, bytes]:
+    return {k: v for k, v in files.items() if not k.startswith("audit/")}
+
+
+def test_prune_applies_to_the_offsite_copy_and_keep_local_unsent(dsn: str, tmp_path: Path, s3_url: str) -> None:
+    archive, cli = _setup(dsn, tmp_path, s3_url)
+    run_pgtape("init", *cli, "--archive", str(archive), check=True)
+    for n in range(2):
+        _batch(dsn, archive, cli, n)
+    s1 = _snapshot(cli, archive)
+    for n in range(2, 4):
+        _batch(dsn, archive, cli, n)
+    s2 = _snapshot(cli, archive)
+    _batch(dsn, archive, cli, 4)
+    run_pgtape("push", *cli, "--archive", str(archive), check=True)
+    before = set(_remote_files(s3_url))
+    _expire_all_but(archive, {s2})
+    run_pgtape("push", *cli, "--archive", str(archive), check=True)
+    r = json.loads(run_pgtape("prune", *cli, "--archive", str(archive), "--json", check=True).stdout)
+    assert r["segments"] and {s["id"] for s in r["snapshots"]} >= {s1}
+    remote = _remote_files(s3_url)
+    assert set(remote) - {"PRUNED.json"} < before, "prune deleted nothing offsite"
+    assert not any(s1 in k for k in remote)
+    run_pgtape("push", *cli, "--archive", str(archive), check=True)  # PRUNED.json is the same both sides
+    assert _data(_remote_files(s3_url)) == _data(_local_files(archive))
+    live = _live(dsn)
+    run_pgtape("verify", *cli, "--archive", s3_url, check=True)
+
+    # keep_local = "unsent": locally only the newest base and what is not offsite yet.
+    s3 = _snapshot(cli, archive)
+    _batch(dsn, archive, cli, 5)
+    run_pgtape("push", *cli, "--archive", str(archive), check=True)
+    _batch(dsn, archive, cli, 6)  # not pushed: stays locally
+    cfg = Path(cli[1])
+    cfg.write_text(cfg.read_text() + 'keep_local = "unsent"\n')
+    run_pgtape("prune", *cli, "--archive", str(archive), check=True)
+    local = _local_files(archive)
+    assert not any(s2 in k for k in local) and any(s3 in k for k in local)
+    remote = _remote_files(s3_url)
+    assert any(s2 in k for k in remote), "the bucket keeps what retention keeps"
+    run_pgtape("verify", *cli, "--archive", str(archive), check=True)
+    run_pgtape("verify", *cli, "--archive", s3_url, check=True)
+    live = _live(dsn)
+    out = tmp_path / "local_replay"
+    run_pgtape("replay", *cli, "--archive", str(archive), "--latest", "--output", str(out), "--format", "csv",
+               check=True)
+    assert _replayed(out) == live
+    run_pgtape("push", *cli, "--archive", str(archive), check=True)
+    out2 = tmp_path / "remote_replay"
+    run_pgtape("replay", *cli, "--archive", s3_url, "--latest", "--output", str(out2), "--format", "csv", check=True)
+    assert _replayed(out2) == live

@@ -233,6 +233,8 @@ class Uploader:
                 del self.state.objects[key]
                 self._save()
                 result.deleted.append(key)
+            elif key not in local:  # pruned locally: prune deletes the offsite copy's objects itself
+                del self.state.objects[key]
         mutable.sort(key=lambda kp: kp[0] == "ARCHIVE.json")  # the identity last
         for key, path in mutable:
             try:
