@@ -72,6 +72,12 @@ def gauges(status: Status, snapshots: list[SnapshotRecord], jobs: dict[tuple[str
         _gauge("pgtape_recoverable_window_end_timestamp_seconds", "Latest recoverable time (the tape is "
                "known complete up to it), Unix seconds.", _seconds(w.to_time) if w else None),
         _gauge("pgtape_status_problems", "Problems pgtape status reports (0: healthy).", len(status.problems)),
+        _gauge("pgtape_offsite_lag_bytes", "The local tape's end minus how far the offsite copy holds it.",
+               status.offsite.lag_bytes if status.offsite else None),
+        _gauge("pgtape_offsite_lag_seconds", "How far (server clock) the offsite tape trails the local one; 0 when "
+               "caught up.", status.offsite.lag_seconds if status.offsite else None),
+        _gauge("pgtape_offsite_failing", "1 while uploads to the offsite copy fail, else 0.",
+               (status.offsite.last_error is not None) if status.offsite else None),
     ]
     age = GaugeMetricFamily("pgtape_snapshot_age_seconds", "Now minus the as-of time of the table's newest "
                             "completed snapshot.", labels=["table"])
