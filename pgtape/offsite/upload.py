@@ -121,6 +121,7 @@ class Uploader:
         self.archive, self.remote, self.interval = archive, remote, interval
         self.state = load_state(archive, remote.where("").rstrip("/"))
         self._progress: OpenProgress | None = None
+        self._listing: dict[str, int] | None = None  # the bucket's objects (key -> size) when first needed
         self._hashes: dict[str, tuple[int, int, str]] = {}  # key -> (size, mtime_ns, sha): unchanged files not re-read
 
     def _save(self) -> None:
@@ -140,9 +141,11 @@ class Uploader:
         if self.state.objects.get(key) == (size, sha):
             return
         if immutable and key not in self.state.objects:
+            if self._listing is None:  # once per uploader: one LIST instead of a HEAD per object
+                self._listing = self.remote.list_tree("")
             try:
-                if self.remote.head(key) == (size, sha):  # uploaded before a crash, not yet recorded
-                    self.state.objects[key] = (size, sha)
+                if self._listing.get(key) == size and self.remote.head(key) == (size, sha):
+                    self.state.objects[key] = (size, sha)  # uploaded before a crash, not yet recorded
                     self._save()
                     result.recorded.append(key)
                     return
