@@ -20,22 +20,25 @@ is recognised by HEAD (same size and the store's SHA-256) and only recorded, nev
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO, Hashable
 
 import msgspec
 
 from pgtape import metadata
 from pgtape.config import Config
 from pgtape.errors import UsageError
+from pgtape.storage.base import AppendHandle, Entry, Storage
 from pgtape.storage.s3 import RemoteStorageError, S3Storage, file_sha256_b64, sha256_b64
 from pgtape.tape.archive import Archive
 from pgtape.tape.frames import KIND_HEADER
-from pgtape.tape.segment import OPEN_RE, SEALED_RE, OpenProgress, open_segment_progress, scan_frame_headers
+from pgtape.tape.segment import OPEN_RE, SEALED_RE, last_boundary, open_segment_end, scan_frame_headers
 from pgtape.timefmt import now_us
 
 logger = logging.getLogger(__name__)
@@ -120,7 +123,6 @@ class Uploader:
             raise UsageError("the offsite copy is made from a local archive: --archive must be a directory")
         self.archive, self.remote, self.interval = archive, remote, interval
         self.state = load_state(archive, remote.where("").rstrip("/"))
-        self._progress: OpenProgress | None = None
         self._listing: dict[str, int] | None = None  # the bucket's objects (key -> size) when first needed
         self._hashes: dict[str, tuple[int, int, str]] = {}  # key -> (size, mtime_ns, sha): unchanged files not re-read
 
@@ -158,34 +160,36 @@ class Uploader:
         result.bytes += size
 
     def _put_open(self, key: str, path: Path, start_lsn: int, result: PassResult, force: bool) -> None:
-        """The open segment up to its last boundary frame, if it grew and its interval has passed (or `force`)."""
+        """The open segment up to its last boundary frame, if it grew and its interval has passed (or `force`).
+
+        Only frame headers are scanned and only the last boundary frames decoded (for the LSN): the
+        thread shares the CPU with capture, which must not pay for a second decoding of the tape."""
         due = force or self.state.open_uploaded_at is None or (
             now_us() - self.state.open_uploaded_at >= self.interval * 1e6)
+        known = self.state.objects.get(key)
         try:
-            progress = open_segment_progress(self.archive.storage, key, start_lsn, self._progress)
+            size = path.stat().st_size
         except FileNotFoundError:
             return  # sealed meanwhile: the next pass uploads the sealed one
-        self._progress = progress
-        length = progress.offset
-        if length == 0:  # no transaction yet: its header frame alone (where the tape goes on)
-            with open(path, "rb") as f:
-                length = next((size for _, kind, _, size in scan_frame_headers(f) if kind == KIND_HEADER), 0)
-        known = self.state.objects.get(key)
-        if length == 0 or (known and known[0] == length):
-            self._note_tape(key, progress.stats.end_lsn, progress.stats.complete_time)
+        if known and known[0] == size:
             return
         if not due:
             result.pending += 1
             return
         with open(path, "rb") as f:
-            data = f.read(length)
-        if len(data) != length:
-            return  # cut back under us (a repair after a crash): next pass
-        sha = sha256_b64(data)
+            data = f.read(size)
+        view = _Bytes(data)
+        length = last_boundary(view, key)
+        if length == 0:  # no transaction yet: its header frame alone (where the tape goes on)
+            length = next((n for _, kind, _, n in scan_frame_headers(io.BytesIO(data)) if kind == KIND_HEADER), 0)
+        if length == 0 or (known and known[0] == length):
+            return
+        data = data[:length]
+        end = open_segment_end(_Bytes(data), key, start_lsn)
         self.remote.write_atomic(key, data)
-        self.state.objects[key] = (len(data), sha)
+        self.state.objects[key] = (len(data), sha256_b64(data))
         self.state.open_uploaded_at = now_us()
-        self._note_tape(key, progress.stats.end_lsn, progress.stats.complete_time)
+        self._note_tape(key, end.end_lsn, end.complete_time)
         self._save()
         result.uploaded.append(key)
         result.bytes += len(data)
@@ -257,6 +261,52 @@ class Uploader:
             self._save()
         except OSError:
             pass
+
+
+class _Bytes(Storage):
+    """Bytes read once from the open segment, as a read-only Storage of one object, for segment.py's readers."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def where(self, key: str) -> str:
+        return key
+
+    def open_read(self, key: str) -> BinaryIO:
+        return io.BytesIO(self.data)
+
+    def read(self, key: str) -> bytes:
+        return self.data
+
+    def size(self, key: str) -> int:
+        return len(self.data)
+
+    def exists(self, key: str) -> bool:
+        return True
+
+    def identity(self) -> Hashable:
+        raise NotImplementedError
+
+    def list(self, prefix: str) -> list[Entry]:
+        raise NotImplementedError
+
+    def write_atomic(self, key: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def create(self, key: str, initial: bytes) -> AppendHandle:
+        raise NotImplementedError
+
+    def open_append(self, key: str) -> AppendHandle:
+        raise NotImplementedError
+
+    def rename(self, src: str, dst: str) -> None:
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    def delete_tree(self, prefix: str) -> None:
+        raise NotImplementedError
 
 
 class OffsiteThread:
