@@ -176,9 +176,16 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--rate", type=float, default=200)
+    ap.add_argument("--backlog", type=int, help="transactions for the drain (default 8000; --quick 1500)")
+    ap.add_argument("--only", action="append", choices=("upload", "lag", "drain"), help="run only these parts")
     args = ap.parse_args()
+    parts = set(args.only or ("upload", "lag", "drain"))
     count, size = (8, 2 << 20) if args.quick else (24, 8 << 20)
     lag_seconds, backlog = (25.0, 1500) if args.quick else (70.0, 8000)
+    backlog = args.backlog or backlog
+    up: dict[str, list[float]] = {}
+    lag: list[float] = []
+    drain: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="pgtape-offsite-bench-") as tmp:
         work = Path(tmp)
         server = SeaweedS3(work / "weed")
@@ -186,27 +193,41 @@ def main() -> int:
             server.start()
             for k, v in server.env().items():
                 os.environ[k] = v
-            up = upload_bench(server, work, count, size, args.runs)
-            with EmbeddedPostgres() as pg:
-                lag = lag_bench(pg, server, work, args.rate, lag_seconds)
-                drain = drain_bench(pg, server, work, backlog, args.runs)
+            if "upload" in parts:
+                up = upload_bench(server, work, count, size, args.runs)
+            if parts & {"lag", "drain"}:
+                with EmbeddedPostgres() as pg:
+                    if "lag" in parts:
+                        lag = lag_bench(pg, server, work, args.rate, lag_seconds)
+                    if "drain" in parts:
+                        drain = drain_bench(pg, server, work, backlog, args.runs)
         finally:
             server.stop()
     mib = count * size / (1 << 20)
-    bp, bb = min(up["pgtape"]), min(up["boto3"])
-    print(f"upload of {count} files, {mib:.0f} MiB (best of {args.runs}): pgtape {mib / bp:.1f} MiB/s ({bp:.2f}s), "
-          f"boto3 upload_file {mib / bb:.1f} MiB/s ({bb:.2f}s): pgtape/boto3 throughput = {bb / bp:.2f}")
-    print(f"  all runs (s): pgtape {', '.join(f'{t:.2f}' for t in up['pgtape'])}; "
-          f"boto3 {', '.join(f'{t:.2f}' for t in up['boto3'])}")
+    if up:
+        report_upload(up, count, mib, args.runs)
     if lag:
         print(f"offsite lag at {args.rate:g} tx/s, interval 10s ({len(lag)} samples): p50 {pct(lag, 50):.1f}s, "
               f"p99 {pct(lag, 99):.1f}s, max {max(lag):.1f}s, mean {statistics.mean(lag):.1f}s")
+    if drain:
+        report_drain(drain, backlog, args.runs)
+    return 0
+
+
+def report_upload(up: dict[str, list[float]], count: int, mib: float, runs: int) -> None:
+    bp, bb = min(up["pgtape"]), min(up["boto3"])
+    print(f"upload of {count} files, {mib:.0f} MiB (best of {runs}): pgtape {mib / bp:.1f} MiB/s ({bp:.2f}s), "
+          f"boto3 upload_file {mib / bb:.1f} MiB/s ({bb:.2f}s): pgtape/boto3 throughput = {bb / bp:.2f}")
+    print(f"  all runs (s): pgtape {', '.join(f'{t:.2f}' for t in up['pgtape'])}; "
+          f"boto3 {', '.join(f'{t:.2f}' for t in up['boto3'])}")
+
+
+def report_drain(drain: dict[str, list[float]], backlog: int, runs: int) -> None:
     on, off = min(drain["on"]), min(drain["off"])
-    print(f"capture drain of a backlog of {backlog} Temba transactions (best of {args.runs}): offsite off {off:.2f}s, "
+    print(f"capture drain of a backlog of {backlog} Temba transactions (best of {runs}): offsite off {off:.2f}s, "
           f"on {on:.2f}s: on/off time = {on / off:.3f} (throughput {100 * (off / on - 1):+.1f}%)")
     print(f"  all runs (s): off {', '.join(f'{t:.2f}' for t in drain['off'])}; "
           f"on {', '.join(f'{t:.2f}' for t in drain['on'])}")
-    return 0
 
 
 if __name__ == "__main__":

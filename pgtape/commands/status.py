@@ -31,7 +31,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         emit(status.report(), indent=2)
         return code
     tape, server = status.tape, status.server
-    print(f"archive            {status.archive_path} (generation {tape.generation}, slot {tape.slot})")
+    print(f"archive            {archive.location} (generation {tape.generation}, slot {tape.slot})")
     print(f"tape               {tape.segments} segment(s), {_size(tape.bytes)}, "
           f"{tape.transactions} transactions, {tape.changes} changes")
     print(f"durable up to      {format_lsn(tape.end_lsn)}, last commit {format_time(tape.last_commit_time)}")
