@@ -134,7 +134,7 @@ def lag_bench(pg: EmbeddedPostgres, server: SeaweedS3, work: Path, rate: float, 
 
 def drain_bench(pg: EmbeddedPostgres, server: SeaweedS3, work: Path, backlog: int, runs: int
                 ) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {"off": [], "on": []}
+    times: dict[str, list[float]] = {"off": [], "on": [], "off-start": [], "on-start": []}
     env = env_with(server)
     server.create_bucket("bench-drain")
     for run in range(runs):
@@ -161,8 +161,14 @@ def drain_bench(pg: EmbeddedPostgres, server: SeaweedS3, work: Path, backlog: in
             subprocess.run([sys.executable, "-m", "pgtape", "capture", *cli, "--until-lsn", until], env=env,
                            cwd=ROOT, check=True, capture_output=True)
             times[mode].append(time.perf_counter() - t0)
+            # The same command with nothing left to drain: the fixed cost (process start, connecting; with
+            # offsite on, importing boto3 and making its client in the uploader thread), subtracted below.
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "pgtape", "capture", *cli, "--until-lsn", until], env=env,
+                           cwd=ROOT, check=True, capture_output=True)
+            times[f"{mode}-start"].append(time.perf_counter() - t0)
             log(f"drain {mode} run {run + 1}: {stats.transactions} transactions, {stats.row_changes} row changes "
-                f"in {times[mode][-1]:.2f}s")
+                f"in {times[mode][-1]:.2f}s (nothing to drain: {times[mode + '-start'][-1]:.2f}s)")
     return times
 
 
@@ -228,6 +234,11 @@ def report_drain(drain: dict[str, list[float]], backlog: int, runs: int) -> None
           f"on {on:.2f}s: on/off time = {on / off:.3f} (throughput {100 * (off / on - 1):+.1f}%)")
     print(f"  all runs (s): off {', '.join(f'{t:.2f}' for t in drain['off'])}; "
           f"on {', '.join(f'{t:.2f}' for t in drain['on'])}")
+    so, sn = min(drain["off-start"]), min(drain["on-start"])
+    net_off = min(a - b for a, b in zip(drain["off"], drain["off-start"]))
+    net_on = min(a - b for a, b in zip(drain["on"], drain["on-start"]))
+    print(f"  fixed cost (the same command, nothing to drain; best): off {so:.2f}s, on {sn:.2f}s; drain minus it "
+          f"(best): off {net_off:.2f}s, on {net_on:.2f}s: on/off = {net_on / net_off:.3f}")
 
 
 if __name__ == "__main__":
