@@ -139,6 +139,9 @@ class Uploader:
         return st.st_size, sha
 
     def _put_file(self, key: str, path: Path, result: PassResult, immutable: bool) -> None:
+        known = self.state.objects.get(key)
+        if immutable and known and known[0] == path.stat().st_size:
+            return  # sealed segments and published snapshot files never change: not read again
         size, sha = self._sha(key, path)
         if self.state.objects.get(key) == (size, sha):
             return
