@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import secrets
 import statistics
 import subprocess
@@ -134,7 +135,7 @@ def lag_bench(pg: EmbeddedPostgres, server: SeaweedS3, work: Path, rate: float, 
 
 def drain_bench(pg: EmbeddedPostgres, server: SeaweedS3, work: Path, backlog: int, runs: int
                 ) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {"off": [], "on": [], "off-start": [], "on-start": []}
+    times: dict[str, list[float]] = {f"{m}{x}": [] for m in ("off", "on") for x in ("", "-start", "-cpu", "-start-cpu")}
     env = env_with(server)
     server.create_bucket("bench-drain")
     for run in range(runs):
@@ -157,19 +158,28 @@ def drain_bench(pg: EmbeddedPostgres, server: SeaweedS3, work: Path, backlog: in
                 row = c.execute("select pg_current_wal_lsn()::text").fetchone()
                 assert row is not None
                 until = row[0]
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), _children_cpu()
             subprocess.run([sys.executable, "-m", "pgtape", "capture", *cli, "--until-lsn", until], env=env,
                            cwd=ROOT, check=True, capture_output=True)
             times[mode].append(time.perf_counter() - t0)
+            times[f"{mode}-cpu"].append(_children_cpu() - cpu0)
             # The same command with nothing left to drain: the fixed cost (process start, connecting; with
             # offsite on, importing boto3 and making its client in the uploader thread), subtracted below.
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), _children_cpu()
             subprocess.run([sys.executable, "-m", "pgtape", "capture", *cli, "--until-lsn", until], env=env,
                            cwd=ROOT, check=True, capture_output=True)
             times[f"{mode}-start"].append(time.perf_counter() - t0)
+            times[f"{mode}-start-cpu"].append(_children_cpu() - cpu0)
             log(f"drain {mode} run {run + 1}: {stats.transactions} transactions, {stats.row_changes} row changes "
                 f"in {times[mode][-1]:.2f}s (nothing to drain: {times[mode + '-start'][-1]:.2f}s)")
     return times
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of the finished children (the capture process just run): barely moved by
+    other load on the machine, unlike wall time."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def pct(values: list[float], p: float) -> float:
@@ -239,6 +249,11 @@ def report_drain(drain: dict[str, list[float]], backlog: int, runs: int) -> None
     net_on = min(a - b for a, b in zip(drain["on"], drain["on-start"]))
     print(f"  fixed cost (the same command, nothing to drain; best): off {so:.2f}s, on {sn:.2f}s; drain minus it "
           f"(best): off {net_off:.2f}s, on {net_on:.2f}s: on/off = {net_on / net_off:.3f}")
+    c_off, c_on = min(drain["off-cpu"]), min(drain["on-cpu"])
+    s_off, s_on = min(drain["off-start-cpu"]), min(drain["on-start-cpu"])
+    print(f"  capture's CPU (user+sys, best): drain off {c_off:.2f}s, on {c_on:.2f}s (on/off {c_on / c_off:.3f}); "
+          f"nothing to drain off {s_off:.2f}s, on {s_on:.2f}s; drain minus that: on/off "
+          f"{(c_on - s_on) / (c_off - s_off):.3f}")
 
 
 if __name__ == "__main__":
