@@ -295,3 +295,41 @@ def test_prune_applies_to_the_offsite_copy_and_keep_local_unsent(dsn: str, tmp_p
     out2 = tmp_path / "remote_replay"
     run_pgtape("replay", *cli, "--archive", s3_url, "--latest", "--output", str(out2), "--format", "csv", check=True)
     assert _replayed(out2) == live
+
+
+def _modified(url: str) -> dict[str, tuple[str, object]]:
+    """key -> (ETag, LastModified) of every object: an object uploaded again gets a new LastModified."""
+    s = S3Storage(url)
+    out: dict[str, tuple[str, object]] = {}
+    for page in s.client.get_paginator("list_objects_v2").paginate(Bucket=s.bucket, Prefix=s.prefix + "/"):
+        for o in page.get("Contents", []):
+            out[o["Key"][len(s.prefix) + 1:]] = (o["ETag"], o["LastModified"])
+    return out
+
+
+def test_kill_9_of_capture_mid_upload_then_resume(dsn: str, tmp_path: Path, s3_url: str) -> None:
+    archive, cli = _setup(dsn, tmp_path, s3_url, segment_size="4kB")
+    cfg = Path(cli[1])
+    cfg.write_text(cfg.read_text().replace("[capture]\n", '[capture]\nfsync_interval = "1ms"\n'))
+    run_pgtape("init", *cli, "--archive", str(archive), check=True)
+    cap = spawn_pgtape("capture", *cli, "--archive", str(archive), log=tmp_path / "capture.log")
+    try:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            for i in range(1, 1500):
+                c.execute("INSERT INTO payments VALUES (%s, %s, %s)", (i, f"{i}.10", os.urandom(200).hex()))
+                if i == 1000:
+                    wait_until("capture to upload sealed segments", lambda: _state_objects(archive) >= 8, 60, 0.01)
+                    cap.send_signal(signal.SIGKILL)  # mid-workload, with uploads going on
+                    cap.wait(10)
+    finally:
+        stop_process(cap, signal.SIGKILL)
+    complete = {k: v for k, v in _modified(s3_url).items() if k.endswith((".tape", ".snap"))}
+    assert complete, "nothing was uploaded before the kill"
+    capture_to_now(dsn, archive, *cli)  # repairs the torn tail, captures the rest; its thread uploads too
+    run_pgtape("push", *cli, "--archive", str(archive), check=True)
+    after = _modified(s3_url)
+    assert all(after[k] == v for k, v in complete.items()), "a complete object was uploaded again"
+    assert _remote_files(s3_url) == _local_files(archive)
+    out = tmp_path / "out"
+    run_pgtape("replay", *cli, "--archive", s3_url, "--latest", "--output", str(out), "--format", "csv", check=True)
+    assert _replayed(out) == _live(dsn)
