@@ -36,7 +36,7 @@ from pgtape.config import Config
 from pgtape.errors import UsageError
 from pgtape.storage.base import AppendHandle, Entry, Storage
 from pgtape.storage.s3 import RemoteStorageError, S3Storage, file_sha256_b64, sha256_b64
-from pgtape.tape.archive import Archive
+from pgtape.tape.archive import IDENTITY_FILE, Archive
 from pgtape.tape.frames import KIND_HEADER
 from pgtape.tape.segment import OPEN_RE, SEALED_RE, last_boundary, open_segment_end, scan_frame_headers
 from pgtape.timefmt import now_us
@@ -138,14 +138,13 @@ class Uploader:
         self._hashes[key] = (st.st_size, st.st_mtime_ns, sha)
         return st.st_size, sha
 
-    def _put_file(self, key: str, path: Path, result: PassResult, immutable: bool) -> None:
+    def _put_file(self, key: str, path: Path, result: PassResult) -> None:
+        """A sealed segment or a published snapshot file: immutable, uploaded once."""
         known = self.state.objects.get(key)
-        if immutable and known and known[0] == path.stat().st_size:
-            return  # sealed segments and published snapshot files never change: not read again
+        if known and known[0] == path.stat().st_size:
+            return  # never changes: not read again
         size, sha = self._sha(key, path)
-        if self.state.objects.get(key) == (size, sha):
-            return
-        if immutable and key not in self.state.objects:
+        if key not in self.state.objects:
             if self._listing is None:  # once per uploader: one LIST instead of a HEAD per object
                 self._listing = self.remote.list_tree("")
             try:
@@ -211,8 +210,17 @@ class Uploader:
         """Upload what is pending (the open segment only when due, or `force_open`); raises
         RemoteStorageError when the store fails (what was done stays recorded)."""
         result = PassResult()
+        # Metadata first, read now: whatever it names (a generation, a published snapshot, a sealed
+        # segment) exists already, so the walk below finds it and it goes up before the metadata.
+        records: list[tuple[str, bytes]] = []
+        for key, path in sorted(_walk(self.archive.path)):
+            if not (_SEGMENT.match(key) or _SNAPSHOT_FILE.match(key)):
+                try:
+                    records.append((key, path.read_bytes()))
+                except FileNotFoundError:
+                    continue
         files = _walk(self.archive.path)
-        immutable, opened, mutable = [], [], []
+        immutable, opened = [], []
         for key, path in sorted(files):
             m = _SEGMENT.match(key)
             if m and SEALED_RE.match(m.group(2)):
@@ -221,11 +229,9 @@ class Uploader:
                 opened.append((key, path))
             elif _SNAPSHOT_FILE.match(key):
                 immutable.append((key, path))
-            elif not m:
-                mutable.append((key, path))
         for key, path in immutable:
             try:
-                self._put_file(key, path, result, immutable=True)
+                self._put_file(key, path, result)
             except FileNotFoundError:
                 continue  # pruned meanwhile
             m = _SEGMENT.match(key)
@@ -236,7 +242,7 @@ class Uploader:
             assert m is not None
             self._put_open(key, path, int(m.group(1), 16), result, force_open)
         # Open segments sealed since they were uploaded: their sealed copy is up (step 1), the open one goes.
-        local = {key for key, _ in files}
+        local = {key for key, _ in files} | {key for key, _ in records}
         for key in sorted(self.state.objects):
             if key.endswith(".tape.open") and key not in local:
                 self.remote.delete(key)
@@ -245,12 +251,18 @@ class Uploader:
                 result.deleted.append(key)
             elif key not in local:  # pruned locally: prune deletes the offsite copy's objects itself
                 del self.state.objects[key]
-        mutable.sort(key=lambda kp: kp[0] == "ARCHIVE.json")  # the identity last
-        for key, path in mutable:
-            try:
-                self._put_file(key, path, result, immutable=False)
-            except FileNotFoundError:
+        records.sort(key=lambda kd: kd[0] == IDENTITY_FILE)  # the identity last
+        for key, data in records:
+            if key.endswith("/DURABLE.json") and result.pending:
+                continue  # it may name a position the offsite tape reaches only with the open segment's next upload
+            sha = sha256_b64(data)
+            if self.state.objects.get(key) == (len(data), sha):
                 continue
+            self.remote.write_atomic(key, data)
+            self.state.objects[key] = (len(data), sha)
+            self._save()
+            result.uploaded.append(key)
+            result.bytes += len(data)
         now = now_us()
         if result.pending == 0:
             self.state.caught_up_at = now
