@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pgtape.storage import s3
 from pgtape.storage.s3 import RemoteStorageError, S3Storage, file_sha256_b64, parse_url
 from unit.test_storage import (test_append_handle_notices_its_object_replaced, test_append_sync_truncate,
                                      test_atomic_write_replaces_wholly, test_identity_tells_a_replaced_archive,
@@ -69,3 +70,18 @@ def test_urls() -> None:
     for bad in ("s3://", "s3://B", "http://x/y", "s3://bucket//x", "s3://bucket/../x"):
         with pytest.raises(ValueError):
             parse_url(bad)
+
+
+def test_a_large_file_goes_up_in_parts_each_checked(storage: S3Storage, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(s3, "MULTIPART_THRESHOLD", 6 << 20)
+    monkeypatch.setattr(s3, "PART_SIZE", 5 << 20)
+    p = tmp_path / "big.snap"
+    data = os.urandom((12 << 20) + 3)
+    p.write_bytes(data)
+    storage.put_file("g/big.snap", p, file_sha256_b64(p))
+    assert storage.size("g/big.snap") == len(data) and storage.read("g/big.snap") == data
+    with pytest.raises(FileNotFoundError):
+        p.unlink()
+        storage.put_file("g/other.snap", p, "")
+    assert not storage.exists("g/other.snap")

@@ -36,6 +36,8 @@ T = TypeVar("T")
 URL_RE = re.compile(r"s3://([a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(.*))?")
 READ_AHEAD = 4 << 20  # bytes per ranged GET when reading sequentially
 NOT_FOUND = ("404", "NoSuchKey", "NotFound", "NoSuchBucket")
+MULTIPART_THRESHOLD = 1 << 30  # bytes: larger files go up in parts (tests lower it)
+PART_SIZE = 128 << 20  # bytes per part (at least 5 MiB, the S3 minimum, except the last)
 
 
 class RemoteStorageError(OSError):
@@ -207,10 +209,38 @@ class S3Storage(Storage):
 
     def put_file(self, key: str, path: Path, sha256: str) -> None:
         """Upload a local file as the object `key`, streamed, with its SHA-256 (`file_sha256_b64`) for the
-        store to check: a body that does not match is refused, never stored."""
+        store to check: a body that does not match is refused, never stored. Above MULTIPART_THRESHOLD
+        (a single PUT stops at 5 GiB) in parts of PART_SIZE, each with its own SHA-256; the object
+        appears only when the upload completes (else it is aborted)."""
+        if path.stat().st_size > MULTIPART_THRESHOLD:
+            self._put_parts(key, path)
+            return
         with open(path, "rb") as f:
             self._call(key, lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=f,
                                                             ChecksumSHA256=sha256))
+
+    def _put_parts(self, key: str, path: Path) -> None:
+        full = self._key(key)
+        up = self._call(key, lambda: self.client.create_multipart_upload(Bucket=self.bucket, Key=full,
+                                                                          ChecksumAlgorithm="SHA256"))
+        upload_id = up["UploadId"]
+        parts: list[dict[str, Any]] = []
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(PART_SIZE):
+                    n, sha = len(parts) + 1, sha256_b64(chunk)
+                    r = self._call(key, lambda: self.client.upload_part(
+                        Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=n, Body=chunk,
+                        ChecksumSHA256=sha))
+                    parts.append({"PartNumber": n, "ETag": r["ETag"], "ChecksumSHA256": sha})
+            self._call(key, lambda: self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts}))
+        except BaseException:
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+            except Exception:
+                pass  # (the store's lifecycle rules clean up an upload nobody completes)
+            raise
 
     def create(self, key: str, initial: bytes) -> AppendHandle:
         self.write_atomic(key, initial)
