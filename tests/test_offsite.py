@@ -62,7 +62,7 @@ def _replayed(out: Path) -> list[str]:
 
 
 def _local_files(archive: Path) -> dict[str, bytes]:
-    skip = ("capture.lock", "snapshot.lock", "audit.lock", "OFFSITE.json")
+    skip = ("capture.lock", "snapshot.lock", "audit.lock", "offsite.lock", "OFFSITE.json")
     return {str(p.relative_to(archive)): p.read_bytes() for p in archive.rglob("*")
             if p.is_file() and p.name not in skip and not p.name.endswith(".tmp")}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 
 import msgspec
 
@@ -10,11 +11,12 @@ from pgtape.commands.results import emit
 from pgtape.config import Config
 from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn
-from pgtape.offsite.upload import Uploader, remote_for
+from pgtape.offsite.upload import OffsiteBusy, Uploader, remote_for
 from pgtape.storage.s3 import RemoteStorageError
 from pgtape.tape.archive import Archive
 
 HELP = "upload what the offsite copy ([offsite] url) lacks, then exit"
+BUSY_WAIT = 300  # seconds push waits for a pass of capture's uploader to end
 
 
 class PushSummary(msgspec.Struct):
@@ -34,8 +36,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, config: Config) -> int:
     archive = Archive.existing(config.require_archive())
     uploader = Uploader(archive, remote_for(config), config.offsite_interval)
+    deadline = time.monotonic() + BUSY_WAIT
     try:
-        r = uploader.run_pass(force_open=True)
+        while True:
+            try:
+                r = uploader.run_pass(force_open=True)
+                break
+            except OffsiteBusy:  # capture's uploader is making a pass: push goes on after it
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
     except RemoteStorageError as e:
         uploader.record_error(str(e))
         raise PgtapeError(f"offsite upload failed (what was uploaded stays recorded; run push again): {e}") from None

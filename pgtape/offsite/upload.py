@@ -33,7 +33,8 @@ import msgspec
 
 from pgtape import metadata
 from pgtape.config import Config
-from pgtape.errors import UsageError
+from pgtape.errors import PgtapeError, UsageError
+from pgtape.lock import Lock
 from pgtape.storage.base import AppendHandle, Entry, Storage
 from pgtape.storage.s3 import RemoteStorageError, S3Storage, file_sha256_b64, sha256_b64
 from pgtape.tape.archive import IDENTITY_FILE, Archive
@@ -44,10 +45,15 @@ from pgtape.timefmt import now_us
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "OFFSITE.json"
+LOCK_FILE = "offsite.lock"  # held for each pass: one uploader at a time per archive (docs/FORMAT.md)
 MAX_BACKOFF = 30.0  # seconds between attempts while the store fails
 _SKIP_DIRS = ("jobs",)
 _SNAPSHOT_FILE = re.compile(r"^generations/\d{4}/snapshots/[^/]+/[^/]+$")
 _SEGMENT = re.compile(r"^generations/(\d{4})/tape/([^/]+)$")
+
+
+class OffsiteBusy(PgtapeError):
+    """Another process is making an upload pass on this archive."""
 
 
 class OffsiteState(msgspec.Struct):
@@ -208,7 +214,23 @@ class Uploader:
 
     def run_pass(self, force_open: bool = False) -> PassResult:
         """Upload what is pending (the open segment only when due, or `force_open`); raises
-        RemoteStorageError when the store fails (what was done stays recorded)."""
+        RemoteStorageError when the store fails (what was done stays recorded), OffsiteBusy while
+        another process (capture's thread, pgtape push) makes a pass."""
+        if not self.archive.path.is_dir():
+            return PassResult()  # (capture before it made the archive: nothing to upload yet)
+        try:
+            lock = Lock(self.archive.path / LOCK_FILE, "another pgtape (capture's uploader or pgtape push) is "
+                        "uploading to the offsite copy")
+        except PgtapeError as e:
+            raise OffsiteBusy(str(e)) from None
+        try:
+            # What another process uploaded since this one last looked (one OFFSITE.json, one writer at a time).
+            self.state = load_state(self.archive, self.state.url)
+            return self._pass(force_open)
+        finally:
+            lock.release()
+
+    def _pass(self, force_open: bool) -> PassResult:
         result = PassResult()
         # Metadata first, read now: whatever it names (a generation, a published snapshot, a sealed
         # segment) exists already, so the walk below finds it and it goes up before the metadata.
@@ -351,6 +373,8 @@ class OffsiteThread:
                 if failing:
                     logger.info("offsite: uploads resumed")
                 delay, failing = 1.0, False
+            except OffsiteBusy:
+                pass  # pgtape push is making a pass: the next one goes on from what it did
             except (RemoteStorageError, OSError) as e:
                 if not failing:
                     logger.warning(f"offsite: upload failed, capture goes on and uploads are retried: {e}")
