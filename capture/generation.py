@@ -53,7 +53,8 @@ def initialize(config: Config, archive: Archive, *, restart: bool) -> tuple[Gene
                     raise PgtapeError(f"{archive.path} belongs to database system {ident.system_id}, not "
                                       f"{system.system_id}: use another --archive, or --restart to start over")
                 archive.check_encryption(gen)  # a key added or removed: only --restart switches
-                if base is not None:
+                # Prune may delete the initial base once a newer complete one stays (PRUNED.json records it).
+                if base is not None or gen.id in archive.pruned().tape_start_lsn:
                     _ddl_trigger(config, log)
                     return gen, None  # initialised; a vanished slot is capture's fatal error, not a reason to redo
                 if not archive.tape_is_empty(gen.id):

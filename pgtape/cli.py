@@ -29,7 +29,7 @@ from pgtape.tape.archive import Archive
 from pgtape.tape.segment import SegmentError
 
 SUBCOMMANDS = ("check", "init", "capture", "snapshot", "snapshots", "mark", "replay", "verify", "diff", "log", "status",
-                "prune", "audit", "sql", "serve", "key")
+                "prune", "audit", "sql", "serve", "key", "push", "pull")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -163,6 +163,9 @@ def _audit(args: argparse.Namespace, config: Config, code: int, error: str | Non
     """Append the command's audit line; returns its exit code (3 if a data-changing command's line
     cannot be written: an unaudited change is a failure)."""
     if config.archive is None:
+        return code
+    if not isinstance(config.archive, Path):  # an offsite copy (s3://) is read, never written: no audit line
+        logging.getLogger(__name__).info(f"{config.archive}: a command on an offsite copy leaves no audit line")
         return code
     archive = Archive(config.archive)
     try:

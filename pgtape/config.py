@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from pgtape.errors import UsageError
 from pgtape.names import parse_table, resolve, split_list
+from pgtape.storage.s3 import is_remote, parse_url
 
 DEFAULT_TABLES = "public.payments,public.orders,public.tickets"
 
@@ -105,6 +106,26 @@ def parse_urls(value: str | list[str]) -> tuple[str, ...]:
     return urls
 
 
+def parse_archive(value: str | Path) -> Path | str:
+    """A directory, or an `s3://bucket/prefix` URL (kept as text: a Path would fold its //)."""
+    text = str(value)
+    if text.startswith("s3://"):
+        parse_url(text)
+        return text.rstrip("/")
+    return Path(text)
+
+
+def parse_s3_url(text: str) -> str:
+    parse_url(str(text))
+    return str(text).rstrip("/")
+
+
+def parse_keep_local(text: str) -> str:
+    if text not in ("all", "unsent"):
+        raise ValueError(f"invalid value {text!r}: use \"all\" or \"unsent\"")
+    return text
+
+
 def parse_schema(text: str) -> str:
     if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", text):
         raise ValueError(f"invalid schema name {text!r}: use lower-case letters, digits and _ (at most 63)")
@@ -137,8 +158,8 @@ OPTIONS: tuple[Option, ...] = (
            "comma-separated tables to capture", "tables"),
     Option("slot", "source", "slot", "PGTAPE_SLOT", "--slot", parse_slot, "pgtape",
            "logical replication slot name"),
-    Option("archive", "archive", "path", "PGTAPE_ARCHIVE", "--archive", lambda v: Path(str(v)), None,
-           "archive directory that holds the tape"),
+    Option("archive", "archive", "path", "PGTAPE_ARCHIVE", "--archive", parse_archive, None,
+           "archive directory that holds the tape (readers also take an offsite copy: s3://bucket/prefix)"),
     Option("fsync_interval", "capture", "fsync_interval", None, None, parse_duration, "200ms",
            "group commit: the longest a received commit waits to be fsynced while more keeps coming (the RPO)",
            "duration"),
@@ -177,6 +198,16 @@ OPTIONS: tuple[Option, ...] = (
            "schema of the SQL monitoring catalog, views and functions"),
     Option("key_file", "archive", "key_file", "PGTAPE_KEY_FILE", None, lambda v: Path(str(v)), None,
            "keyring file (mode 0600, pgtape key generate): when set, new generations are encrypted at rest"),
+    # Offsite copy (docs/ARCHITECTURE.md, "Offsite"); credentials: the standard AWS chain
+    Option("offsite_url", "offsite", "url", "PGTAPE_OFFSITE_URL", None, parse_s3_url, None,
+           "S3-compatible bucket (and prefix) that capture and pgtape push copy the archive to: s3://bucket/prefix"),
+    Option("offsite_endpoint_url", "offsite", "endpoint_url", None, None, str, None,
+           "the object store's endpoint (MinIO, SeaweedFS, R2...); default: AWS_ENDPOINT_URL, else AWS S3"),
+    Option("offsite_interval", "offsite", "interval", None, None, parse_duration, "10s",
+           "how often the open segment is uploaded: with the upload time, the offsite RPO", "duration"),
+    Option("offsite_keep_local", "offsite", "keep_local", None, None, parse_keep_local, "all",
+           "what prune keeps locally: all (as retention says), or unsent (only what is not offsite, and the "
+           "newest base)"),
 )
 
 
@@ -185,7 +216,7 @@ class Config:
     dsn: str | None
     tables: tuple[str, ...]
     slot: str
-    archive: Path | None
+    archive: Path | str | None  # str: an s3:// URL (readers only)
     fsync_interval: float
     segment_size: int
     status_interval: float
@@ -201,6 +232,10 @@ class Config:
     sql_dsn: str | None
     sql_schema: str
     key_file: Path | None
+    offsite_url: str | None
+    offsite_endpoint_url: str | None
+    offsite_interval: float
+    offsite_keep_local: str
     group_commit: str = "adaptive"  # [capture] group_commit: "adaptive" or "timer" (docs/ARCHITECTURE.md, Rule A1)
     source_file: Path | None = field(default=None)
     defaulted: frozenset[str] = field(default=frozenset())  # options nobody set: their default applies
@@ -211,6 +246,17 @@ class Config:
         return list(captured) if "tables" in self.defaulted else resolve(list(self.tables), captured)
 
     def require_archive(self) -> Path:
+        """The local archive directory (commands that write, and those not yet able to read a remote archive)."""
+        location = self.archive_location()
+        if is_remote(location):
+            raise UsageError(f"--archive {location}: this command needs a local archive directory; an offsite "
+                             "copy is read by replay, verify, log, status, snapshots and diff, and brought back "
+                             "with pgtape pull")
+        assert isinstance(location, Path)
+        return location
+
+    def archive_location(self) -> Path | str:
+        """A local directory or an s3:// URL (pgtape.tape.archive.Archive.at opens either)."""
         if self.archive is None:
             raise UsageError("no archive configured: set [archive] path in pgtape.toml, PGTAPE_ARCHIVE or --archive")
         return self.archive

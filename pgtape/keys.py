@@ -17,9 +17,9 @@ import binascii
 import hashlib
 import os
 import secrets
+from typing import Protocol
 from pathlib import Path
 
-from pgtape.config import Config
 from pgtape.errors import PgtapeError, UsageError
 from pgtape.private_file import check_private
 
@@ -86,7 +86,13 @@ def load(path: Path) -> Keyring:
     return Keyring(path, keys)
 
 
-def configured(config: Config) -> Keyring | None:
+class KeyFileOption(Protocol):
+    """What `configured` reads of pgtape.config.Config (not imported: config reads storage, which reads keys)."""
+    @property
+    def key_file(self) -> Path | None: ...
+
+
+def configured(config: KeyFileOption) -> Keyring | None:
     """The keyring named by PGTAPE_KEY_FILE or [archive] key_file, or None when none is."""
     return None if config.key_file is None else load(config.key_file)
 

@@ -187,7 +187,10 @@ def delete_segments(archive: Archive, p: PrunePlan) -> None:
 STEPS = (record_intent, forget_snapshots, delete_directories, delete_segments)
 
 
-def prune(archive: Archive, *, dry_run: bool, now: int | None = None) -> PrunePlan:
+def prune(archive: Archive, *, dry_run: bool, now: int | None = None, offsite: Archive | None = None) -> PrunePlan:
+    """`offsite`: the archive's offsite copy, pruned first by the same plan and the same steps (each
+    idempotent: a re-run after a crash or a failure of the store finishes both; the local copy is
+    touched only once the offsite one is done, so the bucket never holds less than retention keeps)."""
     if dry_run:  # a reader: takes no lock and changes nothing
         return plan(archive, now)
     try:
@@ -197,8 +200,9 @@ def prune(archive: Archive, *, dry_run: bool, now: int | None = None) -> PrunePl
                           "run pgtape prune when it ends") from None
     try:
         p = plan(archive, now)
-        for step in STEPS:
-            step(archive, p)
+        for copy in ([offsite] if offsite else []) + [archive]:
+            for step in STEPS:
+                step(copy, p)
         return p
     finally:
         lock.release()

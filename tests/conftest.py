@@ -22,10 +22,12 @@ import pytest
 
 from pgtape.lsn import parse_lsn
 from testkit.cluster import EmbeddedPostgres
+from testkit.seaweed import SeaweedS3
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 _db_counter = itertools.count()
+_bucket_counter = itertools.count()
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +68,28 @@ def role(pg: EmbeddedPostgres, dbname: str) -> Iterator[str]:
         c.execute(f"drop owned by {name}")
     with psycopg.connect(pg.dsn(), autocommit=True) as c:
         c.execute(f"drop role {name}")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """One SeaweedFS `weed mini` per session (testkit/seaweed.py), started on first use, always stopped."""
+    server = SeaweedS3(tmp_path_factory.mktemp("weed"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_url(s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> str:
+    """`s3://<a new bucket>/archive`, with the AWS_* variables that reach it set for this test and
+    the pgtape processes it starts."""
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    bucket = f"t{next(_bucket_counter)}-{secrets.token_hex(4)}"
+    s3_server.create_bucket(bucket)
+    return f"s3://{bucket}/archive"
 
 
 def clean_env() -> dict[str, str]:

@@ -10,6 +10,7 @@ from pgtape.capture.capture import Capture, install_signal_handlers
 from pgtape.commands.results import emit
 from pgtape.config import Config
 from pgtape.lsn import format_lsn, parse_lsn
+from pgtape.offsite.upload import OffsiteThread
 
 HELP = "capture every change of the configured tables onto the tape (runs until stopped)"
 
@@ -30,7 +31,15 @@ def run(args: argparse.Namespace, config: Config) -> int:
     until = parse_lsn(args.until_lsn) if args.until_lsn else None
     cap = Capture(config, until_lsn=until)
     install_signal_handlers(cap)
-    result = cap.run()
+    # [offsite] url: a background thread copies the archive to the bucket; it never stops or slows capture.
+    offsite = OffsiteThread(cap.archive, config) if config.offsite_url else None
+    if offsite:
+        offsite.start()
+    try:
+        result = cap.run()
+    finally:
+        if offsite:
+            offsite.stop()
     if args.json:
         emit(CaptureSummary(format_lsn(result.durable_lsn), result.transactions, result.changes, result.fsyncs))
     return 0

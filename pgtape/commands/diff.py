@@ -7,7 +7,6 @@ import argparse
 import msgspec
 import psycopg
 
-from pgtape import keys
 from pgtape.commands.results import TableComparison, emit
 from pgtape.config import Config
 from pgtape.errors import OK, PROBLEMS_FOUND, PgtapeError, UsageError
@@ -42,7 +41,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
     if args.against != "live" and not args.against.startswith("schema:"):
         raise UsageError(f"--against {args.against!r}: use live or schema:NAME")
-    archive = Archive.existing(config.require_archive(), keys.configured(config))
+    archive = Archive.reading(config)
     gen = archive.generation(archive.identity().generation)
     tables = config.selected_tables(gen.tables)
     plan = None

@@ -7,7 +7,6 @@ import sys
 
 import msgspec
 
-from pgtape.keys import configured as configured_keys
 from pgtape.commands.results import encode
 from pgtape.config import Config
 from pgtape.errors import UsageError
@@ -71,7 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    archive = Archive.existing(config.require_archive(), configured_keys(config))
+    archive = Archive.reading(config)
     gen = archive.identity().generation
     tables = set(resolve(args.table or [], archive.generation(gen).tables, "--table"))
     since = parse_time(args.since, "--since") if args.since else None

@@ -8,12 +8,17 @@ from pgtape import keys
 from pgtape.commands.results import (PrunedGeneration, PrunedLeftover, PrunedSegment, PrunedSnapshot, PruneSummary,
                                      RecoverableWindow, emit, lsn_or_none, time_or_none)
 from pgtape.config import Config
+from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn
+from pgtape.offsite.retention import prune_unsent
+from pgtape.offsite.upload import load_state, remote_for
+from pgtape.storage.s3 import RemoteStorageError
 from pgtape.tape.archive import Archive
 from pgtape.tape.crypto import key_ids_in_use
 from pgtape.timefmt import format_time
 from pgtape.snapshots import catalog
 from pgtape.snapshots.prune import PrunePlan, prune, segment_generation
+from pgtape.snapshots.take import SnapshotLock
 
 HELP = "delete expired snapshots, the tape before the oldest remaining base, and expired old generations"
 
@@ -25,8 +30,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, config: Config) -> int:
     archive = Archive.existing(config.require_archive(), keys.configured(config))
-    report(archive, prune(archive, dry_run=args.dry_run), args.dry_run, args.json)
+    # The offsite copy is pruned by the same plan, first (snapshots/prune.py); a failing store leaves
+    # the local archive untouched, and prune again finishes both.
+    offsite = Archive(archive.path, archive.keyring, remote_for(config)) if config.offsite_url else None
+    try:
+        p = prune(archive, dry_run=args.dry_run, offsite=offsite)
+    except RemoteStorageError as e:
+        raise PgtapeError(f"cannot prune the offsite copy (the local archive is untouched; prune again): {e}") from None
+    if config.offsite_url and config.offsite_keep_local == "unsent":
+        # Locally, only what is not offsite yet and the newest base (pgtape/offsite/retention.py).
+        state = load_state(archive, config.offsite_url)
+        lock = None if args.dry_run else SnapshotLock(archive)
+        try:
+            local = prune_unsent(archive, state, args.dry_run)
+        finally:
+            if lock:
+                lock.release()
+        _merge(p, local)
+    report(archive, p, args.dry_run, args.json)
     return 0
+
+
+def _merge(p: PrunePlan, local: PrunePlan) -> None:
+    """One report: the ordinary prune and the local-only one (whose dry run may list the same items)."""
+    p.snapshots += [r for r in local.snapshots if r.id not in {x.id for x in p.snapshots}]
+    p.segments += [s for s in local.segments if s.key not in {x.key for x in p.segments}]
+    p.generations += [g for g in local.generations if g not in p.generations]
+    p.sizes.update(local.sizes)
 
 
 def summary(archive: Archive, p: PrunePlan, dry_run: bool) -> PruneSummary:

@@ -10,7 +10,6 @@ from pathlib import Path
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from pgtape import keys
 from pgtape.commands.results import SnapshotRef, emit
 from pgtape.config import Config
 from pgtape.errors import UsageError
@@ -103,7 +102,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
                          "(or --snapshot ID)")
     if no_target and args.target_exclusive:
         raise UsageError("--target-exclusive needs --target-time or --target-lsn")
-    archive = Archive.existing(config.require_archive(), keys.configured(config))
+    archive = Archive.reading(config)
     gen = archive.generation(archive.identity().generation)
     tables = config.selected_tables(gen.tables)
     target = Target("snapshot", name=args.snapshot) if no_target else target_from_args(args)

@@ -6,7 +6,6 @@ import argparse
 
 import msgspec
 
-from pgtape import keys
 from pgtape.commands.results import emit, lsn_or_none, time_or_none
 from pgtape.config import Config
 from pgtape.lsn import format_lsn
@@ -42,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, config: Config) -> int:
 
-    records = catalog.load_all(Archive.existing(config.require_archive(), keys.configured(config)))
+    records = catalog.load_all(Archive.reading(config))
     if args.json:
         emit([SnapshotEntry(r.id, r.generation, r.kind, r.tables, r.status, format_time(r.created_at),
                             time_or_none(r.expires_at), r.pid, r.host, lsn_or_none(r.as_of_lsn),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 
-from pgtape import keys
 from pgtape.commands.results import emit
 from pgtape.config import Config
 from pgtape.errors import OK, PROBLEMS_FOUND
@@ -25,14 +24,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    archive = Archive.existing(config.require_archive(), keys.configured(config))
+    archive = Archive.reading(config)
     status = collect(config, archive)
     code = OK if status.healthy else PROBLEMS_FOUND
     if args.json:
         emit(status.report(), indent=2)
         return code
     tape, server = status.tape, status.server
-    print(f"archive            {status.archive_path} (generation {tape.generation}, slot {tape.slot})")
+    print(f"archive            {archive.location} (generation {tape.generation}, slot {tape.slot})")
     print(f"tape               {tape.segments} segment(s), {_size(tape.bytes)}, "
           f"{tape.transactions} transactions, {tape.changes} changes")
     print(f"durable up to      {format_lsn(tape.end_lsn)}, last commit {format_time(tape.last_commit_time)}")
@@ -48,6 +47,13 @@ def run(args: argparse.Namespace, config: Config) -> int:
         print(f"newest snapshot    {t}: " + ("none: replay is not possible without one" if r is None else
                                             f"{r.id} as of {format_lsn(r.as_of_lsn or 0)} "
                                             f"({format_time(r.as_of_time)})"))
+    if (o := status.offsite) is not None:
+        lag = "caught up" if o.lag_bytes == 0 else (
+            f"{_size(o.lag_bytes)} behind" if o.lag_bytes is not None else "another generation")
+        if o.lag_seconds:
+            lag += f", {o.lag_seconds:.1f}s"
+        print(f"offsite            {o.url}: tape up to {o.offsite_lsn} ({lag})"
+              + (f"; FAILING since {o.last_error_time}: {o.last_error}" if o.last_error else ""))
     if server is None:
         print(f"server             unreachable: {status.server_error}")
         return PROBLEMS_FOUND

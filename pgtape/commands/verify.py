@@ -66,17 +66,16 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     if args.live:
         if args.file:
             raise UsageError("--live compares the archive with the live tables: give no FILE")
-        archive = Archive.existing(config.require_archive(), keys.configured(config))
-        return _live(verify_live(config, archive, args.timeout), args.json)
+        return _live(verify_live(config, Archive.reading(config), args.timeout), args.json)
     if args.file:
         path = Path(args.file)
         if not path.is_file():
             raise UsageError(f"{path} is not a file")
         report = verify_file(path, keys.configured(config))
     elif args.snapshot:
-        report = verify_snapshot(Archive.existing(config.require_archive(), keys.configured(config)), args.snapshot)
+        report = verify_snapshot(Archive.reading(config), args.snapshot)
     else:
-        report = verify_archive(Archive.existing(config.require_archive(), keys.configured(config)))
+        report = verify_archive(Archive.reading(config))
     if args.json:
         emit(VerifyReport(report.ok, report.problems, report.segments, report.snapshots, report.transactions,
                           report.changes, report.bytes), indent=2)

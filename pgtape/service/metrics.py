@@ -77,6 +77,12 @@ def gauges(status: Status, snapshots: list[SnapshotRecord], jobs: dict[tuple[str
                None if lat is None else lat.p50_ms / 1000),
         _gauge("pgtape_commit_to_durable_p99_seconds", "99th percentile of the same.",
                None if lat is None else lat.p99_ms / 1000),
+        _gauge("pgtape_offsite_lag_bytes", "The local tape's end minus how far the offsite copy holds it.",
+               status.offsite.lag_bytes if status.offsite else None),
+        _gauge("pgtape_offsite_lag_seconds", "How far (server clock) the offsite tape trails the local one; 0 when "
+               "caught up.", status.offsite.lag_seconds if status.offsite else None),
+        _gauge("pgtape_offsite_failing", "1 while uploads to the offsite copy fail, else 0.",
+               (status.offsite.last_error is not None) if status.offsite else None),
     ]
     age = GaugeMetricFamily("pgtape_snapshot_age_seconds", "Now minus the as-of time of the table's newest "
                             "completed snapshot.", labels=["table"])

@@ -18,6 +18,7 @@ from pgtape.errors import PgtapeError
 from pgtape.lsn import format_lsn, parse_lsn
 from pgtape.pg import connect, quote_literal
 from pgtape.slot import gap_message
+from pgtape.offsite.upload import read_state
 from pgtape.tape.archive import Archive
 from pgtape.tape.latency import CommitToDurable
 from pgtape.storage import Storage
@@ -81,6 +82,20 @@ class CommitToDurableReport(msgspec.Struct):
     last_durable: str
 
 
+class OffsiteStatus(msgspec.Struct):
+    """The offsite copy as the uploader last recorded it (OFFSITE.json; docs/CLI_JSON.md)."""
+    url: str
+    generation: int  # the generation whose tape is offsite up to offsite_lsn
+    offsite_lsn: str  # the tape is offsite (complete, in the bucket) up to here
+    lag_bytes: int | None  # local tape end minus offsite_lsn (WAL bytes); null: another generation is offsite
+    lag_seconds: float | None  # local tape's completeness time minus the offsite tape's (server clock); 0: caught up
+    objects: int  # objects the bucket holds, confirmed
+    last_upload_time: str | None  # the open segment's last upload (this machine's clock)
+    caught_up_time: str | None  # the last pass that left nothing pending
+    last_error: str | None  # the last failure, while uploads fail (null once a pass succeeds)
+    last_error_time: str | None
+
+
 class StatusReport(msgspec.Struct):
     """`pgtape status --json` and GET /v1/status (docs/CLI_JSON.md)."""
     generation: int
@@ -104,6 +119,7 @@ class StatusReport(msgspec.Struct):
     healthy: bool  # no problems
     problems: list[str]  # why not, one line each
     commit_to_durable: CommitToDurableReport | None = None  # null until capture has published one
+    offsite: OffsiteStatus | None = None  # null: no offsite copy configured / made yet (or read from the bucket)
 
 
 @dataclass(frozen=True)
@@ -124,6 +140,7 @@ class Status:
     problems: list[str]
     collected_at: int  # µs UTC, this machine's clock
     commit_to_durable: CommitToDurable | None = None  # capture's latest window (DURABLE.json)
+    offsite: OffsiteStatus | None = None
 
     @property
     def healthy(self) -> bool:
@@ -155,7 +172,8 @@ class Status:
             self.server_error, self.lag_bytes, self.last_commit_age, self.gap,
             {t: None if r is None else SnapshotRef(r.id, format_lsn(r.as_of_lsn or 0), format_time(r.as_of_time))
              for t, r in self.newest.items()},
-            self.lag_seconds, self.healthy, self.problems, _latency_report(self.commit_to_durable))
+            self.lag_seconds, self.healthy, self.problems, _latency_report(self.commit_to_durable),
+            self.offsite)
 
 
 def collect(config: Config, archive: Archive, open_segments: OpenSegments | None = None) -> Status:
@@ -189,8 +207,22 @@ def collect(config: Config, archive: Archive, open_segments: OpenSegments | None
     # (Idle, capture records a Position every 10 s; an idle server with no new WAL is never behind.)
     behind = (max(0, server.server_time - (tape.complete_time or 0)) / 1e6 if lag_bytes else 0.0) if server else None
     status = Status(archive.path, tape, server, server_error, recoverable, window_error, newest, lag_bytes, age, gap,
-                    behind, config.status_max_lag, [], collected_at, commit_to_durable(archive, tape.generation))
+                    behind, config.status_max_lag, [], collected_at, commit_to_durable(archive, tape.generation),
+                    None if archive.remote else offsite(archive, tape))
     return replace(status, problems=_problems(status))
+
+
+def offsite(archive: Archive, tape: TapeSummary) -> OffsiteStatus | None:
+    """How far the offsite copy is (OFFSITE.json), against the local tape."""
+    st = read_state(archive)
+    if st is None:
+        return None
+    same = st.generation == tape.generation
+    lag_bytes = max(0, tape.end_lsn - st.tape_lsn) if same else None
+    behind = max(0, (tape.complete_time or 0) - (st.tape_time or 0)) / 1e6
+    lag_seconds = 0.0 if lag_bytes == 0 else behind if same and tape.complete_time else None
+    return OffsiteStatus(st.url, st.generation, format_lsn(st.tape_lsn), lag_bytes, lag_seconds, len(st.objects),
+                         _time(st.open_uploaded_at), _time(st.caught_up_at), st.last_error, _time(st.last_error_at))
 
 
 class OpenSegments:

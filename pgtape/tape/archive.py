@@ -17,11 +17,14 @@ from typing import Callable, TypeVar
 import msgspec
 
 from pgtape import metadata
+from pgtape.config import Config
 from pgtape.errors import PgtapeError
 from pgtape.keys import KEY_FILE_ENV, Keyring
+from pgtape.keys import configured as configured_keys
 from pgtape.lock import Lock
 from pgtape.lsn import format_lsn
 from pgtape.storage import LocalStorage, Storage
+from pgtape.storage.s3 import RemoteStorageError, S3Storage, is_remote
 from pgtape.tape import FORMAT_VERSION
 from pgtape.tape.segment import OPEN_RE, SEALED_RE, open_segment_stats
 from pgtape.timefmt import now_us
@@ -80,24 +83,43 @@ class Archive:
     """The archive at `path`: its files are read and written through `storage` only (local
     process locks aside, which live in the directory itself)."""
 
-    def __init__(self, path: Path, keyring: Keyring | None = None) -> None:
-        self.path = path
-        self.storage: Storage = LocalStorage(path)
+    def __init__(self, path: Path, keyring: Keyring | None = None, storage: Storage | None = None) -> None:
+        self.path = path  # local: the directory; remote: only for messages (see `location`)
+        self.storage: Storage = storage or LocalStorage(path)
         self.storage.keyring = keyring  # (pgtape/keys.py: configured(config))
+        self.remote = storage is not None and not isinstance(storage, LocalStorage)
+        self.location = self.storage.where("") if self.remote else str(path)
 
     @property
     def keyring(self) -> Keyring | None:
         return self.storage.keyring
 
     @classmethod
-    def existing(cls, path: Path, keyring: Keyring | None = None) -> Archive:
+    def at(cls, location: Path | str, keyring: Keyring | None = None, endpoint_url: str | None = None) -> Archive:
+        """A local directory, or an offsite copy (`s3://bucket/prefix`, read through S3Storage)."""
+        if is_remote(location):
+            assert isinstance(location, str)
+            return cls(Path(location), keyring, S3Storage(location, endpoint_url))
+        return cls(Path(location), keyring)
+
+    @classmethod
+    def existing(cls, path: Path | str, keyring: Keyring | None = None, endpoint_url: str | None = None) -> Archive:
         """An archive that must already hold a tape (for readers: log, status, ...)."""
-        archive = cls(path, keyring)
-        archive.require_directory()
-        if not path.is_dir():
-            raise PgtapeError(f"archive {path} does not exist: check --archive / PGTAPE_ARCHIVE")
-        archive.identity()
+        archive = cls.at(path, keyring, endpoint_url)
+        if not archive.remote:
+            archive.require_directory()
+            if not archive.path.is_dir():
+                raise PgtapeError(f"archive {path} does not exist: check --archive / PGTAPE_ARCHIVE")
+        try:
+            archive.identity()
+        except RemoteStorageError as e:
+            raise PgtapeError(f"cannot read the archive: {e}") from None
         return archive
+
+    @classmethod
+    def reading(cls, config: Config) -> Archive:
+        """The archive a reading command (replay, verify, log, status, snapshots, diff) opens: local or s3://."""
+        return cls.existing(config.archive_location(), configured_keys(config), config.offsite_endpoint_url)
 
     def require_directory(self) -> None:
         if self.path.exists() and not self.path.is_dir():
@@ -114,14 +136,14 @@ class Archive:
 
     def identity(self) -> ArchiveIdentity:
         if not self.exists():
-            raise PgtapeError(f"{self.path} is not a pgtape archive yet (no ARCHIVE.json): "
+            raise PgtapeError(f"{self.location} is not a pgtape archive yet (no ARCHIVE.json): "
                               "run pgtape init (or pgtape capture) first")
         try:
             ident = _load(self.storage, IDENTITY_FILE, ArchiveIdentity)
         except metadata.DamagedMetadata:
             ident = _older_format(self.storage)  # an archive another pgtape wrote reads as damaged
         if ident.format_version != FORMAT_VERSION:
-            raise PgtapeError(f"{self.path} holds tape format {ident.format_version}; this pgtape reads format "
+            raise PgtapeError(f"{self.location} holds tape format {ident.format_version}; this pgtape reads format "
                               f"{FORMAT_VERSION} (docs/FORMAT.md): use the pgtape that wrote it, or start a new "
                               "archive with pgtape init --archive NEW_DIR")
         return ident
