@@ -7,7 +7,8 @@ returns the plan; `TableResult.rows()` then streams each table's final rows out 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 from pgtape.errors import PgtapeError
@@ -19,7 +20,8 @@ from pgtape.tape.archive import Archive
 from pgtape.tape.marks import MARK_PREFIX, load_mark
 from pgtape.tape.records import Begin, Change, Commit, Message, Relation, Schema, Truncate
 from pgtape.tape.segment import SegmentError, SegmentReader
-from pgtape.replay.fold import BagFold, RelInfo, TableFold
+from pgtape.replay.fold import BagFold, Budget, RelInfo, TableFold
+from pgtape.replay.spill import SpillDir
 from pgtape.tape.window import Window
 from pgtape.replay.plan import choose_bases, window
 from pgtape.replay.target import Target
@@ -40,6 +42,18 @@ class Plan:
     changes: int
     base_dirs: dict[str, str]  # keys in the archive's storage
     storage: Storage
+    spill: SpillDir = field(default_factory=SpillDir)  # runs written past the memory budget
+    budget: Budget | None = None
+
+    def close(self) -> None:
+        """Removes the spill files (callers: in a finally, once the rows have been read)."""
+        self.spill.close()
+
+    def __enter__(self) -> Plan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def base(self) -> SnapshotRecord:
@@ -78,13 +92,34 @@ def _base_lines(storage: Storage, base_dir: str, table: str) -> Iterator[bytes]:
         raise PgtapeError(f"damaged base: {e}") from None
 
 
+# Of the memory budget, what the folded state may use: the rest is the interpreter, its libraries and
+# the tape's frames being decoded (docs/ARCHITECTURE.md, "Replay memory").
+RESERVED = 48 << 20
+
+
+def state_limit(memory: int) -> int:
+    return max(memory - RESERVED, memory // 2)
+
+
 def prepare(archive: Archive, tables: list[str], target: Target,
             progress: Callable[[int], None] | None = None, complete_to: int | None = None,
-            snapshot: SnapshotRecord | None = None) -> Plan:
+            snapshot: SnapshotRecord | None = None, memory: int | None = None, work_dir: Path | None = None) -> Plan:
     """`complete_to`: an LSN up to which the tape is known complete although no record says so
     yet (the slot's confirmed position, which capture advances only over durable data).
     `snapshot` (plan.find_snapshot): the base of every table, instead of the newest before the
-    target; with a Target of kind "snapshot", the tables exactly as it holds them."""
+    target; with a Target of kind "snapshot", the tables exactly as it holds them.
+    `memory`: the budget in bytes (None: unbounded); past it the folded state goes to sorted runs in
+    `work_dir` (default: TMPDIR). The caller closes the plan (Plan.close) to remove them."""
+    spill = SpillDir(work_dir)
+    try:
+        return _prepare(archive, tables, target, progress, complete_to, snapshot, memory, spill)
+    except BaseException:
+        spill.close()
+        raise
+
+
+def _prepare(archive: Archive, tables: list[str], target: Target, progress: Callable[[int], None] | None,
+             complete_to: int | None, snapshot: SnapshotRecord | None, memory: int | None, spill: SpillDir) -> Plan:
     gen = archive.identity().generation
     w, bases = window(archive, gen, tables)
     if complete_to is not None and complete_to > w.to_lsn:
@@ -107,6 +142,11 @@ def prepare(archive: Archive, tables: list[str], target: Target,
         folds[t] = fold_class(t, list(h.columns), list(h.types), list(h.key), list(h.columns),
                               from_lsn=chosen[t].as_of_lsn or 0, attnums=list(h.attnums), relname=h.name,
                               oid=h.oid)
+    budget = None
+    if memory is not None:
+        budget = Budget(state_limit(memory))
+        for f in folds.values():
+            f.spill, f.sort_bytes = spill, max(budget.limit // 4, 64 << 10)  # two tables load at once
     from_lsn = min(f.from_lsn for f in folds.values())
     last: Begin | None = None
     transactions = changes = 0
@@ -116,7 +156,7 @@ def prepare(archive: Archive, tables: list[str], target: Target,
             if seg.end_lsn is not None and seg.end_lsn <= from_lsn:
                 continue
             result = _fold_segment(archive.read_segment(seg, SegmentReader), folds, from_lsn, target, last,
-                                   stop_after)
+                                   stop_after, budget)
             last, stop_after, stopped = result.last, result.stop_after, result.stopped
             transactions += result.transactions
             changes += result.changes
@@ -130,7 +170,11 @@ def prepare(archive: Archive, tables: list[str], target: Target,
         raise PgtapeError(f"recovery point {target.name!r} is not on the tape yet: is capture running?")
     if target.kind != "snapshot":  # (nothing from the tape applied: the snapshot's rows are as read)
         _refuse_unreplayable(archive, gen, folds, chosen, bases, last.end_lsn if last else from_lsn, target)
-    return Plan(gen, w, chosen, target, folds, last, transactions, changes, base_dirs, archive.storage)
+    if budget is not None and spill.runs_written:
+        # Before the load: what stays in memory leaves room for sorting bases (limit/4 per table, two at once).
+        budget.limit //= 2
+        budget.check(list(folds.values()))
+    return Plan(gen, w, chosen, target, folds, last, transactions, changes, base_dirs, archive.storage, spill, budget)
 
 
 def _refuse_unreplayable(archive: Archive, gen: int, folds: dict[str, TableFold], chosen: dict[str, SnapshotRecord],
@@ -177,8 +221,10 @@ class _SegmentResult:
 
 
 def _fold_segment(reader: SegmentReader, folds: dict[str, TableFold], from_lsn: int, target: Target,
-                  last: Begin | None, stop_after: int | None) -> _SegmentResult:
-    """Apply one segment's transactions after `from_lsn` until the target says stop."""
+                  last: Begin | None, stop_after: int | None, budget: Budget | None = None) -> _SegmentResult:
+    """Apply one segment's transactions after `from_lsn` until the target says stop; `budget` is
+    checked after each frame."""
+    fold_list = list(folds.values())
     for f in folds.values():
         f.new_segment()
     fold: TableFold | None
@@ -256,6 +302,8 @@ def _fold_segment(reader: SegmentReader, folds: dict[str, TableFold], from_lsn: 
             elif type(r) is Message:
                 if wanted and name_target and r.prefix == MARK_PREFIX and _mark_name(r.content) == target.name:
                     stop_after = last.end_lsn if last else None
+        if budget is not None:
+            budget.check(fold_list)
     return _SegmentResult(last, stop_after, False, transactions, changes)
 
 
