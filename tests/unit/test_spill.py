@@ -7,6 +7,7 @@ import random
 import stat
 from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -33,7 +34,7 @@ def put(f: TableFold, c: Change) -> None:
 
 
 @pytest.fixture
-def spill(tmp_path: Path) -> SpillDir:
+def spill(tmp_path: Path) -> Iterator[SpillDir]:
     s = SpillDir(tmp_path / "work")
     yield s
     s.close()
