@@ -50,6 +50,14 @@ def parse_size(text: str | int) -> int:
     return value
 
 
+def parse_memory(text: str | int) -> int:
+    """A replay memory budget: a size of at least 1MiB."""
+    value = parse_size(text)
+    if value < 1 << 20:
+        raise ValueError(f"memory budget {text!r} is too small: at least 1MiB")
+    return value
+
+
 def parse_tables(text: str | list[str]) -> tuple[str, ...]:
     """`payments, public."Ledger Entries"` -> their canonical names (pgtape/names.py), in order."""
     items = [str(i) for i in text] if isinstance(text, list) else split_list(str(text))
@@ -165,6 +173,11 @@ OPTIONS: tuple[Option, ...] = (
            "database that holds the SQL monitoring catalog and views (default: the source DSN)"),
     Option("sql_schema", "sql", "schema", None, None, parse_schema, "pgtape",
            "schema of the SQL monitoring catalog, views and functions"),
+    # replay, verify --live, diff (flags on those commands only: pgtape/commands/replay.py add_budget_options)
+    Option("replay_memory", "replay", "memory", None, None, parse_memory, "512MiB",
+           "memory budget of a replay's folded state: past it, it spills to sorted runs on disk", "size"),
+    Option("replay_work_dir", "replay", "work_dir", None, None, lambda v: Path(str(v)), None,
+           "directory for a replay's spill files (default: TMPDIR)"),
 )
 
 
@@ -188,6 +201,8 @@ class Config:
     notify_disconnected_after: float
     sql_dsn: str | None
     sql_schema: str
+    replay_memory: int
+    replay_work_dir: Path | None
     source_file: Path | None = field(default=None)
     defaulted: frozenset[str] = field(default=frozenset())  # options nobody set: their default applies
 

@@ -44,6 +44,7 @@ class Plan:
     storage: Storage
     spill: SpillDir = field(default_factory=SpillDir)  # runs written past the memory budget
     budget: Budget | None = None
+    estimate: SpillEstimate | None = None  # made before the tape was read (memory budget given)
 
     def close(self) -> None:
         """Removes the spill files (callers: in a finally, once the rows have been read)."""
@@ -92,6 +93,55 @@ def _base_lines(storage: Storage, base_dir: str, table: str) -> Iterator[bytes]:
         raise PgtapeError(f"damaged base: {e}") from None
 
 
+@dataclass(frozen=True)
+class SpillEstimate:
+    """Before folding: what the tape and bases to read weigh, and the disk spilling may need."""
+
+    memory: int  # the budget
+    state_limit: int  # of it, for the folded state
+    tape_bytes: int  # compressed tape from the oldest base on
+    base_bytes: int  # compressed base files of the tables
+    may_spill: bool  # the folded state may outgrow state_limit
+    disk_bytes: int  # spill files at most, if it does: every change's row once, each base once (both compressed)
+
+    def describe(self) -> str:
+        if not self.may_spill:
+            return (f"memory budget {_mib(self.memory)}: the tape to read ({_mib(self.tape_bytes)} compressed) "
+                    "should fold in memory; no spill files expected")
+        return (f"memory budget {_mib(self.memory)}: the tape to read ({_mib(self.tape_bytes)} compressed) may "
+                f"not fold in memory; spilling needs up to {_mib(self.disk_bytes)} on disk")
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+# The folded state of a change takes about this many times its compressed tape bytes in memory (measured:
+# BENCHMARKS.md, "Replay memory"); an estimate, used only to say beforehand whether spilling is likely.
+STATE_PER_TAPE_BYTE = 3
+
+
+def estimate_spill(archive: Archive, gen: int, folds: dict[str, TableFold], base_dirs: dict[str, str],
+                   memory: int) -> SpillEstimate:
+    from_lsn = min(f.from_lsn for f in folds.values())
+    tape = 0
+    for seg in archive.segments(gen):
+        if seg.end_lsn is None or seg.end_lsn > from_lsn:
+            try:
+                tape += archive.storage.size(seg.key)
+            except FileNotFoundError:  # an open segment sealed meanwhile: about the same size
+                pass
+    base = 0
+    for t in folds:
+        try:
+            base += archive.storage.size(f"{base_dirs[t]}/{table_file_name(t)}")
+        except FileNotFoundError:
+            pass
+    limit = state_limit(memory)
+    may = tape * STATE_PER_TAPE_BYTE > limit
+    return SpillEstimate(memory, limit, tape, base, may, tape + base if may else 0)
+
+
 # Of the memory budget, what the folded state may use: the rest is the interpreter, its libraries and
 # the tape's frames being decoded (docs/ARCHITECTURE.md, "Replay memory").
 RESERVED = 48 << 20
@@ -103,23 +153,26 @@ def state_limit(memory: int) -> int:
 
 def prepare(archive: Archive, tables: list[str], target: Target,
             progress: Callable[[int], None] | None = None, complete_to: int | None = None,
-            snapshot: SnapshotRecord | None = None, memory: int | None = None, work_dir: Path | None = None) -> Plan:
+            snapshot: SnapshotRecord | None = None, memory: int | None = None, work_dir: Path | None = None,
+            on_estimate: Callable[[SpillEstimate], None] | None = None) -> Plan:
     """`complete_to`: an LSN up to which the tape is known complete although no record says so
     yet (the slot's confirmed position, which capture advances only over durable data).
     `snapshot` (plan.find_snapshot): the base of every table, instead of the newest before the
     target; with a Target of kind "snapshot", the tables exactly as it holds them.
     `memory`: the budget in bytes (None: unbounded); past it the folded state goes to sorted runs in
-    `work_dir` (default: TMPDIR). The caller closes the plan (Plan.close) to remove them."""
+    `work_dir` (default: TMPDIR). The caller closes the plan (Plan.close) to remove them. `on_estimate`
+    hears the disk spilling may need (estimate_spill) before the tape is read."""
     spill = SpillDir(work_dir)
     try:
-        return _prepare(archive, tables, target, progress, complete_to, snapshot, memory, spill)
+        return _prepare(archive, tables, target, progress, complete_to, snapshot, memory, spill, on_estimate)
     except BaseException:
         spill.close()
         raise
 
 
 def _prepare(archive: Archive, tables: list[str], target: Target, progress: Callable[[int], None] | None,
-             complete_to: int | None, snapshot: SnapshotRecord | None, memory: int | None, spill: SpillDir) -> Plan:
+             complete_to: int | None, snapshot: SnapshotRecord | None, memory: int | None, spill: SpillDir,
+             on_estimate: Callable[[SpillEstimate], None] | None) -> Plan:
     gen = archive.identity().generation
     w, bases = window(archive, gen, tables)
     if complete_to is not None and complete_to > w.to_lsn:
@@ -142,8 +195,11 @@ def _prepare(archive: Archive, tables: list[str], target: Target, progress: Call
         folds[t] = fold_class(t, list(h.columns), list(h.types), list(h.key), list(h.columns),
                               from_lsn=chosen[t].as_of_lsn or 0, attnums=list(h.attnums), relname=h.name,
                               oid=h.oid)
-    budget = None
+    budget = estimate = None
     if memory is not None:
+        estimate = estimate_spill(archive, gen, folds, base_dirs, memory)
+        if on_estimate is not None:
+            on_estimate(estimate)
         budget = Budget(state_limit(memory))
         for f in folds.values():
             f.spill, f.sort_bytes = spill, max(budget.limit // 4, 64 << 10)  # two tables load at once
@@ -174,7 +230,8 @@ def _prepare(archive: Archive, tables: list[str], target: Target, progress: Call
         # Before the load: what stays in memory leaves room for sorting bases (limit/4 per table, two at once).
         budget.limit //= 2
         budget.check(list(folds.values()))
-    return Plan(gen, w, chosen, target, folds, last, transactions, changes, base_dirs, archive.storage, spill, budget)
+    return Plan(gen, w, chosen, target, folds, last, transactions, changes, base_dirs, archive.storage, spill, budget,
+                estimate)
 
 
 def _refuse_unreplayable(archive: Archive, gen: int, folds: dict[str, TableFold], chosen: dict[str, SnapshotRecord],

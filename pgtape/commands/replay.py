@@ -18,7 +18,7 @@ from pgtape.names import sql_name
 from pgtape.tape.archive import Archive
 from pgtape.timefmt import format_time
 from pgtape.replay import sinks
-from pgtape.replay.engine import prepare
+from pgtape.replay.engine import Plan, SpillEstimate, prepare
 from pgtape.replay.plan import find_snapshot, snapshot_tables
 from pgtape.replay.target import Target, add_target_options, target_from_args
 
@@ -38,6 +38,18 @@ class TableChanges(msgspec.Struct):  # --dry-run, --in-place
     insert: int  # what turns live into replayed
     update: int
     delete: int
+
+
+class MemoryReport(msgspec.Struct):
+    """The memory budget and spilling (docs/ARCHITECTURE.md, "Replay memory")."""
+    budget: int  # bytes (--memory, [replay] memory)
+    state_limit: int  # of it, for the folded state
+    estimated_disk_bytes: int  # before reading the tape: what spilling may need (0: not expected)
+    may_spill: bool  # the estimate: the state may outgrow state_limit
+    runs: int  # spill files written (folded state and base rows being sorted)
+    spilled_bytes: int  # written to them in all
+    peak_disk_bytes: int  # most on disk at once
+    spilled_tables: list[str]
 
 
 class ReplayResult(msgspec.Struct):
@@ -61,6 +73,7 @@ class ReplayResult(msgspec.Struct):
     schema: str | UnsetType = UNSET  # recovery schema
     rows: dict[str, int] | UnsetType = UNSET  # --output, recovery schema: rows per table
     relations: dict[str, str] | UnsetType = UNSET  # recovery schema: table -> relation it was written to
+    memory: MemoryReport | UnsetType = UNSET
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -83,7 +96,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lock-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="with --in-place --yes: how long to wait for the lock that holds writers off the tables "
                         "(default 30)")
+    add_budget_options(p)
     p.add_argument("--json", action="store_true", help="machine-readable summary")
+
+
+def add_budget_options(p: argparse.ArgumentParser) -> None:
+    """--memory and --work-dir: pgtape.config's [replay] options (cli.py reads opt_<name> as an override)."""
+    p.add_argument("--memory", dest="opt_replay_memory", metavar="SIZE",
+                   help="memory budget of the replay's folded state, e.g. 512MiB (default: [replay] memory, "
+                        "512MiB); past it the state spills to sorted runs on disk")
+    p.add_argument("--work-dir", dest="opt_replay_work_dir", metavar="DIR",
+                   help="directory for spill files (default: [replay] work_dir, else TMPDIR)")
+
+
+def log_estimate(e: SpillEstimate, dry_run: bool = False) -> None:
+    """Before the tape is read: said when spilling is likely (or on a dry run)."""
+    if e.may_spill or dry_run:
+        logger.info(e.describe())
+
+
+def memory_report(plan: Plan) -> MemoryReport | UnsetType:
+    e = plan.estimate
+    if e is None:
+        return UNSET
+    return MemoryReport(e.memory, e.state_limit, e.disk_bytes, e.may_spill, plan.spill.runs_written,
+                        plan.spill.bytes_written, plan.spill.peak_bytes, plan.spill.tables)
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
@@ -113,9 +150,21 @@ def run(args: argparse.Namespace, config: Config) -> int:
         tables = snapshot_tables(snapshot, tables if getattr(args, "opt_tables", None) is not None else None)
     # Progress per tape segment: shown to someone watching (stderr a terminal), else only with debug.
     watched = sys.stderr.isatty() and not args.json
-    plan = prepare(archive, tables, target, progress=lambda n: logger.log(
-        logging.INFO if watched else logging.DEBUG, f"replaying: {n} transactions", extra={"transactions": n}),
-        snapshot=snapshot)
+    with prepare(archive, tables, target, progress=lambda n: logger.log(
+            logging.INFO if watched else logging.DEBUG, f"replaying: {n} transactions", extra={"transactions": n}),
+            snapshot=snapshot, memory=config.replay_memory,
+            work_dir=config.replay_work_dir or (Path(args.output) if args.output else None),
+            on_estimate=lambda e: log_estimate(e, args.dry_run)) as plan:
+        s = _replay(args, config, plan)
+        s.memory = memory_report(plan)
+    if args.json:
+        emit(s, indent=2)
+    else:
+        _print(s)
+    return 0
+
+
+def _replay(args: argparse.Namespace, config: Config, plan: Plan) -> ReplayResult:
     s = ReplayResult(
         outcome="", target=plan.target.describe(),
         base=SnapshotRef(plan.base.id, format_lsn(plan.base.as_of_lsn or 0), format_time(plan.base.as_of_time)),
@@ -142,11 +191,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         s.rows = sinks.to_schema(plan, args.into or config.dsn, schema, args.force)
         s.schema, s.outcome = schema, f"recovered into schema {schema}"
         s.relations = {t: f"{sql_name(schema)}.{sql_name(n)}" for t, n in plan.names_in_one_schema().items()}
-    if args.json:
-        emit(s, indent=2)
-    else:
-        _print(s)
-    return 0
+    return s
 
 
 def _print(s: ReplayResult) -> None:
@@ -172,4 +217,12 @@ def _print(s: ReplayResult) -> None:
     if s.relations is not UNSET and len({t.rsplit(".", 1)[-1] for t in s.relations}) < len(s.relations):
         # Two tables share a name: each went in as "schema.table" (pgtape/names.py).
         print("tables      " + ", ".join(f"{t} as {r}" for t, r in s.relations.items()))
+    if s.memory is not UNSET:
+        m = s.memory
+        if m.runs:
+            print(f"memory      budget {m.budget >> 20} MiB: spilled {m.runs} runs, {m.spilled_bytes} bytes "
+                  f"({', '.join(m.spilled_tables)}; at most {m.peak_disk_bytes} bytes on disk at once; removed)")
+        elif m.may_spill or s.outcome == "dry run":
+            print(f"memory      budget {m.budget >> 20} MiB: estimated disk for spilling {m.estimated_disk_bytes} "
+                  f"bytes; none was needed")
     print(s.outcome)
