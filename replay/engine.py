@@ -19,7 +19,7 @@ from pgtape.storage import Storage
 from pgtape.tape.archive import Archive
 from pgtape.tape.marks import MARK_PREFIX, load_mark
 from pgtape.tape.records import Begin, Change, Commit, Message, Relation, Schema, Truncate
-from pgtape.tape.segment import SegmentError, SegmentReader
+from pgtape.tape.segment import SegmentError, SegmentReader, read_footer
 from pgtape.replay.fold import BagFold, Budget, RelInfo, TableFold
 from pgtape.replay.spill import SpillDir
 from pgtape.tape.window import Window
@@ -116,20 +116,24 @@ def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
 
-# The folded state of a change takes about this many times its compressed tape bytes in memory (measured:
-# BENCHMARKS.md, "Replay memory"); an estimate, used only to say beforehand whether spilling is likely.
+# Estimates, used only to say beforehand whether spilling is likely: the folded state of a change
+# takes at least about STATE_PER_CHANGE bytes (a key changed once: dict slot, key and row objects), and
+# about STATE_PER_TAPE_BYTE times its compressed tape bytes (measured: BENCHMARKS.md, "Replay memory").
+STATE_PER_CHANGE = 120
 STATE_PER_TAPE_BYTE = 3
 
 
 def estimate_spill(archive: Archive, gen: int, folds: dict[str, TableFold], base_dirs: dict[str, str],
                    memory: int) -> SpillEstimate:
     from_lsn = min(f.from_lsn for f in folds.values())
-    tape = 0
+    tape = changes = 0
     for seg in archive.segments(gen):
         if seg.end_lsn is None or seg.end_lsn > from_lsn:
             try:
                 tape += archive.storage.size(seg.key)
-            except FileNotFoundError:  # an open segment sealed meanwhile: about the same size
+                if seg.end_lsn is not None:
+                    changes += read_footer(archive.storage, seg.key).changes
+            except (FileNotFoundError, SegmentError):  # sealed meanwhile, or damaged: folding will say
                 pass
     base = 0
     for t in folds:
@@ -138,7 +142,7 @@ def estimate_spill(archive: Archive, gen: int, folds: dict[str, TableFold], base
         except FileNotFoundError:
             pass
     limit = state_limit(memory)
-    may = tape * STATE_PER_TAPE_BYTE > limit
+    may = max(tape * STATE_PER_TAPE_BYTE, changes * STATE_PER_CHANGE) > limit
     return SpillEstimate(memory, limit, tape, base, may, tape + base if may else 0)
 
 
