@@ -7,6 +7,7 @@ returns the plan; `TableResult.rows()` then streams each table's final rows out 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -31,6 +32,41 @@ from pgtape.snapshots.format import TableReader, table_file_name
 
 
 @dataclass
+class Progress:
+    """What a replay has done so far: updated as it goes (the tape per segment, rows per COPY write),
+    read by a reporter on another thread (pgtape/commands/replay.py) and summed up in --json."""
+
+    phase: str = "planning"  # planning | reading tape | loading | done
+    started: float = field(default_factory=time.monotonic)
+    segments: int = 0  # read
+    segments_total: int = 0
+    tape_bytes: int = 0  # compressed, read
+    tape_bytes_total: int = 0
+    transactions: int = 0
+    changes: int = 0
+    fold_seconds: float = 0.0
+    load_started: float = 0.0
+    load_seconds: float = 0.0
+    rows_expected: int = 0  # the bases' rows: about what the load writes
+    rows_loaded: dict[str, int] = field(default_factory=dict)  # per table (each written by one thread)
+
+    def loaded(self, table: str) -> Callable[[int], None]:
+        """A counter for the rows of `table` (sinks.load_rows calls it per write)."""
+        if not self.load_started:
+            self.phase, self.load_started = "loading", time.monotonic()
+        self.rows_loaded.setdefault(table, 0)
+
+        def add(n: int) -> None:
+            self.rows_loaded[table] += n
+        return add
+
+    def done(self) -> None:
+        if self.load_started:
+            self.load_seconds = time.monotonic() - self.load_started
+        self.phase = "done"
+
+
+@dataclass
 class Plan:
     generation: int
     window: Window
@@ -45,6 +81,7 @@ class Plan:
     spill: SpillDir = field(default_factory=SpillDir)  # runs written past the memory budget
     budget: Budget | None = None
     estimate: SpillEstimate | None = None  # made before the tape was read (memory budget given)
+    progress: Progress = field(default_factory=Progress)
 
     def close(self) -> None:
         """Removes the spill files (callers: in a finally, once the rows have been read)."""
@@ -156,7 +193,7 @@ def state_limit(memory: int) -> int:
 
 
 def prepare(archive: Archive, tables: list[str], target: Target,
-            progress: Callable[[int], None] | None = None, complete_to: int | None = None,
+            progress: Progress | None = None, complete_to: int | None = None,
             snapshot: SnapshotRecord | None = None, memory: int | None = None, work_dir: Path | None = None,
             on_estimate: Callable[[SpillEstimate], None] | None = None) -> Plan:
     """`complete_to`: an LSN up to which the tape is known complete although no record says so
@@ -168,13 +205,14 @@ def prepare(archive: Archive, tables: list[str], target: Target,
     hears the disk spilling may need (estimate_spill) before the tape is read."""
     spill = SpillDir(work_dir)
     try:
-        return _prepare(archive, tables, target, progress, complete_to, snapshot, memory, spill, on_estimate)
+        return _prepare(archive, tables, target, progress or Progress(), complete_to, snapshot, memory, spill,
+                        on_estimate)
     except BaseException:
         spill.close()
         raise
 
 
-def _prepare(archive: Archive, tables: list[str], target: Target, progress: Callable[[int], None] | None,
+def _prepare(archive: Archive, tables: list[str], target: Target, progress: Progress,
              complete_to: int | None, snapshot: SnapshotRecord | None, memory: int | None, spill: SpillDir,
              on_estimate: Callable[[SpillEstimate], None] | None) -> Plan:
     gen = archive.identity().generation
@@ -211,17 +249,21 @@ def _prepare(archive: Archive, tables: list[str], target: Target, progress: Call
     last: Begin | None = None
     transactions = changes = 0
     stop_after: int | None = None  # end LSN of the transaction holding the named mark
+    segments = [seg for seg in archive.segments(gen) if seg.end_lsn is None or seg.end_lsn > from_lsn]
+    sizes = [_size(archive.storage, seg.key) for seg in segments]
+    progress.phase, progress.segments_total, progress.tape_bytes_total = "reading tape", len(segments), sum(sizes)
+    progress.rows_expected = sum(chosen[t].rows.get(t, 0) for t in tables)
+    folding = time.monotonic()
     try:
-        for seg in archive.segments(gen):
-            if seg.end_lsn is not None and seg.end_lsn <= from_lsn:
-                continue
+        for seg, size in zip(segments, sizes):
             result = _fold_segment(archive.read_segment(seg, SegmentReader), folds, from_lsn, target, last,
                                    stop_after, budget)
             last, stop_after, stopped = result.last, result.stop_after, result.stopped
             transactions += result.transactions
             changes += result.changes
-            if progress:
-                progress(transactions)
+            progress.segments += 1
+            progress.tape_bytes += size
+            progress.transactions, progress.changes = transactions, changes
             if stopped:
                 break
     except SegmentError as e:
@@ -230,12 +272,20 @@ def _prepare(archive: Archive, tables: list[str], target: Target, progress: Call
         raise PgtapeError(f"recovery point {target.name!r} is not on the tape yet: is capture running?")
     if target.kind != "snapshot":  # (nothing from the tape applied: the snapshot's rows are as read)
         _refuse_unreplayable(archive, gen, folds, chosen, bases, last.end_lsn if last else from_lsn, target)
+    progress.fold_seconds = time.monotonic() - folding
     if budget is not None and spill.runs_written:
         # Before the load: what stays in memory leaves room for sorting bases (limit/4 per table, two at once).
         budget.limit //= 2
         budget.check(list(folds.values()))
     return Plan(gen, w, chosen, target, folds, last, transactions, changes, base_dirs, archive.storage, spill, budget,
-                estimate)
+                estimate, progress)
+
+
+def _size(storage: Storage, key: str) -> int:
+    try:
+        return storage.size(key)
+    except FileNotFoundError:  # an open segment sealed since it was listed: read_segment finds it
+        return 0
 
 
 def _refuse_unreplayable(archive: Archive, gen: int, folds: dict[str, TableFold], chosen: dict[str, SnapshotRecord],

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator
 from pathlib import Path
 
 import msgspec
@@ -18,7 +22,7 @@ from pgtape.names import sql_name
 from pgtape.tape.archive import Archive
 from pgtape.timefmt import format_time
 from pgtape.replay import sinks
-from pgtape.replay.engine import Plan, SpillEstimate, prepare
+from pgtape.replay.engine import Plan, Progress, SpillEstimate, prepare
 from pgtape.replay.plan import find_snapshot, snapshot_tables
 from pgtape.replay.target import Target, add_target_options, target_from_args
 
@@ -52,6 +56,26 @@ class MemoryReport(msgspec.Struct):
     spilled_tables: list[str]
 
 
+class ProgressReport(msgspec.Struct):
+    """The figures the progress line shows, at the end."""
+    segments: int  # tape segments read
+    transactions: int
+    changes: int
+    rows_loaded: int
+    fold_seconds: float  # reading and folding the tape
+    load_seconds: float  # writing the result
+    seconds: float  # in all
+    changes_per_s: float
+    rows_per_s: float
+
+    @classmethod
+    def of(cls, p: Progress) -> ProgressReport:
+        rows = sum(p.rows_loaded.values())
+        return cls(p.segments, p.transactions, p.changes, rows, round(p.fold_seconds, 3), round(p.load_seconds, 3),
+                   round(time.monotonic() - p.started, 3), round(p.changes / p.fold_seconds if p.fold_seconds else 0),
+                   round(rows / p.load_seconds if p.load_seconds else 0))
+
+
 class ReplayResult(msgspec.Struct):
     """Fields after `absent` are there only for the output they belong to (UNSET: not in the JSON)."""
     outcome: str  # dry run | applied in place | in place, NOT applied: ... | written to DIR | recovered into ...
@@ -74,6 +98,7 @@ class ReplayResult(msgspec.Struct):
     rows: dict[str, int] | UnsetType = UNSET  # --output, recovery schema: rows per table
     relations: dict[str, str] | UnsetType = UNSET  # recovery schema: table -> relation it was written to
     memory: MemoryReport | UnsetType = UNSET
+    progress: ProgressReport | UnsetType = UNSET
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -97,6 +122,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --in-place --yes: how long to wait for the lock that holds writers off the tables "
                         "(default 30)")
     add_budget_options(p)
+    p.add_argument("--quiet", action="store_true", help="no progress line on stderr (shown only on a terminal)")
     p.add_argument("--json", action="store_true", help="machine-readable summary")
 
 
@@ -148,20 +174,63 @@ def run(args: argparse.Namespace, config: Config) -> int:
         snapshot = find_snapshot(archive, gen.id, args.snapshot)
         # All its tables, or those --tables names (tables configured for capture do not narrow it).
         tables = snapshot_tables(snapshot, tables if getattr(args, "opt_tables", None) is not None else None)
-    # Progress per tape segment: shown to someone watching (stderr a terminal), else only with debug.
-    watched = sys.stderr.isatty() and not args.json
-    with prepare(archive, tables, target, progress=lambda n: logger.log(
-            logging.INFO if watched else logging.DEBUG, f"replaying: {n} transactions", extra={"transactions": n}),
-            snapshot=snapshot, memory=config.replay_memory,
-            work_dir=config.replay_work_dir or (Path(args.output) if args.output else None),
-            on_estimate=lambda e: log_estimate(e, args.dry_run)) as plan:
+    progress = Progress()
+    # A progress line for someone watching (stderr a terminal), unless --quiet.
+    with _progress_line(progress, sys.stderr.isatty() and not args.quiet), \
+            prepare(archive, tables, target, progress=progress, snapshot=snapshot, memory=config.replay_memory,
+                    work_dir=config.replay_work_dir or (Path(args.output) if args.output else None),
+                    on_estimate=lambda e: log_estimate(e, args.dry_run)) as plan:
+        logger.debug(f"replayed {plan.transactions} transactions", extra={"transactions": plan.transactions})
         s = _replay(args, config, plan)
+        progress.done()
         s.memory = memory_report(plan)
+        s.progress = ProgressReport.of(progress)
     if args.json:
         emit(s, indent=2)
     else:
         _print(s)
     return 0
+
+
+@contextmanager
+def _progress_line(p: Progress, shown: bool) -> Iterator[None]:
+    """Rewrites one line of stderr twice a second while the replay runs; erased at the end."""
+    if not shown:
+        yield
+        return
+    stop = threading.Event()
+
+    def show() -> None:
+        while not stop.wait(0.5):
+            sys.stderr.write("\r\033[K" + progress_text(p, time.monotonic()))
+            sys.stderr.flush()
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+    thread = threading.Thread(target=show, name="pgtape progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def progress_text(p: Progress, now: float) -> str:
+    """`reading tape: segment 3/10, 1,234,567 changes, 456,789/s, ETA 12s` or `loading: ...`."""
+    if p.phase == "reading tape":
+        elapsed = now - p.started
+        rate = p.changes / elapsed if elapsed > 0 else 0
+        left = p.tape_bytes_total - p.tape_bytes
+        eta = f"{elapsed * left / p.tape_bytes:.0f}s" if p.tape_bytes else "?"
+        return (f"replay: reading tape: segment {p.segments + 1}/{p.segments_total}, {p.changes:,} changes, "
+                f"{rate:,.0f}/s, ETA {eta}")
+    if p.phase == "loading":
+        elapsed = now - p.load_started
+        rows = sum(p.rows_loaded.values())
+        rate = rows / elapsed if elapsed > 0 else 0
+        eta = f"{max(p.rows_expected - rows, 0) / rate:.0f}s" if rate and p.rows_expected > rows else "?"
+        return f"replay: loading: {rows:,} rows (base: {p.rows_expected:,}), {rate:,.0f}/s, ETA {eta}"
+    return f"replay: {p.phase}"
 
 
 def _replay(args: argparse.Namespace, config: Config, plan: Plan) -> ReplayResult:

@@ -190,7 +190,8 @@ class _ParallelLoad:
                 # A cancel finds a worker between statements idle: check before each one.
                 self._check_stop()
                 create_table(conn, q, fold, primary_key=False)
-                n = load_rows(conn, q, self.plan.rows(table), freeze=True, stop=self.stop)
+                n = load_rows(conn, q, self.plan.rows(table), freeze=True, stop=self.stop,
+                              counted=self.plan.progress.loaded(table))
                 self._check_stop()
                 if fold.key:
                     conn.execute(f"ALTER TABLE {q} ADD PRIMARY KEY ({key_list(fold)})")
