@@ -33,13 +33,29 @@ import psycopg
 
 from bench import replay_bench
 from bench.measure import chown_tree, save_results, scalar, timed, work_dir
-from bench.replay_bench import (DBNAME, SCHEMA, Background, _as_pg, log, run_native, table_md5, wait_archived,
-                                wait_until_durable)
+from bench.replay_bench import DBNAME, SCHEMA, Background, _as_pg, log, run_native, table_md5, wait_archived
 from pgtape.config import parse_size
 from pgtape.lsn import parse_lsn
 from testkit.cluster import EmbeddedPostgres
 
 TABLE = "public.ledger"
+
+
+def wait_until_durable(pgtape: list[str], common: list[str], wal_lsn: int, capture: Background,
+                       timeout: float) -> dict[str, Any]:
+    """As replay_bench's, but `pgtape status` exits 1 while capture lags (minutes behind, here): read its JSON."""
+    deadline = time.monotonic() + timeout
+    while True:
+        capture.check_alive()
+        r = subprocess.run([*pgtape, "status", *common, "--json"], capture_output=True, text=True, timeout=120)
+        if r.returncode not in (0, 1):
+            raise RuntimeError(f"pgtape status exited {r.returncode}: {r.stderr}")
+        st: dict[str, Any] = json.loads(r.stdout)
+        if parse_lsn(st["end_lsn"]) >= wal_lsn:
+            return st
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"capture not durable past {wal_lsn} after {timeout}s: {st}")
+        time.sleep(2)
 
 
 def run_ours(pgtape: list[str], common: list[str], dsn: str, target: str, memory: str, work: Path,
