@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Iterator
 import msgspec
 import zstandard
 
-from pgtape.durable import create_private
+from pgtape.durable import create_private, make_dirs_durably
 from pgtape.errors import PgtapeError
 
 Record = list[Any]  # [sort key: bytes, ...]
@@ -71,7 +71,7 @@ class SpillDir:
         if self.path is None:
             base = self.work_dir or Path(tempfile.gettempdir())
             try:
-                base.mkdir(parents=True, exist_ok=True, mode=0o700)
+                make_dirs_durably(base)  # (the --output directory, say: its files must outlive a crash)
                 self.path = Path(tempfile.mkdtemp(prefix="pgtape-spill-", dir=base))  # mode 0700
                 os.chmod(self.path, 0o700)
             except OSError as e:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 from pathlib import Path
 
 import psycopg
 
-from conftest import capture_to_now, current_lsn, run_pgtape, run_sql, scalar
+from conftest import (capture_to_now, current_lsn, run_pgtape, run_sql, scalar, spawn_pgtape, stop_process,
+                      wait_until)
 
 KEYED, BAG = "public.acct", "public.lines"
 TABLES = f"{KEYED},{BAG}"
@@ -110,4 +112,21 @@ def test_spill_files_removed_on_error(dsn: str, tmp_path: Path) -> None:
     run_sql(dsn, "CREATE SCHEMA taken", "CREATE TABLE taken.x ()")  # a recovery schema that is not empty
     r = run_pgtape("replay", *cli, "--latest", "--memory", "1MiB", "--work-dir", str(work), "--schema", "taken")
     assert r.returncode != 0 and "not empty" in r.stderr, r.stderr
+    assert list(work.iterdir()) == []
+
+
+def test_sigterm_mid_replay_removes_spill_files(dsn: str, tmp_path: Path) -> None:
+    """The service stops a job with SIGTERM: the spill files (row values) go with it."""
+    archive, work = tmp_path / "archive", tmp_path / "work"
+    _history(dsn, archive)
+    proc = spawn_pgtape("replay", "--dsn", dsn, "--archive", str(archive), "--tables", TABLES, "--latest",
+                        "--memory", "1MiB", "--work-dir", str(work), "--output", str(tmp_path / "out"),
+                        log=tmp_path / "replay.log")
+    try:
+        wait_until("a spill file", lambda: next(work.glob("pgtape-spill-*/*.spill"), None), timeout=60, interval=0.005)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 130, (tmp_path / "replay.log").read_text()
+    finally:
+        stop_process(proc)
+    assert "interrupted" in (tmp_path / "replay.log").read_text()
     assert list(work.iterdir()) == []

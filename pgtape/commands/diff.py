@@ -14,7 +14,7 @@ from pgtape.names import canonical, names_in_one_schema, quote_ident, split_tabl
 from pgtape.pg import column_types, connect, relation_oid, replica_key
 from pgtape.tape.archive import Archive
 from pgtape.replay.compare import Side, compare, render
-from pgtape.commands.replay import add_budget_options, log_estimate
+from pgtape.commands.replay import add_budget_options, log_estimate, stop_on_sigterm
 from pgtape.replay.engine import Plan, prepare
 from pgtape.replay.sinks import create_table, live_relation, load_rows
 from pgtape.replay.target import add_target_options, target_from_args
@@ -40,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
+    stop_on_sigterm()
 
     if args.against != "live" and not args.against.startswith("schema:"):
         raise UsageError(f"--against {args.against!r}: use live or schema:NAME")

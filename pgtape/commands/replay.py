@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import threading
 import time
@@ -135,6 +136,14 @@ def add_budget_options(p: argparse.ArgumentParser) -> None:
                    help="directory for spill files (default: [replay] work_dir, else TMPDIR)")
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM (the service stopping a job) ends the command as Ctrl-C does: its finally blocks run, so
+    spill files (row values) and a staging schema are removed, not left behind."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def log_estimate(e: SpillEstimate, dry_run: bool = False) -> None:
     """Before the tape is read: said when spilling is likely (or on a dry run)."""
     if e.may_spill or dry_run:
@@ -150,6 +159,7 @@ def memory_report(plan: Plan) -> MemoryReport | UnsetType:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
+    stop_on_sigterm()
 
     if args.format != "csv" and not args.output:
         raise UsageError("--format goes with --output DIR")

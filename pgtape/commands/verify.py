@@ -15,7 +15,7 @@ from pgtape.metadata import DamagedMetadata
 from pgtape.tape.archive import Archive
 from pgtape.tape.segment import SegmentError
 from pgtape.replay.compare import render
-from pgtape.commands.replay import add_budget_options
+from pgtape.commands.replay import add_budget_options, stop_on_sigterm
 from pgtape.replay.live import LiveResult, verify_live
 from pgtape.replay.verify import verify_archive, verify_file, verify_snapshot
 
@@ -67,6 +67,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     if args.live:
         if args.file:
             raise UsageError("--live compares the archive with the live tables: give no FILE")
+        stop_on_sigterm()
         return _live(verify_live(config, Archive.existing(config.require_archive()), args.timeout), args.json)
     if args.file:
         path = Path(args.file)
