@@ -55,7 +55,7 @@ def wait_until_durable(pgtape: list[str], common: list[str], wal_lsn: int, captu
             return st
         if time.monotonic() > deadline:
             raise RuntimeError(f"capture not durable past {wal_lsn} after {timeout}s: {st}")
-        time.sleep(2)
+        time.sleep(15)  # each status run costs CPU that capture, catching up, needs
 
 
 def run_ours(pgtape: list[str], common: list[str], dsn: str, target: str, memory: str, work: Path,
