@@ -163,13 +163,14 @@ STATE_PER_TAPE_BYTE = 3
 def estimate_spill(archive: Archive, gen: int, folds: dict[str, TableFold], base_dirs: dict[str, str],
                    memory: int) -> SpillEstimate:
     from_lsn = min(f.from_lsn for f in folds.values())
-    tape = changes = 0
-    for seg in archive.segments(gen):
-        if seg.end_lsn is None or seg.end_lsn > from_lsn:
+    segments = [seg for seg in archive.segments(gen) if seg.end_lsn is None or seg.end_lsn > from_lsn]
+    tape = sum(_size(archive.storage, seg.key) for seg in segments)
+    limit = state_limit(memory)
+    changes = 0
+    if tape * STATE_PER_TAPE_BYTE <= limit:  # a small tape: its footers say how many changes it holds
+        for seg in segments:
             try:
-                tape += archive.storage.size(seg.key)
-                if seg.end_lsn is not None:
-                    changes += read_footer(archive.storage, seg.key).changes
+                changes += read_footer(archive.storage, seg.key).changes if seg.end_lsn is not None else 0
             except (FileNotFoundError, SegmentError):  # sealed meanwhile, or damaged: folding will say
                 pass
     base = 0
@@ -178,7 +179,6 @@ def estimate_spill(archive: Archive, gen: int, folds: dict[str, TableFold], base
             base += archive.storage.size(f"{base_dirs[t]}/{table_file_name(t)}")
         except FileNotFoundError:
             pass
-    limit = state_limit(memory)
     may = max(tape * STATE_PER_TAPE_BYTE, changes * STATE_PER_CHANGE) > limit
     return SpillEstimate(memory, limit, tape, base, may, tape + base if may else 0)
 
