@@ -102,6 +102,10 @@ class Plan:
         """The table's rows at the target, COPY text lines without LF."""
         return self.folds[table].rows(_base_lines(self.storage, self.base_dirs[table], table))
 
+    def blocks(self, table: str) -> Iterator[bytes]:
+        """rows(), as blocks of whole lines each ending with LF (for COPY: TableFold.blocks)."""
+        return self.folds[table].blocks(_base_chunks(self.storage, self.base_dirs[table], table))
+
     @property
     def present(self) -> dict[str, TableFold]:
         """The tables that exist at the target (a table dropped before it has no rows to restore)."""
@@ -114,6 +118,14 @@ class Plan:
 
 
 def _base_lines(storage: Storage, base_dir: str, table: str) -> Iterator[bytes]:
+    for chunk in _base_chunks(storage, base_dir, table):
+        lines = chunk.split(b"\n")
+        lines.pop()  # chunks end with LF
+        yield from lines
+
+
+def _base_chunks(storage: Storage, base_dir: str, table: str) -> Iterator[bytes]:
+    """The base file's data: chunks of whole COPY text lines, each ending with LF."""
     key = f"{base_dir}/{table_file_name(table)}"
     try:
         reader = TableReader(storage, key)
@@ -122,10 +134,7 @@ def _base_lines(storage: Storage, base_dir: str, table: str) -> Iterator[bytes]:
     except SegmentError as e:
         raise PgtapeError(f"damaged base: {e}") from None
     try:
-        for chunk in reader.chunks():
-            lines = chunk.split(b"\n")
-            lines.pop()  # chunks end with LF
-            yield from lines
+        yield from reader.chunks()
     except SegmentError as e:
         raise PgtapeError(f"damaged base: {e}") from None
 

@@ -356,6 +356,37 @@ class TableFold:
             elif type(e) is _Partial:
                 yield self._complete(e, saved.get(e.inherit) if e.inherit is not None else None)
 
+    def blocks(self, base_chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """rows() as blocks of whole lines, each ending with LF, for COPY. The common case (a keyed table
+        in its base's shape, no runs, no TRUNCATE, no partial rows) filters each base chunk by key in
+        a few list-wide steps and passes a chunk that holds no changed key through as it is: no
+        per-line generator step, no re-joining (the large-base replay, BENCHMARKS.md)."""
+        entries = self.entries
+        fast = (type(self) is TableFold and not self.runs and not self.truncated and not self.dropped
+                and self.base_pos == list(range(len(self.base_columns)))
+                and not any(type(e) is _Partial for e in entries.values()))
+        if not fast:
+            yield from _joined(self.rows(_lines(base_chunks)))
+            return
+        base_key = key_reader(self.base_columns, self.key)
+        assert base_key is not None
+        first = self.key == self.base_columns[:1]
+        for chunk in base_chunks:
+            if not entries:
+                yield chunk
+                continue
+            lines = chunk.split(b"\n")
+            lines.pop()  # chunks end with LF
+            keys = [line.partition(b"\t")[0] for line in lines] if first else list(map(base_key, lines))
+            if entries.keys().isdisjoint(keys):
+                yield chunk
+                continue
+            kept = [line for line, k in zip(lines, keys) if k not in entries]
+            if kept:
+                kept.append(b"")
+                yield b"\n".join(kept)
+        yield from _joined(e for e in entries.values() if type(e) is bytes)  # (no partial rows here)
+
     def _in_current_shape(self, line: bytes) -> bytes:
         if self.base_pos == list(range(len(self.base_columns))):
             return line
@@ -433,6 +464,30 @@ class TableFold:
             else:
                 parts.append(f)
         return b"\t".join(parts)
+
+
+BLOCK_LINES = 4096  # lines per block when blocks() joins them itself
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    for chunk in chunks:
+        lines = chunk.split(b"\n")
+        lines.pop()  # chunks end with LF
+        yield from lines
+
+
+def _joined(lines: Iterator[bytes]) -> Iterator[bytes]:
+    """Lines in blocks of BLOCK_LINES, each line ending with LF."""
+    block: list[bytes] = []
+    for line in lines:
+        block.append(line)
+        if len(block) >= BLOCK_LINES:
+            block.append(b"")
+            yield b"\n".join(block)
+            block = []
+    if block:
+        block.append(b"")
+        yield b"\n".join(block)
 
 
 class Budget:

@@ -60,3 +60,19 @@ def load_rows(conn: psycopg.Connection, qualified: str, rows: Iterator[bytes], f
             lines.append(b"")  # every line ends with LF
             copy.write(b"\n".join(lines))
     return n
+
+
+def load_blocks(conn: psycopg.Connection, qualified: str, blocks: Iterator[bytes], freeze: bool = False,
+                stop: threading.Event | None = None, counted: Callable[[int], None] | None = None) -> int:
+    """load_rows for blocks of whole lines each ending with LF (Plan.blocks): written as they come."""
+    n = 0
+    with conn.cursor().copy(f"COPY {qualified} FROM STDIN{' WITH (FREEZE)' if freeze else ''}") as copy:
+        for block in blocks:
+            if stop is not None and stop.is_set():
+                raise Stopped
+            lines = block.count(b"\n")
+            n += lines
+            if counted is not None:
+                counted(lines)
+            copy.write(block)
+    return n
