@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from itertools import islice
+from typing import Any, Callable, Iterable, Iterator
 
 from pgtape.copytext import NULL
 from pgtape.errors import PgtapeError
-from pgtape.replay.spill import RECORD_OVERHEAD, Record, Run, SpillDir, join, merge_runs, read_run, sorted_records
+from pgtape.replay.spill import (RECORD_OVERHEAD, Record, Run, SpillDir, join, merge_runs, merge_windows, read_run,
+                                 sorted_records)
 from pgtape.tape.records import Change, Relation, Schema
 
 Key = bytes  # the key fields of a COPY text line, joined by TAB
@@ -385,7 +387,7 @@ class TableFold:
             if kept:
                 kept.append(b"")
                 yield b"\n".join(kept)
-        yield from _joined(e for e in entries.values() if type(e) is bytes)  # (no partial rows here)
+        yield from _joined([e for e in entries.values() if type(e) is bytes])  # (no partial rows here)
 
     def _in_current_shape(self, line: bytes) -> bytes:
         if self.base_pos == list(range(len(self.base_columns))):
@@ -402,23 +404,51 @@ class TableFold:
                               lambda r: 2 * len(r[1]) + RECORD_OVERHEAD)
 
     def _rows_from_runs(self, base_lines: Iterator[bytes]) -> Iterator[bytes]:
-        """rows() once the fold has written runs: the runs merged (newest state per key) and joined
-        with the base sorted by key. Partial rows waiting for another key's row (in memory) come last."""
+        """rows() once the fold has written runs: the runs merged a key range at a time (spill.Window:
+        the newest state per key), with the base sorted by key; partial rows waiting for another key's
+        row (in memory) come last. A range without partial rows takes the list-wide path."""
         self.spill_out()
         waiting: dict[Key, _Partial] = {k: e for k, e in self.entries.items() if type(e) is _Partial}
         wanted = {e.inherit for e in waiting.values()}
         saved: dict[Key, tuple[list[tuple[int, Record]], bytes | None]] = {}
-        for key, group, base in join(self._sorted_base(base_lines), merge_runs(self.runs)):
-            line = base[1] if base is not None else None
-            if key in wanted:
-                saved[key] = (group or [], line)
-            if key in waiting:
-                continue  # the partial row is newer than anything else of its key
-            if group is None:
-                assert line is not None
-                yield self._in_current_shape(line)
-            elif (row := self._resolve(key, group, line, None, None)) is not None:
-                yield row
+        base = self._sorted_base(base_lines)
+        pending = next(base, None)
+        for w in merge_windows(self.runs):
+            final = dict(zip(w.keys, w.records))  # newest state per key: newer runs come later
+            out: list[bytes] = []
+            base_of: dict[Key, bytes] = {}  # base rows of keys the range holds
+            while pending is not None and (w.bound is None or pending[0] <= w.bound):
+                k, line = pending[0], pending[1]
+                if k in final:
+                    base_of[k] = line
+                elif k in wanted:
+                    saved[k] = ([], line)
+                if k not in final and k not in waiting:
+                    out.append(self._in_current_shape(line))
+                pending = next(base, None)
+            kinds = {r[1] for r in w.records}
+            if PARTIAL in kinds or PARTIAL_SELF in kinds or not wanted.isdisjoint(final) \
+                    or not waiting.keys().isdisjoint(final):
+                groups: dict[Key, list[tuple[int, Record]]] = {}
+                for k, run_id, r in zip(w.keys, w.run_ids, w.records):
+                    groups.setdefault(k, []).insert(0, (run_id, r))  # newest first
+                for k, group in groups.items():
+                    line = base_of.get(k)
+                    if k in wanted:
+                        saved[k] = (group, line)
+                    if k in waiting:
+                        continue  # the partial row is newer than anything else of its key
+                    if (row := self._resolve(k, group, line, None, None)) is not None:
+                        out.append(row)
+            else:
+                out.extend([r[2] for r in final.values() if r[1] == ROW])
+            yield from out
+        while pending is not None:  # (no window: runs without records)
+            if pending[0] in wanted:
+                saved[pending[0]] = ([], pending[1])
+            if pending[0] not in waiting:
+                yield self._in_current_shape(pending[1])
+            pending = next(base, None)
         for e in waiting.values():
             assert e.inherit is not None
             group, line = saved.get(e.inherit, ([], None))
@@ -476,16 +506,10 @@ def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield from lines
 
 
-def _joined(lines: Iterator[bytes]) -> Iterator[bytes]:
+def _joined(lines: Iterable[bytes]) -> Iterator[bytes]:
     """Lines in blocks of BLOCK_LINES, each line ending with LF."""
-    block: list[bytes] = []
-    for line in lines:
-        block.append(line)
-        if len(block) >= BLOCK_LINES:
-            block.append(b"")
-            yield b"\n".join(block)
-            block = []
-    if block:
+    it = iter(lines)
+    while block := list(islice(it, BLOCK_LINES)):
         block.append(b"")
         yield b"\n".join(block)
 

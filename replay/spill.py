@@ -13,6 +13,7 @@ removes the directory and everything in it, and replay calls it at the end and o
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import os
 import shutil
@@ -21,6 +22,7 @@ import tempfile
 import threading
 import zlib
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -180,6 +182,55 @@ def merge_runs(runs: list[Run]) -> Iterator[tuple[bytes, list[tuple[int, Record]
         group.append((-neg, rec))
     if current is not None:
         yield current, group
+
+
+@dataclass
+class Window:
+    """A key range of the merged runs: every record of every run with a key in it, sorted by key and,
+    within a key, oldest run first (so dict(zip(keys, records)) keeps the newest state of each key)."""
+
+    keys: list[bytes]
+    records: list[Record]
+    run_ids: list[int]
+    bound: bytes | None  # the range's last key (None: the last window, to the end)
+
+
+def merge_windows(runs: list[Run]) -> Iterator[Window]:
+    """merge_runs, a block at a time: the records up to the smallest last key of the runs' current
+    blocks are complete in those blocks; they are sorted together (timsort: runs of sorted input) in C."""
+    blocks = [_read_blocks(r.path) for r in runs]
+    buffers: list[tuple[list[bytes], list[Record], int]] = []  # per run: keys, records, next index
+    live: list[int] = []
+    for i, it in enumerate(blocks):
+        block = next(it, None)
+        if block is not None:
+            buffers.append(([r[0] for r in block], block, 0))
+            live.append(i)
+        else:
+            buffers.append(([], [], 0))
+    while live:
+        bound: bytes | None = min(buffers[i][0][-1] for i in live)
+        keys: list[tuple[bytes, int, int]] = []  # (key, run id, position in window records)
+        records: list[Record] = []
+        still: list[int] = []
+        for i in live:
+            ks, recs, start = buffers[i]
+            end = bisect.bisect_right(ks, bound, start) if bound is not None else len(ks)
+            n = len(records)
+            keys.extend(zip(ks[start:end], repeat(runs[i].id), range(n, n + end - start)))
+            records.extend(recs[start:end])
+            if end == len(ks):
+                block = next(blocks[i], None)
+                if block is None:
+                    continue
+                buffers[i] = ([r[0] for r in block], block, 0)
+            else:
+                buffers[i] = (ks, recs, end)
+            still.append(i)
+        live = still
+        keys.sort()
+        yield Window([k for k, _, _ in keys], [records[p] for _, _, p in keys], [r for _, r, _ in keys],
+                     bound if live else None)
 
 
 def sorted_records(records: Iterable[Record], spill: SpillDir, chunk_bytes: int,
