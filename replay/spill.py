@@ -22,7 +22,7 @@ import tempfile
 import threading
 import zlib
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -90,14 +90,8 @@ class SpillDir:
         n = size = 0
         try:
             with os.fdopen(create_private(path), "wb") as f:
-                block: list[Record] = []
-                for r in records:
-                    block.append(r)
-                    if len(block) >= BLOCK_RECORDS:
-                        size += _write_block(f, block)
-                        n += len(block)
-                        block = []
-                if block:
+                it = iter(records)
+                while block := list(islice(it, BLOCK_RECORDS)):
                     size += _write_block(f, block)
                     n += len(block)
         except OSError as e:
@@ -186,12 +180,10 @@ def merge_runs(runs: list[Run]) -> Iterator[tuple[bytes, list[tuple[int, Record]
 
 @dataclass
 class Window:
-    """A key range of the merged runs: every record of every run with a key in it, sorted by key and,
-    within a key, oldest run first (so dict(zip(keys, records)) keeps the newest state of each key)."""
+    """A key range of the merged runs: every record of every run with a key in it, run by run, oldest
+    run first (so dict.update with each in turn keeps the newest state of each key)."""
 
-    keys: list[bytes]
-    records: list[Record]
-    run_ids: list[int]
+    runs: list[tuple[int, list[bytes], list[Record]]]  # (run id, keys, records), keys ascending in each
     bound: bytes | None  # the range's last key (None: the last window, to the end)
 
 
@@ -210,15 +202,12 @@ def merge_windows(runs: list[Run]) -> Iterator[Window]:
             buffers.append(([], [], 0))
     while live:
         bound: bytes | None = min(buffers[i][0][-1] for i in live)
-        keys: list[tuple[bytes, int, int]] = []  # (key, run id, position in window records)
-        records: list[Record] = []
+        parts: list[tuple[int, list[bytes], list[Record]]] = []
         still: list[int] = []
         for i in live:
             ks, recs, start = buffers[i]
             end = bisect.bisect_right(ks, bound, start) if bound is not None else len(ks)
-            n = len(records)
-            keys.extend(zip(ks[start:end], repeat(runs[i].id), range(n, n + end - start)))
-            records.extend(recs[start:end])
+            parts.append((runs[i].id, ks[start:end], recs[start:end]))
             if end == len(ks):
                 block = next(blocks[i], None)
                 if block is None:
@@ -228,9 +217,8 @@ def merge_windows(runs: list[Run]) -> Iterator[Window]:
                 buffers[i] = (ks, recs, end)
             still.append(i)
         live = still
-        keys.sort()
-        yield Window([k for k, _, _ in keys], [records[p] for _, _, p in keys], [r for _, r, _ in keys],
-                     bound if live else None)
+        parts.sort(key=lambda p: p[0])
+        yield Window(parts, bound if live else None)
 
 
 def sorted_records(records: Iterable[Record], spill: SpillDir, chunk_bytes: int,
