@@ -19,7 +19,9 @@ runs, newest first per key, with the base sorted the same way.
 
 from __future__ import annotations
 
+import gc
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Callable, Iterable, Iterator
@@ -272,14 +274,12 @@ class TableFold:
 
     # -- memory: measuring and spilling -----------------------------------------------------
     def state_bytes(self) -> int:
-        """What the entries take in memory, object by object (sys.getsizeof)."""
-        size = sys.getsizeof(self.entries)
-        for k, e in self.entries.items():
-            size += sys.getsizeof(k)
-            if type(e) is bytes:
-                size += sys.getsizeof(e)
-            elif type(e) is _Partial:
-                size += sys.getsizeof(e) + sys.getsizeof(e.values) + sum(map(sys.getsizeof, e.values.values()))
+        """What the entries take in memory, object by object (sys.getsizeof; a deletion's shared None
+        counts as 16 bytes, a little more than nothing)."""
+        entries = self.entries
+        size = sys.getsizeof(entries) + sum(map(sys.getsizeof, entries)) + sum(map(sys.getsizeof, entries.values()))
+        for e in [e for e in entries.values() if type(e) is _Partial]:
+            size += sys.getsizeof(e.values) + sum(map(sys.getsizeof, e.values.values()))
         return size
 
     def spill_out(self) -> None:
@@ -288,15 +288,18 @@ class TableFold:
         entries = self.entries
         if self.spill is None or not entries:
             return
-        keys = sorted(k for k, e in entries.items() if self._spillable(k, e))
-        if keys:
-            encode = self._encode
-            records = (([k, ROW, e] if type(e) is bytes else encode(k, e))
-                       for k, e in zip(keys, map(entries.__getitem__, keys)))
-            self.runs.append(self.spill.write_run(self.next_run, records, self.name))
-            self.next_run += 1
-        del keys
-        self.entries = {k: e for k, e in entries.items() if not self._spillable(k, e)}
+        with _no_gc():  # millions of new acyclic lists: the collector would walk the whole state for nothing
+            keys = sorted(k for k, e in entries.items()
+                          if type(e) is not _Partial or e.inherit is None or e.inherit == k)
+            if keys:
+                encode = self._encode
+                records = (([k, ROW, e] if type(e) is bytes else encode(k, e))
+                           for k, e in zip(keys, map(entries.__getitem__, keys)))
+                self.runs.append(self.spill.write_run(self.next_run, records, self.name))
+                self.next_run += 1
+            kept = len(entries) - len(keys)
+            del keys
+            self.entries = {k: e for k, e in entries.items() if not self._spillable(k, e)} if kept else {}
 
     def _spillable(self, k: Key, e: Any) -> bool:
         return type(e) is not _Partial or e.inherit is None or e.inherit == k
@@ -415,7 +418,7 @@ class TableFold:
         saved: dict[Key, tuple[list[tuple[int, Record]], bytes | None]] = {}
         base = self._sorted_base(base_lines)
         pending = next(base, None)
-        for w in merge_windows(self.runs):
+        for w in _no_gc_each(merge_windows(self.runs)):
             final: dict[Key, Record] = {}
             for _, ks, recs in w.runs:  # oldest run first: the newest state of each key stays
                 final.update(zip(ks, recs))
@@ -501,6 +504,29 @@ class TableFold:
         return b"\t".join(parts)
 
 
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    """The cyclic garbage collector off for a while (spilling and merging make only acyclic lists)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _no_gc_each(it: Iterator[Any]) -> Iterator[Any]:
+    """Each step of `it` (reading and merging a window of runs) with the collector off."""
+    while True:
+        with _no_gc():
+            item = next(it, _END)
+        if item is _END:
+            return
+        yield item
+
+
+_END = object()
 BLOCK_LINES = 4096  # lines per block when blocks() joins them itself
 
 
