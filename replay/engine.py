@@ -253,7 +253,9 @@ def _prepare(archive: Archive, tables: list[str], target: Target, progress: Prog
             on_estimate(estimate)
         budget = Budget(state_limit(memory))
         for f in folds.values():
-            f.spill, f.sort_bytes = spill, max(budget.limit // 4, 64 << 10)  # two tables load at once
+            # Up to eight tables load at once (sinks/schema.py PARALLEL), each sorting its base if it spilled:
+            # together half the limit (the other half: what the folds still hold, cut to that before loading).
+            f.spill, f.sort_bytes = spill, max(budget.limit // 16, 64 << 10)
     from_lsn = min(f.from_lsn for f in folds.values())
     last: Begin | None = None
     transactions = changes = 0
@@ -283,7 +285,7 @@ def _prepare(archive: Archive, tables: list[str], target: Target, progress: Prog
         _refuse_unreplayable(archive, gen, folds, chosen, bases, last.end_lsn if last else from_lsn, target)
     progress.fold_seconds = time.monotonic() - folding
     if budget is not None and spill.runs_written:
-        # Before the load: what stays in memory leaves room for sorting bases (limit/4 per table, two at once).
+        # Before the load: what stays in memory leaves room for sorting bases (see sort_bytes above).
         budget.limit //= 2
         budget.check(list(folds.values()))
     return Plan(gen, w, chosen, target, folds, last, transactions, changes, base_dirs, archive.storage, spill, budget,
