@@ -188,8 +188,8 @@ class Window:
 
 
 def merge_windows(runs: list[Run]) -> Iterator[Window]:
-    """merge_runs, a block at a time: the records up to the smallest last key of the runs' current
-    blocks are complete in those blocks; they are sorted together (timsort: runs of sorted input) in C."""
+    """The runs a key range at a time: every record up to the smallest last key of the runs' current
+    blocks is in those blocks, so each range is complete; handed over as slices, per run, oldest first."""
     blocks = [_read_blocks(r.path) for r in runs]
     buffers: list[tuple[list[bytes], list[Record], int]] = []  # per run: keys, records, next index
     live: list[int] = []
