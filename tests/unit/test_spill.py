@@ -11,7 +11,9 @@ from typing import Iterator
 
 import pytest
 
+from pgtape.commands.replay import progress_text
 from pgtape.errors import PgtapeError
+from pgtape.replay.engine import Progress
 from pgtape.replay.fold import BagFold, Budget, TableFold
 from pgtape.replay.spill import SpillDir, merge_runs, read_run, sorted_records
 from pgtape.tape.records import Change, Relation, Schema
@@ -230,3 +232,12 @@ def test_blocks_equal_rows(spill: SpillDir, seed: int) -> None:
         blocks = list(fold.blocks(iter(chunks)))
         assert all(b.endswith(b"\n") for b in blocks)
         assert sorted(b"".join(blocks).split(b"\n")[:-1]) == sorted(fold.rows(iter(base)))
+
+
+def test_progress_line_says_phase_rate_and_eta() -> None:
+    p = Progress(started=100.0)
+    p.phase, p.segments, p.segments_total, p.changes = "reading tape", 2, 8, 50_000
+    p.tape_bytes, p.tape_bytes_total = 25, 100
+    assert progress_text(p, 110.0) == "replay: reading tape: segment 3/8, 50,000 changes, 5,000/s, ETA 30s"
+    p.phase, p.load_started, p.rows_expected, p.rows_loaded = "loading", 110.0, 3000, {"a": 1000, "b": 500}
+    assert progress_text(p, 113.0) == "replay: loading: 1,500 rows (base: 3,000), 500/s, ETA 3s"
