@@ -247,7 +247,7 @@ def load_config(
         if opt.env and env.get(opt.env):
             raw, where = env[opt.env], f"environment variable {opt.env}"
         if overrides and overrides.get(opt.name) is not None:
-            raw, where = overrides[opt.name], f"option {opt.flag}"
+            raw, where = overrides[opt.name], f"option {opt.flag or '--' + opt.key.replace('_', '-')}"
         if where == "default":
             defaulted.add(opt.name)
         try:

@@ -12,7 +12,8 @@ from typing import Iterator
 import pytest
 
 from pgtape.commands.replay import progress_text
-from pgtape.errors import PgtapeError
+from pgtape.config import load_config
+from pgtape.errors import PgtapeError, UsageError
 from pgtape.replay.engine import Progress
 from pgtape.replay.fold import BagFold, Budget, TableFold
 from pgtape.replay.spill import SpillDir, merge_runs, read_run, sorted_records
@@ -241,3 +242,17 @@ def test_progress_line_says_phase_rate_and_eta() -> None:
     assert progress_text(p, 110.0) == "replay: reading tape: segment 3/8, 50,000 changes, 5,000/s, ETA 30s"
     p.phase, p.load_started, p.rows_expected, p.rows_loaded = "loading", 110.0, 3000, {"a": 1000, "b": 500}
     assert progress_text(p, 113.0) == "replay: loading: 1,500 rows (base: 3,000), 500/s, ETA 3s"
+
+
+def test_memory_budget_from_toml_and_flag(tmp_path: Path) -> None:
+    toml = tmp_path / "pgtape.toml"
+    toml.write_text('[replay]\nmemory = "1GiB"\nwork_dir = "/var/tmp/x"\n')
+    c = load_config(str(toml), environ={})
+    assert (c.replay_memory, c.replay_work_dir) == (1 << 30, Path("/var/tmp/x"))
+    assert load_config(None, environ={}).replay_memory == 512 << 20
+    assert load_config(str(toml), {"replay_memory": "128MiB"}, environ={}).replay_memory == 128 << 20
+    with pytest.raises(UsageError, match="option --memory: memory budget '100kB' is too small"):
+        load_config(None, {"replay_memory": "100kB"}, environ={})
+    toml.write_text("[replay]\nmemory = 1.5\n")
+    with pytest.raises(UsageError, match=r"\[replay\] memory must be a size"):
+        load_config(str(toml), environ={})
