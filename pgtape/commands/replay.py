@@ -144,9 +144,10 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
-def log_estimate(e: SpillEstimate, dry_run: bool = False) -> None:
-    """Before the tape is read: said when spilling is likely (or on a dry run)."""
-    if e.may_spill or dry_run:
+def log_estimate(e: SpillEstimate) -> None:
+    """Before the tape is read, on stderr: the disk spilling may need, when it is likely (a dry run's
+    output says it in any case)."""
+    if e.may_spill:
         logger.info(e.describe())
 
 
@@ -189,7 +190,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     with _progress_line(progress, sys.stderr.isatty() and not args.quiet), \
             prepare(archive, tables, target, progress=progress, snapshot=snapshot, memory=config.replay_memory,
                     work_dir=config.replay_work_dir or (Path(args.output) if args.output else None),
-                    on_estimate=lambda e: log_estimate(e, args.dry_run)) as plan:
+                    on_estimate=log_estimate) as plan:
         logger.debug(f"replayed {plan.transactions} transactions", extra={"transactions": plan.transactions})
         s = _replay(args, config, plan)
         progress.done()
