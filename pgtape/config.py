@@ -51,6 +51,14 @@ def parse_size(text: str | int) -> int:
     return value
 
 
+def parse_memory(text: str | int) -> int:
+    """A replay memory budget: a size of at least 1MiB."""
+    value = parse_size(text)
+    if value < 1 << 20:
+        raise ValueError(f"memory budget {text!r} is too small: at least 1MiB")
+    return value
+
+
 def parse_tables(text: str | list[str]) -> tuple[str, ...]:
     """`payments, public."Ledger Entries"` -> their canonical names (pgtape/names.py), in order."""
     items = [str(i) for i in text] if isinstance(text, list) else split_list(str(text))
@@ -208,6 +216,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("offsite_keep_local", "offsite", "keep_local", None, None, parse_keep_local, "all",
            "what prune keeps locally: all (as retention says), or unsent (only what is not offsite, and the "
            "newest base)"),
+    # replay, verify --live, diff (flags on those commands only: pgtape/commands/replay.py add_budget_options)
+    Option("replay_memory", "replay", "memory", None, None, parse_memory, "512MiB",
+           "memory budget of a replay's folded state: past it, it spills to sorted runs on disk", "size"),
+    Option("replay_work_dir", "replay", "work_dir", None, None, lambda v: Path(str(v)), None,
+           "directory for a replay's spill files (default: TMPDIR)"),
 )
 
 
@@ -236,6 +249,8 @@ class Config:
     offsite_endpoint_url: str | None
     offsite_interval: float
     offsite_keep_local: str
+    replay_memory: int
+    replay_work_dir: Path | None
     group_commit: str = "adaptive"  # [capture] group_commit: "adaptive" or "timer" (docs/ARCHITECTURE.md, Rule A1)
     source_file: Path | None = field(default=None)
     defaulted: frozenset[str] = field(default=frozenset())  # options nobody set: their default applies
@@ -292,7 +307,7 @@ def load_config(
         if opt.env and env.get(opt.env):
             raw, where = env[opt.env], f"environment variable {opt.env}"
         if overrides and overrides.get(opt.name) is not None:
-            raw, where = overrides[opt.name], f"option {opt.flag}"
+            raw, where = overrides[opt.name], f"option {opt.flag or '--' + opt.key.replace('_', '-')}"
         if where == "default":
             defaulted.add(opt.name)
         try:

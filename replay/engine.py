@@ -7,7 +7,9 @@ returns the plan; `TableResult.rows()` then streams each table's final rows out 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 from pgtape.errors import PgtapeError
@@ -19,14 +21,50 @@ from pgtape.tape.archive import Archive
 from pgtape.tape.crypto import generation_mismatch
 from pgtape.tape.marks import MARK_PREFIX, load_mark
 from pgtape.tape.records import Begin, Change, Commit, Message, Relation, Schema, Truncate
-from pgtape.tape.segment import SegmentError, SegmentReader
-from pgtape.replay.fold import BagFold, RelInfo, TableFold
+from pgtape.tape.segment import SegmentError, SegmentReader, read_footer
+from pgtape.replay.fold import BagFold, Budget, RelInfo, TableFold
+from pgtape.replay.spill import SpillDir
 from pgtape.tape.window import Window
 from pgtape.replay.plan import choose_bases, window
 from pgtape.replay.target import Target
 from pgtape.snapshots import catalog, rebase
 from pgtape.snapshots.catalog import SnapshotRecord
 from pgtape.snapshots.format import TableReader, table_file_name
+
+
+@dataclass
+class Progress:
+    """What a replay has done so far: updated as it goes (the tape per segment, rows per COPY write),
+    read by a reporter on another thread (pgtape/commands/replay.py) and summed up in --json."""
+
+    phase: str = "planning"  # planning | reading tape | loading | done
+    started: float = field(default_factory=time.monotonic)
+    segments: int = 0  # read
+    segments_total: int = 0
+    tape_bytes: int = 0  # compressed, read
+    tape_bytes_total: int = 0
+    transactions: int = 0
+    changes: int = 0
+    fold_seconds: float = 0.0
+    load_started: float = 0.0
+    load_seconds: float = 0.0
+    rows_expected: int = 0  # the bases' rows: about what the load writes
+    rows_loaded: dict[str, int] = field(default_factory=dict)  # per table (each written by one thread)
+
+    def loaded(self, table: str) -> Callable[[int], None]:
+        """A counter for the rows of `table` (sinks.load_rows calls it per write)."""
+        if not self.load_started:
+            self.phase, self.load_started = "loading", time.monotonic()
+        self.rows_loaded.setdefault(table, 0)
+
+        def add(n: int) -> None:
+            self.rows_loaded[table] += n
+        return add
+
+    def done(self) -> None:
+        if self.load_started:
+            self.load_seconds = time.monotonic() - self.load_started
+        self.phase = "done"
 
 
 @dataclass
@@ -41,6 +79,20 @@ class Plan:
     changes: int
     base_dirs: dict[str, str]  # keys in the archive's storage
     storage: Storage
+    spill: SpillDir = field(default_factory=SpillDir)  # runs written past the memory budget
+    budget: Budget | None = None
+    estimate: SpillEstimate | None = None  # made before the tape was read (memory budget given)
+    progress: Progress = field(default_factory=Progress)
+
+    def close(self) -> None:
+        """Removes the spill files (callers: in a finally, once the rows have been read)."""
+        self.spill.close()
+
+    def __enter__(self) -> Plan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def base(self) -> SnapshotRecord:
@@ -50,6 +102,10 @@ class Plan:
     def rows(self, table: str) -> Iterator[bytes]:
         """The table's rows at the target, COPY text lines without LF."""
         return self.folds[table].rows(_base_lines(self.storage, self.base_dirs[table], table))
+
+    def blocks(self, table: str) -> Iterator[bytes]:
+        """rows(), as blocks of whole lines each ending with LF (for COPY: TableFold.blocks)."""
+        return self.folds[table].blocks(_base_chunks(self.storage, self.base_dirs[table], table))
 
     @property
     def present(self) -> dict[str, TableFold]:
@@ -63,6 +119,14 @@ class Plan:
 
 
 def _base_lines(storage: Storage, base_dir: str, table: str) -> Iterator[bytes]:
+    for chunk in _base_chunks(storage, base_dir, table):
+        lines = chunk.split(b"\n")
+        lines.pop()  # chunks end with LF
+        yield from lines
+
+
+def _base_chunks(storage: Storage, base_dir: str, table: str) -> Iterator[bytes]:
+    """The base file's data: chunks of whole COPY text lines, each ending with LF."""
     key = f"{base_dir}/{table_file_name(table)}"
     try:
         reader = TableReader(storage, key)
@@ -71,21 +135,96 @@ def _base_lines(storage: Storage, base_dir: str, table: str) -> Iterator[bytes]:
     except SegmentError as e:
         raise PgtapeError(f"damaged base: {e}") from None
     try:
-        for chunk in reader.chunks():
-            lines = chunk.split(b"\n")
-            lines.pop()  # chunks end with LF
-            yield from lines
+        yield from reader.chunks()
     except SegmentError as e:
         raise PgtapeError(f"damaged base: {e}") from None
 
 
+@dataclass(frozen=True)
+class SpillEstimate:
+    """Before folding: what the tape and bases to read weigh, and the disk spilling may need."""
+
+    memory: int  # the budget
+    state_limit: int  # of it, for the folded state
+    tape_bytes: int  # compressed tape from the oldest base on
+    base_bytes: int  # compressed base files of the tables
+    may_spill: bool  # the folded state may outgrow state_limit
+    disk_bytes: int  # spill files at most, if it does: every change's row once, each base once (both compressed)
+
+    def describe(self) -> str:
+        if not self.may_spill:
+            return (f"memory budget {_mib(self.memory)}: the tape to read ({_mib(self.tape_bytes)} compressed) "
+                    "should fold in memory; no spill files expected")
+        return (f"memory budget {_mib(self.memory)}: the tape to read ({_mib(self.tape_bytes)} compressed) may "
+                f"not fold in memory; spilling needs up to {_mib(self.disk_bytes)} on disk")
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+# Estimates, used only to say beforehand whether spilling is likely: the folded state of a change
+# takes at least about STATE_PER_CHANGE bytes (a key changed once: dict slot, key and row objects), and
+# about STATE_PER_TAPE_BYTE times its compressed tape bytes (measured: BENCHMARKS.md, "Replay memory").
+STATE_PER_CHANGE = 120
+STATE_PER_TAPE_BYTE = 3
+
+
+def estimate_spill(archive: Archive, gen: int, folds: dict[str, TableFold], base_dirs: dict[str, str],
+                   memory: int) -> SpillEstimate:
+    from_lsn = min(f.from_lsn for f in folds.values())
+    segments = [seg for seg in archive.segments(gen) if seg.end_lsn is None or seg.end_lsn > from_lsn]
+    tape = sum(_size(archive.storage, seg.key) for seg in segments)
+    limit = state_limit(memory)
+    changes = 0
+    if tape * STATE_PER_TAPE_BYTE <= limit:  # a small tape: its footers say how many changes it holds
+        for seg in segments:
+            try:
+                changes += read_footer(archive.storage, seg.key).changes if seg.end_lsn is not None else 0
+            except (FileNotFoundError, SegmentError):  # sealed meanwhile, or damaged: folding will say
+                pass
+    base = 0
+    for t in folds:
+        try:
+            base += archive.storage.size(f"{base_dirs[t]}/{table_file_name(t)}")
+        except FileNotFoundError:
+            pass
+    may = max(tape * STATE_PER_TAPE_BYTE, changes * STATE_PER_CHANGE) > limit
+    return SpillEstimate(memory, limit, tape, base, may, tape + base if may else 0)
+
+
+# Of the memory budget, what the folded state may use: the rest is the interpreter, its libraries and
+# the tape's frames being decoded (docs/ARCHITECTURE.md, "Replay memory").
+RESERVED = 48 << 20
+
+
+def state_limit(memory: int) -> int:
+    return max(memory - RESERVED, memory // 2)
+
+
 def prepare(archive: Archive, tables: list[str], target: Target,
-            progress: Callable[[int], None] | None = None, complete_to: int | None = None,
-            snapshot: SnapshotRecord | None = None) -> Plan:
+            progress: Progress | None = None, complete_to: int | None = None,
+            snapshot: SnapshotRecord | None = None, memory: int | None = None, work_dir: Path | None = None,
+            on_estimate: Callable[[SpillEstimate], None] | None = None) -> Plan:
     """`complete_to`: an LSN up to which the tape is known complete although no record says so
     yet (the slot's confirmed position, which capture advances only over durable data).
     `snapshot` (plan.find_snapshot): the base of every table, instead of the newest before the
-    target; with a Target of kind "snapshot", the tables exactly as it holds them."""
+    target; with a Target of kind "snapshot", the tables exactly as it holds them.
+    `memory`: the budget in bytes (None: unbounded); past it the folded state goes to sorted runs in
+    `work_dir` (default: TMPDIR). The caller closes the plan (Plan.close) to remove them. `on_estimate`
+    hears the disk spilling may need (estimate_spill) before the tape is read."""
+    spill = SpillDir(work_dir)
+    try:
+        return _prepare(archive, tables, target, progress or Progress(), complete_to, snapshot, memory, spill,
+                        on_estimate)
+    except BaseException:
+        spill.close()
+        raise
+
+
+def _prepare(archive: Archive, tables: list[str], target: Target, progress: Progress,
+             complete_to: int | None, snapshot: SnapshotRecord | None, memory: int | None, spill: SpillDir,
+             on_estimate: Callable[[SpillEstimate], None] | None) -> Plan:
     gen = archive.identity().generation
     w, bases = window(archive, gen, tables)
     if complete_to is not None and complete_to > w.to_lsn:
@@ -112,23 +251,37 @@ def prepare(archive: Archive, tables: list[str], target: Target,
         folds[t] = fold_class(t, list(h.columns), list(h.types), list(h.key), list(h.columns),
                               from_lsn=chosen[t].as_of_lsn or 0, attnums=list(h.attnums), relname=h.name,
                               oid=h.oid)
+    budget = estimate = None
+    if memory is not None:
+        estimate = estimate_spill(archive, gen, folds, base_dirs, memory)
+        if on_estimate is not None:
+            on_estimate(estimate)
+        budget = Budget(state_limit(memory))
+        for f in folds.values():
+            # Up to eight tables load at once (sinks/schema.py PARALLEL), each sorting its base if it spilled:
+            # together half the limit (the other half: what the folds still hold, cut to that before loading).
+            f.spill, f.sort_bytes = spill, max(budget.limit // 16, 64 << 10)
     from_lsn = min(f.from_lsn for f in folds.values())
     last: Begin | None = None
     transactions = changes = 0
     stop_after: int | None = None  # end LSN of the transaction holding the named mark
+    segments = [seg for seg in archive.segments(gen) if seg.end_lsn is None or seg.end_lsn > from_lsn]
+    sizes = [_size(archive.storage, seg.key) for seg in segments]
+    progress.phase, progress.segments_total, progress.tape_bytes_total = "reading tape", len(segments), sum(sizes)
+    progress.rows_expected = sum(chosen[t].rows.get(t, 0) for t in tables)
+    folding = time.monotonic()
     try:
-        for seg in archive.segments(gen):
-            if seg.end_lsn is not None and seg.end_lsn <= from_lsn:
-                continue
+        for seg, size in zip(segments, sizes):
             reader = archive.read_segment(seg, SegmentReader)
             if problem := generation_mismatch(reader.encrypted, gen, encrypted):
                 raise SegmentError(seg.path, 0, problem)
-            result = _fold_segment(reader, folds, from_lsn, target, last, stop_after)
+            result = _fold_segment(reader, folds, from_lsn, target, last, stop_after, budget)
             last, stop_after, stopped = result.last, result.stop_after, result.stopped
             transactions += result.transactions
             changes += result.changes
-            if progress:
-                progress(transactions)
+            progress.segments += 1
+            progress.tape_bytes += size
+            progress.transactions, progress.changes = transactions, changes
             if stopped:
                 break
     except SegmentError as e:
@@ -137,7 +290,20 @@ def prepare(archive: Archive, tables: list[str], target: Target,
         raise PgtapeError(f"recovery point {target.name!r} is not on the tape yet: is capture running?")
     if target.kind != "snapshot":  # (nothing from the tape applied: the snapshot's rows are as read)
         _refuse_unreplayable(archive, gen, folds, chosen, bases, last.end_lsn if last else from_lsn, target)
-    return Plan(gen, w, chosen, target, folds, last, transactions, changes, base_dirs, archive.storage)
+    progress.fold_seconds = time.monotonic() - folding
+    if budget is not None and spill.runs_written:
+        # Before the load: what stays in memory leaves room for sorting bases (see sort_bytes above).
+        budget.limit //= 2
+        budget.check(list(folds.values()))
+    return Plan(gen, w, chosen, target, folds, last, transactions, changes, base_dirs, archive.storage, spill, budget,
+                estimate, progress)
+
+
+def _size(storage: Storage, key: str) -> int:
+    try:
+        return storage.size(key)
+    except FileNotFoundError:  # an open segment sealed since it was listed: read_segment finds it
+        return 0
 
 
 def _refuse_unreplayable(archive: Archive, gen: int, folds: dict[str, TableFold], chosen: dict[str, SnapshotRecord],
@@ -184,8 +350,10 @@ class _SegmentResult:
 
 
 def _fold_segment(reader: SegmentReader, folds: dict[str, TableFold], from_lsn: int, target: Target,
-                  last: Begin | None, stop_after: int | None) -> _SegmentResult:
-    """Apply one segment's transactions after `from_lsn` until the target says stop."""
+                  last: Begin | None, stop_after: int | None, budget: Budget | None = None) -> _SegmentResult:
+    """Apply one segment's transactions after `from_lsn` until the target says stop; `budget` is
+    checked after each frame."""
+    fold_list = list(folds.values())
     for f in folds.values():
         f.new_segment()
     fold: TableFold | None
@@ -263,6 +431,8 @@ def _fold_segment(reader: SegmentReader, folds: dict[str, TableFold], from_lsn: 
             elif type(r) is Message:
                 if wanted and name_target and r.prefix == MARK_PREFIX and _mark_name(r.content) == target.name:
                     stop_after = last.end_lsn if last else None
+        if budget is not None:
+            budget.check(fold_list)
     return _SegmentResult(last, stop_after, False, transactions, changes)
 
 

@@ -11,15 +11,25 @@ are the key fields of those lines, so they compare byte for byte with base lines
   - the result has the table's last shape seen on the tape up to the target (else the base's):
     a column added later is NULL in rows not written since, a dropped column disappears.
 This is replay's hot loop: a whole-row change costs one key slice and one dict store.
+
+Memory is bounded by a budget (`Budget`, docs/ARCHITECTURE.md "Replay memory"): past it, a fold
+writes its entries to a sorted run (replay/spill.py) and starts afresh; `rows()` then merges the
+runs, newest first per key, with the base sorted the same way.
 """
 
 from __future__ import annotations
 
+import gc
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from itertools import islice
+from typing import Any, Callable, Iterable, Iterator
 
 from pgtape.copytext import NULL
 from pgtape.errors import PgtapeError
+from pgtape.replay.spill import (RECORD_OVERHEAD, Record, Run, SpillDir, join, merge_runs, merge_windows, read_run,
+                                 sorted_records)
 from pgtape.tape.records import Change, Relation, Schema
 
 Key = bytes  # the key fields of a COPY text line, joined by TAB
@@ -27,17 +37,25 @@ KeyReader = Callable[[bytes], Key]
 
 
 class _Partial:
-    """A row known only in part: values by column, the rest from the base row `inherit` (or NULL)."""
+    """A row known only in part: values by column, the rest from the row `inherit` had before (in the
+    base, or in a run written before run `runs_before`), or NULL when `inherit` is None."""
 
-    __slots__ = ("values", "inherit")
+    __slots__ = ("values", "inherit", "runs_before")
 
-    def __init__(self, values: dict[str, bytes], inherit: Key | None) -> None:
+    def __init__(self, values: dict[str, bytes], inherit: Key | None, runs_before: int = 0) -> None:
         self.values = values
         self.inherit = inherit
+        self.runs_before = runs_before
 
 
 # An entry: the whole row in the fold's current shape | None (deleted) | a _Partial.
 Entry = bytes | None | _Partial
+
+# How an entry is written in a run: [key, ROW, line] | [key, DELETED] | [key, PARTIAL, values] (the
+# other columns hold their fill) | [key, PARTIAL_SELF, values] (the others as the key's previous state:
+# in an older run, else the base). A partial row that takes its other columns from another key (an
+# UPDATE of the primary key without its TOAST columns) is never written: it stays in memory.
+ROW, DELETED, PARTIAL, PARTIAL_SELF = 0, 1, 2, 3
 
 
 def key_reader(columns: list[str], key: list[str]) -> KeyReader | None:
@@ -93,6 +111,10 @@ class TableFold:
     fill: list[bytes] = field(default_factory=list)  # per column: what rows lacking it hold (missing value)
     _rels: dict[int, RelInfo] = field(default_factory=dict)  # by Relation id, this segment
     _types: dict[str, str] = field(default_factory=dict)  # every column type seen
+    spill: SpillDir | None = None  # where runs go; None: never spilled (no budget)
+    runs: list[Run] = field(default_factory=list)  # oldest first
+    next_run: int = 0  # the id of the next run (ids never repeat, also after a TRUNCATE)
+    sort_bytes: int = 64 << 20  # memory for sorting the base when the fold has runs
 
     def __post_init__(self) -> None:
         self._types.update(zip(self.columns, self.types))
@@ -117,6 +139,13 @@ class TableFold:
     def truncate(self) -> None:
         self.truncated = True
         self.entries.clear()
+        self._drop_runs()
+
+    def _drop_runs(self) -> None:
+        if self.spill is not None:
+            for run in self.runs:
+                self.spill.remove(run)
+        self.runs = []
 
     def apply_schema(self, s: Schema) -> None:
         """The table's shape from here on (DDL at this point of its transaction). Columns follow
@@ -132,19 +161,31 @@ class TableFold:
             return
         src, fill = self._mapping(s)
         old_columns = self.columns
-        for k, e in self.entries.items():
-            if type(e) is bytes:
-                fields = e.split(b"\t")
-                self.entries[k] = b"\t".join([fields[i] if i is not None else f for i, f in zip(src, fill)])
-            elif isinstance(e, _Partial):
-                e.values = {c: e.values[old_columns[i]] for c, i in zip(s.columns, src)
-                            if i is not None and old_columns[i] in e.values}
+        if self.runs:
+            self.spill_out()  # the runs are rewritten one at a time: memory holds one of them at most
+
+        def remap(entries: dict[Key, Any]) -> dict[Key, Any]:
+            return self._remap(entries, src, fill, old_columns, list(s.columns))
+        self.entries = remap(self.entries)
+        self._rewrite_runs(remap)
         self.base_pos = [self.base_pos[i] if i is not None else None for i in src]
         self.fill = fill
         self.columns, self.types, self.attnums = list(s.columns), list(s.types), list(s.attnums)
         self._types.update(zip(self.columns, self.types))
         for info in self._rels.values():
             info.set_shape(info.columns == self.columns)
+
+    def _remap(self, entries: dict[Key, Any], src: list[int | None], fill: list[bytes], old_columns: list[str],
+               columns: list[str]) -> dict[Key, Any]:
+        """Entries in the shape `columns`, column i from old column src[i] (None: fill[i])."""
+        for k, e in entries.items():
+            if type(e) is bytes:
+                fields = e.split(b"\t")
+                entries[k] = b"\t".join([fields[i] if i is not None else f for i, f in zip(src, fill)])
+            elif isinstance(e, _Partial):
+                e.values = {c: e.values[old_columns[i]] for c, i in zip(columns, src)
+                            if i is not None and old_columns[i] in e.values}
+        return entries
 
     def _mapping(self, s: Schema) -> tuple[list[int | None], list[bytes]]:
         """For each column of `s`: where it was (by attnum) in the current shape, and what rows
@@ -176,20 +217,21 @@ class TableFold:
     def _merge_partial(self, old_key: Key, columns: list[str], row: bytes) -> bytes | _Partial:
         """An UPDATE without its unchanged TOAST columns: those keep the row's previous values."""
         prev = self.entries.get(old_key, _MISSING)
+        runs_before = self.next_run
         if prev is _MISSING:
             values: dict[str, bytes] = {}
-            inherit = None if self.truncated else old_key
+            # Its previous state: in a run (if any was written since a TRUNCATE), else the base.
+            inherit = None if self.truncated and not self.runs else old_key
         elif prev is None:
-            raise PgtapeError(f"{self.name}: the tape updates key {old_key!r} after deleting it; "
-                              "the tape is inconsistent (run pgtape verify)")
+            raise _deleted_then_updated(self.name, old_key)
         elif isinstance(prev, bytes):
             values, inherit = dict(zip(self.columns, prev.split(b"\t"))), None
         else:
-            values, inherit = dict(prev.values), prev.inherit
+            values, inherit, runs_before = dict(prev.values), prev.inherit, prev.runs_before
         values.update(zip(columns, row.split(b"\t")))
         if all(c in values for c in self.columns):
             return b"\t".join([values[c] for c in self.columns])
-        return _Partial(values, inherit)
+        return _Partial(values, inherit, runs_before)
 
     def _reshape(self, columns: list[str], absent: list[str] | None) -> None:
         """A row in another shape: the table's columns changed (ALTER TABLE). Absent (unchanged
@@ -203,9 +245,8 @@ class TableFold:
         if shape == self.columns:
             return
         old = self.columns
-        for k, e in self.entries.items():
-            if type(e) is bytes:
-                self.entries[k] = _Partial(dict(zip(old, e.split(b"\t"))), None)
+        if self.runs:
+            self.spill_out()
         where = {c: i for i, c in enumerate(old)}
         self.base_pos = [self.base_pos[where[c]] if c in where else None for c in shape]
         self.fill = [self.fill[where[c]] if c in where else NULL for c in shape]
@@ -214,16 +255,91 @@ class TableFold:
         for info in self._rels.values():
             info.set_shape(info.columns == shape)
 
+        def reshape(entries: dict[Key, Any]) -> dict[Key, Any]:
+            return self._reshape_entries(entries, old)
+        self.entries = reshape(self.entries)
+        self._rewrite_runs(reshape)
+
+    def _reshape_entries(self, entries: dict[Key, Any], old: list[str]) -> dict[Key, Any]:
+        """Whole rows held in the old shape become partial (self.columns is the new shape)."""
+        for k, e in entries.items():
+            if type(e) is bytes:
+                entries[k] = _Partial(dict(zip(old, e.split(b"\t"))), None)
+        return entries
+
     def _key(self, info: RelInfo | None, line: bytes | None) -> Key:
         if info is None or info.key_of is None or line is None:
             raise PgtapeError(f"{self.name}: a change lacks the key columns {self.key}; replay needs the primary key")
         return info.key_of(line)
+
+    # -- memory: measuring and spilling -----------------------------------------------------
+    def state_bytes(self) -> int:
+        """What the entries take in memory, object by object (sys.getsizeof; a deletion's shared None
+        counts as 16 bytes, a little more than nothing)."""
+        entries = self.entries
+        size = sys.getsizeof(entries) + sum(map(sys.getsizeof, entries)) + sum(map(sys.getsizeof, entries.values()))
+        for e in [e for e in entries.values() if type(e) is _Partial]:
+            size += sys.getsizeof(e.values) + sum(map(sys.getsizeof, e.values.values()))
+        return size
+
+    def spill_out(self) -> None:
+        """Write the entries to a new run, sorted by key, and drop them from memory (but partial rows
+        waiting for another key's row: those stay)."""
+        entries = self.entries
+        if self.spill is None or not entries:
+            return
+        with _no_gc():  # millions of new acyclic lists: the collector would walk the whole state for nothing
+            keys = sorted(k for k, e in entries.items()
+                          if type(e) is not _Partial or e.inherit is None or e.inherit == k)
+            if keys:
+                encode = self._encode
+                records = (([k, ROW, e] if type(e) is bytes else encode(k, e))
+                           for k, e in zip(keys, map(entries.__getitem__, keys)))
+                self.runs.append(self.spill.write_run(self.next_run, records, self.name))
+                self.next_run += 1
+            kept = len(entries) - len(keys)
+            del keys
+            self.entries = {k: e for k, e in entries.items() if not self._spillable(k, e)} if kept else {}
+
+    def _spillable(self, k: Key, e: Any) -> bool:
+        return type(e) is not _Partial or e.inherit is None or e.inherit == k
+
+    def _encode(self, k: Key, e: Any) -> Record:
+        if type(e) is bytes:
+            return [k, ROW, e]
+        if e is None:
+            return [k, DELETED]
+        return [k, PARTIAL if e.inherit is None else PARTIAL_SELF, e.values]
+
+    def _decode(self, r: Record) -> Any:
+        kind = r[1]
+        if kind == ROW:
+            return r[2]
+        if kind == DELETED:
+            return None
+        return _Partial(r[2], None if kind == PARTIAL else r[0])
+
+    def _rewrite_runs(self, transform: Callable[[dict[Key, Any]], dict[Key, Any]]) -> None:
+        """Each run through `transform` (a change of shape), one at a time, keeping its id."""
+        if self.spill is None or not self.runs:
+            return
+        rewritten = []
+        for run in self.runs:
+            entries = transform({r[0]: self._decode(r) for r in read_run(run)})
+            self.spill.remove(run)
+            rewritten.append(self.spill.write_run(run.id, (self._encode(k, entries[k]) for k in sorted(entries)),
+                                                  self.name))
+            del entries
+        self.runs = rewritten
 
     # -- producing the result -------------------------------------------------------------
     def rows(self, base_lines: Iterator[bytes]) -> Iterator[bytes]:
         """COPY text lines (without LF) of the table at the target: untouched base rows first,
         then every row the tape left behind."""
         if self.dropped:
+            return
+        if self.runs:
+            yield from self._rows_from_runs(base_lines)
             return
         same_shape = self.base_pos == list(range(len(self.base_columns)))
         entries = self.entries
@@ -247,6 +363,130 @@ class TableFold:
             elif type(e) is _Partial:
                 yield self._complete(e, saved.get(e.inherit) if e.inherit is not None else None)
 
+    def blocks(self, base_chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """rows() as blocks of whole lines, each ending with LF, for COPY. The common case (a keyed table
+        in its base's shape, no runs, no TRUNCATE, no partial rows) filters each base chunk by key in
+        a few list-wide steps and passes a chunk that holds no changed key through as it is: no
+        per-line generator step, no re-joining (the large-base replay, BENCHMARKS.md)."""
+        entries = self.entries
+        fast = (type(self) is TableFold and not self.runs and not self.truncated and not self.dropped
+                and self.base_pos == list(range(len(self.base_columns)))
+                and not any(type(e) is _Partial for e in entries.values()))
+        if not fast:
+            yield from _joined(self.rows(_lines(base_chunks)))
+            return
+        base_key = key_reader(self.base_columns, self.key)
+        assert base_key is not None
+        first = self.key == self.base_columns[:1]
+        for chunk in base_chunks:
+            if not entries:
+                yield chunk
+                continue
+            lines = chunk.split(b"\n")
+            lines.pop()  # chunks end with LF
+            keys = [line.partition(b"\t")[0] for line in lines] if first else list(map(base_key, lines))
+            if entries.keys().isdisjoint(keys):
+                yield chunk
+                continue
+            kept = [line for line, k in zip(lines, keys) if k not in entries]
+            if kept:
+                kept.append(b"")
+                yield b"\n".join(kept)
+        yield from _joined([e for e in entries.values() if type(e) is bytes])  # (no partial rows here)
+
+    def _in_current_shape(self, line: bytes) -> bytes:
+        if self.base_pos == list(range(len(self.base_columns))):
+            return line
+        return b"\t".join(self._take(line.split(b"\t")))
+
+    def _sorted_base(self, base_lines: Iterator[bytes]) -> Iterator[Record]:
+        """[key, line] of every base row, by key; none after a TRUNCATE."""
+        if self.truncated:
+            return iter(())
+        base_key = key_reader(self.base_columns, self.key)
+        assert base_key is not None and self.spill is not None
+        return sorted_records(([base_key(line), line] for line in base_lines), self.spill, self.sort_bytes,
+                              lambda r: 2 * len(r[1]) + RECORD_OVERHEAD)
+
+    def _rows_from_runs(self, base_lines: Iterator[bytes]) -> Iterator[bytes]:
+        """rows() once the fold has written runs: the runs merged a key range at a time (spill.Window:
+        the newest state per key), with the base sorted by key; partial rows waiting for another key's
+        row (in memory) come last. A range without partial rows takes the list-wide path."""
+        self.spill_out()
+        waiting: dict[Key, _Partial] = {k: e for k, e in self.entries.items() if type(e) is _Partial}
+        wanted = {e.inherit for e in waiting.values()}
+        saved: dict[Key, tuple[list[tuple[int, Record]], bytes | None]] = {}
+        base = self._sorted_base(base_lines)
+        pending = next(base, None)
+        for w in _no_gc_each(merge_windows(self.runs)):
+            final: dict[Key, Record] = {}
+            for _, ks, recs in w.runs:  # oldest run first: the newest state of each key stays
+                final.update(zip(ks, recs))
+            out: list[bytes] = []
+            base_of: dict[Key, bytes] = {}  # base rows of keys the range holds
+            while pending is not None and (w.bound is None or pending[0] <= w.bound):
+                k, line = pending[0], pending[1]
+                if k in final:
+                    base_of[k] = line
+                elif k in wanted:
+                    saved[k] = ([], line)
+                if k not in final and k not in waiting:
+                    out.append(self._in_current_shape(line))
+                pending = next(base, None)
+            kinds = {r[1] for _, _, recs in w.runs for r in recs}
+            if PARTIAL in kinds or PARTIAL_SELF in kinds or not wanted.isdisjoint(final) \
+                    or not waiting.keys().isdisjoint(final):
+                groups: dict[Key, list[tuple[int, Record]]] = {}
+                for run_id, ks, recs in w.runs:
+                    for k, r in zip(ks, recs):
+                        groups.setdefault(k, []).insert(0, (run_id, r))  # newest first
+                for k, group in groups.items():
+                    line = base_of.get(k)
+                    if k in wanted:
+                        saved[k] = (group, line)
+                    if k in waiting:
+                        continue  # the partial row is newer than anything else of its key
+                    if (row := self._resolve(k, group, line, None, None)) is not None:
+                        out.append(row)
+            else:
+                out.extend([r[2] for r in final.values() if r[1] == ROW])
+            yield from out
+        while pending is not None:  # (no window: runs without records)
+            if pending[0] in wanted:
+                saved[pending[0]] = ([], pending[1])
+            if pending[0] not in waiting:
+                yield self._in_current_shape(pending[1])
+            pending = next(base, None)
+        for e in waiting.values():
+            assert e.inherit is not None
+            group, line = saved.get(e.inherit, ([], None))
+            row = self._resolve(e.inherit, group, line, e.runs_before, dict(e.values))
+            yield row if row is not None else self._complete(_Partial(e.values, None), None)
+
+    def _resolve(self, key: Key, group: list[tuple[int, Record]], base: bytes | None, before: int | None,
+                 values: dict[str, bytes] | None) -> bytes | None:
+        """The row of `key` from its states newest first (run id, record) — only those of runs before
+        `before` if given — then its base row; `values` (a partial row's) take precedence. None: no row."""
+        for run_id, r in group:
+            if before is not None and run_id >= before:
+                continue
+            kind = r[1]
+            if kind == ROW:
+                if values is None:
+                    line: bytes = r[2]
+                    return line
+                return b"\t".join([values.get(c, v) for c, v in zip(self.columns, r[2].split(b"\t"))])
+            if kind == DELETED:
+                if values is None:
+                    return None
+                raise _deleted_then_updated(self.name, key)
+            values = r[2] | values if values is not None else dict(r[2])
+            if kind == PARTIAL:
+                return self._complete(_Partial(values, None), None)
+        if values is None:
+            return self._in_current_shape(base) if base is not None else None
+        return self._complete(_Partial(values, None), base.split(b"\t") if base is not None else None)
+
     def _take(self, fields: list[bytes]) -> list[bytes]:
         """A base row in the current shape."""
         return [fields[p] if p is not None else f for p, f in zip(self.base_pos, self.fill)]
@@ -262,6 +502,83 @@ class TableFold:
             else:
                 parts.append(f)
         return b"\t".join(parts)
+
+
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    """The cyclic garbage collector off for a while (spilling and merging make only acyclic lists)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _no_gc_each(it: Iterator[Any]) -> Iterator[Any]:
+    """Each step of `it` (reading and merging a window of runs) with the collector off."""
+    while True:
+        with _no_gc():
+            item = next(it, _END)
+        if item is _END:
+            return
+        yield item
+
+
+_END = object()
+BLOCK_LINES = 4096  # lines per block when blocks() joins them itself
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    for chunk in chunks:
+        lines = chunk.split(b"\n")
+        lines.pop()  # chunks end with LF
+        yield from lines
+
+
+def _joined(lines: Iterable[bytes]) -> Iterator[bytes]:
+    """Lines in blocks of BLOCK_LINES, each line ending with LF."""
+    it = iter(lines)
+    while block := list(islice(it, BLOCK_LINES)):
+        block.append(b"")
+        yield b"\n".join(block)
+
+
+class Budget:
+    """The folds' memory held under `limit` bytes: checked after each frame of the tape by the number
+    of entries times a size per entry measured (`state_bytes`) whenever the estimate passes the limit;
+    past it, the largest folds write runs until their total is half the limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.per_entry = 400.0  # bytes, more than an entry takes: measured on the first check past the limit
+        self.measurements = 0
+        self.spills = 0
+
+    def check(self, folds: list[TableFold]) -> None:
+        n = 0
+        for f in folds:
+            n += len(f.entries)
+        if n * self.per_entry <= self.limit:
+            return
+        sizes = [(f.state_bytes(), f) for f in folds if f.entries]
+        self.measurements += 1
+        total = sum(size for size, _ in sizes)
+        self.per_entry = total / n
+        if total <= self.limit * 0.95:  # next measurement after at least 5 % more entries
+            return
+        for size, f in sorted(sizes, key=lambda sf: -sf[0]):
+            f.spill_out()
+            self.spills += 1
+            total -= size
+            if total <= self.limit // 2:
+                break
+
+
+def _deleted_then_updated(table: str, key: Key) -> PgtapeError:
+    return PgtapeError(f"{table}: the tape updates key {key!r} after deleting it; the tape is inconsistent "
+                       "(run pgtape verify)")
 
 
 class BagFold(TableFold):
@@ -299,26 +616,33 @@ class BagFold(TableFold):
         new_line = b"\t".join([values.get(col, NULL) for col in self.columns])
         entries[new_line] = entries.get(new_line, 0) + 1
 
-    def apply_schema(self, s: Schema) -> None:
-        if not s.dropped and s.key == self.key:  # the counted lines follow the new shape too
-            src, fill = self._mapping(s)
-            counts: dict[Key, int] = {}
-            for line, n in self.entries.items():
-                fields = line.split(b"\t")
-                k = b"\t".join([fields[i] if i is not None else f for i, f in zip(src, fill)])
-                counts[k] = counts.get(k, 0) + n
-            self.entries = counts
-        super().apply_schema(s)  # the counts are not lines: there only the shape changes
+    def _remap(self, entries: dict[Key, Any], src: list[int | None], fill: list[bytes], old_columns: list[str],
+               columns: list[str]) -> dict[Key, Any]:
+        counts: dict[Key, int] = {}  # the counted lines follow the new shape; two may become one
+        for line, n in entries.items():
+            fields = line.split(b"\t")
+            k = b"\t".join([fields[i] if i is not None else f for i, f in zip(src, fill)])
+            counts[k] = counts.get(k, 0) + n
+        return counts
 
-    def _reshape(self, columns: list[str], absent: list[str] | None) -> None:
-        old = self.columns
-        super()._reshape(columns, absent)  # the counts are not lines: only the shape changes there
-        if self.columns != old:
-            counts: dict[Key, int] = {}
-            for line, n in self.entries.items():
-                k = self._in_shape(old, line)
-                counts[k] = counts.get(k, 0) + n
-            self.entries = counts
+    def _reshape_entries(self, entries: dict[Key, Any], old: list[str]) -> dict[Key, Any]:
+        counts: dict[Key, int] = {}
+        for line, n in entries.items():
+            k = self._in_shape(old, line)
+            counts[k] = counts.get(k, 0) + n
+        return counts
+
+    def state_bytes(self) -> int:
+        return sys.getsizeof(self.entries) + sum(map(sys.getsizeof, self.entries))
+
+    def _spillable(self, k: Key, e: Any) -> bool:
+        return True
+
+    def _encode(self, k: Key, e: Any) -> Record:
+        return [k, e]
+
+    def _decode(self, r: Record) -> Any:
+        return r[1]
 
     def _in_shape(self, columns: list[str], line: bytes) -> bytes:
         if columns == self.columns:
@@ -328,6 +652,9 @@ class BagFold(TableFold):
 
     def rows(self, base_lines: Iterator[bytes]) -> Iterator[bytes]:
         if self.dropped:
+            return
+        if self.runs:
+            yield from self._bag_from_runs(base_lines)
             return
         counts = {line: n for line, n in self.entries.items() if n}
         same_shape = self.base_pos == list(range(len(self.base_columns)))
@@ -346,6 +673,36 @@ class BagFold(TableFold):
                                   "the tape or the base is inconsistent (run pgtape verify)")
             for _ in range(n):
                 yield line
+
+    def _bag_from_runs(self, base_lines: Iterator[bytes]) -> Iterator[bytes]:
+        """The runs' counts summed per line (counts add up: run order does not matter), joined with the
+        base lines sorted and counted."""
+        self.spill_out()
+        assert self.spill is not None
+        base = iter(()) if self.truncated else _counted(sorted_records(
+            ([self._in_current_shape(line)] for line in base_lines), self.spill, self.sort_bytes,
+            lambda r: len(r[0]) + RECORD_OVERHEAD))
+        for line, group, copies in join(base, merge_runs(self.runs)):
+            n = (copies[1] if copies is not None else 0) + sum(r[1] for _, r in group or ())
+            if n < 0:
+                raise PgtapeError(f"{self.name}: the tape deletes a row the table did not hold ({line[:80]!r}); "
+                                  "the tape or the base is inconsistent (run pgtape verify)")
+            for _ in range(n):
+                yield line
+
+
+def _counted(records: Iterator[Record]) -> Iterator[Record]:
+    """Sorted [line] records as [line, copies]."""
+    current: bytes | None = None
+    n = 0
+    for r in records:
+        if r[0] != current:
+            if current is not None:
+                yield [current, n]
+            current, n = r[0], 0
+        n += 1
+    if current is not None:
+        yield [current, n]
 
 
 _MISSING = _Partial({}, None)  # a sentinel (compared by identity), typed as an Entry

@@ -50,15 +50,16 @@ def verify_live(config: Config, archive: Archive, timeout: float) -> LiveResult:
     with snap.conn as conn:
         _refuse_gap(conn, archive, gen.id, gen.slot)
         confirmed = _wait_durable(conn, gen.slot, snap.as_of_lsn, timeout)
-        plan = prepare(archive, tables, Target("lsn", lsn=snap.as_of_lsn, exclusive=True), complete_to=confirmed)
-        results = []
-        for i, (table, fold) in enumerate(plan.present.items()):
-            staged = f"pgtape_verify_{i}"
-            create_table(conn, staged, fold, temp=True)
-            load_rows(conn, staged, plan.rows(table))
-            live_rel = live_relation(conn, fold)
-            results.append(compare(conn, table, fold.key, Side("live", live_rel, column_types(conn, live_rel)),
-                                   Side("replay", staged, column_types(conn, staged))))
+        with prepare(archive, tables, Target("lsn", lsn=snap.as_of_lsn, exclusive=True), complete_to=confirmed,
+                     memory=config.replay_memory, work_dir=config.replay_work_dir) as plan:
+            results = []
+            for i, (table, fold) in enumerate(plan.present.items()):
+                staged = f"pgtape_verify_{i}"
+                create_table(conn, staged, fold, temp=True)
+                load_rows(conn, staged, plan.rows(table))
+                live_rel = live_relation(conn, fold)
+                results.append(compare(conn, table, fold.key, Side("live", live_rel, column_types(conn, live_rel)),
+                                       Side("replay", staged, column_types(conn, staged))))
         conn.rollback()
     return LiveResult(snap.as_of_lsn, plan.base.id, plan.transactions, results)
 

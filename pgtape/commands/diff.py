@@ -14,7 +14,8 @@ from pgtape.names import canonical, names_in_one_schema, quote_ident, split_tabl
 from pgtape.pg import column_types, connect, relation_oid, replica_key
 from pgtape.tape.archive import Archive
 from pgtape.replay.compare import Side, compare, render
-from pgtape.replay.engine import prepare
+from pgtape.commands.replay import add_budget_options, log_estimate, stop_on_sigterm
+from pgtape.replay.engine import Plan, prepare
 from pgtape.replay.sinks import create_table, live_relation, load_rows
 from pgtape.replay.target import add_target_options, target_from_args
 
@@ -34,10 +35,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_target_options(left, latest=False)  # or a replay to a target
     p.add_argument("--against", default="live", metavar="live|schema:NAME",
                    help="what to compare with (default: live)")
+    add_budget_options(p)
     p.add_argument("--json", action="store_true", help="machine-readable result")
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
+    stop_on_sigterm()
 
     if args.against != "live" and not args.against.startswith("schema:"):
         raise UsageError(f"--against {args.against!r}: use live or schema:NAME")
@@ -46,7 +49,16 @@ def run(args: argparse.Namespace, config: Config) -> int:
     tables = config.selected_tables(gen.tables)
     plan = None
     if not args.schema:
-        plan = prepare(archive, tables, target_from_args(args))
+        plan = prepare(archive, tables, target_from_args(args), memory=config.replay_memory,
+                       work_dir=config.replay_work_dir, on_estimate=log_estimate)
+    try:
+        return _diff(args, config, tables, plan)
+    finally:
+        if plan is not None:
+            plan.close()
+
+
+def _diff(args: argparse.Namespace, config: Config, tables: list[str], plan: Plan | None) -> int:
     left_label = f"schema {args.schema}" if args.schema else "replay"
     right_label = "live" if args.against == "live" else f"schema {args.against[7:]}"
     results = []

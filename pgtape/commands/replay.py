@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator
 from pathlib import Path
 
 import msgspec
@@ -18,7 +23,7 @@ from pgtape.names import sql_name
 from pgtape.tape.archive import Archive
 from pgtape.timefmt import format_time
 from pgtape.replay import sinks
-from pgtape.replay.engine import prepare
+from pgtape.replay.engine import Plan, Progress, SpillEstimate, prepare
 from pgtape.replay.plan import find_snapshot, snapshot_tables
 from pgtape.replay.target import Target, add_target_options, target_from_args
 
@@ -38,6 +43,38 @@ class TableChanges(msgspec.Struct):  # --dry-run, --in-place
     insert: int  # what turns live into replayed
     update: int
     delete: int
+
+
+class MemoryReport(msgspec.Struct):
+    """The memory budget and spilling (docs/ARCHITECTURE.md, "Replay memory")."""
+    budget: int  # bytes (--memory, [replay] memory)
+    state_limit: int  # of it, for the folded state
+    estimated_disk_bytes: int  # before reading the tape: what spilling may need (0: not expected)
+    may_spill: bool  # the estimate: the state may outgrow state_limit
+    runs: int  # spill files written (folded state and base rows being sorted)
+    spilled_bytes: int  # written to them in all
+    peak_disk_bytes: int  # most on disk at once
+    spilled_tables: list[str]
+
+
+class ProgressReport(msgspec.Struct):
+    """The figures the progress line shows, at the end."""
+    segments: int  # tape segments read
+    transactions: int
+    changes: int
+    rows_loaded: int
+    fold_seconds: float  # reading and folding the tape
+    load_seconds: float  # writing the result
+    seconds: float  # in all
+    changes_per_s: float
+    rows_per_s: float
+
+    @classmethod
+    def of(cls, p: Progress) -> ProgressReport:
+        rows = sum(p.rows_loaded.values())
+        return cls(p.segments, p.transactions, p.changes, rows, round(p.fold_seconds, 3), round(p.load_seconds, 3),
+                   round(time.monotonic() - p.started, 3), round(p.changes / p.fold_seconds if p.fold_seconds else 0),
+                   round(rows / p.load_seconds if p.load_seconds else 0))
 
 
 class ReplayResult(msgspec.Struct):
@@ -61,6 +98,8 @@ class ReplayResult(msgspec.Struct):
     schema: str | UnsetType = UNSET  # recovery schema
     rows: dict[str, int] | UnsetType = UNSET  # --output, recovery schema: rows per table
     relations: dict[str, str] | UnsetType = UNSET  # recovery schema: table -> relation it was written to
+    memory: MemoryReport | UnsetType = UNSET
+    progress: ProgressReport | UnsetType = UNSET
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -83,10 +122,45 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lock-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="with --in-place --yes: how long to wait for the lock that holds writers off the tables "
                         "(default 30)")
+    add_budget_options(p)
+    p.add_argument("--quiet", action="store_true", help="no progress line on stderr (shown only on a terminal)")
     p.add_argument("--json", action="store_true", help="machine-readable summary")
 
 
+def add_budget_options(p: argparse.ArgumentParser) -> None:
+    """--memory and --work-dir: pgtape.config's [replay] options (cli.py reads opt_<name> as an override)."""
+    p.add_argument("--memory", dest="opt_replay_memory", metavar="SIZE",
+                   help="memory budget of the replay's folded state, e.g. 512MiB (default: [replay] memory, "
+                        "512MiB); past it the state spills to sorted runs on disk")
+    p.add_argument("--work-dir", dest="opt_replay_work_dir", metavar="DIR",
+                   help="directory for spill files (default: [replay] work_dir, else TMPDIR)")
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (the service stopping a job) ends the command as Ctrl-C does: its finally blocks run, so
+    spill files (row values) and a staging schema are removed, not left behind."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def log_estimate(e: SpillEstimate) -> None:
+    """Before the tape is read, on stderr: the disk spilling may need, when it is likely (a dry run's
+    output says it in any case)."""
+    if e.may_spill:
+        logger.info(e.describe())
+
+
+def memory_report(plan: Plan) -> MemoryReport | UnsetType:
+    e = plan.estimate
+    if e is None:
+        return UNSET
+    return MemoryReport(e.memory, e.state_limit, e.disk_bytes, e.may_spill, plan.spill.runs_written,
+                        plan.spill.bytes_written, plan.spill.peak_bytes, plan.spill.tables)
+
+
 def run(args: argparse.Namespace, config: Config) -> int:
+    stop_on_sigterm()
 
     if args.format != "csv" and not args.output:
         raise UsageError("--format goes with --output DIR")
@@ -111,11 +185,66 @@ def run(args: argparse.Namespace, config: Config) -> int:
         snapshot = find_snapshot(archive, gen.id, args.snapshot)
         # All its tables, or those --tables names (tables configured for capture do not narrow it).
         tables = snapshot_tables(snapshot, tables if getattr(args, "opt_tables", None) is not None else None)
-    # Progress per tape segment: shown to someone watching (stderr a terminal), else only with debug.
-    watched = sys.stderr.isatty() and not args.json
-    plan = prepare(archive, tables, target, progress=lambda n: logger.log(
-        logging.INFO if watched else logging.DEBUG, f"replaying: {n} transactions", extra={"transactions": n}),
-        snapshot=snapshot)
+    progress = Progress()
+    # A progress line for someone watching (stderr a terminal), unless --quiet.
+    with _progress_line(progress, sys.stderr.isatty() and not args.quiet), \
+            prepare(archive, tables, target, progress=progress, snapshot=snapshot, memory=config.replay_memory,
+                    work_dir=config.replay_work_dir or (Path(args.output) if args.output else None),
+                    on_estimate=log_estimate) as plan:
+        logger.debug(f"replayed {plan.transactions} transactions", extra={"transactions": plan.transactions})
+        s = _replay(args, config, plan)
+        progress.done()
+        s.memory = memory_report(plan)
+        s.progress = ProgressReport.of(progress)
+    if args.json:
+        emit(s, indent=2)
+    else:
+        _print(s)
+    return 0
+
+
+@contextmanager
+def _progress_line(p: Progress, shown: bool) -> Iterator[None]:
+    """Rewrites one line of stderr twice a second while the replay runs; erased at the end."""
+    if not shown:
+        yield
+        return
+    stop = threading.Event()
+
+    def show() -> None:
+        while not stop.wait(0.5):
+            sys.stderr.write("\r\033[K" + progress_text(p, time.monotonic()))
+            sys.stderr.flush()
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+    thread = threading.Thread(target=show, name="pgtape progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def progress_text(p: Progress, now: float) -> str:
+    """`reading tape: segment 3/10, 1,234,567 changes, 456,789/s, ETA 12s` or `loading: ...`."""
+    if p.phase == "reading tape":
+        elapsed = now - p.started
+        rate = p.changes / elapsed if elapsed > 0 else 0
+        left = p.tape_bytes_total - p.tape_bytes
+        eta = f"{elapsed * left / p.tape_bytes:.0f}s" if p.tape_bytes else "?"
+        return (f"replay: reading tape: segment {p.segments + 1}/{p.segments_total}, {p.changes:,} changes, "
+                f"{rate:,.0f}/s, ETA {eta}")
+    if p.phase == "loading":
+        elapsed = now - p.load_started
+        rows = sum(p.rows_loaded.values())
+        rate = rows / elapsed if elapsed > 0 else 0
+        eta = f"{max(p.rows_expected - rows, 0) / rate:.0f}s" if rate and p.rows_expected > rows else "?"
+        return f"replay: loading: {rows:,} rows (base: {p.rows_expected:,}), {rate:,.0f}/s, ETA {eta}"
+    return f"replay: {p.phase}"
+
+
+def _replay(args: argparse.Namespace, config: Config, plan: Plan) -> ReplayResult:
     s = ReplayResult(
         outcome="", target=plan.target.describe(),
         base=SnapshotRef(plan.base.id, format_lsn(plan.base.as_of_lsn or 0), format_time(plan.base.as_of_time)),
@@ -142,11 +271,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         s.rows = sinks.to_schema(plan, args.into or config.dsn, schema, args.force)
         s.schema, s.outcome = schema, f"recovered into schema {schema}"
         s.relations = {t: f"{sql_name(schema)}.{sql_name(n)}" for t, n in plan.names_in_one_schema().items()}
-    if args.json:
-        emit(s, indent=2)
-    else:
-        _print(s)
-    return 0
+    return s
 
 
 def _print(s: ReplayResult) -> None:
@@ -172,4 +297,12 @@ def _print(s: ReplayResult) -> None:
     if s.relations is not UNSET and len({t.rsplit(".", 1)[-1] for t in s.relations}) < len(s.relations):
         # Two tables share a name: each went in as "schema.table" (pgtape/names.py).
         print("tables      " + ", ".join(f"{t} as {r}" for t, r in s.relations.items()))
+    if s.memory is not UNSET:
+        m = s.memory
+        if m.runs:
+            print(f"memory      budget {m.budget >> 20} MiB: spilled {m.runs} runs, {m.spilled_bytes} bytes "
+                  f"({', '.join(m.spilled_tables)}; at most {m.peak_disk_bytes} bytes on disk at once; removed)")
+        elif m.may_spill or s.outcome == "dry run":
+            print(f"memory      budget {m.budget >> 20} MiB: estimated disk for spilling {m.estimated_disk_bytes} "
+                  f"bytes; none was needed")
     print(s.outcome)

@@ -16,6 +16,7 @@ from pgtape.metadata import DamagedMetadata
 from pgtape.tape.archive import Archive
 from pgtape.tape.segment import SegmentError
 from pgtape.replay.compare import render
+from pgtape.commands.replay import add_budget_options, stop_on_sigterm
 from pgtape.replay.live import LiveResult, verify_live
 from pgtape.replay.verify import verify_archive, verify_file, verify_snapshot
 
@@ -46,6 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--snapshot", metavar="ID", help="check only this snapshot: its catalog record and files")
     p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                    help="with --live: how long to wait for capture to make the position durable (default 60)")
+    add_budget_options(p)  # with --live
     p.add_argument("--json", action="store_true", help="machine-readable result")
 
 
@@ -66,6 +68,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     if args.live:
         if args.file:
             raise UsageError("--live compares the archive with the live tables: give no FILE")
+        stop_on_sigterm()
         return _live(verify_live(config, Archive.reading(config), args.timeout), args.json)
     if args.file:
         path = Path(args.file)

@@ -18,20 +18,26 @@ def to_files(plan: Plan, directory: Path, fmt: str) -> dict[str, int]:
         final = directory / f"{file_stem(fold.relname)}.{fmt}"  # named as the table was at the target
         tmp = final.with_name(final.name + ".partial")
         n = 0
+        counted = plan.progress.loaded(table)
         with os.fdopen(create_private(tmp), "w", newline="", encoding="utf-8") as f:  # rows: owner only
             if fmt == "csv":
                 f.write(",".join(_csv_field(c) for c in fold.columns) + "\r\n")
                 for line in plan.rows(table):
                     f.write(",".join(_csv_field(v) for v in map(unescape, line.split(b"\t"))) + "\r\n")
                     n += 1
+                    if not n % 4096:
+                        counted(4096)
             else:
                 for line in plan.rows(table):
                     f.write(json.dumps(dict(zip(fold.columns, map(unescape, line.split(b"\t")))),
                                        ensure_ascii=False) + "\n")
                     n += 1
+                    if not n % 4096:
+                        counted(4096)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
+        counted(n % 4096)
         counts[table] = n
     fsync_dir(directory)
     return counts

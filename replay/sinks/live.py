@@ -45,7 +45,7 @@ def diff_live(plan: Plan, dsn: str | None, apply: bool = False,
             for i, (table, fold) in enumerate(plan.present.items()):  # loaded before the lock: it stays short
                 staged[table] = f"pgtape_replayed_{i}"
                 create_table(conn, staged[table], fold, temp=True)
-                counts[table] = load_rows(conn, staged[table], plan.rows(table))
+                counts[table] = load_rows(conn, staged[table], plan.rows(table), counted=plan.progress.loaded(table))
             if apply:
                 _lock(conn, plan, lock_timeout)
             diffs = [_diff_counts(conn, t, staged[t], plan.folds[t], n) for t, n in counts.items()]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from itertools import islice
-from typing import Iterator
+from typing import Callable, Iterator
 
 import psycopg
 
@@ -44,9 +44,10 @@ def create_table(conn: psycopg.Connection, qualified: str, fold: TableFold, temp
 
 
 def load_rows(conn: psycopg.Connection, qualified: str, rows: Iterator[bytes], freeze: bool = False,
-              stop: threading.Event | None = None) -> int:
+              stop: threading.Event | None = None, counted: Callable[[int], None] | None = None) -> int:
     """COPY the rows in; returns how many. `freeze` needs the table created in this transaction;
-    `stop`, checked before each write, abandons the COPY (raises Stopped)."""
+    `stop`, checked before each write, abandons the COPY (raises Stopped); `counted` hears each write's
+    number of rows (Progress.loaded)."""
     n = 0
     rows = iter(rows)
     with conn.cursor().copy(f"COPY {qualified} FROM STDIN{' WITH (FREEZE)' if freeze else ''}") as copy:
@@ -54,6 +55,24 @@ def load_rows(conn: psycopg.Connection, qualified: str, rows: Iterator[bytes], f
             if stop is not None and stop.is_set():
                 raise Stopped
             n += len(lines)
+            if counted is not None:
+                counted(len(lines))
             lines.append(b"")  # every line ends with LF
             copy.write(b"\n".join(lines))
+    return n
+
+
+def load_blocks(conn: psycopg.Connection, qualified: str, blocks: Iterator[bytes], freeze: bool = False,
+                stop: threading.Event | None = None, counted: Callable[[int], None] | None = None) -> int:
+    """load_rows for blocks of whole lines each ending with LF (Plan.blocks): written as they come."""
+    n = 0
+    with conn.cursor().copy(f"COPY {qualified} FROM STDIN{' WITH (FREEZE)' if freeze else ''}") as copy:
+        for block in blocks:
+            if stop is not None and stop.is_set():
+                raise Stopped
+            lines = block.count(b"\n")
+            n += lines
+            if counted is not None:
+                counted(lines)
+            copy.write(block)
     return n

@@ -15,7 +15,7 @@ from pgtape.errors import PgtapeError
 from pgtape.names import quote_ident, sql_name
 from pgtape.pg import connect, first_line
 from pgtape.replay.engine import Plan
-from pgtape.replay.sinks.load import Stopped, create_table, key_list, load_rows, qual
+from pgtape.replay.sinks.load import Stopped, create_table, key_list, load_blocks, qual
 
 APP = "pgtape replay"
 PARALLEL = 8  # tables loading at once: one connection each, far below a default max_connections
@@ -190,7 +190,8 @@ class _ParallelLoad:
                 # A cancel finds a worker between statements idle: check before each one.
                 self._check_stop()
                 create_table(conn, q, fold, primary_key=False)
-                n = load_rows(conn, q, self.plan.rows(table), freeze=True, stop=self.stop)
+                n = load_blocks(conn, q, self.plan.blocks(table), freeze=True, stop=self.stop,
+                                counted=self.plan.progress.loaded(table))
                 self._check_stop()
                 if fold.key:
                     conn.execute(f"ALTER TABLE {q} ADD PRIMARY KEY ({key_list(fold)})")
