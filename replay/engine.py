@@ -213,7 +213,7 @@ def prepare(archive: Archive, tables: list[str], target: Target,
     `memory`: the budget in bytes (None: unbounded); past it the folded state goes to sorted runs in
     `work_dir` (default: TMPDIR). The caller closes the plan (Plan.close) to remove them. `on_estimate`
     hears the disk spilling may need (estimate_spill) before the tape is read."""
-    spill = SpillDir(work_dir)
+    spill = SpillDir(work_dir, encrypt=archive.keyring is not None)
     try:
         return _prepare(archive, tables, target, progress or Progress(), complete_to, snapshot, memory, spill,
                         on_estimate)

@@ -1,8 +1,11 @@
 """Replay's spill files: the folded state, and base rows being sorted, written to disk in sorted runs.
 
-Every byte replay writes outside the target goes through this module (encryption at rest can wrap
-`_write_block` / `_read_blocks`). A run is a file of blocks, each: length and CRC-32 of the payload
-(two big-endian u32), then the payload: a zstd-compressed msgpack array of records. A record is a
+Every byte replay writes outside the target goes through this module. A run is a file of blocks, each:
+length and CRC-32 of the payload (two big-endian u32), then the payload: a zstd-compressed msgpack
+array of records. When the archive is encrypted at rest (`SpillDir(encrypt=True)`), the payload is
+that, sealed with AES-256-GCM under a key made for this replay and held only in its memory: a 12-byte
+random nonce, then the ciphertext and tag, authenticated with the file's name and the block's offset.
+The spill files then hold no row value in the clear, and no key of the keyring is used for them. A record is a
 list whose first element is its sort key (bytes: a row's key fields as the fold keys it, or a whole
 line), in ascending byte order; a run of folded state holds each key once (`merge_runs`), a run of
 base rows being sorted may repeat one (`sorted_records`).
@@ -28,6 +31,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import msgspec
 import zstandard
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from pgtape.durable import create_private, make_dirs_durably
 from pgtape.errors import PgtapeError
@@ -49,6 +54,7 @@ class Run:
     path: Path
     records: int
     size: int  # bytes on disk
+    aead: AESGCM | None = None  # its blocks are sealed with this (SpillDir.encrypt)
 
 
 @dataclass
@@ -56,6 +62,7 @@ class SpillDir:
     """Where one replay's runs go: a private directory created on first use, removed by close()."""
 
     work_dir: Path | None = None  # None: the system's temporary directory (TMPDIR)
+    encrypt: bool = False  # seal the blocks with a key of this replay's own (the archive is encrypted)
     path: Path | None = None
     runs_written: int = 0
     bytes_written: int = 0
@@ -64,6 +71,11 @@ class SpillDir:
     _seq: int = 0
     _tables: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)  # tables load on threads of their own
+    _aead: AESGCM | None = None
+
+    def __post_init__(self) -> None:
+        if self.encrypt:
+            self._aead = AESGCM(AESGCM.generate_key(bit_length=256))
 
     def _dir(self) -> Path:
         with self._lock:
@@ -92,7 +104,7 @@ class SpillDir:
             with os.fdopen(create_private(path), "wb") as f:
                 it = iter(records)
                 while block := list(islice(it, BLOCK_RECORDS)):
-                    size += _write_block(f, block)
+                    size += _write_block(f, block, self._aead, path.name, size)
                     n += len(block)
         except OSError as e:
             self.remove(Run(run_id, path, 0, 0))
@@ -105,7 +117,7 @@ class SpillDir:
             self.peak_bytes = max(self.peak_bytes, self._live_bytes)
             if table:
                 self._tables.add(table)
-        return Run(run_id, path, n, size)
+        return Run(run_id, path, n, size, self._aead)
 
     def remove(self, run: Run) -> None:
         try:
@@ -126,14 +138,21 @@ class SpillDir:
             self._live_bytes = 0
 
 
-def _write_block(f: Any, block: list[Record]) -> int:
+def _aad(name: str, offset: int) -> bytes:
+    return name.encode() + offset.to_bytes(8, "big")
+
+
+def _write_block(f: Any, block: list[Record], aead: AESGCM | None, name: str, offset: int) -> int:
     payload = _compress.compress(_encoder.encode(block))
+    if aead is not None:
+        nonce = os.urandom(12)
+        payload = nonce + aead.encrypt(nonce, payload, _aad(name, offset))
     f.write(_BLOCK.pack(len(payload), zlib.crc32(payload)))
     f.write(payload)
     return _BLOCK.size + len(payload)
 
 
-def _read_blocks(path: Path) -> Iterator[list[Record]]:
+def _read_blocks(path: Path, aead: AESGCM | None) -> Iterator[list[Record]]:
     try:
         f = open(path, "rb")
     except OSError as e:
@@ -148,12 +167,18 @@ def _read_blocks(path: Path) -> Iterator[list[Record]]:
             if len(payload) < length or zlib.crc32(payload) != crc:
                 raise PgtapeError(f"spill file {path} is damaged at offset {offset}: checksum mismatch "
                                   "(is the work directory's disk failing?)")
+            if aead is not None:
+                try:
+                    payload = aead.decrypt(payload[:12], payload[12:], _aad(path.name, offset))
+                except InvalidTag:
+                    raise PgtapeError(f"spill file {path} is damaged at offset {offset}: "
+                                      "authentication failed") from None
             offset += _BLOCK.size + length
             yield _decoder.decode(_decompress.decompress(payload))
 
 
 def read_run(run: Run) -> Iterator[Record]:
-    for block in _read_blocks(run.path):
+    for block in _read_blocks(run.path, run.aead):
         yield from block
 
 
@@ -190,7 +215,7 @@ class Window:
 def merge_windows(runs: list[Run]) -> Iterator[Window]:
     """The runs a key range at a time: every record up to the smallest last key of the runs' current
     blocks is in those blocks, so each range is complete; handed over as slices, per run, oldest first."""
-    blocks = [_read_blocks(r.path) for r in runs]
+    blocks = [_read_blocks(r.path, r.aead) for r in runs]
     buffers: list[tuple[list[bytes], list[Record], int]] = []  # per run: keys, records, next index
     live: list[int] = []
     for i, it in enumerate(blocks):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import stat
+import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Iterator
@@ -64,6 +65,30 @@ def test_runs_are_private_checksummed_and_removed(spill: SpillDir) -> None:
     run.path.write_bytes(bytes(data))
     with pytest.raises(PgtapeError, match="damaged"):
         list(read_run(run))
+
+
+def test_encrypted_runs_hold_no_row_in_the_clear(tmp_path: Path) -> None:
+    """With an encrypted archive, spill blocks are sealed with a key of the replay's own: no row value
+    in the file, any changed byte fails authentication (its CRC recomputed, so only the tag can tell)."""
+    rng = random.Random(11)
+    rows = [[b"k%05d" % i, 0, rng.randbytes(24)] for i in range(5000)]  # values zstd leaves whole
+    plain, sealed = SpillDir(tmp_path / "plain"), SpillDir(tmp_path / "sealed", encrypt=True)
+    try:
+        clear, run = plain.write_run(0, rows), sealed.write_run(0, rows)
+        assert list(read_run(run)) == list(read_run(clear)) == rows
+        values = [r[2] for r in rows[::500]]
+        assert all(v in clear.path.read_bytes() for v in values)  # (so the next line can fail)
+        assert not any(v in run.path.read_bytes() for v in values)
+        data = bytearray(run.path.read_bytes())
+        length = int.from_bytes(data[:4], "big")
+        data[8 + length // 2] ^= 0x01
+        data[4:8] = zlib.crc32(bytes(data[8:8 + length])).to_bytes(4, "big")
+        run.path.write_bytes(bytes(data))
+        with pytest.raises(PgtapeError, match="offset 0: authentication failed"):
+            list(read_run(run))
+    finally:
+        plain.close()
+        sealed.close()
 
 
 def test_sorted_records_beyond_memory(spill: SpillDir) -> None:
