@@ -145,9 +145,12 @@ def test_kill_9_mid_push_then_resume_sends_nothing_twice(dsn: str, tmp_path: Pat
     run_pgtape("init", *capture_cli, "--archive", str(archive), check=True)
     cap = spawn_pgtape("capture", *capture_cli, "--archive", str(archive), log=tmp_path / "capture.log")
     try:  # one frame per transaction or so, incompressible rows: a segment every few transactions
+        # (once capture streams: a backlog read at once would go into a few large group commits)
+        wait_until("capture to stream", lambda: b"capturing" in (tmp_path / "capture.log").read_bytes(), 60)
         with psycopg.connect(dsn, autocommit=True) as c:
-            for i in range(1, 3000):
+            for i in range(1, 2000):
                 c.execute("INSERT INTO payments VALUES (%s, %s, %s)", (i, f"{i}.10", os.urandom(200).hex()))
+                time.sleep(0.001)  # paced, so capture keeps up whatever the machine's load
         end = parse_lsn(current_lsn(dsn))
         wait_until("capture to confirm the workload", lambda: confirmed_flush(dsn) >= end, 60)
     finally:
