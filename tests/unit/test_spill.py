@@ -71,12 +71,13 @@ def test_encrypted_runs_hold_no_row_in_the_clear(tmp_path: Path) -> None:
     """With an encrypted archive, spill blocks are sealed with a key of the replay's own: no row value
     in the file, any changed byte fails authentication (its CRC recomputed, so only the tag can tell)."""
     rng = random.Random(11)
-    rows = [[b"k%05d" % i, 0, rng.randbytes(24)] for i in range(5000)]  # values zstd leaves whole
+    blobs = [rng.randbytes(24) for _ in range(5000)]  # values zstd leaves whole
+    rows: list[list[object]] = [[b"k%05d" % i, 0, blob] for i, blob in enumerate(blobs)]
     plain, sealed = SpillDir(tmp_path / "plain"), SpillDir(tmp_path / "sealed", encrypt=True)
     try:
         clear, run = plain.write_run(0, rows), sealed.write_run(0, rows)
         assert list(read_run(run)) == list(read_run(clear)) == rows
-        values = [r[2] for r in rows[::500]]
+        values = blobs[::500]
         assert all(v in clear.path.read_bytes() for v in values)  # (so the next line can fail)
         assert not any(v in run.path.read_bytes() for v in values)
         data = bytearray(run.path.read_bytes())
