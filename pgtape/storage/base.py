@@ -94,7 +94,7 @@ class Storage(ABC):
     def write_atomic(self, key: str, data: bytes) -> None:
         """Replace the object with `data`: when this returns it is durable, and at any instant a
         reader (or a crash) sees the whole old object or the whole new one, never a mix. A crash
-        may leave a temporary object beside it (`<key>.tmp`), which readers ignore."""
+        may leave a temporary object beside it (`<key>.<writer>.tmp`), which readers ignore."""
 
     @abstractmethod
     def create(self, key: str, initial: bytes) -> AppendHandle:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import BinaryIO
 
@@ -125,7 +126,9 @@ class LocalStorage(Storage):
     def write_atomic(self, key: str, data: bytes) -> None:
         path = self._path(key)
         make_dirs_durably(path.parent)
-        tmp = path.with_name(path.name + ".tmp")
+        # A name of this writer's own: two writers of one key (the service's API and its capture both
+        # list a new recovery point) must not rename each other's temporary file away.
+        tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
         with os.fdopen(create_private(tmp), "wb") as f:
             f.write(data)
             f.flush()
