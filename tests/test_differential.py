@@ -1036,9 +1036,15 @@ def test_rebase_points_refuse_then_replay_exactly(pg: EmbeddedPostgres, tmp_path
                         w.row_op(table)
                     w.exec("COMMIT")
                     after = run.moment(f"right after a rebase of {table} in step {i}", i)
-                    base = wait_until(f"a new base of {table} after step {i}",
-                                      lambda: new_base_after(archive, table, after.lsn), 60)
-                    run.windows.append(RebaseWindow(table, label, after.lsn, base))
+                    ops = run.log[start:]
+                    # A partition emptied, then the whole table in the same transaction: capture writes a
+                    # plain TRUNCATE and needs no new base; replay is exact there (seed 1603999710).
+                    whole = ops[0].startswith("TRUNCATE ") and any(op.startswith(f"TRUNCATE {w.sql(table)}")
+                                                                   for op in ops[1:])
+                    if not whole:
+                        base = wait_until(f"a new base of {table} after step {i}",
+                                          lambda: new_base_after(archive, table, after.lsn), 60)
+                        run.windows.append(RebaseWindow(table, label, after.lsn, base))
                 else:
                     w.step()
                 if run.rng.random() < 0.7:

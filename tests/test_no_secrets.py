@@ -280,9 +280,11 @@ def test_no_secret_in_any_output_or_file(server: EmbeddedPostgres, hooks: Hooks,
     s.run(*debug, "capture", "--dsn", kv, *base, "--until-lsn", current_lsn(owner), env=with_key)
     s.run(*debug, "key", "rotate", str(keyring))
     s.run("key", "list", "--json", str(keyring))
+    # In the encrypted generation's window: after its base (a second after init, in whole seconds) and
+    # before work(4)'s commit, the tape's end until the service's capture records more.
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     work(4)
     s.run(*as_json, "capture", "--dsn", url, *base, "--until-lsn", current_lsn(owner), env=with_key)
-    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # within the encrypted generation's window
     s.run(*debug, "snapshot", "--dsn", kv, *base, env=with_key)
     s.run(*debug, "replay", "--latest", "--schema", "rec_enc", "--dsn", kv, *base, env=with_key)
     s.run(*debug, "diff", "--schema", "rec_enc", "--dsn", kv, *base, env=with_key)
