@@ -310,6 +310,20 @@ def _modified(url: str) -> dict[str, tuple[str, object]]:
     return out
 
 
+def _uploaders(archive: Path) -> list[int]:
+    """Live uploader processes (pgtape.offsite.worker) of this archive."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if b"pgtape.offsite.worker" in cmd and any(str(archive).encode() in a for a in cmd) and state != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
 def test_kill_9_of_capture_mid_upload_then_resume(dsn: str, tmp_path: Path, s3_url: str) -> None:
     archive, cli = _setup(dsn, tmp_path, s3_url, segment_size="4kB")
     cfg = Path(cli[1])
@@ -322,8 +336,11 @@ def test_kill_9_of_capture_mid_upload_then_resume(dsn: str, tmp_path: Path, s3_u
                 c.execute("INSERT INTO payments VALUES (%s, %s, %s)", (i, f"{i}.10", os.urandom(200).hex()))
                 if i == 1000:
                     wait_until("capture to upload sealed segments", lambda: _state_objects(archive) >= 8, 60, 0.01)
+                    assert _uploaders(archive), "capture started no uploader process"
                     cap.send_signal(signal.SIGKILL)  # mid-workload, with uploads going on
                     cap.wait(10)
+                    # Its uploader dies with it (parent-death signal): no orphan uploading behind a new capture.
+                    wait_until("the uploader to die with capture", lambda: not _uploaders(archive), 10, 0.05)
     finally:
         stop_process(cap, signal.SIGKILL)
     complete = {k: v for k, v in _modified(s3_url).items() if k.endswith((".tape", ".snap"))}

@@ -10,7 +10,7 @@ from pgtape.capture.capture import Capture, install_signal_handlers
 from pgtape.commands.results import emit
 from pgtape.config import Config
 from pgtape.lsn import format_lsn, parse_lsn
-from pgtape.offsite.upload import OffsiteThread
+from pgtape.offsite.worker import OffsiteWorker
 
 HELP = "capture every change of the configured tables onto the tape (runs until stopped)"
 
@@ -31,8 +31,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
     until = parse_lsn(args.until_lsn) if args.until_lsn else None
     cap = Capture(config, until_lsn=until)
     install_signal_handlers(cap)
-    # [offsite] url: a background thread copies the archive to the bucket; it never stops or slows capture.
-    offsite = OffsiteThread(cap.archive, config) if config.offsite_url else None
+    # [offsite] url: a child process copies the archive to the bucket; it never stops or slows capture.
+    offsite = OffsiteWorker(cap.archive, config) if config.offsite_url else None
     if offsite:
         offsite.start()
     try:

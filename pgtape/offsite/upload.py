@@ -24,7 +24,6 @@ import io
 import logging
 import os
 import re
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Hashable
@@ -36,7 +35,7 @@ from pgtape.config import Config
 from pgtape.errors import PgtapeError, UsageError
 from pgtape.lock import Lock
 from pgtape.storage.base import AppendHandle, Entry, Storage
-from pgtape.storage.s3 import RemoteStorageError, S3Storage, file_sha256_b64, sha256_b64
+from pgtape.storage.s3 import S3Storage, file_sha256_b64, sha256_b64
 from pgtape.tape.archive import IDENTITY_FILE, Archive
 from pgtape.tape.frames import KIND_HEADER
 from pgtape.tape.segment import OPEN_RE, SEALED_RE, last_boundary, open_segment_end, scan_frame_headers
@@ -344,45 +343,3 @@ class _Bytes(Storage):
 
     def delete_tree(self, prefix: str) -> None:
         raise NotImplementedError
-
-
-class OffsiteThread:
-    """Capture's uploader: a daemon thread, passes every second (the open segment every interval).
-
-    It never stands in capture's way: it shares nothing with the capture loop but the files, and a
-    failing or unreachable store is logged (once per outage), retried with backoff (1 s doubling to
-    MAX_BACKOFF, 30 s), and recorded in OFFSITE.json for status; capture goes on."""
-
-    def __init__(self, archive: Archive, config: Config) -> None:
-        self.uploader = Uploader(archive, remote_for(config), config.offsite_interval)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pgtape-offsite", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 10) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        delay, failing = 1.0, False
-        while not self._stop.is_set():
-            try:
-                self.uploader.run_pass()
-                if failing:
-                    logger.info("offsite: uploads resumed")
-                delay, failing = 1.0, False
-            except OffsiteBusy:
-                pass  # pgtape push is making a pass: the next one goes on from what it did
-            except (RemoteStorageError, OSError) as e:
-                if not failing:
-                    logger.warning(f"offsite: upload failed, capture goes on and uploads are retried: {e}")
-                self.uploader.record_error(str(e))
-                delay, failing = (min(MAX_BACKOFF, delay * 2) if failing else 1.0), True
-            except Exception as e:  # a bug: logged, never fatal to capture
-                logger.error(f"offsite: {type(e).__name__}: {e}")
-                self.uploader.record_error(f"{type(e).__name__}: {e}")
-                delay, failing = min(MAX_BACKOFF, delay * 2), True
-            self._stop.wait(delay)
-

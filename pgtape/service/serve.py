@@ -26,7 +26,7 @@ from pgtape.service.app import Api
 from pgtape.service.jobs import JobManager, JobRecord
 from pgtape.service.monitor import Monitor
 from pgtape.service.openapi import document
-from pgtape.offsite.upload import OffsiteThread
+from pgtape.offsite.worker import OffsiteWorker
 from pgtape.tape.archive import Archive
 
 logger = logging.getLogger(__name__)
@@ -101,8 +101,8 @@ class Service:
         http.start()
         logger.info(f"serving the API on http://{host}:{port} ({len(tokens)} token(s))"
                     + ("" if self.with_capture else "; capture is left to another process"))
-        # [offsite] url: the archive's copy in the bucket, kept up by a thread that never stops capture.
-        offsite = OffsiteThread(archive, self.config) if self.with_capture and self.config.offsite_url else None
+        # [offsite] url: the archive's copy in the bucket, kept up by a child process that never stops capture.
+        offsite = OffsiteWorker(archive, self.config) if self.with_capture and self.config.offsite_url else None
         if offsite:
             offsite.start()
         try:
