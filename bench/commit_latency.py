@@ -86,11 +86,7 @@ def latency_phase(bench: Bench, mode: str, rate: float, seconds: float, first_id
     commits: list[tuple[float, int]] = []  # (time.time() right after COMMIT returned, insert LSN before it)
     load = os.getloadavg()[0]
     try:
-        deadline = time.monotonic() + 60
-        while not bench.sql(f"select active from pg_replication_slots where slot_name = '{slot}'"):
-            if not child.alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"capture did not start streaming: {child.wait(10).stderr[-2000:]}")
-            time.sleep(0.05)
+        bench.wait_streaming(slot, child)
         poller = SlotPoller(bench.dsn, slot, interval=0.002)
         poller.start()
         time.sleep(0.5)

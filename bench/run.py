@@ -97,6 +97,14 @@ class Bench:
         row = self.conn.execute(query).fetchone()
         return row[0] if row else None
 
+    def wait_streaming(self, slot: str, child: Child, timeout: float = 60) -> None:
+        """Until capture (`child`) streams from `slot`; its stderr if it dies or never does."""
+        deadline = time.monotonic() + timeout
+        while not self.sql(f"select active from pg_replication_slots where slot_name = '{slot}'"):
+            if not child.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"capture did not start streaming: {child.wait(10).stderr[-2000:]}")
+            time.sleep(0.05)
+
     def wal_lsn(self) -> int:
         return parse_lsn(self.sql("select pg_current_wal_lsn()::text"))
 
@@ -321,11 +329,7 @@ def bench_latency(bench: Bench) -> dict[str, Any]:
     poller: SlotPoller | None = None
     side = psycopg.connect(bench.dsn, autocommit=True, application_name="bench-lsn")
     try:
-        deadline = time.monotonic() + 60
-        while not bench.sql(f"select active from pg_replication_slots where slot_name = '{slot}'"):
-            if not child.alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"capture did not start streaming: {child.wait(10).stderr[-2000:]}")
-            time.sleep(0.05)
+        bench.wait_streaming(slot, child)
         poller = SlotPoller(bench.dsn, slot, interval=0.01)
         poller.start()
         time.sleep(0.5)  # let the poller settle
