@@ -402,3 +402,11 @@ def test_multipart_objects_are_not_sent_again_after_a_lost_state(dsn: str, tmp_p
     assert again.uploaded == [] and again.bytes == 0, again.uploaded
     assert set(sealed) <= set(again.recorded)
     assert _modified(s3_url) == before, "an object was sent again"
+    # The open segment's object, forgotten with the state, is still deleted once its sealed one is up.
+    opened = [k for k in before if k.endswith(".tape.open")]
+    assert len(opened) == 1
+    _batch(dsn, archive, capture_cli, 1)  # seals it
+    (archive / "OFFSITE.json").unlink()
+    third = Uploader(Archive(archive), S3Storage(s3_url), 1.0).run_pass(force_open=True)
+    assert opened[0] in third.deleted and opened[0] not in client.list_tree("")
+    assert set(sealed) <= set(third.recorded)

@@ -280,11 +280,18 @@ class Uploader:
             assert m is not None
             self._put_open(key, path, int(m.group(1), 16), result, force_open)
         # Open segments sealed since they were uploaded: their sealed copy is up (step 1), the open one goes.
+        # Also one in the bucket that OFFSITE.json forgot (lost after a kill), if its sealed one is here:
+        # readers ignore it beside the sealed one, but once prune deleted that, it would read as a stray.
         local = {key for key, _ in files} | {key for key, _ in records}
-        for key in sorted(self.state.objects):
+        superseded = {f"{key.rsplit('/', 1)[0]}/{sm.group(1)}.tape.open" for key, _ in immutable
+                      if (m := _SEGMENT.match(key)) and (sm := SEALED_RE.match(m.group(2)))}
+        forgotten = {k for k in self._listing or {} if k in superseded and k not in self.state.objects}
+        for key in sorted(set(self.state.objects) | forgotten):
             if key.endswith(".tape.open") and key not in local:
                 self.remote.delete(key)
-                del self.state.objects[key]
+                self.state.objects.pop(key, None)
+                if self._listing is not None:
+                    self._listing.pop(key, None)
                 self._save()
                 result.deleted.append(key)
             elif key not in local:  # pruned locally: prune deletes the offsite copy's objects itself
