@@ -164,11 +164,9 @@ def _audit(args: argparse.Namespace, config: Config, code: int, error: str | Non
     cannot be written: an unaudited change is a failure)."""
     if config.archive is None:
         return code
-    if not isinstance(config.archive, Path):  # an offsite copy (s3://) is read, never written: no audit line
-        logging.getLogger(__name__).info(f"{config.archive}: a command on an offsite copy leaves no audit line")
-        return code
-    archive = Archive(config.archive)
+    remote = not isinstance(config.archive, Path)  # an offsite copy (s3://): one object per entry (audit.py)
     try:
+        archive = Archive.at(config.archive, endpoint_url=config.offsite_endpoint_url)
         if not archive.exists():
             return code  # no archive (or init failed before making one): nowhere to write
         outcome = (_scrub(error) if error else "ok" if code == OK else
@@ -177,7 +175,10 @@ def _audit(args: argparse.Namespace, config: Config, code: int, error: str | Non
         audit.append(archive, audit.actor(), args.command, arguments, {"exit_code": code, "outcome": outcome})
     except Exception as e:  # (a bug here too: one line, never a traceback)
         why = (e.strerror or str(e)) if isinstance(e, OSError) else f"{type(e).__name__}: {first_line(e)}"
-        problem = f"could not write the audit trail ({audit.KEY}): {why}"
+        where = f"{config.archive}/{audit.OFFSITE_PREFIX}/" if remote else audit.KEY
+        problem = f"could not write the audit trail ({where}): {why}"
+        if remote:  # the usual cause: a read-only credential
+            problem += f" (its credentials need s3:PutObject on {where}*)"
         if _changes_data(args) and code == OK:
             print(f"pgtape: {problem}; the {args.command} itself completed", file=sys.stderr)
             return FAILURE

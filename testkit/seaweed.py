@@ -5,7 +5,9 @@ opens is chosen here, free, on 127.0.0.1 (S3, master, volume, filer, admin; each
 HTTP port + 10000, which some of weed's internal clients assume whatever the flags say), WebDAV,
 the admin UI, the Iceberg and Lance endpoints and telemetry are off, and its unix sockets live in its
 own directory. Credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in its environment make it
-require them. Never a mock: the real server, stopped by stop() (and by the fixtures, even on failure).
+require them; `with_reader=True` adds a second identity that may only read and list (READER_KEY),
+for what a read-only credential does. Never a mock: the real server, stopped by stop() (and by the
+fixtures, even on failure).
 """
 
 from __future__ import annotations
@@ -23,10 +25,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import json
+
 import boto3
 
 ACCESS_KEY = "pgtapetest"
 SECRET_KEY = "pgtape-test-secret-key"
+READER_KEY = "pgtapereader"
+READER_SECRET = "pgtape-reader-secret-key"
 GRPC_OFFSET = 10000
 
 
@@ -66,8 +72,9 @@ def free_port_pairs(count: int, taken: set[int]) -> list[int]:
 class SeaweedS3:
     """`weed mini` in `directory`; start() waits until S3 answers; stop() ends it (kill after 10 s)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, with_reader: bool = False) -> None:
         self.directory = directory
+        self.with_reader = with_reader
         self.proc: subprocess.Popen[bytes] | None = None
         self.s3_port, self.master_port, self.volume_port, self.filer_port, self.admin_port = free_port_pairs(5, set())
 
@@ -75,9 +82,11 @@ class SeaweedS3:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.s3_port}"
 
-    def env(self) -> dict[str, str]:
-        """What a client needs (the standard AWS variables): merge into a pgtape subprocess's environment."""
-        return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+    def env(self, reader: bool = False) -> dict[str, str]:
+        """What a client needs (the standard AWS variables): merge into a pgtape subprocess's environment.
+        `reader`: the read-only identity's (with_reader only)."""
+        key, secret = (READER_KEY, READER_SECRET) if reader else (ACCESS_KEY, SECRET_KEY)
+        return {"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret,
                 "AWS_ENDPOINT_URL": self.endpoint, "AWS_DEFAULT_REGION": "us-east-1",
                 "AWS_EC2_METADATA_DISABLED": "true"}
 
@@ -89,10 +98,16 @@ class SeaweedS3:
                 f"-admin.port={self.admin_port}", "-admin.ui=false", "-webdav=false",
                 "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
                 f"-filer.localSocket={d / 'filer.sock'}", f"-s3.localSocket={d / 's3.sock'}",
-                "-master.volumeSizeLimitMB=64"]
+                "-master.volumeSizeLimitMB=64"] + ([f"-s3.config={d / 's3.json'}"] if self.with_reader else [])
 
     def start(self, timeout: float = 60) -> None:
         (self.directory / "data").mkdir(parents=True, exist_ok=True)
+        if self.with_reader:  # weed's own identity file: the admin, and one that may only read and list
+            (self.directory / "s3.json").write_text(json.dumps({"identities": [
+                {"name": "admin", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                 "actions": ["Admin", "Read", "List", "Tagging", "Write"]},
+                {"name": "reader", "credentials": [{"accessKey": READER_KEY, "secretKey": READER_SECRET}],
+                 "actions": ["Read", "List"]}]}))
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env.update(AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
         log = open(self.directory / "weed.log", "ab")

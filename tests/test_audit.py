@@ -6,6 +6,10 @@
 2. verify names a flipped byte in the audit log (exit 1), and a torn last line as torn.
 3. A data-changing command whose audit line cannot be written exits 3 in one line; a reading one warns.
 4. Two processes appending 200 lines each at once leave 400 intact lines.
+5. On an offsite copy (the suite's SeaweedFS): each command leaves an entry object of its own, which
+   pgtape audit merges with audit.log by time, from the bucket or a pulled archive; push and prune leave
+   them be; a flipped byte in one is named; a read-only credential fails replay --in-place (exit 3,
+   naming s3:PutObject) and only warns a verify.
 """
 
 from __future__ import annotations
@@ -17,10 +21,13 @@ import sys
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from conftest import ROOT, capture_to_now, one_line_error, run_pgtape
+from pgtape.storage.s3 import S3Storage
 from pgtape.tape import audit
 from pgtape.tape.archive import Archive
+from testkit.seaweed import SeaweedS3
 
 PASSWORD = "s3cret-audit-pw"
 
@@ -153,3 +160,79 @@ def test_concurrent_writers_never_interleave(tmp_path: Path) -> None:
     assert len(entries) == 400
     for who in ("a", "b"):
         assert [e.arguments["i"] for e in entries if e.actor == who] == list(range(200))
+
+
+def _offsite_entries(url: str) -> dict[str, bytes]:
+    s = S3Storage(url)
+    return {k: s.read(k) for k in s.list_tree(audit.OFFSITE_PREFIX)}
+
+
+def test_commands_on_an_offsite_copy_leave_an_entry_object_each(dsn: str, tmp_path: Path, s3_url: str) -> None:
+    secret_dsn, cli = _setup(dsn, tmp_path)
+    archive = tmp_path / "archive"
+    capture_to_now(secret_dsn, archive)
+    offsite = ["--config", str(tmp_path / "pgtape.toml")]
+    (tmp_path / "pgtape.toml").write_text(f'[offsite]\nurl = "{s3_url}"\n')
+    run_pgtape("push", *offsite, *cli, check=True)
+    remote = ["--dsn", secret_dsn, "--archive", s3_url]
+    run_pgtape("verify", *remote, check=True)
+    run_pgtape("log", *remote, "--table", "public.t", check=True)
+    run_pgtape("replay", *remote, "--latest", "--dry-run", check=True)
+    objects = _offsite_entries(s3_url)
+    assert len(objects) == 3, objects
+    for data in objects.values():  # each the same line as audit.log's, with its checksum
+        assert data.count(b"\n") == 1 and audit.decode(data[:-1]) is not None
+        assert PASSWORD.encode() not in data
+    out = run_pgtape("audit", "--archive", s3_url, "--json", check=True).stdout  # merged with audit.log, by time
+    docs = [json.loads(line) for line in out.splitlines()]
+    assert [(d["operation"], d["arguments"]["archive"]) for d in docs] == [
+        ("init", str(archive)), ("verify", s3_url), ("log", s3_url), ("replay", s3_url)]
+
+    # Neither the uploader nor prune deletes or replaces them; pull brings them back.
+    run_pgtape("verify", *cli, check=True)
+    run_pgtape("prune", *offsite, *cli, check=True)
+    run_pgtape("push", *offsite, *cli, check=True)
+    assert _offsite_entries(s3_url) == objects
+    pulled = tmp_path / "pulled"
+    run_pgtape("pull", s3_url, str(pulled), check=True)
+    out = run_pgtape("audit", "--archive", str(pulled), "--json", check=True).stdout
+    assert [json.loads(line)["operation"] for line in out.splitlines()] == [
+        "init", "verify", "log", "replay", "verify", "prune"]
+    run_pgtape("push", *offsite, *cli, "--archive", str(pulled), check=True)  # the pulled copy pushed back
+    assert _offsite_entries(s3_url) == objects
+
+    # A flipped byte in one is named by verify and audit.
+    key = sorted(objects)[1]
+    flipped = bytearray(objects[key])
+    flipped[flipped.index(b'"log"') + 2] ^= 0x01
+    S3Storage(s3_url).write_atomic(key, bytes(flipped))
+    r = run_pgtape("audit", "--archive", s3_url)
+    assert r.returncode == 1 and f"problem: {s3_url}/{key}: damaged" in r.stderr, r.stderr
+    assert [line.split()[2] for line in r.stdout.splitlines()] == ["init", "verify", "replay", "verify", "prune"]
+    r = run_pgtape("verify", *remote)
+    assert r.returncode == 1 and f"{s3_url}/{key}: damaged" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_read_only_credential_fails_a_change_and_warns_a_read(dsn: str, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    server = SeaweedS3(tmp_path / "weed", with_reader=True)
+    try:
+        server.start()
+        for k, v in server.env().items():
+            monkeypatch.setenv(k, v)
+        server.create_bucket("readonly")
+        url = "s3://readonly/a"
+        secret_dsn, cli = _setup(dsn, tmp_path)
+        capture_to_now(secret_dsn, tmp_path / "archive")
+        (tmp_path / "pgtape.toml").write_text(f'[offsite]\nurl = "{url}"\n')
+        run_pgtape("push", "--config", str(tmp_path / "pgtape.toml"), *cli, check=True)
+        reader = server.env(reader=True)
+        remote = ["--dsn", secret_dsn, "--archive", url]
+        r = run_pgtape("verify", *remote, env=reader)
+        assert r.returncode == 0 and "warning" in r.stderr and "s3:PutObject" in r.stderr, r.stderr
+        r = run_pgtape("replay", *remote, "--latest", "--in-place", "--yes", env=reader)
+        one_line_error(r, 3, "could not write the audit trail", f"s3:PutObject on {url}/audit/offsite/*",
+                       "the replay itself completed", after_logs=True)
+        assert _offsite_entries(url) == {}
+    finally:
+        server.stop()

@@ -22,8 +22,10 @@ import pytest
 from conftest import (ROOT, capture_to_now, clean_env, confirmed_flush, current_lsn, run_pgtape, spawn_pgtape,
                       stop_process, wait_until)
 from pgtape.lsn import parse_lsn
+from pgtape.offsite.upload import Uploader
 from pgtape.snapshots import catalog
 from pgtape.tape.archive import Archive
+from pgtape.storage import s3
 from pgtape.storage.s3 import S3Storage
 from testkit.seaweed import SeaweedS3
 
@@ -106,7 +108,9 @@ def test_push_then_recover_from_the_bucket_alone(dsn: str, tmp_path: Path, s3_ur
     # pull: back to disk, then a local archive like any other.
     pulled = tmp_path / "pulled"
     run_pgtape("pull", s3_url, str(pulled), check=True)
-    assert _local_files(pulled) == _local_files(tmp_path / "lost")
+    entries = {k for k in _local_files(pulled) if k.startswith("audit/offsite/")}
+    assert len(entries) == 3  # verify, log and replay on the bucket each left an entry object (tests/test_audit.py)
+    assert {k: v for k, v in _local_files(pulled).items() if k not in entries} == _local_files(tmp_path / "lost")
     run_pgtape("verify", *cli, "--archive", str(pulled), check=True)
     out2 = tmp_path / "from_pulled"
     run_pgtape("replay", *cli, "--archive", str(pulled), "--latest", "--output", str(out2), "--format", "csv",
@@ -353,3 +357,73 @@ def test_kill_9_of_capture_mid_upload_then_resume(dsn: str, tmp_path: Path, s3_u
     out = tmp_path / "out"
     run_pgtape("replay", *cli, "--archive", s3_url, "--latest", "--output", str(out), "--format", "csv", check=True)
     assert _replayed(out) == _live(dsn)
+
+
+def _capture_only(tmp_path: Path, cli: list[str], segment_size: str = "8kB") -> list[str]:
+    """The same options with a configuration without [offsite]: capture alone, push does the uploads."""
+    cfg = tmp_path / "capture.toml"
+    cfg.write_text(f'[capture]\nsegment_size = "{segment_size}"\n')
+    return ["--config", str(cfg), *cli[2:]]
+
+
+def test_an_open_segment_left_beside_its_sealed_one_is_superseded(dsn: str, tmp_path: Path, s3_url: str) -> None:
+    archive, cli = _setup(dsn, tmp_path, s3_url)
+    capture_cli = _capture_only(tmp_path, cli)
+    run_pgtape("init", *capture_cli, "--archive", str(archive), check=True)
+    _workload(dsn, 1, 5)  # well under a segment: the tape stays open
+    capture_to_now(dsn, archive, *capture_cli)
+    run_pgtape("push", *cli, "--archive", str(archive), check=True)
+    s = S3Storage(s3_url)
+    opened = [k for k in s.list_tree("") if k.endswith(".tape.open")]
+    assert len(opened) == 1, opened
+    stale = s.read(opened[0])
+    _batch(dsn, archive, capture_cli, 0)  # overfills it: sealed, and more after it
+    r = json.loads(run_pgtape("push", *cli, "--archive", str(archive), "--json", check=True).stdout)
+    assert opened[0] in r["deleted"]
+    start = opened[0].rsplit("/", 1)[1].split(".")[0]
+    assert any(k.rsplit("/", 1)[-1].startswith(start + "-") for k in s.list_tree("")), "not sealed"
+    # As after a kill between the sealed segment's upload and the open one's delete: both in the bucket.
+    s.write_atomic(opened[0], stale)
+    live = _live(dsn)
+    r2 = run_pgtape("verify", *cli, "--archive", s3_url)
+    assert r2.returncode == 0 and "overlap" not in r2.stdout + r2.stderr, r2.stdout + r2.stderr
+    out = tmp_path / "from_bucket"
+    run_pgtape("replay", *cli, "--archive", s3_url, "--latest", "--output", str(out), "--format", "csv", check=True)
+    assert _replayed(out) == live
+    pulled = tmp_path / "pulled"  # a pulled archive holds both too: read the same way
+    run_pgtape("pull", s3_url, str(pulled), check=True)
+    run_pgtape("verify", *cli, "--archive", str(pulled), check=True)
+    out2 = tmp_path / "from_pulled"
+    run_pgtape("replay", *cli, "--archive", str(pulled), "--latest", "--output", str(out2), "--format", "csv",
+               check=True)
+    assert _replayed(out2) == live
+
+
+def test_multipart_objects_are_not_sent_again_after_a_lost_state(dsn: str, tmp_path: Path, s3_url: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    archive, cli = _setup(dsn, tmp_path, s3_url)
+    capture_cli = _capture_only(tmp_path, cli)
+    run_pgtape("init", *capture_cli, "--archive", str(archive), check=True)
+    _batch(dsn, archive, capture_cli, 0)
+    monkeypatch.setattr(s3, "MULTIPART_THRESHOLD", 1024)  # every sealed segment goes up in parts
+    first = Uploader(Archive(archive), S3Storage(s3_url), 1.0).run_pass(force_open=True)
+    sealed = [k for k in first.uploaded if k.endswith(".tape")]
+    assert sealed
+    client = S3Storage(s3_url)
+    stored = {k: client.client.head_object(Bucket=client.bucket, Key=client._key(k), ChecksumMode="ENABLED")
+              .get("ChecksumSHA256") for k in sealed}
+    assert all(v and v.endswith("-1") for v in stored.values()), f"multipart composites expected: {stored}"
+    before = _modified(s3_url)
+    (archive / "OFFSITE.json").unlink()  # as after kill -9 before it recorded the uploads
+    again = Uploader(Archive(archive), S3Storage(s3_url), 1.0).run_pass(force_open=True)
+    assert again.uploaded == [] and again.bytes == 0, again.uploaded
+    assert set(sealed) <= set(again.recorded)
+    assert _modified(s3_url) == before, "an object was sent again"
+    # The open segment's object, forgotten with the state, is still deleted once its sealed one is up.
+    opened = [k for k in before if k.endswith(".tape.open")]
+    assert len(opened) == 1
+    _batch(dsn, archive, capture_cli, 1)  # seals it
+    (archive / "OFFSITE.json").unlink()
+    third = Uploader(Archive(archive), S3Storage(s3_url), 1.0).run_pass(force_open=True)
+    assert opened[0] in third.deleted and opened[0] not in client.list_tree("")
+    assert set(sealed) <= set(third.recorded)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -81,6 +82,11 @@ def test_a_large_file_goes_up_in_parts_each_checked(storage: S3Storage, tmp_path
     p.write_bytes(data)
     storage.put_file("g/big.snap", p, file_sha256_b64(p))
     assert storage.size("g/big.snap") == len(data) and storage.read("g/big.snap") == data
+    # The store's own checksum of it is a composite of the parts'; the whole file's SHA-256 travels
+    # as metadata, so a crashed uploader recognises it (head) and pull checks it (download).
+    assert storage.head("g/big.snap") == (len(data), file_sha256_b64(p))
+    out = io.BytesIO()
+    assert storage.download("g/big.snap", out) == (len(data), file_sha256_b64(p)) and out.getvalue() == data
     with pytest.raises(FileNotFoundError):
         p.unlink()
         storage.put_file("g/other.snap", p, "")

@@ -8,7 +8,6 @@ import sys
 from datetime import datetime
 from typing import Any
 
-from pgtape import keys
 from pgtape.commands.results import emit
 from pgtape.config import Config
 from pgtape.errors import OK, PROBLEMS_FOUND
@@ -38,7 +37,7 @@ def _pairs(d: dict[str, Any]) -> str:
 def run(args: argparse.Namespace, config: Config) -> int:
     since = parse_time(args.since, "--since") if args.since else None
     until = parse_time(args.until, "--until") if args.until else None
-    entries, problems = audit.read(Archive.existing(config.require_archive(), keys.configured(config)))
+    entries, problems = audit.read(Archive.reading(config))  # local, or an offsite copy (s3://)
     for e in entries:
         if ((since is not None and _us(e.time) < since) or (until is not None and _us(e.time) > until)
                 or (args.operation and e.operation != args.operation) or (args.actor and e.actor != args.actor)):

@@ -4,18 +4,23 @@
 Same keys as the local layout (docs/FORMAT.md), so the bucket is an archive every reading command opens
 (`--archive s3://...`). What is uploaded, in this order each pass, so the bucket is a consistent
 archive at every instant (data before the records that name it):
-  1. sealed segments and published snapshot files (immutable: uploaded once);
+  1. sealed segments, published snapshot files and audit entry objects (immutable: uploaded once);
   2. the open segment, up to its last boundary frame, at most every `[offsite] interval`, as the object
-     `<start>.tape.open` (replaced each time; deleted once its sealed segment is up);
+     `<start>.tape.open` (sent whole each time: S3 has no append; deleted once its sealed segment is up,
+     and readers ignore it beside its sealed segment if a kill came between: Archive.segments);
   3. every other file (GENERATION.json, TABLES.json, SEALED.json, DURABLE.json, the catalog, marks,
      PRUNED.json, the audit log), when its content changed; ARCHIVE.json last.
+The bucket's own audit entries (`audit/offsite/`: commands run on the copy, pgtape/tape/audit.py)
+are never deleted or replaced here: the uploader deletes only open segments it uploaded, and
+a local file of that name (from pgtape pull) is the same immutable object.
 Not uploaded: locks, temporary `*.tmp` files, `*.partial` snapshot directories, serve's jobs/, and
 OFFSITE.json itself: the upload state (what the bucket holds, confirmed: key -> size and SHA-256).
 
 Every PUT carries the body's SHA-256 (x-amz-checksum-sha256), which the store checks before it keeps
 anything; a PUT is atomic, so an object is whole or absent. OFFSITE.json is written after each upload:
 after kill -9 the one object in flight is uploaded again, and one that was stored but not yet recorded
-is recognised by HEAD (same size and the store's SHA-256) and only recorded, never sent twice.
+is recognised by HEAD (same size and SHA-256: the object's x-amz-meta-sha256, which a multipart object
+needs, its store checksum being a composite of its parts') and only recorded, never sent twice.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ MAX_BACKOFF = 30.0  # seconds between attempts while the store fails
 _SKIP_DIRS = ("jobs",)
 _SNAPSHOT_FILE = re.compile(r"^generations/\d{4}/snapshots/[^/]+/[^/]+$")
 _SEGMENT = re.compile(r"^generations/(\d{4})/tape/([^/]+)$")
+_AUDIT_ENTRY = re.compile(r"^audit/offsite/[^/]+\.json$")  # pgtape/tape/audit.py: one object per entry
 
 
 class OffsiteBusy(PgtapeError):
@@ -144,27 +150,35 @@ class Uploader:
         return st.st_size, sha
 
     def _put_file(self, key: str, path: Path, result: PassResult) -> None:
-        """A sealed segment or a published snapshot file: immutable, uploaded once."""
+        """A sealed segment, a published snapshot file or an audit entry: immutable, uploaded once."""
         known = self.state.objects.get(key)
         if known and known[0] == path.stat().st_size:
             return  # never changes: not read again
         size, sha = self._sha(key, path)
-        if key not in self.state.objects:
-            if self._listing is None:  # once per uploader: one LIST instead of a HEAD per object
-                self._listing = self.remote.list_tree("")
-            try:
-                if self._listing.get(key) == size and self.remote.head(key) == (size, sha):
-                    self.state.objects[key] = (size, sha)  # uploaded before a crash, not yet recorded
-                    self._save()
-                    result.recorded.append(key)
-                    return
-            except FileNotFoundError:
-                pass
+        if self._already_there(key, size, sha, result):
+            return
         self.remote.put_file(key, path, sha)
         self.state.objects[key] = (size, sha)
         self._save()
         result.uploaded.append(key)
         result.bytes += size
+
+    def _already_there(self, key: str, size: int, sha: str, result: PassResult) -> bool:
+        """An object not recorded, but in the bucket as it would be sent (uploaded before a crash, or
+        OFFSITE.json lost): only recorded now."""
+        if key in self.state.objects:
+            return False
+        if self._listing is None:  # once per uploader: one LIST instead of a HEAD per object
+            self._listing = self.remote.list_tree("")
+        try:
+            if self._listing.get(key) != size or self.remote.head(key) != (size, sha):
+                return False
+        except FileNotFoundError:
+            return False
+        self.state.objects[key] = (size, sha)
+        self._save()
+        result.recorded.append(key)
+        return True
 
     def _put_open(self, key: str, path: Path, start_lsn: int, result: PassResult, force: bool) -> None:
         """The open segment up to its last boundary frame, if it grew and its interval has passed (or `force`).
@@ -193,13 +207,15 @@ class Uploader:
             return
         data = data[:length]
         end = open_segment_end(_Bytes(data), key, start_lsn)
-        self.remote.write_atomic(key, data)
-        self.state.objects[key] = (len(data), sha256_b64(data))
+        sha = sha256_b64(data)
+        if not self._already_there(key, len(data), sha, result):
+            self.remote.write_atomic(key, data)
+            self.state.objects[key] = (len(data), sha)
+            result.uploaded.append(key)
+            result.bytes += len(data)
         self.state.open_uploaded_at = now_us()
         self._note_tape(key, end.end_lsn, end.complete_time)
         self._save()
-        result.uploaded.append(key)
-        result.bytes += len(data)
 
     def _note_tape(self, key: str, end_lsn: int, complete_time: int | None) -> None:
         m = _SEGMENT.match(key)
@@ -235,7 +251,7 @@ class Uploader:
         # segment) exists already, so the walk below finds it and it goes up before the metadata.
         records: list[tuple[str, bytes]] = []
         for key, path in sorted(_walk(self.archive.path)):
-            if not (_SEGMENT.match(key) or _SNAPSHOT_FILE.match(key)):
+            if not (_SEGMENT.match(key) or _SNAPSHOT_FILE.match(key) or _AUDIT_ENTRY.match(key)):
                 try:
                     records.append((key, path.read_bytes()))
                 except FileNotFoundError:
@@ -248,7 +264,7 @@ class Uploader:
                 immutable.append((key, path))
             elif m and OPEN_RE.match(m.group(2)):
                 opened.append((key, path))
-            elif _SNAPSHOT_FILE.match(key):
+            elif _SNAPSHOT_FILE.match(key) or _AUDIT_ENTRY.match(key):
                 immutable.append((key, path))
         for key, path in immutable:
             try:
@@ -263,11 +279,18 @@ class Uploader:
             assert m is not None
             self._put_open(key, path, int(m.group(1), 16), result, force_open)
         # Open segments sealed since they were uploaded: their sealed copy is up (step 1), the open one goes.
+        # Also one in the bucket that OFFSITE.json forgot (lost after a kill), if its sealed one is here:
+        # readers ignore it beside the sealed one, but once prune deleted that, it would read as a stray.
         local = {key for key, _ in files} | {key for key, _ in records}
-        for key in sorted(self.state.objects):
+        superseded = {f"{key.rsplit('/', 1)[0]}/{sm.group(1)}.tape.open" for key, _ in immutable
+                      if (m := _SEGMENT.match(key)) and (sm := SEALED_RE.match(m.group(2)))}
+        forgotten = {k for k in self._listing or {} if k in superseded and k not in self.state.objects}
+        for key in sorted(set(self.state.objects) | forgotten):
             if key.endswith(".tape.open") and key not in local:
                 self.remote.delete(key)
-                del self.state.objects[key]
+                self.state.objects.pop(key, None)
+                if self._listing is not None:
+                    self._listing.pop(key, None)
                 self._save()
                 result.deleted.append(key)
             elif key not in local:  # pruned locally: prune deletes the offsite copy's objects itself
@@ -277,7 +300,7 @@ class Uploader:
             if key.endswith("/DURABLE.json") and result.pending:
                 continue  # it may name a position the offsite tape reaches only with the open segment's next upload
             sha = sha256_b64(data)
-            if self.state.objects.get(key) == (len(data), sha):
+            if self.state.objects.get(key) == (len(data), sha) or self._already_there(key, len(data), sha, result):
                 continue
             self.remote.write_atomic(key, data)
             self.state.objects[key] = (len(data), sha)

@@ -5,6 +5,9 @@ The offsite copy of a local archive (pgtape/offsite/) and what every reading com
 the prefix. What an object store does differently (docs/ARCHITECTURE.md, "Storage"):
 - write_atomic is one PUT, atomic by nature, sent with its SHA-256 (x-amz-checksum-sha256): the store
   refuses a body that does not match it (BadDigest), so what it keeps is what was sent.
+- every object also carries its whole SHA-256 as user metadata (x-amz-meta-sha256), which head()
+  returns: the store's own checksum of a multipart object is a composite of its parts' (`...-N`),
+  which no local file hash equals, so without it a crashed uploader would send the object again.
 - open_read is ranged GETs (read ahead in chunks), pinned to the version it opened (If-Match on the
   ETag): replay streams a segment, it never downloads the archive first.
 - rename is copy then delete (a crash may leave both); delete_tree deletes each object.
@@ -36,6 +39,7 @@ T = TypeVar("T")
 URL_RE = re.compile(r"s3://([a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(.*))?")
 READ_AHEAD = 4 << 20  # bytes per ranged GET when reading sequentially
 NOT_FOUND = ("404", "NoSuchKey", "NotFound", "NoSuchBucket")
+SHA_META = "sha256"  # user metadata (x-amz-meta-sha256): the object's whole SHA-256, base64
 MULTIPART_THRESHOLD = 1 << 30  # bytes: larger files go up in parts (tests lower it)
 PART_SIZE = 128 << 20  # bytes per part (at least 5 MiB, the S3 minimum, except the last)
 
@@ -145,10 +149,11 @@ class S3Storage(Storage):
         return out
 
     def head(self, key: str) -> tuple[int, str | None]:
-        """The object's size and its SHA-256 as the store recorded it (None if it was stored without one)."""
+        """The object's size and its whole SHA-256: from its metadata, else as the store recorded it
+        (None if it was stored without one, or only with a composite checksum of its parts)."""
         r = self._call(key, lambda: self.client.head_object(Bucket=self.bucket, Key=self._key(key),
                                                              ChecksumMode="ENABLED"))
-        return int(r["ContentLength"]), r.get("ChecksumSHA256")
+        return int(r["ContentLength"]), _whole_sha(r)
 
     def _holds_objects(self, full_prefix: str) -> bool:
         r = self._call(full_prefix, lambda: self.client.list_objects_v2(Bucket=self.bucket, Prefix=full_prefix,
@@ -198,31 +203,34 @@ class S3Storage(Storage):
             f.write(chunk)
             size += len(chunk)
         sha = base64.b64encode(h.digest()).decode()
-        if r.get("ChecksumSHA256") and r["ChecksumSHA256"] != sha:
+        if (stored := _whole_sha(r)) and stored != sha:
             raise RemoteStorageError(f"{self.where(key)}: bytes received differ from the SHA-256 it was stored with")
         return size, sha
 
     # -- writing -------------------------------------------------------------------------------------------
     def write_atomic(self, key: str, data: bytes) -> None:
+        sha = sha256_b64(data)
         self._call(key, lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
-                                                        ChecksumSHA256=sha256_b64(data)))
+                                                        ChecksumSHA256=sha, Metadata={SHA_META: sha}))
 
     def put_file(self, key: str, path: Path, sha256: str) -> None:
         """Upload a local file as the object `key`, streamed, with its SHA-256 (`file_sha256_b64`) for the
         store to check: a body that does not match is refused, never stored. Above MULTIPART_THRESHOLD
         (a single PUT stops at 5 GiB) in parts of PART_SIZE, each with its own SHA-256; the object
-        appears only when the upload completes (else it is aborted)."""
+        appears only when the upload completes (else it is aborted). Either way `sha256` is kept as
+        the object's metadata (head() returns it)."""
         if path.stat().st_size > MULTIPART_THRESHOLD:
-            self._put_parts(key, path)
+            self._put_parts(key, path, sha256)
             return
         with open(path, "rb") as f:
             self._call(key, lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=f,
-                                                            ChecksumSHA256=sha256))
+                                                            ChecksumSHA256=sha256, Metadata={SHA_META: sha256}))
 
-    def _put_parts(self, key: str, path: Path) -> None:
+    def _put_parts(self, key: str, path: Path, sha256: str) -> None:
         full = self._key(key)
         up = self._call(key, lambda: self.client.create_multipart_upload(Bucket=self.bucket, Key=full,
-                                                                          ChecksumAlgorithm="SHA256"))
+                                                                          ChecksumAlgorithm="SHA256",
+                                                                          Metadata={SHA_META: sha256}))
         upload_id = up["UploadId"]
         parts: list[dict[str, Any]] = []
         try:
@@ -276,6 +284,16 @@ class S3Storage(Storage):
             batch = [{"Key": self._key(k)} for k in keys[i:i + 1000]]
             self._call(prefix, lambda: self.client.delete_objects(Bucket=self.bucket,
                                                                    Delete={"Objects": batch, "Quiet": True}))
+
+
+def _whole_sha(r: dict[str, Any]) -> str | None:
+    """The object's whole SHA-256 from a HEAD or GET response: its metadata, else the store's checksum
+    unless that is a multipart composite (`<base64>-<parts>`)."""
+    meta = r.get("Metadata") or {}
+    if meta.get(SHA_META):
+        return str(meta[SHA_META])
+    stored = r.get("ChecksumSHA256")
+    return None if not stored or "-" in stored else str(stored)
 
 
 class _RangeReader(io.RawIOBase):

@@ -193,7 +193,11 @@ class Archive:
                               "[archive] key_file")
 
     def segments(self, gen: int) -> list[SegmentFile]:
-        """The generation's segment files ordered by start LSN (an open one sorts last)."""
+        """The generation's segment files ordered by start LSN (an open one sorts last).
+
+        An open segment beside a sealed one of the same start is left out: the sealed one supersedes it
+        (the open one is a prefix of it). Locally sealing is a rename, but an offsite copy receives the
+        sealed object before the uploader deletes the open one, and a kill between leaves both."""
         files: list[SegmentFile] = []
         directory = self.tape_key(gen)
         for e in self.storage.list(directory):
@@ -202,6 +206,8 @@ class Archive:
                 files.append(SegmentFile(key, self.path / key, int(m.group(1), 16), int(m.group(2), 16)))
             elif m := OPEN_RE.match(e.name):
                 files.append(SegmentFile(key, self.path / key, int(m.group(1), 16), None))
+        sealed = {s.start_lsn for s in files if not s.is_open}
+        files = [s for s in files if not (s.is_open and s.start_lsn in sealed)]
         files.sort(key=lambda s: (s.start_lsn, s.is_open))
         return files
 

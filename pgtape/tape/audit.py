@@ -9,6 +9,10 @@ crc32 is over the line's bytes without `,"crc32":"..."` (so the rest ends in `}`
 fails it; a last line without its newline is a write a crash cut short (docs/ARCHITECTURE.md,
 "Audit trail"). Writers (CLI commands, pgtape serve) take an exclusive flock on `audit.lock`, so
 lines never interleave; the next writer removes a torn last line before appending.
+
+An offsite copy (s3://) has no append: each command run on it writes its entry, the same line, as an
+object of its own, `audit/offsite/<UTC time>-<host>-<pid>-<random>.json`, never replaced. A pulled
+archive brings them back as files; read() merges them with audit.log by time.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import json
 import logging
 import os
 import re
+import secrets
+import socket
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +36,7 @@ import msgspec
 from pgtape.tape.archive import Archive
 
 KEY = "audit/audit.log"
+OFFSITE_PREFIX = "audit/offsite"  # one object per entry written on an offsite copy
 LOCK_FILE = "audit.lock"  # beside ARCHIVE.json: a local lock, like capture.lock
 _CRC = re.compile(rb',"crc32":"([0-9a-f]{8})"}$')
 
@@ -106,12 +113,24 @@ def _complete_length(archive: Archive, size: int) -> int:
     return 0
 
 
+def object_key(time: str) -> str:
+    """A new entry object's key: its time first (so keys sort by time), then what keeps it unique
+    among writers on other machines, processes and instants."""
+    host = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64] or "host"
+    return f"{OFFSITE_PREFIX}/{time.replace(':', '')}-{host}-{os.getpid()}-{secrets.token_hex(4)}.json"
+
+
 def append(archive: Archive, actor: str, operation: str, arguments: dict[str, Any], result: dict[str, Any]) -> None:
-    """Append one entry, durably (fsynced when this returns). Raises OSError if it cannot be written.
+    """Append one entry, durably (fsynced when this returns). Raises OSError if it cannot be written
+    (RemoteStorageError on an offsite copy).
 
     `arguments` must hold no secrets (DSNs, passwords, tokens): the log is for anyone who reads the archive."""
-    line = encode(now(), actor, operation, arguments, result)
+    time = now()
+    line = encode(time, actor, operation, arguments, result)
     storage = archive.storage
+    if archive.remote:  # no append on an object store, no flock across machines: an object of its own
+        storage.write_atomic(object_key(time), line)
+        return
     with _locked(archive):
         h = storage.open_append(KEY) if storage.exists(KEY) else storage.create(KEY, b"")  # created durably
         try:
@@ -128,7 +147,37 @@ def append(archive: Archive, actor: str, operation: str, arguments: dict[str, An
 
 
 def read(archive: Archive) -> tuple[list[Entry], list[str]]:
-    """Every intact entry, and one problem line per damaged or torn line (none if there is no log)."""
+    """Every intact entry (audit.log's and the offsite entry objects', by time), and one problem line
+    per damaged or torn line or object (none if there is no trail)."""
+    entries, problems = _read_log(archive)
+    more, more_problems = _read_objects(archive)
+    if more:  # (sorted() is stable: the log's own order among equal times)
+        entries = sorted(entries + more, key=lambda e: datetime.fromisoformat(e.time))
+    return entries, problems + more_problems
+
+
+def _read_objects(archive: Archive) -> tuple[list[Entry], list[str]]:
+    entries: list[Entry] = []
+    problems: list[str] = []
+    for o in archive.storage.list(OFFSITE_PREFIX):
+        if o.size is None or not o.name.endswith(".json"):
+            continue
+        key = f"{OFFSITE_PREFIX}/{o.name}"
+        try:
+            data = archive.storage.read(key)
+        except FileNotFoundError:
+            continue
+        e = decode(data[:-1]) if data.endswith(b"\n") and data.count(b"\n") == 1 else None
+        if e is None:
+            problems.append(f"{archive.storage.where(key)}: damaged (checksum or content does not match): "
+                            "the audit entry was altered or its store corrupted it")
+        else:
+            e.line = 1
+            entries.append(e)
+    return entries, problems
+
+
+def _read_log(archive: Archive) -> tuple[list[Entry], list[str]]:
     try:
         data = archive.storage.read(KEY)
     except FileNotFoundError:
@@ -157,4 +206,5 @@ def check(archive: Archive) -> list[str]:
     try:
         return read(archive)[1]
     except OSError as e:
-        return [f"{archive.storage.where(KEY)}: cannot read the audit log: {e.strerror or e}"]
+        return [f"{archive.storage.where('audit' if archive.remote else KEY)}: cannot read the audit trail: "
+                f"{e.strerror or e}"]

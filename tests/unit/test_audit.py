@@ -123,3 +123,20 @@ def test_arguments_leave_out_connection_strings_and_passwords() -> None:
     assert got == {"archive": "/a", "tables": "public.t", "target_name": "before password=*** x", "schema": "rec"}
     dry = _arguments(build_parser().parse_args(["replay", "--target-time", "2026-01-01T00:00:00Z", "--dry-run"]))
     assert dry == {"target_time": "2026-01-01T00:00:00Z", "dry_run": True}
+
+
+def test_entry_objects_merge_with_the_log_by_time(tmp_path: Path) -> None:
+    # A directory pulled from a bucket: audit.log and the entry objects of commands run on the bucket.
+    archive = _archive(tmp_path)
+    ok = {"exit_code": 0, "outcome": "ok"}
+    audit.append(archive, "a", "init", {}, ok)
+    earlier = "2000-01-01T00:00:00.000001Z"
+    line = audit.encode(earlier, "b", "verify", {}, ok)
+    archive.storage.write_atomic(audit.object_key(earlier), line)
+    damaged = audit.object_key(earlier)
+    archive.storage.write_atomic(damaged, line.replace(b'"b"', b'"c"'))
+    entries, problems = audit.read(archive)
+    assert [(e.operation, e.actor) for e in entries] == [("verify", "b"), ("init", "a")]
+    assert problems == [f"{archive.storage.where(damaged)}: damaged (checksum or content does not match): "
+                        "the audit entry was altered or its store corrupted it"]
+    assert damaged.startswith("audit/offsite/2000-01-01T000000.000001Z-") and damaged.endswith(".json")
