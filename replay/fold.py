@@ -345,7 +345,8 @@ class TableFold:
         if self.dropped:
             return
         if self.runs:
-            yield from self._rows_from_runs(base_lines)
+            for lines in self._rows_from_runs(base_lines):
+                yield from lines
             return
         same_shape = self.base_pos == list(range(len(self.base_columns)))
         entries = self.entries
@@ -378,6 +379,12 @@ class TableFold:
         fast = (type(self) is TableFold and not self.runs and not self.truncated and not self.dropped
                 and self.base_pos == list(range(len(self.base_columns)))
                 and not any(type(e) is _Partial for e in entries.values()))
+        if type(self) is TableFold and self.runs and not self.dropped:
+            for lines in self._rows_from_runs(_lines(base_chunks)):  # (a block per key range)
+                if lines:
+                    lines.append(b"")
+                    yield b"\n".join(lines)
+            return
         if not fast:
             yield from _joined(self.rows(_lines(base_chunks)))
             return
@@ -414,8 +421,8 @@ class TableFold:
         return sorted_pairs(((base_key(line), line) for line in base_lines), self.spill, self.sort_bytes,
                             lambda r: 2 * len(r[1]) + RECORD_OVERHEAD, self.sort_bytes // 2)
 
-    def _rows_from_runs(self, base_lines: Iterator[bytes]) -> Iterator[bytes]:
-        """rows() once the fold has written runs: the runs merged a key range at a time (spill.Window:
+    def _rows_from_runs(self, base_lines: Iterator[bytes]) -> Iterator[list[bytes]]:
+        """rows() once the fold has written runs, in lists: the runs merged a key range at a time (spill.Window:
         the newest state per key), with the base sorted by key; partial rows waiting for another key's
         row (in memory) come last. A range without partial rows takes the list-wide path. Runs too
         many to merge within half of `sort_bytes` are first merged into fewer (spill.reduce_runs)."""
@@ -442,6 +449,9 @@ class TableFold:
                     saved[k] = ([], line)
                 if k not in final and k not in waiting:
                     out.append(self._in_current_shape(line))
+                    if len(out) >= BLOCK_LINES:  # (the last range runs to the base's end)
+                        yield out
+                        out = []
                 pending = next(base, None)
             if _has_partial(w) or not wanted.isdisjoint(final) or not waiting.keys().isdisjoint(final):
                 for k, group in _groups(w).items():
@@ -454,18 +464,23 @@ class TableFold:
                         out.append(row)
             else:
                 out.extend([v for v in final.values() if v is not None])
-            yield from out
+            yield out
+        out = []
         while pending is not None:  # (no window: runs without records)
             if pending[0] in wanted:
                 saved[pending[0]] = ([], pending[1])
             if pending[0] not in waiting:
-                yield self._in_current_shape(pending[1])
+                out.append(self._in_current_shape(pending[1]))
+                if len(out) >= BLOCK_LINES:
+                    yield out
+                    out = []
             pending = next(base, None)
         for e in waiting.values():
             assert e.inherit is not None
             group, base_line = saved.get(e.inherit, ([], None))
             row = self._resolve(e.inherit, group, base_line, e.runs_before, dict(e.values))
-            yield row if row is not None else self._complete(_Partial(e.values, None), None)
+            out.append(row if row is not None else self._complete(_Partial(e.values, None), None))
+        yield out
 
     def _squash(self, w: Window) -> tuple[Keys, Values]:
         """A window of runs as one run (spill.reduce_runs): each key's states, newest first, as one."""
