@@ -24,12 +24,13 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
+from operator import countOf
 from typing import Any, Callable, Iterable, Iterator
 
 from pgtape.copytext import NULL
 from pgtape.errors import PgtapeError
-from pgtape.replay.spill import (RECORD_OVERHEAD, Record, Run, SpillDir, join, merge_runs, merge_windows, read_run,
-                                 sorted_records)
+from pgtape.replay.spill import (RECORD_OVERHEAD, Keys, Run, SpillDir, Values, Window, join, merge_runs, merge_windows,
+                                 read_run, reduce_runs, sorted_pairs)
 from pgtape.tape.records import Change, Relation, Schema
 
 Key = bytes  # the key fields of a COPY text line, joined by TAB
@@ -51,11 +52,12 @@ class _Partial:
 # An entry: the whole row in the fold's current shape | None (deleted) | a _Partial.
 Entry = bytes | None | _Partial
 
-# How an entry is written in a run: [key, ROW, line] | [key, DELETED] | [key, PARTIAL, values] (the
-# other columns hold their fill) | [key, PARTIAL_SELF, values] (the others as the key's previous state:
-# in an older run, else the base). A partial row that takes its other columns from another key (an
-# UPDATE of the primary key without its TOAST columns) is never written: it stays in memory.
-ROW, DELETED, PARTIAL, PARTIAL_SELF = 0, 1, 2, 3
+# How an entry is written in a run, beside its key: the line (a whole row) | None (deleted) |
+# [PARTIAL, values] (the other columns hold their fill) | [PARTIAL_SELF, values] (the others as the
+# key's previous state: in an older run, else the base). A partial row that takes its other columns
+# from another key (an UPDATE of the primary key without its TOAST columns) is never written: it
+# stays in memory.
+PARTIAL, PARTIAL_SELF = 2, 3
 
 
 def key_reader(columns: list[str], key: list[str]) -> KeyReader | None:
@@ -277,7 +279,14 @@ class TableFold:
         """What the entries take in memory, object by object (sys.getsizeof; a deletion's shared None
         counts as 16 bytes, a little more than nothing)."""
         entries = self.entries
-        size = sys.getsizeof(entries) + sum(map(sys.getsizeof, entries)) + sum(map(sys.getsizeof, entries.values()))
+        size = sys.getsizeof(entries) + sum(map(len, entries)) + len(entries) * _BYTES
+        try:  # whole rows and deletions (the usual case): as sys.getsizeof, but lengths summed in C loops
+            deleted = countOf(entries.values(), None)
+            rows = sum(map(len, filter(None, entries.values())))  # type: ignore[arg-type]
+            return size + rows + (len(entries) - deleted) * _BYTES + deleted * sys.getsizeof(None)
+        except TypeError:  # (a partial row has no length)
+            pass
+        size += sum(map(sys.getsizeof, entries.values()))
         for e in [e for e in entries.values() if type(e) is _Partial]:
             size += sys.getsizeof(e.values) + sum(map(sys.getsizeof, e.values.values()))
         return size
@@ -288,36 +297,32 @@ class TableFold:
         entries = self.entries
         if self.spill is None or not entries:
             return
-        with _no_gc():  # millions of new acyclic lists: the collector would walk the whole state for nothing
-            keys = sorted(k for k, e in entries.items()
-                          if type(e) is not _Partial or e.inherit is None or e.inherit == k)
+        with _no_gc():  # (partial rows make dicts and lists: the collector would walk the whole state for nothing)
+            if _Partial not in set(map(type, entries.values())):  # whole rows and deletions: written as they are
+                keys = sorted(entries)
+                values = list(map(entries.__getitem__, keys))
+            else:
+                keys = sorted(k for k, e in entries.items() if self._spillable(k, e))
+                values = [self._encode(k, entries[k]) for k in keys]
             if keys:
-                encode = self._encode
-                records = (([k, ROW, e] if type(e) is bytes else encode(k, e))
-                           for k, e in zip(keys, map(entries.__getitem__, keys)))
-                self.runs.append(self.spill.write_run(self.next_run, records, self.name))
+                self.runs.append(self.spill.write_run(self.next_run, keys, values, self.name))
                 self.next_run += 1
             kept = len(entries) - len(keys)
-            del keys
+            del keys, values
             self.entries = {k: e for k, e in entries.items() if not self._spillable(k, e)} if kept else {}
 
     def _spillable(self, k: Key, e: Any) -> bool:
         return type(e) is not _Partial or e.inherit is None or e.inherit == k
 
-    def _encode(self, k: Key, e: Any) -> Record:
-        if type(e) is bytes:
-            return [k, ROW, e]
-        if e is None:
-            return [k, DELETED]
-        return [k, PARTIAL if e.inherit is None else PARTIAL_SELF, e.values]
+    def _encode(self, k: Key, e: Any) -> Any:
+        if type(e) is _Partial:
+            return [PARTIAL if e.inherit is None else PARTIAL_SELF, e.values]
+        return e  # a line, or None
 
-    def _decode(self, r: Record) -> Any:
-        kind = r[1]
-        if kind == ROW:
-            return r[2]
-        if kind == DELETED:
-            return None
-        return _Partial(r[2], None if kind == PARTIAL else r[0])
+    def _decode(self, k: Key, v: Any) -> Any:
+        if type(v) is list:
+            return _Partial(v[1], None if v[0] == PARTIAL else k)
+        return v
 
     def _rewrite_runs(self, transform: Callable[[dict[Key, Any]], dict[Key, Any]]) -> None:
         """Each run through `transform` (a change of shape), one at a time, keeping its id."""
@@ -325,11 +330,12 @@ class TableFold:
             return
         rewritten = []
         for run in self.runs:
-            entries = transform({r[0]: self._decode(r) for r in read_run(run)})
+            entries = transform({k: self._decode(k, v) for k, v in read_run(run)})
             self.spill.remove(run)
-            rewritten.append(self.spill.write_run(run.id, (self._encode(k, entries[k]) for k in sorted(entries)),
+            keys = sorted(entries)
+            rewritten.append(self.spill.write_run(run.id, keys, [self._encode(k, entries[k]) for k in keys],
                                                   self.name))
-            del entries
+            del entries, keys
         self.runs = rewritten
 
     # -- producing the result -------------------------------------------------------------
@@ -339,7 +345,8 @@ class TableFold:
         if self.dropped:
             return
         if self.runs:
-            yield from self._rows_from_runs(base_lines)
+            for lines in self._rows_from_runs(base_lines):
+                yield from lines
             return
         same_shape = self.base_pos == list(range(len(self.base_columns)))
         entries = self.entries
@@ -372,6 +379,12 @@ class TableFold:
         fast = (type(self) is TableFold and not self.runs and not self.truncated and not self.dropped
                 and self.base_pos == list(range(len(self.base_columns)))
                 and not any(type(e) is _Partial for e in entries.values()))
+        if type(self) is TableFold and self.runs and not self.dropped:
+            for lines in self._rows_from_runs(_lines(base_chunks)):  # (a block per key range)
+                if lines:
+                    lines.append(b"")
+                    yield b"\n".join(lines)
+            return
         if not fast:
             yield from _joined(self.rows(_lines(base_chunks)))
             return
@@ -399,89 +412,121 @@ class TableFold:
             return line
         return b"\t".join(self._take(line.split(b"\t")))
 
-    def _sorted_base(self, base_lines: Iterator[bytes]) -> Iterator[Record]:
-        """[key, line] of every base row, by key; none after a TRUNCATE."""
+    def _sorted_base(self, base_lines: Iterator[bytes]) -> Iterator[tuple[Key, bytes]]:
+        """(key, line) of every base row, by key; none after a TRUNCATE."""
         if self.truncated:
             return iter(())
         base_key = key_reader(self.base_columns, self.key)
         assert base_key is not None and self.spill is not None
-        return sorted_records(([base_key(line), line] for line in base_lines), self.spill, self.sort_bytes,
-                              lambda r: 2 * len(r[1]) + RECORD_OVERHEAD)
+        return sorted_pairs(((base_key(line), line) for line in base_lines), self.spill, self.sort_bytes,
+                            lambda r: 2 * len(r[1]) + RECORD_OVERHEAD, self.sort_bytes // 2)
 
-    def _rows_from_runs(self, base_lines: Iterator[bytes]) -> Iterator[bytes]:
-        """rows() once the fold has written runs: the runs merged a key range at a time (spill.Window:
+    def _rows_from_runs(self, base_lines: Iterator[bytes]) -> Iterator[list[bytes]]:
+        """rows() once the fold has written runs, in lists: the runs merged a key range at a time (spill.Window:
         the newest state per key), with the base sorted by key; partial rows waiting for another key's
-        row (in memory) come last. A range without partial rows takes the list-wide path."""
+        row (in memory) come last. A range without partial rows takes the list-wide path. Runs too
+        many to merge within half of `sort_bytes` are first merged into fewer (spill.reduce_runs)."""
         self.spill_out()
+        assert self.spill is not None
         waiting: dict[Key, _Partial] = {k: e for k, e in self.entries.items() if type(e) is _Partial}
         wanted = {e.inherit for e in waiting.values()}
-        saved: dict[Key, tuple[list[tuple[int, Record]], bytes | None]] = {}
+        self.runs = reduce_runs(self.runs, self.sort_bytes // 2, self.spill, self._squash,
+                                {e.runs_before for e in waiting.values()})
+        saved: dict[Key, tuple[list[tuple[int, Any]], bytes | None]] = {}
         base = self._sorted_base(base_lines)
         pending = next(base, None)
         for w in _no_gc_each(merge_windows(self.runs)):
-            final: dict[Key, Record] = {}
-            for _, ks, recs in w.runs:  # oldest run first: the newest state of each key stays
-                final.update(zip(ks, recs))
+            final: dict[Key, Any] = {}
+            for _, ks, vs in w.runs:  # oldest run first: the newest state of each key stays
+                final.update(zip(ks, vs))
             out: list[bytes] = []
             base_of: dict[Key, bytes] = {}  # base rows of keys the range holds
             while pending is not None and (w.bound is None or pending[0] <= w.bound):
-                k, line = pending[0], pending[1]
+                k, line = pending
                 if k in final:
                     base_of[k] = line
                 elif k in wanted:
                     saved[k] = ([], line)
                 if k not in final and k not in waiting:
                     out.append(self._in_current_shape(line))
+                    if len(out) >= BLOCK_LINES:  # (the last range runs to the base's end)
+                        yield out
+                        out = []
                 pending = next(base, None)
-            kinds = {r[1] for _, _, recs in w.runs for r in recs}
-            if PARTIAL in kinds or PARTIAL_SELF in kinds or not wanted.isdisjoint(final) \
-                    or not waiting.keys().isdisjoint(final):
-                groups: dict[Key, list[tuple[int, Record]]] = {}
-                for run_id, ks, recs in w.runs:
-                    for k, r in zip(ks, recs):
-                        groups.setdefault(k, []).insert(0, (run_id, r))  # newest first
-                for k, group in groups.items():
-                    line = base_of.get(k)
+            if _has_partial(w) or not wanted.isdisjoint(final) or not waiting.keys().isdisjoint(final):
+                for k, group in _groups(w).items():
+                    base_line = base_of.get(k)
                     if k in wanted:
-                        saved[k] = (group, line)
+                        saved[k] = (group, base_line)
                     if k in waiting:
                         continue  # the partial row is newer than anything else of its key
-                    if (row := self._resolve(k, group, line, None, None)) is not None:
+                    if (row := self._resolve(k, group, base_line, None, None)) is not None:
                         out.append(row)
             else:
-                out.extend([r[2] for r in final.values() if r[1] == ROW])
-            yield from out
+                out.extend([v for v in final.values() if v is not None])
+            yield out
+        out = []
         while pending is not None:  # (no window: runs without records)
             if pending[0] in wanted:
                 saved[pending[0]] = ([], pending[1])
             if pending[0] not in waiting:
-                yield self._in_current_shape(pending[1])
+                out.append(self._in_current_shape(pending[1]))
+                if len(out) >= BLOCK_LINES:
+                    yield out
+                    out = []
             pending = next(base, None)
         for e in waiting.values():
             assert e.inherit is not None
-            group, line = saved.get(e.inherit, ([], None))
-            row = self._resolve(e.inherit, group, line, e.runs_before, dict(e.values))
-            yield row if row is not None else self._complete(_Partial(e.values, None), None)
+            group, base_line = saved.get(e.inherit, ([], None))
+            row = self._resolve(e.inherit, group, base_line, e.runs_before, dict(e.values))
+            out.append(row if row is not None else self._complete(_Partial(e.values, None), None))
+        yield out
 
-    def _resolve(self, key: Key, group: list[tuple[int, Record]], base: bytes | None, before: int | None,
-                 values: dict[str, bytes] | None) -> bytes | None:
-        """The row of `key` from its states newest first (run id, record) — only those of runs before
-        `before` if given — then its base row; `values` (a partial row's) take precedence. None: no row."""
-        for run_id, r in group:
-            if before is not None and run_id >= before:
-                continue
-            kind = r[1]
-            if kind == ROW:
+    def _squash(self, w: Window) -> tuple[Keys, Values]:
+        """A window of runs as one run (spill.reduce_runs): each key's states, newest first, as one."""
+        final: dict[Key, Any] = {}
+        for _, ks, vs in w.runs:
+            final.update(zip(ks, vs))
+        if _has_partial(w):
+            for k, group in _groups(w).items():
+                final[k] = self._stacked(k, group)
+        keys = sorted(final)
+        return keys, [final[k] for k in keys]
+
+    def _stacked(self, key: Key, group: list[tuple[int, Any]]) -> Any:
+        """One state equal to a key's states newest first (a partial row over older ones)."""
+        values: dict[str, bytes] | None = None
+        for _, v in group:
+            if type(v) is bytes:
                 if values is None:
-                    line: bytes = r[2]
-                    return line
-                return b"\t".join([values.get(c, v) for c, v in zip(self.columns, r[2].split(b"\t"))])
-            if kind == DELETED:
+                    return v
+                return b"\t".join([values.get(c, f) for c, f in zip(self.columns, v.split(b"\t"))])
+            if v is None:
                 if values is None:
                     return None
                 raise _deleted_then_updated(self.name, key)
-            values = r[2] | values if values is not None else dict(r[2])
-            if kind == PARTIAL:
+            values = v[1] | values if values is not None else dict(v[1])
+            if v[0] == PARTIAL:
+                return [PARTIAL, values]
+        return [PARTIAL_SELF, values]
+
+    def _resolve(self, key: Key, group: list[tuple[int, Any]], base: bytes | None, before: int | None,
+                 values: dict[str, bytes] | None) -> bytes | None:
+        """The row of `key` from its states newest first (run id, value) — only those of runs before
+        `before` if given — then its base row; `values` (a partial row's) take precedence. None: no row."""
+        for run_id, v in group:
+            if before is not None and run_id >= before:
+                continue
+            if type(v) is bytes:
+                if values is None:
+                    return v
+                return b"\t".join([values.get(c, f) for c, f in zip(self.columns, v.split(b"\t"))])
+            if v is None:
+                if values is None:
+                    return None
+                raise _deleted_then_updated(self.name, key)
+            values = v[1] | values if values is not None else dict(v[1])
+            if v[0] == PARTIAL:
                 return self._complete(_Partial(values, None), None)
         if values is None:
             return self._in_current_shape(base) if base is not None else None
@@ -502,6 +547,23 @@ class TableFold:
             else:
                 parts.append(f)
         return b"\t".join(parts)
+
+
+_BYTES = sys.getsizeof(b"")  # a bytes object besides its data
+
+
+def _has_partial(w: Window) -> bool:
+    """Any partial row ([kind, values]) in the window's values."""
+    return any(list in set(map(type, vs)) for _, _, vs in w.runs)
+
+
+def _groups(w: Window) -> dict[Key, list[tuple[int, Any]]]:
+    """Each key of the window with its states, newest first: [(run id, value)]."""
+    groups: dict[Key, list[tuple[int, Any]]] = {}
+    for run_id, ks, vs in w.runs:  # (oldest run first)
+        for k, v in zip(ks, vs):
+            groups.setdefault(k, []).insert(0, (run_id, v))
+    return groups
 
 
 @contextmanager
@@ -633,16 +695,16 @@ class BagFold(TableFold):
         return counts
 
     def state_bytes(self) -> int:
-        return sys.getsizeof(self.entries) + sum(map(sys.getsizeof, self.entries))
+        return sys.getsizeof(self.entries) + sum(map(len, self.entries)) + len(self.entries) * _BYTES
 
     def _spillable(self, k: Key, e: Any) -> bool:
         return True
 
-    def _encode(self, k: Key, e: Any) -> Record:
-        return [k, e]
+    def _encode(self, k: Key, e: Any) -> Any:
+        return e
 
-    def _decode(self, r: Record) -> Any:
-        return r[1]
+    def _decode(self, k: Key, v: Any) -> Any:
+        return v
 
     def _in_shape(self, columns: list[str], line: bytes) -> bytes:
         if columns == self.columns:
@@ -679,11 +741,12 @@ class BagFold(TableFold):
         base lines sorted and counted."""
         self.spill_out()
         assert self.spill is not None
-        base = iter(()) if self.truncated else _counted(sorted_records(
-            ([self._in_current_shape(line)] for line in base_lines), self.spill, self.sort_bytes,
-            lambda r: len(r[0]) + RECORD_OVERHEAD))
+        self.runs = reduce_runs(self.runs, self.sort_bytes // 2, self.spill)  # (counts add up: kept as they are)
+        base = iter(()) if self.truncated else _counted(sorted_pairs(
+            ((self._in_current_shape(line), None) for line in base_lines), self.spill, self.sort_bytes,
+            lambda r: len(r[0]) + RECORD_OVERHEAD, self.sort_bytes // 2))
         for line, group, copies in join(base, merge_runs(self.runs)):
-            n = (copies[1] if copies is not None else 0) + sum(r[1] for _, r in group or ())
+            n = (copies[1] if copies is not None else 0) + sum(c for _, c in group or ())
             if n < 0:
                 raise PgtapeError(f"{self.name}: the tape deletes a row the table did not hold ({line[:80]!r}); "
                                   "the tape or the base is inconsistent (run pgtape verify)")
@@ -691,18 +754,18 @@ class BagFold(TableFold):
                 yield line
 
 
-def _counted(records: Iterator[Record]) -> Iterator[Record]:
-    """Sorted [line] records as [line, copies]."""
+def _counted(pairs: Iterator[tuple[bytes, Any]]) -> Iterator[tuple[bytes, int]]:
+    """Sorted (line, _) pairs as (line, copies)."""
     current: bytes | None = None
     n = 0
-    for r in records:
-        if r[0] != current:
+    for line, _ in pairs:
+        if line != current:
             if current is not None:
-                yield [current, n]
-            current, n = r[0], 0
+                yield current, n
+            current, n = line, 0
         n += 1
     if current is not None:
-        yield [current, n]
+        yield current, n
 
 
 _MISSING = _Partial({}, None)  # a sentinel (compared by identity), typed as an Entry

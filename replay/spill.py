@@ -1,14 +1,22 @@
 """Replay's spill files: the folded state, and base rows being sorted, written to disk in sorted runs.
 
-Every byte replay writes outside the target goes through this module. A run is a file of blocks, each:
-length and CRC-32 of the payload (two big-endian u32), then the payload: a zstd-compressed msgpack
-array of records. When the archive is encrypted at rest (`SpillDir(encrypt=True)`), the payload is
-that, sealed with AES-256-GCM under a key made for this replay and held only in its memory: a 12-byte
-random nonce, then the ciphertext and tag, authenticated with the file's name and the block's offset.
-The spill files then hold no row value in the clear, and no key of the keyring is used for them. A record is a
-list whose first element is its sort key (bytes: a row's key fields as the fold keys it, or a whole
-line), in ascending byte order; a run of folded state holds each key once (`merge_runs`), a run of
-base rows being sorted may repeat one (`sorted_records`).
+Every byte replay writes outside the target goes through this module. A run is a sequence of
+(key, value) pairs, keys ascending in byte order: a run of folded state holds each key once (a
+fold's dict), a run of base rows being sorted may repeat one (`sorted_pairs`). Keys are bytes (a
+row's key fields as the fold keys it, or a whole line); values are what msgpack holds (a line, None,
+a count, a list). A run's file is a sequence of blocks, each: length and CRC-32 of the payload (two
+big-endian u32), then the payload: a zstd-compressed msgpack array [keys, values], column by column.
+A column whose items are all bytes without LF (keys, COPY text lines: the usual case) is one bytes
+string, the items joined by LF, so that writing and reading a block make no per-record object but
+the items themselves; any other column is a msgpack array (values: nil when a run has none).
+Blocks hold about BLOCK_BYTES of keys and values, at most twice that (or one record), so what a merge
+holds per run, one decoded block, is bounded (`Run.block_cost`), and `reduce_runs` keeps the runs
+merged at once within a memory allowance.
+
+When the archive is encrypted at rest (`SpillDir(encrypt=True)`), the payload is that, sealed with
+AES-256-GCM under a key made for this replay and held only in its memory: a 12-byte random nonce,
+then the ciphertext and tag, authenticated with the file's name and the block's offset. The spill
+files then hold no row value in the clear, and no key of the keyring is used for them.
 
 Files are created 0600 in a directory of their own (0700) under the work directory; `SpillDir.close()`
 removes the directory and everything in it, and replay calls it at the end and on any error.
@@ -25,9 +33,10 @@ import tempfile
 import threading
 import zlib
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import repeat
+from operator import itemgetter
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import msgspec
 import zstandard
@@ -37,15 +46,17 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pgtape.durable import create_private, make_dirs_durably
 from pgtape.errors import PgtapeError
 
-Record = list[Any]  # [sort key: bytes, ...]
+Keys = list[bytes]
+Values = list[Any]
+Pair = tuple[bytes, Any]
 
 _BLOCK = struct.Struct(">II")  # payload length, CRC-32 of the payload
-BLOCK_RECORDS = 8192
+BLOCK_BYTES = 64 << 10  # keys and values per block (a block holds one record at least)
+RECORD_OVERHEAD = 100  # bytes of Python objects per decoded record besides its data (two bytes objects, two slots)
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(list[list[Any]])
+_decoder = msgspec.msgpack.Decoder(tuple[Any, Any])
 _compress = zstandard.ZstdCompressor(level=1)
 _decompress = zstandard.ZstdDecompressor()
-RECORD_OVERHEAD = 160  # bytes of Python objects per sorted record held in memory (list, tuple slot, two bytes)
 
 
 @dataclass
@@ -55,6 +66,7 @@ class Run:
     records: int
     size: int  # bytes on disk
     aead: AESGCM | None = None  # its blocks are sealed with this (SpillDir.encrypt)
+    block_cost: int = 0  # memory one decoded block of it takes at most: what a merge holds of it
 
 
 @dataclass
@@ -67,6 +79,7 @@ class SpillDir:
     runs_written: int = 0
     bytes_written: int = 0
     peak_bytes: int = 0  # most bytes on disk at once
+    merge_passes: int = 0  # runs merged into one to keep a merge within its memory (reduce_runs)
     _live_bytes: int = 0
     _seq: int = 0
     _tables: set[str] = field(default_factory=set)
@@ -93,19 +106,25 @@ class SpillDir:
                                   "(choose another with --work-dir)") from None
         return self.path
 
-    def write_run(self, run_id: int, records: Iterable[Record], table: str = "") -> Run:
-        """`records` in ascending key order, each key once."""
+    def write_run(self, run_id: int, keys: Keys, values: Values | None, table: str = "") -> Run:
+        """`keys` ascending (for a fold's state: each once), `values` beside them (None: a run of keys only)."""
+        return self.write_chunks(run_id, [(keys, values)], table)
+
+    def write_chunks(self, run_id: int, chunks: Iterable[tuple[Keys, Values | None]], table: str = "") -> Run:
+        """A run from consecutive chunks of (keys, values), cut into blocks of about BLOCK_BYTES (the
+        chunks' records together in key order)."""
         directory = self._dir()
         with self._lock:
             self._seq += 1
             path = directory / f"run-{self._seq:06d}.spill"
-        n = size = 0
+        n = size = cost = 0
         try:
             with os.fdopen(create_private(path), "wb") as f:
-                it = iter(records)
-                while block := list(islice(it, BLOCK_RECORDS)):
-                    size += _write_block(f, block, self._aead, path.name, size)
-                    n += len(block)
+                for keys, values in chunks:
+                    for data, records in _encoded(keys, values):
+                        size += _write_block(f, data, self._aead, path.name, size)
+                        n += records
+                        cost = max(cost, len(data) + records * RECORD_OVERHEAD)
         except OSError as e:
             self.remove(Run(run_id, path, 0, 0))
             raise PgtapeError(f"cannot write spill file {path}: {e.strerror or e} (free space, or --work-dir "
@@ -117,7 +136,7 @@ class SpillDir:
             self.peak_bytes = max(self.peak_bytes, self._live_bytes)
             if table:
                 self._tables.add(table)
-        return Run(run_id, path, n, size, self._aead)
+        return Run(run_id, path, n, size, self._aead, cost)
 
     def remove(self, run: Run) -> None:
         try:
@@ -138,12 +157,51 @@ class SpillDir:
             self._live_bytes = 0
 
 
+def _encoded(keys: Keys, values: Values | None) -> Iterator[tuple[bytes, int]]:
+    """(msgpack of a block, its records) for consecutive records of about BLOCK_BYTES each: as many
+    records a block as the run's average size gives; a block more than twice that (rows of uneven
+    sizes) is split in two, again if need be."""
+    n = len(keys)
+    if not n:
+        return
+    try:
+        size = sum(map(len, keys)) + (sum(map(len, filter(None, values))) if values is not None else 0)
+    except TypeError:  # (values that are not bytes: counts, partial rows)
+        size = sum(map(len, keys)) + 16 * n
+    per = max(1, BLOCK_BYTES * n // max(size, 1))
+    for lo in range(0, n, per):
+        yield from _split(keys[lo:lo + per], values[lo:lo + per] if values is not None else None)
+
+
+def _split(keys: Keys, values: Values | None) -> Iterator[tuple[bytes, int]]:
+    data = _encoder.encode((_column(keys), _column(values) if values is not None else None))
+    if len(data) <= 2 * BLOCK_BYTES or len(keys) == 1:
+        yield data, len(keys)
+        return
+    half = len(keys) // 2
+    yield from _split(keys[:half], values[:half] if values is not None else None)
+    yield from _split(keys[half:], values[half:] if values is not None else None)
+
+
+def _column(items: Sequence[Any]) -> Any:
+    """Items joined by LF when all are bytes without LF (read back with split), else themselves."""
+    try:
+        joined = b"\n".join(items)
+    except TypeError:
+        return items
+    return joined if joined.count(b"\n") == len(items) - 1 else items
+
+
+def _items(column: Any) -> list[Any]:
+    return column.split(b"\n") if type(column) is bytes else column
+
+
 def _aad(name: str, offset: int) -> bytes:
     return name.encode() + offset.to_bytes(8, "big")
 
 
-def _write_block(f: Any, block: list[Record], aead: AESGCM | None, name: str, offset: int) -> int:
-    payload = _compress.compress(_encoder.encode(block))
+def _write_block(f: Any, data: bytes, aead: AESGCM | None, name: str, offset: int) -> int:
+    payload = _compress.compress(data)
     if aead is not None:
         nonce = os.urandom(12)
         payload = nonce + aead.encrypt(nonce, payload, _aad(name, offset))
@@ -152,7 +210,9 @@ def _write_block(f: Any, block: list[Record], aead: AESGCM | None, name: str, of
     return _BLOCK.size + len(payload)
 
 
-def _read_blocks(path: Path, aead: AESGCM | None) -> Iterator[list[Record]]:
+def read_blocks(run: Run) -> Iterator[tuple[Keys, Values | None]]:
+    """The run's blocks as (keys, values) (values None: a run of keys only)."""
+    path, aead = run.path, run.aead
     try:
         f = open(path, "rb")
     except OSError as e:
@@ -174,31 +234,30 @@ def _read_blocks(path: Path, aead: AESGCM | None) -> Iterator[list[Record]]:
                     raise PgtapeError(f"spill file {path} is damaged at offset {offset}: "
                                       "authentication failed") from None
             offset += _BLOCK.size + length
-            yield _decoder.decode(_decompress.decompress(payload))
+            keys, values = _decoder.decode(_decompress.decompress(payload))
+            yield _items(keys), _items(values) if values is not None else None
 
 
-def read_run(run: Run) -> Iterator[Record]:
-    for block in _read_blocks(run.path, run.aead):
-        yield from block
+def read_run(run: Run) -> Iterator[Pair]:
+    for keys, values in read_blocks(run):
+        yield from zip(keys, values if values is not None else repeat(None))
 
 
-def merge_runs(runs: list[Run]) -> Iterator[tuple[bytes, list[tuple[int, Record]]]]:
-    """Every key of the runs once, ascending, with its records newest run first: (key, [(run id, record)])."""
-    def tagged(run: Run) -> Iterator[tuple[bytes, int, Record]]:
+def merge_runs(runs: list[Run]) -> Iterator[tuple[bytes, list[tuple[int, Any]]]]:
+    """Every key of the runs once, ascending, with its values newest run first: (key, [(run id, value)])."""
+    def tagged(run: Run) -> Iterator[tuple[bytes, int, int, Any]]:
         neg = -run.id
-        for r in read_run(run):
-            yield r[0], neg, r
+        for i, (k, v) in enumerate(read_run(run)):
+            yield k, neg, i, v  # (i: values are never compared)
 
-    # Within a run a key is unique, so (key, -run id) never ties and records are never compared.
-    merged = heapq.merge(*[tagged(r) for r in runs])
     current: bytes | None = None
-    group: list[tuple[int, Record]] = []
-    for key, neg, rec in merged:
+    group: list[tuple[int, Any]] = []
+    for key, neg, _, value in heapq.merge(*[tagged(r) for r in runs]):
         if key != current:
             if current is not None:
                 yield current, group
             current, group = key, []
-        group.append((-neg, rec))
+        group.append((-neg, value))
     if current is not None:
         yield current, group
 
@@ -208,82 +267,128 @@ class Window:
     """A key range of the merged runs: every record of every run with a key in it, run by run, oldest
     run first (so dict.update with each in turn keeps the newest state of each key)."""
 
-    runs: list[tuple[int, list[bytes], list[Record]]]  # (run id, keys, records), keys ascending in each
+    runs: list[tuple[int, Keys, Values]]  # (run id, keys, values), keys ascending in each
     bound: bytes | None  # the range's last key (None: the last window, to the end)
 
 
 def merge_windows(runs: list[Run]) -> Iterator[Window]:
     """The runs a key range at a time: every record up to the smallest last key of the runs' current
-    blocks is in those blocks, so each range is complete; handed over as slices, per run, oldest first."""
-    blocks = [_read_blocks(r.path, r.aead) for r in runs]
-    buffers: list[tuple[list[bytes], list[Record], int]] = []  # per run: keys, records, next index
+    blocks is in those blocks, so each range is complete; handed over as slices, per run, oldest first.
+    Holds one decoded block per run (`Run.block_cost`; see reduce_runs)."""
+    blocks = [read_blocks(r) for r in runs]
+    buffers: list[tuple[Keys, Values, int]] = []  # per run: keys, values, next index
     live: list[int] = []
     for i, it in enumerate(blocks):
-        block = next(it, None)
-        if block is not None:
-            buffers.append(([r[0] for r in block], block, 0))
+        ks, vs = next(it, ([], []))
+        buffers.append((ks, vs or [None] * len(ks), 0))
+        if ks:
             live.append(i)
-        else:
-            buffers.append(([], [], 0))
     while live:
         bound: bytes | None = min(buffers[i][0][-1] for i in live)
-        parts: list[tuple[int, list[bytes], list[Record]]] = []
+        parts: list[tuple[int, Keys, Values]] = []
         still: list[int] = []
         for i in live:
-            ks, recs, start = buffers[i]
+            ks, vs, start = buffers[i]
             end = bisect.bisect_right(ks, bound, start) if bound is not None else len(ks)
-            parts.append((runs[i].id, ks[start:end], recs[start:end]))
+            parts.append((runs[i].id, ks[start:end], vs[start:end]))
             if end == len(ks):
-                block = next(blocks[i], None)
-                if block is None:
+                ks, nvs = next(blocks[i], ([], []))
+                if not ks:
                     continue
-                buffers[i] = ([r[0] for r in block], block, 0)
+                buffers[i] = (ks, nvs or [None] * len(ks), 0)
             else:
-                buffers[i] = (ks, recs, end)
+                buffers[i] = (ks, vs, end)
             still.append(i)
         live = still
-        parts.sort(key=lambda p: p[0])
+        parts.sort(key=itemgetter(0))
         yield Window(parts, bound if live else None)
 
 
-def sorted_records(records: Iterable[Record], spill: SpillDir, chunk_bytes: int,
-                   size_of: Callable[[Record], int]) -> Iterator[Record]:
-    """`records` in ascending key order (keys may repeat: equal keys come out in any order), sorted in
-    memory up to `chunk_bytes` at a time (by `size_of`), in runs on disk beyond."""
-    chunk: list[Record] = []
+def reduce_runs(runs: list[Run], allowance: int, spill: SpillDir,
+                squash: Callable[[Window], tuple[Keys, Values | None]] | None = None,
+                barriers: Iterable[int] = ()) -> list[Run]:
+    """Runs few enough that a merge of them holds at most `allowance` bytes of decoded blocks (two runs
+    at least): consecutive runs merged into one, oldest first, in passes of as many as fit at once
+    (a merge of many runs takes a few passes: log of their number). `squash` gives the merged keys
+    and values of a window (a fold's rules: each key once); None keeps every record. A merged run
+    takes its newest run's id, and never spans a barrier b (runs below b with runs at or above it):
+    something still needs the state as of before run b."""
+    runs = sorted(runs, key=lambda r: r.id)
+    walls = sorted(set(barriers))
+    while len(runs) > 1 and sum(r.block_cost for r in runs) > allowance:
+        fan_in = max(2, allowance // max(max(r.block_cost for r in runs), 1))
+        excess = len(runs) - fan_in  # runs to do away with (at least one: the sum is over the allowance)
+        out: list[Run] = []
+        i = 0
+        while i < len(runs):
+            group = [runs[i]]
+            span = bisect.bisect_right(walls, runs[i].id)
+            while (i + len(group) < len(runs) and len(group) < fan_in and len(group) <= max(excess, 1)
+                   and bisect.bisect_right(walls, runs[i + len(group)].id) == span):
+                group.append(runs[i + len(group)])
+            i += len(group)
+            if len(group) == 1 or excess <= 0:
+                out.extend(group)
+                continue
+            out.append(spill.write_chunks(group[-1].id, _merged_chunks(group, squash)))
+            spill.merge_passes += 1
+            excess -= len(group) - 1
+            for r in group:
+                spill.remove(r)
+        if len(out) == len(runs):
+            break  # (barriers between all of them: a merge beyond the allowance, rather than no result)
+        runs = out
+    return runs
+
+
+def _merged_chunks(group: list[Run], squash: Callable[[Window], tuple[Keys, Values | None]] | None
+                   ) -> Iterator[tuple[Keys, Values | None]]:
+    for w in merge_windows(group):
+        if squash is not None:
+            yield squash(w)
+            continue
+        pairs = sorted((p for _, ks, vs in w.runs for p in zip(ks, vs)), key=itemgetter(0))
+        yield [k for k, _ in pairs], [v for _, v in pairs]
+
+
+def sorted_pairs(pairs: Iterable[Pair], spill: SpillDir, chunk_bytes: int, size_of: Callable[[Pair], int],
+                 merge_bytes: int) -> Iterator[Pair]:
+    """`pairs` (key, value) in ascending key order (keys may repeat: equal keys come out in any order),
+    sorted in memory up to `chunk_bytes` at a time (by `size_of`), in runs on disk beyond, merged
+    holding at most `merge_bytes` of their blocks (reduce_runs)."""
+    chunk: list[Pair] = []
     used = 0
     runs: list[Run] = []
+
+    def write(chunk: list[Pair]) -> None:
+        chunk.sort(key=itemgetter(0))
+        runs.append(spill.write_run(len(runs), [k for k, _ in chunk], [v for _, v in chunk]))
+
     try:
-        for r in records:
-            chunk.append(r)
-            used += size_of(r)
+        for p in pairs:
+            chunk.append(p)
+            used += size_of(p)
             if used >= chunk_bytes:
-                chunk.sort(key=_first)
-                runs.append(spill.write_run(len(runs), chunk))
+                write(chunk)
                 chunk, used = [], 0
-        chunk.sort(key=_first)
         if not runs:
+            chunk.sort(key=itemgetter(0))
             yield from chunk
             return
         if chunk:
-            runs.append(spill.write_run(len(runs), chunk))
+            write(chunk)
         del chunk
-        yield from heapq.merge(*[read_run(run) for run in runs], key=_first)
+        runs[:] = reduce_runs(runs, merge_bytes, spill)
+        yield from heapq.merge(*[read_run(run) for run in runs], key=itemgetter(0))
     finally:
         for run in runs:
             spill.remove(run)
 
 
-def _first(r: Record) -> bytes:
-    k: bytes = r[0]
-    return k
-
-
-
-def join(base: Iterator[Record], groups: Iterator[tuple[bytes, list[tuple[int, Record]]]]
-         ) -> Iterator[tuple[bytes, list[tuple[int, Record]] | None, Record | None]]:
+def join(base: Iterator[Pair], groups: Iterator[tuple[bytes, list[tuple[int, Any]]]]
+         ) -> Iterator[tuple[bytes, list[tuple[int, Any]] | None, Pair | None]]:
     """Two key-ordered streams, each key once in each, side by side: (key, its group or None, its base
-    record or None)."""
+    pair or None)."""
     b = next(base, None)
     g = next(groups, None)
     while b is not None or g is not None:

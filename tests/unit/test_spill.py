@@ -16,8 +16,9 @@ from pgtape.commands.replay import progress_text
 from pgtape.config import load_config
 from pgtape.errors import PgtapeError, UsageError
 from pgtape.replay.engine import Progress
+from pgtape.replay import fold as fold_module
 from pgtape.replay.fold import BagFold, Budget, TableFold
-from pgtape.replay.spill import SpillDir, merge_runs, read_run, sorted_records
+from pgtape.replay.spill import SpillDir, merge_runs, read_run, sorted_pairs
 from pgtape.tape.records import Change, Relation, Schema
 
 WIDE = Relation(3, "public", "t", ["id", "v", "big"], ["bigint", "text", "text"], ["id"])
@@ -26,9 +27,10 @@ KEY = Relation(2, "public", "t", ["id"], ["bigint"], ["id"])
 RELS = {2: KEY, 3: WIDE, 4: NARROW}
 
 
-def toasted(spill: SpillDir | None = None) -> TableFold:
+def toasted(spill: SpillDir | None = None, sort_bytes: int = 200) -> TableFold:
+    """sort_bytes 200: the base sorted in runs, the fold's runs merged into one before the end (reduce_runs)."""
     f = TableFold("public.t", ["id", "v", "big"], ["bigint", "text", "text"], ["id"], ["id", "v", "big"],
-                  attnums=[1, 2, 3], spill=spill, sort_bytes=200)
+                  attnums=[1, 2, 3], spill=spill, sort_bytes=sort_bytes)
     f.new_segment()
     return f
 
@@ -46,20 +48,21 @@ def spill(tmp_path: Path) -> Iterator[SpillDir]:
 
 
 def test_merge_runs_newest_run_wins(spill: SpillDir) -> None:
-    r0 = spill.write_run(0, [[b"a", 0, b"a-0"], [b"b", 0, b"b-0"], [b"d", 0, b"d-0"]])
-    r1 = spill.write_run(1, [[b"b", 1], [b"c", 0, b"c-1"]])
-    r3 = spill.write_run(3, [[b"b", 0, b"b-3"], [b"d", 1]])
+    r0 = spill.write_run(0, [b"a", b"b", b"d"], [b"a-0", b"b-0", b"d-0"])
+    r1 = spill.write_run(1, [b"b", b"c"], [None, b"c-1"])
+    r3 = spill.write_run(3, [b"b", b"d"], [b"b-3", [2, {"v": b"x"}]])
     merged = list(merge_runs([r0, r3, r1]))
     assert [k for k, _ in merged] == [b"a", b"b", b"c", b"d"]
     assert [[run for run, _ in g] for _, g in merged] == [[0], [3, 1, 0], [1], [3, 0]]
-    assert dict(merged)[b"b"][0][1] == [b"b", 0, b"b-3"]
+    assert dict(merged)[b"b"] == [(3, b"b-3"), (1, None), (0, b"b-0")]
+    assert dict(merged)[b"d"][0] == (3, [2, {"v": b"x"}])
 
 
 def test_runs_are_private_checksummed_and_removed(spill: SpillDir) -> None:
-    run = spill.write_run(0, [[b"k%05d" % i, 0, b"row %d" % i] for i in range(20000)])
+    run = spill.write_run(0, [b"k%05d" % i for i in range(20000)], [b"row %d" % i for i in range(20000)])
     assert stat.S_IMODE(os.stat(run.path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(run.path.parent).st_mode) == 0o700
-    assert len(list(read_run(run))) == 20000
+    assert list(read_run(run)) == [(b"k%05d" % i, b"row %d" % i) for i in range(20000)]
     data = bytearray(run.path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     run.path.write_bytes(bytes(data))
@@ -71,13 +74,13 @@ def test_encrypted_runs_hold_no_row_in_the_clear(tmp_path: Path) -> None:
     """With an encrypted archive, spill blocks are sealed with a key of the replay's own: no row value
     in the file, any changed byte fails authentication (its CRC recomputed, so only the tag can tell)."""
     rng = random.Random(11)
-    blobs = [rng.randbytes(24) for _ in range(5000)]  # values zstd leaves whole
-    rows: list[list[object]] = [[b"k%05d" % i, 0, blob] for i, blob in enumerate(blobs)]
+    blobs = [rng.randbytes(1000) for _ in range(500)]  # values zstd leaves whole
+    keys = [b"k%05d" % i for i in range(len(blobs))]
     plain, sealed = SpillDir(tmp_path / "plain"), SpillDir(tmp_path / "sealed", encrypt=True)
     try:
-        clear, run = plain.write_run(0, rows), sealed.write_run(0, rows)
-        assert list(read_run(run)) == list(read_run(clear)) == rows
-        values = blobs[::500]
+        clear, run = plain.write_run(0, keys, list(blobs)), sealed.write_run(0, keys, list(blobs))
+        assert list(read_run(run)) == list(read_run(clear)) == list(zip(keys, blobs))
+        values = blobs[::50]
         assert all(v in clear.path.read_bytes() for v in values)  # (so the next line can fail)
         assert not any(v in run.path.read_bytes() for v in values)
         data = bytearray(run.path.read_bytes())
@@ -95,9 +98,12 @@ def test_encrypted_runs_hold_no_row_in_the_clear(tmp_path: Path) -> None:
 def test_sorted_records_beyond_memory(spill: SpillDir) -> None:
     rng = random.Random(7)
     lines = [b"%d" % rng.randrange(1000) for _ in range(3000)]  # duplicates too
-    out = list(sorted_records(([x] for x in lines), spill, 500, lambda r: len(r[0]) + 100))
-    assert [r[0] for r in out] == sorted(lines)
-    assert spill.runs_written > 5
+    out = list(sorted_pairs(((x, x + b"!") for x in lines), spill, 500, lambda r: len(r[0]) + 100, 1 << 20))
+    assert out == [(x, x + b"!") for x in sorted(lines)]
+    assert spill.runs_written > 5 and not spill.merge_passes
+    again = list(sorted_pairs(((x, None) for x in lines), spill, 500, lambda r: len(r[0]) + 100, 1))
+    assert [k for k, _ in again] == sorted(lines)
+    assert spill.merge_passes > 5  # (blocks of one run at a time over the allowance: merged two by two)
 
 
 def test_partial_row_after_a_spill_takes_the_spilled_row(spill: SpillDir) -> None:
@@ -182,17 +188,23 @@ def _random_keyed_ops(rng: random.Random, f: TableFold, g: TableFold, n: int, pa
             g.spill_out()
 
 
+@pytest.mark.parametrize("sort_bytes", [200, 1 << 20])  # runs merged into fewer first, or all at once
 @pytest.mark.parametrize("partial", [True, False])  # without partial rows: the list-wide path
 @pytest.mark.parametrize("seed", range(40))
-def test_keyed_fold_with_runs_equals_unbounded(spill: SpillDir, seed: int, partial: bool) -> None:
+def test_keyed_fold_with_runs_equals_unbounded(spill: SpillDir, seed: int, partial: bool, sort_bytes: int,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     print(f"seed {seed}")
+    # (odd seeds: base rows handed on mid-range)
+    monkeypatch.setattr(fold_module, "BLOCK_LINES", 2 if seed % 2 else fold_module.BLOCK_LINES)
     rng = random.Random(seed)
     base = [b"%d\tb%d\tBASE%d" % (k, k, k) for k in range(20)]
     rng.shuffle(base)  # base files are in heap order, not key order
-    f, g = toasted(), toasted(spill)
+    f, g = toasted(), toasted(spill, sort_bytes)
     _random_keyed_ops(rng, f, g, 400, partial)
     assert g.runs or g.truncated
     assert sorted(g.rows(iter(base))) == sorted(f.rows(iter(base)))
+    # (200: runs merged into fewer, unless two at most; a large allowance merges them all at once)
+    assert spill.merge_passes > 0 or len(g.runs) <= 2 if sort_bytes == 200 else not spill.merge_passes
 
 
 def test_schema_change_rewrites_the_runs(spill: SpillDir) -> None:
@@ -211,20 +223,21 @@ def test_schema_change_rewrites_the_runs(spill: SpillDir) -> None:
 BAG = Relation(1, "public", "bag", ["a", "b"], ["integer", "text"], [])
 
 
-def bag(spill: SpillDir | None = None) -> BagFold:
+def bag(spill: SpillDir | None = None, sort_bytes: int = 100) -> BagFold:
     f = BagFold("public.bag", ["a", "b"], ["integer", "text"], [], ["a", "b"], attnums=[1, 2], spill=spill,
-                sort_bytes=100)
+                sort_bytes=sort_bytes)
     f.new_segment()
     return f
 
 
+@pytest.mark.parametrize("sort_bytes", [100, 1 << 20])
 @pytest.mark.parametrize("seed", range(20))
-def test_bag_with_runs_equals_unbounded(spill: SpillDir, seed: int) -> None:
+def test_bag_with_runs_equals_unbounded(spill: SpillDir, seed: int, sort_bytes: int) -> None:
     print(f"seed {seed}")
     rng = random.Random(seed)
     base = [b"%d\tx" % rng.randrange(5) for _ in range(15)]
     held = Counter(base)
-    f, g = bag(), bag(spill)
+    f, g = bag(), bag(spill, sort_bytes)
     for _step in range(300):
         line = b"%d\tx" % rng.randrange(8)
         if rng.random() < 0.5:
