@@ -26,6 +26,19 @@ this starts):
      false (polled every 10 ms), then stopped;
   6. both results compared: md5 of `COPY (SELECT * FROM t ORDER BY id) TO STDOUT` per table, with
      the same session settings, bench_recovered.t on the cluster vs public.t on the recovered one.
+With --base-orders (a base that dominates), two more references and where our time goes, in the same
+interleaved runs:
+  7. load the base once with PostgreSQL's own tools, independent of pgtape's code: `pg_dump -Fc` of the
+     three tables right after pg_basebackup (the same state; not timed), then per run `pg_restore` of
+     their definitions, data and primary keys (the TOC without the secondary indexes and foreign keys
+     a recovery schema does not have) into a fresh database, without and with `-j 2`, timed; and the
+     least SQL can do: the tables' rows written to files by the server with the base (COPY TO), then
+     per table on its own connection, all at once, CREATE TABLE, COPY FREEZE from the file, ADD
+     PRIMARY KEY, COMMIT (no client in the data path), timed;
+  8. two more replays through bench/replay_phases.py (pgtape's main with timers around the fold, and
+     per table the COPY, the primary key and the commit, with the server process's CPU): with the
+     default replay.sinks.schema.PARALLEL and with PARALLEL = 1, the speed-up of loading tables at once.
+  Each of these loads writes hundreds of MiB of WAL: the next starts once the archiver has copied it.
 It prints a table and writes JSON to bench/out/ (replay-<mode>-<stamp>.json, replay-latest-<mode>.json).
 """
 
@@ -355,6 +368,110 @@ def run_native(pg: EmbeddedPostgres, work: Path, base: Path, archive_dir: Path, 
         shutil.rmtree(root, ignore_errors=True)
 
 
+def dump_base(pg: EmbeddedPostgres, dsn: str, work: Path) -> dict[str, Any]:
+    """pg_dump -Fc of the three tables now, and the TOC list pg_restore -L loads: the tables, their
+    data and primary keys (what a recovery schema holds)."""
+    dump, toc = work / "base.dump", work / "base.toc"
+    started = time.perf_counter()
+    r = subprocess.run([str(pg.bindir / "pg_dump"), "-Fc", "-d", dsn, *(a for t in TABLES for a in ("-t", t)),
+                        "-f", str(dump)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"pg_dump failed: {r.stderr}")
+    seconds = time.perf_counter() - started
+    r = subprocess.run([str(pg.bindir / "pg_restore"), "-l", str(dump)], capture_output=True, text=True, check=True)
+    keep = [line for line in r.stdout.splitlines() if re.search(r" (TABLE|TABLE DATA) public ", line)
+            or re.search(r" CONSTRAINT public \S+ \S+_pkey ", line)]
+    toc.write_text("\n".join(keep) + "\n")
+    return {"path": str(dump), "toc": str(toc), "bytes": dump.stat().st_size, "seconds": round(seconds, 2),
+            "entries": keep}
+
+
+def export_base(dsn: str, work: Path) -> dict[str, str]:
+    """Each table's rows now, in COPY text files the server writes (and reads back in run_copy_floor)."""
+    files = {}
+    with psycopg.connect(dsn, autocommit=True) as c:
+        for t in TABLES:
+            files[t] = str(work / f"base-{t}.copy")
+            c.execute(f"copy {t} to '{files[t]}'")
+    return files
+
+
+def run_copy_floor(dsn: str, files: dict[str, str], rows: int) -> dict[str, Any]:
+    """The least SQL can do to load the base: per table, on its own connection and all at once, CREATE
+    TABLE, COPY FREEZE from the server-side file (no client in the path), ADD PRIMARY KEY, COMMIT; into a
+    fresh schema (dropped untimed). Wall time of the slowest."""
+    schema = "bench_copy_floor"
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(f"drop schema if exists {schema} cascade")
+        c.execute(f"create schema {schema}")
+        c.execute("checkpoint")
+    errors: list[BaseException] = []
+
+    def load(t: str) -> None:
+        try:
+            with psycopg.connect(dsn) as c:  # one transaction: FREEZE needs the table created in it
+                name = f"{schema}.{t.split('.')[1]}"
+                c.execute(f"create table {name} (like {t})")
+                c.execute(f"copy {name} from '{files[t]}' with (freeze)")
+                c.execute(f"alter table {name} add primary key (id)")
+        except BaseException as e:  # noqa: BLE001 - raised below
+            errors.append(e)
+
+    threads = [threading.Thread(target=load, args=(t,)) for t in TABLES]
+    started = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - started
+    try:
+        if errors:
+            raise RuntimeError(f"COPY FREEZE floor failed: {errors[0]!r}")
+        with psycopg.connect(dsn, autocommit=True) as c:
+            got = sum(int(scalar(c.execute(f"select count(*) from {schema}.{t.split('.')[1]}"))) for t in TABLES)
+        if got != rows:
+            raise RuntimeError(f"COPY FREEZE floor loaded {got} rows, the base has {rows}")
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute(f"drop schema if exists {schema} cascade")
+    log(f"COPY FREEZE from server files: {wall:.2f}s")
+    return {"wall": wall}
+
+
+def run_restore(pg: EmbeddedPostgres, dump: dict[str, Any], jobs: int, rows: int) -> dict[str, Any]:
+    """pg_restore of the base into a fresh database (created and dropped untimed), timed; its row
+    count must be the base's."""
+    db = f"bench_restore_{jobs}"
+    with psycopg.connect(pg.dsn(), autocommit=True) as c:
+        c.execute(f"drop database if exists {db}")
+        c.execute(f"create database {db}")
+        c.execute("checkpoint")
+    try:
+        r = timed([str(pg.bindir / "pg_restore"), "-j", str(jobs), "-L", dump["toc"], "-d", pg.dsn(db), dump["path"]],
+                  timeout=900, what=f"pg_restore -j {jobs}")
+        with psycopg.connect(pg.dsn(db), autocommit=True) as c:
+            got = sum(int(scalar(c.execute(f"select count(*) from {t}"))) for t in TABLES)
+        if got != rows:
+            raise RuntimeError(f"pg_restore -j {jobs} loaded {got} rows, the base has {rows}")
+    finally:
+        with psycopg.connect(pg.dsn(), autocommit=True) as c:
+            c.execute(f"drop database if exists {db}")
+    log(f"pg_restore -j {jobs}: {r.wall:.2f}s ({rows:,} rows)")
+    return {"jobs": jobs, "wall": r.wall, "cpu": r.cpu, "rows": rows}
+
+
+def run_phases(common: list[str], dsn: str, target: str, work: Path, parallel: int | None,
+               timeout: float) -> dict[str, Any]:
+    """One more replay through bench/replay_phases.py; its phases, with its wall time and CPU."""
+    out = work / "phases.json"
+    wrapper = [sys.executable, "-m", "bench.replay_phases", "--out", str(out),
+               *(["--parallel", str(parallel)] if parallel else []), "--"]
+    o = run_ours(wrapper, common, dsn, target, timeout)
+    phases = json.loads(out.read_text())
+    log(f"pgtape replay, PARALLEL={phases['parallel']}, phases timed: {o['wall']:.2f}s; {phases}")
+    return {"wall": o["wall"], "cpu": o["cpu"], **phases}
+
+
 def profile_replay(pgtape: list[str], common: list[str], dsn: str, target: str, work: Path,
                    timeout: float) -> list[str]:
     """cProfile one more replay (into another schema, dropped after); the top functions by self time
@@ -436,6 +553,12 @@ def run_bench(sizes: Sizes, workers: int, runs: int, profile: bool, base_orders:
             }
             log(f"bases: pgtape {base_snap['id']} as of {base_snap['as_of_time']}; pg_basebackup "
                 f"{result['bases']['pg_basebackup']['label'].get('START WAL LOCATION')}")
+            dump = None
+            if base_orders:  # the same state: no traffic yet
+                dump = dump_base(pg, dsn, work)
+                copy_files = export_base(dsn, work)
+                result["bases"]["pg_dump"] = {k: dump[k] for k in ("bytes", "seconds", "entries")}
+                base_rows = sum(base_snap["rows"].values())
             # 3. traffic, target time in it, more traffic; everything durable and archived
             traffic = Traffic(dsn, workers, sizes.changes, sizes.after)
             traffic.run(capture)
@@ -466,12 +589,26 @@ def run_bench(sizes: Sizes, workers: int, runs: int, profile: bool, base_orders:
             # 4./5. alternate: ours, native (each `runs` times)
             ours_runs: list[dict[str, Any]] = []
             native_runs: list[dict[str, Any]] = []
+            restore_runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+            floor_runs: list[dict[str, Any]] = []
+            phase_runs: dict[str, list[dict[str, Any]]] = {"default": [], "serial": []}
             for i in range(runs):
+                if dump is not None:  # first: the plain replay below leaves the schema compared after the runs
+                    for key, parallel in (("default", None), ("serial", 1)):
+                        wait_archived(pg, dsn, archive_dir)  # the last load's WAL: archived before the next
+                        phase_runs[key].append(run_phases(common, dsn, target, work, parallel, sizes.timeout))
+                wait_archived(pg, dsn, archive_dir)
                 o = run_ours(pgtape, common, dsn, target, sizes.timeout)
                 log(f"pgtape replay run {i + 1}: {o['wall']:.2f}s, {o['changes']:,} changes "
                     f"({o['changes_per_s']:,.0f}/s), peak RSS {o['max_rss'] / 2**20:.0f} MiB")
                 ours_runs.append(o)
                 native_runs.append(run_native(pg, work, basebackup, archive_dir, target, i, sizes.timeout))
+                if dump is not None:
+                    for jobs in (1, 2):
+                        wait_archived(pg, dsn, archive_dir)
+                        restore_runs[jobs].append(run_restore(pg, dump, jobs, base_rows))
+                    wait_archived(pg, dsn, archive_dir)
+                    floor_runs.append(run_copy_floor(dsn, copy_files, base_rows))
             # 6. equality (the last replay is still in bench_recovered)
             ours_md5 = table_md5(dsn, SCHEMA)
             native_md5 = native_runs[-1]["tables"]
@@ -482,11 +619,22 @@ def run_bench(sizes: Sizes, workers: int, runs: int, profile: bool, base_orders:
                 result["profile"] = profile_replay(pgtape, common, dsn, target, work, sizes.timeout)
             result["ours_runs"] = ours_runs
             result["native_runs"] = native_runs
+            if dump is not None:
+                result["restore_runs"] = {str(j): r for j, r in restore_runs.items()}
+                result["copy_floor_runs"] = floor_runs
+                result["phase_runs"] = phase_runs
         finally:
             if capture is not None:
                 capture.stop()
     best_o = min(ours_runs, key=lambda r: r["wall"])
     best_n = min(native_runs, key=lambda r: r["wall"])
+    if "restore_runs" in result:
+        best_r = {j: min(rs, key=lambda r: r["wall"]) for j, rs in result["restore_runs"].items()}
+        best_p = {k: min(rs, key=lambda r: r["wall"]) for k, rs in result["phase_runs"].items()}
+        best_f = min(result["copy_floor_runs"], key=lambda r: r["wall"])
+        result.update(copy_floor=best_f, copy_floor_ratio=best_o["wall"] / best_f["wall"])
+        result.update(restore=best_r, restore_ratio={j: best_o["wall"] / r["wall"] for j, r in best_r.items()},
+                      phases=best_p, parallel_speedup=best_p["serial"]["wall"] / best_p["default"]["wall"])
     result.update(ours=best_o, native=best_n, ratio=best_o["wall"] / best_n["wall"], target_ratio=TARGET_RATIO,
                   runs=runs, loadavg_at_end=os.getloadavg(), seconds=round(time.monotonic() - t0, 1),
                   machine=f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
@@ -528,9 +676,55 @@ def table(res: dict[str, Any]) -> str:
         f"Target ours/native <= {res['target_ratio']}: "
         f"**{'met' if res['ratio'] <= res['target_ratio'] else 'MISSED'}**.",
     ]
+    if res.get("restore"):
+        lines += ["", *base_table(res)]
     if res.get("profile"):
         lines += ["", "cProfile of one more `pgtape replay` (same target):", "", "```", *res["profile"], "```"]
     return "\n".join(lines)
+
+
+def base_table(res: dict[str, Any]) -> list[str]:
+    """--base-orders: ours against loading the base once with pg_restore, and where our time goes."""
+    o, r, p = res["ours"], res["restore"], res["phases"]
+    rows = sum(res["bases"]["pgtape"]["rows"].values())
+    lines = [
+        f"The base ({rows:,} rows) loaded once with PostgreSQL's own tools: pg_restore of a `pg_dump -Fc` "
+        f"({res['bases']['pg_dump']['bytes'] / (1 << 20):.0f} MiB) of the three tables taken with the base, "
+        "their definitions, data and primary keys, into a fresh database; and the least SQL can do: per table on its "
+        "own connection, all at once, CREATE TABLE, COPY FREEZE from a file the server wrote with the base, "
+        "ADD PRIMARY KEY:",
+        "",
+        "| | pgtape replay | pg_restore | pg_restore -j 2 | COPY FREEZE from server files |",
+        "|---|---:|---:|---:|---:|",
+        f"| wall time | {o['wall']:.2f} s | {r['1']['wall']:.2f} s | {r['2']['wall']:.2f} s "
+        f"| {res['copy_floor']['wall']:.2f} s |",
+        f"| ours / it | | **{res['restore_ratio']['1']:.2f}** | **{res['restore_ratio']['2']:.2f}** "
+        f"| **{res['copy_floor_ratio']:.2f}** |",
+        f"| process CPU (client) | {o['cpu']:.2f} s | {r['1']['cpu']:.2f} s | {r['2']['cpu']:.2f} s | |",
+        "",
+        "All runs (wall s): " + ", ".join(
+            f"pg_restore {a['wall']:.2f} / -j 2 {b['wall']:.2f} / COPY FREEZE {c['wall']:.2f}"
+            for a, b, c in zip(res["restore_runs"]["1"], res["restore_runs"]["2"], res["copy_floor_runs"])) + ".",
+        "",
+        "Where a replay's time goes (bench/replay_phases.py: wall s; server CPU s of the process doing it), "
+        f"best of {res['runs']}; tables loading at once: PARALLEL = {p['default']['parallel']} (default) vs 1, "
+        f"speed-up **{res['parallel_speedup']:.2f}x**:",
+        "",
+        "| PARALLEL | wall | fold (tape) | load (all tables) | table: COPY (server CPU) + primary key (server CPU) "
+        "+ commit | publish | process CPU |",
+        "|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for k in ("default", "serial"):
+        ph = p[k]
+        per = "; ".join(f"{t.split('.')[-1]} {v.get('copy', 0):.2f} ({v.get('copy_server_cpu', 0):.2f}) + "
+                        f"{v.get('primary_key', 0):.2f} ({v.get('primary_key_server_cpu', 0):.2f}) + "
+                        f"{v.get('commit', 0):.2f}" for t, v in ph["tables"].items())
+        lines.append(f"| {ph['parallel']} | {ph['wall']:.2f} s | {ph.get('fold', 0):.2f} s | {ph.get('load', 0):.2f} s "
+                     f"| {per} | {ph.get('publish', 0):.2f} s | {ph['cpu']:.2f} s |")
+    lines += ["", "All runs (wall s): " + ", ".join(
+        f"PARALLEL={a['parallel']} {a['wall']:.2f} / PARALLEL=1 {b['wall']:.2f}"
+        for a, b in zip(res["phase_runs"]["default"], res["phase_runs"]["serial"])) + "."]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
