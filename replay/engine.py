@@ -256,7 +256,7 @@ def _prepare(archive: Archive, tables: list[str], target: Target, progress: Prog
         estimate = estimate_spill(archive, gen, folds, base_dirs, memory)
         if on_estimate is not None:
             on_estimate(estimate)
-        budget = Budget(state_limit(memory))
+        budget = Budget(state_limit(memory), memory)
         for f in folds.values():
             # Up to eight tables load at once (sinks/schema.py PARALLEL), each sorting its base if it spilled:
             # together half the limit (the other half: what the folds still hold, cut to that before loading).

@@ -20,6 +20,7 @@ runs, newest first per key, with the base sorted the same way.
 from __future__ import annotations
 
 import gc
+import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -298,17 +299,20 @@ class TableFold:
         if self.spill is None or not entries:
             return
         with _no_gc():  # (partial rows make dicts and lists: the collector would walk the whole state for nothing)
-            if _Partial not in set(map(type, entries.values())):  # whole rows and deletions: written as they are
-                keys = sorted(entries)
-                values = list(map(entries.__getitem__, keys))
-            else:
-                keys = sorted(k for k, e in entries.items() if self._spillable(k, e))
-                values = [self._encode(k, entries[k]) for k in keys]
+            whole = _Partial not in set(map(type, entries.values()))  # whole rows and deletions: written as they are
+            keys = sorted(entries) if whole else sorted(k for k, e in entries.items() if self._spillable(k, e))
             if keys:
-                self.runs.append(self.spill.write_run(self.next_run, keys, values, self.name))
+                # Values a slice of keys at a time: a list beside all the keys would cost 8 bytes an entry more
+                # at the moment memory is fullest (Budget.check: SPILL_BYTES_PER_ENTRY).
+                def chunks() -> Iterator[tuple[Keys, Values]]:
+                    for i in range(0, len(keys), SPILL_SLICE):
+                        part = keys[i:i + SPILL_SLICE]
+                        yield part, (list(map(entries.__getitem__, part)) if whole
+                                     else [self._encode(k, entries[k]) for k in part])
+                self.runs.append(self.spill.write_chunks(self.next_run, chunks(), self.name))
                 self.next_run += 1
             kept = len(entries) - len(keys)
-            del keys, values
+            del keys
             self.entries = {k: e for k, e in entries.items() if not self._spillable(k, e)} if kept else {}
 
     def _spillable(self, k: Key, e: Any) -> bool:
@@ -608,27 +612,46 @@ def _joined(lines: Iterable[bytes]) -> Iterator[bytes]:
 
 
 class Budget:
-    """The folds' memory held under `limit` bytes: checked after each frame of the tape by the number
-    of entries times a size per entry measured (`state_bytes`) whenever the estimate passes the limit;
-    past it, the largest folds write runs until their total is half the limit."""
+    """The folds' memory held under the budget, checked after each frame of the tape, two ways:
+    - the state: the number of entries times a size per entry measured (`state_bytes`) whenever that
+      estimate passes `limit`; past 95 % of it, the largest folds write runs until their total is half
+      the limit;
+    - the process (where the OS tells its resident size: Linux): what is resident plus what may come
+      before the next check (spilling's sorted list of keys, a dict doubling its table) past `memory`
+      spills the same way. The state's measure
+      misses allocator rounding, the frames being decoded and what earlier spills left fragmented;
+      this catches them. Read at most about 64 times per fill of the limit, and ignored while the
+      state is under a quarter of the limit (spilling it would free little: the memory is elsewhere)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, memory: int | None = None) -> None:
         self.limit = limit
+        self.memory = memory
         self.per_entry = 400.0  # bytes, more than an entry takes: measured on the first check past the limit
         self.measurements = 0
         self.spills = 0
+        self._resident_check = 0  # the number of entries at which resident memory is read next
 
     def check(self, folds: list[TableFold]) -> None:
         n = 0
         for f in folds:
             n += len(f.entries)
-        if n * self.per_entry <= self.limit:
-            return
+        estimate = n * self.per_entry
+        if estimate <= self.limit:
+            if self.memory is None or n < self._resident_check:
+                return
+            step = int(self.limit / 64 / self.per_entry)
+            self._resident_check = n + step
+            resident = resident_bytes()
+            if resident is None or resident + _growth(folds, n, step) <= self.memory:
+                return
+            threshold = self.limit / 4
+        else:
+            threshold = self.limit * 0.95  # next measurement after at least 5 % more entries
         sizes = [(f.state_bytes(), f) for f in folds if f.entries]
         self.measurements += 1
         total = sum(size for size, _ in sizes)
         self.per_entry = total / n
-        if total <= self.limit * 0.95:  # next measurement after at least 5 % more entries
+        if total <= threshold:
             return
         for size, f in sorted(sizes, key=lambda sf: -sf[0]):
             f.spill_out()
@@ -636,6 +659,41 @@ class Budget:
             total -= size
             if total <= self.limit // 2:
                 break
+        self._resident_check = 0
+
+
+def _growth(folds: list[TableFold], n: int, step: int) -> int:
+    """What memory may grow by, at most, before the next check: spilling (SPILL_BYTES_PER_ENTRY), and any
+    fold's dict growing its table within `step` entries more (CPython doubles a dict's table when two
+    thirds full: the new index is written whole and the entries are copied while the old table lives)."""
+    grow = n * SPILL_BYTES_PER_ENTRY
+    for f in folds:
+        held = len(f.entries)
+        size = 8
+        while (size << 1) // 3 < held:
+            size <<= 1
+        full = (size << 1) // 3
+        if full - held <= step:
+            grow += (4 if size < 1 << 30 else 8) * 2 * size + 24 * full
+    return grow
+
+
+# Spilling a fold sorts its keys into a list (8 bytes an entry) with timsort's work area beside it (up to
+# half that), then takes their values SPILL_SLICE keys at a time.
+SPILL_BYTES_PER_ENTRY = 12
+SPILL_SLICE = 1 << 16
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory (Linux: /proc/self/statm), None where the OS does not say."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def _deleted_then_updated(table: str, key: Key) -> PgtapeError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import stat
+import sys
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -147,6 +148,44 @@ def test_budget_spills_the_largest_fold(spill: SpillDir) -> None:
             budget.check([f])
     assert len(f.runs) >= 5
     assert sorted(f.rows(iter([]))) == sorted(b"%d\tv\t%s" % (i, b"x" * 50) for i in range(2000))
+
+
+@pytest.mark.parametrize("watch_resident", [True, False])
+def test_budget_spills_when_the_process_outgrows_the_memory(spill: SpillDir, watch_resident: bool) -> None:
+    """The state's own measure stays far under its limit; resident memory (Linux) passes the budget."""
+    f = toasted(spill)
+    resident = fold_module.resident_bytes()
+    if resident is None:
+        pytest.skip("the OS does not tell resident memory")
+    budget = Budget(16 << 20, resident + (8 << 20) if watch_resident else None)
+    ballast = []
+    for i in range(40_000):
+        put(f, Change("I", 3, b"%d\tv\t%s" % (i, b"x" * 100), -1, None))
+        if i % 1000 == 999:
+            ballast.append(b"x" * (1 << 20))  # touched: 40 MiB of the process that is not the state
+            budget.check([f])
+    assert (len(f.runs) >= 1) == watch_resident
+    assert sorted(f.rows(iter([]))) == sorted(b"%d\tv\t%s" % (i, b"x" * 100) for i in range(40_000))
+
+
+def test_growth_foresees_a_dict_doubling_its_table() -> None:
+    """What _growth adds for a dict about to grow its table is at least what the table grows by
+    (sys.getsizeof), and it adds nothing when no growth is near."""
+    f = toasted()
+    f.entries = {}
+    spilling = fold_module.SPILL_BYTES_PER_ENTRY
+    growths = foreseen_steps = 0
+    for i in range(200_000):
+        foreseen = fold_module._growth([f], len(f.entries), 1) - len(f.entries) * spilling
+        before = sys.getsizeof(f.entries)
+        f.entries[b"%d" % i] = b"row"
+        grew = sys.getsizeof(f.entries) - before
+        if i > 1000:
+            foreseen_steps += foreseen > 0
+            if grew:
+                growths += 1
+                assert foreseen >= grew, (i, foreseen, grew)
+    assert growths >= 7 and foreseen_steps <= 2 * growths
 
 
 def _random_keyed_ops(rng: random.Random, f: TableFold, g: TableFold, n: int, partial: bool = True) -> None:
