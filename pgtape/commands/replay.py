@@ -130,8 +130,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def add_budget_options(p: argparse.ArgumentParser) -> None:
     """--memory and --work-dir: pgtape.config's [replay] options (cli.py reads opt_<name> as an override)."""
     p.add_argument("--memory", dest="opt_replay_memory", metavar="SIZE",
-                   help="memory budget of the replay's folded state, e.g. 512MiB (default: [replay] memory, "
-                        "512MiB); past it the state spills to sorted runs on disk")
+                   help="memory budget of the replay (its resident memory), e.g. 512MiB (default: [replay] memory, "
+                        "512MiB); past it the folded state spills to sorted runs on disk")
     p.add_argument("--work-dir", dest="opt_replay_work_dir", metavar="DIR",
                    help="directory for spill files (default: [replay] work_dir, else TMPDIR)")
 

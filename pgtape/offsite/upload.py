@@ -29,6 +29,7 @@ import io
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Hashable
@@ -55,6 +56,9 @@ _SKIP_DIRS = ("jobs",)
 _SNAPSHOT_FILE = re.compile(r"^generations/\d{4}/snapshots/[^/]+/[^/]+$")
 _SEGMENT = re.compile(r"^generations/(\d{4})/tape/([^/]+)$")
 _AUDIT_ENTRY = re.compile(r"^audit/offsite/[^/]+\.json$")  # pgtape/tape/audit.py: one object per entry
+
+
+SAVE_EVERY = 1.0  # seconds between writes of OFFSITE.json within a pass (one at its end)
 
 
 class OffsiteBusy(PgtapeError):
@@ -136,9 +140,16 @@ class Uploader:
         self.state = load_state(archive, remote.where("").rstrip("/"))
         self._listing: dict[str, int] | None = None  # the bucket's objects (key -> size) when first needed
         self._hashes: dict[str, tuple[int, int, str]] = {}  # key -> (size, mtime_ns, sha): unchanged files not re-read
+        self._saved = 0.0  # time.monotonic() of the last _save
 
-    def _save(self) -> None:
+    def _save(self, now: bool = True) -> None:
+        """OFFSITE.json written (two fsyncs). Within a pass (`now` False), at most every SAVE_EVERY: it is a
+        record, not the truth: objects uploaded since it was written are found in the bucket by
+        _already_there after a kill, not sent again; and each fsync here waits behind capture's."""
+        if not now and time.monotonic() - self._saved < SAVE_EVERY:
+            return
         metadata.write(self.archive.storage, STATE_FILE, self.state)
+        self._saved = time.monotonic()
 
     def _sha(self, key: str, path: Path) -> tuple[int, str]:
         st = path.stat()
@@ -159,7 +170,7 @@ class Uploader:
             return
         self.remote.put_file(key, path, sha)
         self.state.objects[key] = (size, sha)
-        self._save()
+        self._save(now=False)
         result.uploaded.append(key)
         result.bytes += size
 
@@ -176,7 +187,7 @@ class Uploader:
         except FileNotFoundError:
             return False
         self.state.objects[key] = (size, sha)
-        self._save()
+        self._save(now=False)
         result.recorded.append(key)
         return True
 
@@ -215,7 +226,7 @@ class Uploader:
             result.bytes += len(data)
         self.state.open_uploaded_at = now_us()
         self._note_tape(key, end.end_lsn, end.complete_time)
-        self._save()
+        self._save(now=False)
 
     def _note_tape(self, key: str, end_lsn: int, complete_time: int | None) -> None:
         m = _SEGMENT.match(key)
@@ -291,7 +302,7 @@ class Uploader:
                 self.state.objects.pop(key, None)
                 if self._listing is not None:
                     self._listing.pop(key, None)
-                self._save()
+                self._save(now=False)
                 result.deleted.append(key)
             elif key not in local:  # pruned locally: prune deletes the offsite copy's objects itself
                 del self.state.objects[key]
@@ -304,7 +315,7 @@ class Uploader:
                 continue
             self.remote.write_atomic(key, data)
             self.state.objects[key] = (len(data), sha)
-            self._save()
+            self._save(now=False)
             result.uploaded.append(key)
             result.bytes += len(data)
         now = now_us()
