@@ -302,18 +302,18 @@ class TableFold:
             whole = _Partial not in set(map(type, entries.values()))  # whole rows and deletions: written as they are
             keys = sorted(entries) if whole else sorted(k for k, e in entries.items() if self._spillable(k, e))
             if keys:
-                # Values a slice of keys at a time: a list beside all the keys would cost 8 bytes an entry more
-                # at the moment memory is fullest (Budget.check: SPILL_BYTES_PER_ENTRY).
-                def chunks() -> Iterator[tuple[Keys, Values]]:
-                    for i in range(0, len(keys), SPILL_SLICE):
-                        part = keys[i:i + SPILL_SLICE]
-                        yield part, (list(map(entries.__getitem__, part)) if whole
-                                     else [self._encode(k, entries[k]) for k in part])
-                self.runs.append(self.spill.write_chunks(self.next_run, chunks(), self.name))
+                self.runs.append(self.spill.write_chunks(self.next_run, self._slices(entries, keys, whole), self.name))
                 self.next_run += 1
             kept = len(entries) - len(keys)
             del keys
             self.entries = {k: e for k, e in entries.items() if not self._spillable(k, e)} if kept else {}
+
+    def _slices(self, entries: dict[Key, Any], keys: list[Key], whole: bool) -> Iterator[tuple[Keys, Values]]:
+        """Sorted keys and their values, SPILL_SLICE at a time: a list of all values beside all the keys
+        would cost 8 bytes an entry more at the moment memory is fullest (Budget: SPILL_BYTES_PER_ENTRY)."""
+        for i in range(0, len(keys), SPILL_SLICE):
+            part = keys[i:i + SPILL_SLICE]
+            yield part, (list(map(entries.__getitem__, part)) if whole else [self._encode(k, entries[k]) for k in part])
 
     def _spillable(self, k: Key, e: Any) -> bool:
         return type(e) is not _Partial or e.inherit is None or e.inherit == k
