@@ -55,8 +55,25 @@ BLOCK_BYTES = 64 << 10  # keys and values per block (a block holds one record at
 RECORD_OVERHEAD = 100  # bytes of Python objects per decoded record besides its data (two bytes objects, two slots)
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(tuple[Any, Any])
-_compress = zstandard.ZstdCompressor(level=1)
-_decompress = zstandard.ZstdDecompressor()
+# zstandard's (de)compressors must not be used by two threads at once, and tables load on threads of their
+# own (sinks/schema.py), each sorting its base into runs and merging them: one pair per thread.
+_zstd = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    try:
+        return _zstd.compressor
+    except AttributeError:
+        _zstd.compressor = zstandard.ZstdCompressor(level=1)
+        return _zstd.compressor
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    try:
+        return _zstd.decompressor
+    except AttributeError:
+        _zstd.decompressor = zstandard.ZstdDecompressor()
+        return _zstd.decompressor
 
 
 @dataclass
@@ -201,7 +218,7 @@ def _aad(name: str, offset: int) -> bytes:
 
 
 def _write_block(f: Any, data: bytes, aead: AESGCM | None, name: str, offset: int) -> int:
-    payload = _compress.compress(data)
+    payload = _compressor().compress(data)
     if aead is not None:
         nonce = os.urandom(12)
         payload = nonce + aead.encrypt(nonce, payload, _aad(name, offset))
@@ -234,7 +251,7 @@ def read_blocks(run: Run) -> Iterator[tuple[Keys, Values | None]]:
                     raise PgtapeError(f"spill file {path} is damaged at offset {offset}: "
                                       "authentication failed") from None
             offset += _BLOCK.size + length
-            keys, values = _decoder.decode(_decompress.decompress(payload))
+            keys, values = _decoder.decode(_decompressor().decompress(payload))
             yield _items(keys), _items(values) if values is not None else None
 
 
