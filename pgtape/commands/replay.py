@@ -114,7 +114,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     out.add_argument("--in-place", action="store_true",
                      help="replace the live rows (after backing up what changes); needs --yes to act")
     out.add_argument("--dry-run", action="store_true", help="print the plan and the difference from live only")
-    p.add_argument("--format", choices=("csv", "jsonl"), default="csv", help="file format with --output")
+    p.add_argument("--format", choices=("csv", "jsonl"), default="csv",
+                   help="file format with --output: csv (a header line, every value quoted, NULL an empty unquoted "
+                        "field, as COPY ... CSV HEADER FORCE_QUOTE * writes it) or jsonl")
     p.add_argument("--into", metavar="DSN", help="database for the recovery schema (default: the source)")
     p.add_argument("--schema", metavar="NAME", help="recovery schema (default: pgtape_recovered_<target>)")
     p.add_argument("--force", action="store_true", help="replace an existing non-empty recovery schema")
