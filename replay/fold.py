@@ -618,10 +618,10 @@ class Budget:
       the limit;
     - the process (where the OS tells its resident size: Linux): what is resident plus what may come
       before the next check (spilling's sorted list of keys, a dict doubling its table) past `memory`
-      spills the same way. The state's measure
-      misses allocator rounding, the frames being decoded and what earlier spills left fragmented;
-      this catches them. Read at most about 64 times per fill of the limit, and ignored while the
-      state is under a quarter of the limit (spilling it would free little: the memory is elsewhere)."""
+      spills the same way. The state's measure misses allocator rounding, the frames being decoded
+      and what earlier spills left fragmented; this catches them. Read about 64 times per fill of
+      the limit, and ignored while the state is under a quarter of the limit (spilling it would free
+      little: the memory is elsewhere)."""
 
     def __init__(self, limit: int, memory: int | None = None) -> None:
         self.limit = limit
