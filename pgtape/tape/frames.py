@@ -22,8 +22,7 @@ import hashlib
 import os
 import struct
 import zlib
-from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import zstandard
 from cryptography.exceptions import InvalidTag
@@ -102,8 +101,7 @@ class FrameCipher:
             raise AuthenticationFailed(offset) from None
 
 
-@dataclass(frozen=True)
-class Frame:
+class Frame(NamedTuple):  # (a tuple, not a frozen dataclass: made once per frame read, 5x cheaper to build)
     offset: int
     kind: int
     flags: int
