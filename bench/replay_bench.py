@@ -386,20 +386,25 @@ def dump_base(pg: EmbeddedPostgres, dsn: str, work: Path) -> dict[str, Any]:
             "entries": keep}
 
 
-def export_base(dsn: str, work: Path) -> dict[str, str]:
-    """Each table's rows now, in COPY text files the server writes (and reads back in run_copy_floor)."""
-    files = {}
+COPY_FORMATS = ("text", "binary")
+
+
+def export_base(dsn: str, work: Path) -> dict[str, dict[str, str]]:
+    """Each table's rows now, in COPY files (text and binary) the server writes and run_copy_floor reads back."""
+    files: dict[str, dict[str, str]] = {f: {} for f in COPY_FORMATS}
     with psycopg.connect(dsn, autocommit=True) as c:
-        for t in TABLES:
-            files[t] = str(work / f"base-{t}.copy")
-            c.execute(f"copy {t} to '{files[t]}'")
+        for fmt in COPY_FORMATS:
+            for t in TABLES:
+                files[fmt][t] = str(work / f"base-{t}.{fmt}")
+                c.execute(f"copy {t} to '{files[fmt][t]}' with (format {fmt})")
     return files
 
 
-def run_copy_floor(dsn: str, files: dict[str, str], rows: int) -> dict[str, Any]:
+def run_copy_floor(dsn: str, files: dict[str, str], rows: int, fmt: str = "text") -> dict[str, Any]:
     """The least SQL can do to load the base: per table, on its own connection and all at once, CREATE
     TABLE, COPY FREEZE from the server-side file (no client in the path), ADD PRIMARY KEY, COMMIT; into a
-    fresh schema (dropped untimed). Wall time of the slowest."""
+    fresh schema (dropped untimed). Wall time of the slowest. Binary files spare the server the types'
+    text input functions (uuid, timestamptz, numeric): the floor for any format a base could be kept in."""
     schema = "bench_copy_floor"
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute(f"drop schema if exists {schema} cascade")
@@ -412,7 +417,7 @@ def run_copy_floor(dsn: str, files: dict[str, str], rows: int) -> dict[str, Any]
             with psycopg.connect(dsn) as c:  # one transaction: FREEZE needs the table created in it
                 name = f"{schema}.{t.split('.')[1]}"
                 c.execute(f"create table {name} (like {t})")
-                c.execute(f"copy {name} from '{files[t]}' with (freeze)")
+                c.execute(f"copy {name} from '{files[t]}' with (freeze, format {fmt})")
                 c.execute(f"alter table {name} add primary key (id)")
         except BaseException as e:  # noqa: BLE001 - raised below
             errors.append(e)
@@ -434,7 +439,7 @@ def run_copy_floor(dsn: str, files: dict[str, str], rows: int) -> dict[str, Any]
     finally:
         with psycopg.connect(dsn, autocommit=True) as c:
             c.execute(f"drop schema if exists {schema} cascade")
-    log(f"COPY FREEZE from server files: {wall:.2f}s")
+    log(f"COPY FREEZE from server files ({fmt}): {wall:.2f}s")
     return {"wall": wall}
 
 
@@ -591,6 +596,7 @@ def run_bench(sizes: Sizes, workers: int, runs: int, profile: bool, base_orders:
             native_runs: list[dict[str, Any]] = []
             restore_runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
             floor_runs: list[dict[str, Any]] = []
+            binary_floor_runs: list[dict[str, Any]] = []
             phase_runs: dict[str, list[dict[str, Any]]] = {"default": [], "serial": []}
             for i in range(runs):
                 if dump is not None:  # first: the plain replay below leaves the schema compared after the runs
@@ -608,7 +614,9 @@ def run_bench(sizes: Sizes, workers: int, runs: int, profile: bool, base_orders:
                         wait_archived(pg, dsn, archive_dir)
                         restore_runs[jobs].append(run_restore(pg, dump, jobs, base_rows))
                     wait_archived(pg, dsn, archive_dir)
-                    floor_runs.append(run_copy_floor(dsn, copy_files, base_rows))
+                    floor_runs.append(run_copy_floor(dsn, copy_files["text"], base_rows))
+                    wait_archived(pg, dsn, archive_dir)
+                    binary_floor_runs.append(run_copy_floor(dsn, copy_files["binary"], base_rows, "binary"))
             # 6. equality (the last replay is still in bench_recovered)
             ours_md5 = table_md5(dsn, SCHEMA)
             native_md5 = native_runs[-1]["tables"]
@@ -622,6 +630,7 @@ def run_bench(sizes: Sizes, workers: int, runs: int, profile: bool, base_orders:
             if dump is not None:
                 result["restore_runs"] = {str(j): r for j, r in restore_runs.items()}
                 result["copy_floor_runs"] = floor_runs
+                result["copy_floor_binary_runs"] = binary_floor_runs
                 result["phase_runs"] = phase_runs
         finally:
             if capture is not None:
@@ -632,7 +641,10 @@ def run_bench(sizes: Sizes, workers: int, runs: int, profile: bool, base_orders:
         best_r = {j: min(rs, key=lambda r: r["wall"]) for j, rs in result["restore_runs"].items()}
         best_p = {k: min(rs, key=lambda r: r["wall"]) for k, rs in result["phase_runs"].items()}
         best_f = min(result["copy_floor_runs"], key=lambda r: r["wall"])
-        result.update(copy_floor=best_f, copy_floor_ratio=best_o["wall"] / best_f["wall"])
+        best_b = min(result["copy_floor_binary_runs"], key=lambda r: r["wall"])
+        result.update(copy_floor=best_f, copy_floor_ratio=best_o["wall"] / best_f["wall"],
+                      copy_floor_binary=best_b, copy_floor_binary_ratio=best_o["wall"] / best_b["wall"],
+                      copy_floor_binary_native_ratio=best_b["wall"] / best_n["wall"])
         result.update(restore=best_r, restore_ratio={j: best_o["wall"] / r["wall"] for j, r in best_r.items()},
                       phases=best_p, parallel_speedup=best_p["serial"]["wall"] / best_p["default"]["wall"])
     result.update(ours=best_o, native=best_n, ratio=best_o["wall"] / best_n["wall"], target_ratio=TARGET_RATIO,
@@ -692,19 +704,24 @@ def base_table(res: dict[str, Any]) -> list[str]:
         f"({res['bases']['pg_dump']['bytes'] / (1 << 20):.0f} MiB) of the three tables taken with the base, "
         "their definitions, data and primary keys, into a fresh database; and the least SQL can do: per table on its "
         "own connection, all at once, CREATE TABLE, COPY FREEZE from a file the server wrote with the base, "
-        "ADD PRIMARY KEY:",
+        "ADD PRIMARY KEY, from text files and from binary ones (no text input functions: the least any base "
+        "format could cost the server):",
         "",
-        "| | pgtape replay | pg_restore | pg_restore -j 2 | COPY FREEZE from server files |",
-        "|---|---:|---:|---:|---:|",
+        "| | pgtape replay | pg_restore | pg_restore -j 2 | COPY FREEZE from server files | the same, binary |",
+        "|---|---:|---:|---:|---:|---:|",
         f"| wall time | {o['wall']:.2f} s | {r['1']['wall']:.2f} s | {r['2']['wall']:.2f} s "
-        f"| {res['copy_floor']['wall']:.2f} s |",
+        f"| {res['copy_floor']['wall']:.2f} s | {res['copy_floor_binary']['wall']:.2f} s |",
         f"| ours / it | | **{res['restore_ratio']['1']:.2f}** | **{res['restore_ratio']['2']:.2f}** "
-        f"| **{res['copy_floor_ratio']:.2f}** |",
-        f"| process CPU (client) | {o['cpu']:.2f} s | {r['1']['cpu']:.2f} s | {r['2']['cpu']:.2f} s | |",
+        f"| **{res['copy_floor_ratio']:.2f}** | **{res['copy_floor_binary_ratio']:.2f}** |",
+        f"| it / native PITR | {res['ratio']:.2f} | {r['1']['wall'] / res['native']['wall']:.2f} "
+        f"| {r['2']['wall'] / res['native']['wall']:.2f} | {res['copy_floor']['wall'] / res['native']['wall']:.2f} "
+        f"| **{res['copy_floor_binary_native_ratio']:.2f}** |",
+        f"| process CPU (client) | {o['cpu']:.2f} s | {r['1']['cpu']:.2f} s | {r['2']['cpu']:.2f} s | | |",
         "",
         "All runs (wall s): " + ", ".join(
-            f"pg_restore {a['wall']:.2f} / -j 2 {b['wall']:.2f} / COPY FREEZE {c['wall']:.2f}"
-            for a, b, c in zip(res["restore_runs"]["1"], res["restore_runs"]["2"], res["copy_floor_runs"])) + ".",
+            f"pg_restore {a['wall']:.2f} / -j 2 {b['wall']:.2f} / COPY FREEZE {c['wall']:.2f} / binary {d['wall']:.2f}"
+            for a, b, c, d in zip(res["restore_runs"]["1"], res["restore_runs"]["2"], res["copy_floor_runs"],
+                                  res["copy_floor_binary_runs"])) + ".",
         "",
         "Where a replay's time goes (bench/replay_phases.py: wall s; server CPU s of the process doing it), "
         f"best of {res['runs']}; tables loading at once: PARALLEL = {p['default']['parallel']} (default) vs 1, "
