@@ -71,6 +71,8 @@ class TapeWriter:
 
     def _open_segment(self) -> SegmentWriter:
         """Resume the open segment (cutting a torn tail), or start one where the tape ends."""
+        for key in self.archive.superseded_open_segments(self.generation):
+            self.archive.storage.delete(key)  # a kill while sealing, after its sealed copy was published
         segments = self.archive.segments(self.generation)
         if segments and segments[-1].is_open:
             writer, self.repaired_bytes = SegmentWriter.recover(self.archive.storage, segments[-1].key)

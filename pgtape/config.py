@@ -172,7 +172,8 @@ OPTIONS: tuple[Option, ...] = (
            "group commit: the longest a received commit waits to be fsynced while more keeps coming (the RPO)",
            "duration"),
     Option("segment_size", "capture", "segment_size", None, None, parse_size, "64MiB",
-           "compressed size at which a tape segment is sealed and a new one begun", "size"),
+           "size of the open tape segment at which it is sealed and a new one begun (sealed in larger frames, "
+           "it shrinks when its transactions were small)", "size"),
     Option("status_interval", "capture", "status_interval", None, None, parse_duration, "1s",
            "how often capture reports its position to the server", "duration"),
     Option("snapshot_every", "capture", "snapshot_every", None, None, parse_duration, None,

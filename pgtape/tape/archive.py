@@ -211,6 +211,14 @@ class Archive:
         files.sort(key=lambda s: (s.start_lsn, s.is_open))
         return files
 
+    def superseded_open_segments(self, gen: int) -> list[str]:
+        """Keys of open segments beside a sealed one of the same start (left by a kill while sealing:
+        SegmentWriter.seal), which `segments` leaves out; only capture deletes them."""
+        directory = self.tape_key(gen)
+        names = [e.name for e in self.storage.list(directory)]
+        sealed = {m.group(1) for n in names if (m := SEALED_RE.match(n))}
+        return [f"{directory}/{n}" for n in names if (m := OPEN_RE.match(n)) and m.group(1) in sealed]
+
     def read_segment(self, seg: SegmentFile, read: Callable[[Storage, str], T]) -> T:
         """`read(storage, key)` of a listed segment. Readers take no lock, so an open segment may have
         been sealed (renamed to <start>-<end>.tape) since it was listed: then the sealed one is read.

@@ -1,7 +1,9 @@
 """One segment file: written append-only while open, sealed with a footer, read and verified.
 
 Open segment:   <start>.tape.open      (header frame, data frames; may end in a torn frame)
-Sealed segment: <start>-<end>.tape     (... then a footer frame; published by rename)
+Sealed segment: <start>-<end>.tape     (the same records in large frames, then a footer frame;
+                                        written beside the open one as <start>.tape.open.seal.tmp
+                                        and published by rename: pgtape/tape/sealed_copy.py)
 <start> and <end> are 16 hex digits of LSN. The segment holds transactions whose end LSN lies
 in (start, end]. Only a frame with FLAG_BOUNDARY ends between transactions: a torn tail is cut
 back to the end of the last such frame (docs/ARCHITECTURE.md, "Torn tails").
@@ -27,6 +29,7 @@ from pgtape.tape.frames import (FLAG_BOUNDARY, HEADER, HEADER_SIZE, KIND_DATA, K
                                 KIND_NAMES, MAGIC, AuthenticationFailed, Frame, FrameCipher, FrameError,
                                 encode_frame, read_frame)
 from pgtape.tape.records import Begin, Change, Commit, Position, Record, Relation, SegmentFooter, SegmentHeader
+from pgtape.tape.sealed_copy import SealedCopy
 from pgtape.timefmt import now_us
 
 OPEN_SUFFIX = ".tape.open"
@@ -109,15 +112,17 @@ class _CutPoint:
     crc: int
     stats: SegmentStats
     relations: dict[int, Relation]
+    header_bytes: int = 0  # (as found by _scan)
 
 
 class SegmentWriter:
     """Appends frames to an open segment. Not thread-safe: one capture process owns it."""
 
     def __init__(self, storage: Storage, handle: AppendHandle, header: SegmentHeader, cut: _CutPoint,
-                 cipher: FrameCipher | None) -> None:
+                 cipher: FrameCipher | None, header_frame: bytes) -> None:
         self.storage = storage
         self._cipher = cipher  # the file is encrypted: every frame after the header
+        self._header_frame = header_frame  # as on disk
         self.key = handle.key
         self.name = self.key.rpartition("/")[2]
         self.header = header
@@ -127,6 +132,7 @@ class SegmentWriter:
         self.offset, self._crc, self.stats = cut.offset, cut.crc, cut.stats
         self.relations = dict(cut.relations)  # interned in this segment, by id
         self._since_cut: list[Record] = []
+        self._copy: SealedCopy | None = None  # what sealing publishes; create and recover start it
 
     # -- creation and recovery ------------------------------------------------------------
     @classmethod
@@ -144,8 +150,10 @@ class SegmentWriter:
         # Created with its header, durably (Storage.create): a full disk never leaves an open
         # segment without its header (which recovery would refuse to touch).
         handle = storage.create(key, frame)
-        return cls(storage, handle, header,
-                   _CutPoint(len(frame), zlib.crc32(frame), SegmentStats(end_lsn=start_lsn), {}), cipher)
+        writer = cls(storage, handle, header,
+                     _CutPoint(len(frame), zlib.crc32(frame), SegmentStats(end_lsn=start_lsn), {}), cipher, frame)
+        writer._copy = SealedCopy(storage, key, frame, cipher)
+        return writer
 
     @classmethod
     def recover(cls, storage: Storage, key: str) -> tuple[SegmentWriter, int]:
@@ -155,11 +163,15 @@ class SegmentWriter:
         unreadable: pgtape never deletes such a file by itself."""
         with storage.open_read(key) as f:
             header, cut, size, cipher = cls._scan(storage, storage.where(key), f)
+            f.seek(0)
+            header_frame = f.read(cut.header_bytes)
         handle = storage.open_append(key)
         if size != cut.offset:
             handle.truncate(cut.offset)
         # An encrypted segment goes on with its own key (named in its header), new frames with new nonces.
-        return cls(storage, handle, header, cut, cipher), size - cut.offset
+        writer = cls(storage, handle, header, cut, cipher, header_frame)
+        writer._rebuild_copy()
+        return writer, size - cut.offset
 
     @staticmethod
     def _scan(storage: Storage, path: str, f: BinaryIO
@@ -174,7 +186,7 @@ class SegmentWriter:
         header = _decode_header(path, header_frame)
         cipher = file_cipher(storage.keyring, f, header_frame, path)
         crc = header_frame.disk_crc
-        cut = _CutPoint(header_frame.end, crc, SegmentStats(end_lsn=header.start_lsn), {})
+        cut = _CutPoint(header_frame.end, crc, SegmentStats(end_lsn=header.start_lsn), {}, header_frame.end)
         relations: dict[int, Relation] = {}
         since_cut: list[Record] = []
         offset = header_frame.end
@@ -195,14 +207,15 @@ class SegmentWriter:
                     since_cut.append(r)
             offset = frame.end
             if frame.boundary:
-                cut = _CutPoint(offset, crc, cut.stats.after(since_cut), dict(relations))
+                cut = _CutPoint(offset, crc, cut.stats.after(since_cut), dict(relations), header_frame.end)
                 since_cut = []
         return header, cut, f.seek(0, os.SEEK_END), cipher
 
     # -- writing --------------------------------------------------------------------------
     def append(self, records: list[Record], *, boundary: bool) -> None:
         """Append one frame. `boundary`: the records end between transactions."""
-        frame = encode_frame(KIND_DATA, _records_encoder.encode(records), boundary=boundary,
+        payload = _records_encoder.encode(records)
+        frame = encode_frame(KIND_DATA, payload, boundary=boundary,
                              compressor=self._compressor, cipher=self._cipher, offset=self.offset)
         self._h.append(frame)
         self.offset += len(frame)
@@ -218,6 +231,8 @@ class SegmentWriter:
             self.stats = self.stats.after(self._since_cut)
             self._since_cut = []
             self._cut = _CutPoint(self.offset, self._crc, self.stats, dict(self.relations))
+        assert self._copy is not None
+        self._copy.add(records, len(payload), boundary=boundary)  # (last: its error leaves this writer consistent)
 
     def still_there(self) -> bool:
         """The segment's name still leads to the object being written (AppendHandle.still_there)."""
@@ -232,37 +247,52 @@ class SegmentWriter:
         cut = self._cut
         if self.offset != cut.offset:
             self._h.truncate(cut.offset)
+            self._rebuild_copy()  # (it may hold frames of the dropped transaction)
         self.offset, self._crc, self.stats = cut.offset, cut.crc, cut.stats
         self.relations = dict(cut.relations)
         self._since_cut = []
 
+    def _rebuild_copy(self) -> None:
+        """Start the sealed copy again from what the open segment holds (read back, every checksum verified)."""
+        if self._copy is not None:
+            self._copy.close()
+        self._copy = copy = SealedCopy(self.storage, self.key, self._header_frame, self._cipher)
+        for frame in SegmentReader(self.storage, self.key).frames():  # (an open segment: up to its last boundary)
+            copy.add(_records_decoder.decode(frame.payload), len(frame.payload), boundary=frame.boundary)
+
     def seal(self) -> str:
-        """Write the footer, fsync and publish under the final name; closes the writer. Returns its key."""
+        """Publish the sealed copy (its footer written, fsynced) under the final name, then delete the open
+        segment; closes the writer. Returns the sealed key. A crash in between leaves either the open
+        segment alone (its copy is rebuilt on recovery) or both, and readers take the sealed one
+        (Archive.segments; the next writer deletes the open one: TapeWriter)."""
         assert self.offset == self._cut.offset, "seal only between transactions"
+        assert self._copy is not None
         s = self.stats
-        footer = SegmentFooter(self.header.start_lsn, s.end_lsn, s.transactions, s.changes, s.first_commit_lsn,
-                               s.last_commit_lsn, s.first_commit_time, s.last_commit_time, s.complete_time,
-                               self.offset, self._crc)
-        self._h.append(encode_frame(KIND_FOOTER, msgspec.msgpack.encode(footer), boundary=True,
-                                    cipher=self._cipher, offset=self.offset))
-        self.sync()
+        self._copy.finish(SegmentFooter(self.header.start_lsn, s.end_lsn, s.transactions, s.changes,
+                                        s.first_commit_lsn, s.last_commit_lsn, s.first_commit_time,
+                                        s.last_commit_time, s.complete_time, 0, 0))
         self._h.close()
         directory = parent_key(self.key)
         final = child_key(directory, sealed_name(self.header.start_lsn, s.end_lsn))
-        self.storage.rename(self.key, final)
+        self.storage.rename(self._copy.key, final)
+        self.storage.delete(self.key)
         # Remembered beside the tape, so verify notices when the newest sealed segments vanish.
         metadata.write(self.storage, child_key(parent_key(directory), SEALED_FILE), {"end_lsn": s.end_lsn})
         return final
 
     def close(self) -> None:
         self._h.close()
+        if self._copy is not None:
+            self._copy.close()
 
     def abandon(self) -> None:
         """Close without the last buffered bytes (a full disk): recovery cuts back to the last boundary."""
-        try:
-            self._h.close()
-        except OSError:
-            pass
+        for h in (self._h, self._copy):
+            try:
+                if h is not None:
+                    h.close()
+            except OSError:
+                pass
 
 
 def _frame_or_none(f: BinaryIO, offset: int, dec: zstandard.ZstdDecompressor, crc: int = 0,
