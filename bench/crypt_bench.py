@@ -43,7 +43,7 @@ def _pgtape(args: list[str], *, keyring: Path | None, logs: Path, name: str, tim
 
 
 def _tape_bytes(archive: Path) -> int:
-    return sum(p.stat().st_size for p in (archive / "generations").rglob("*.tape*"))
+    return sum(p.stat().st_size for p in (archive / "generations").rglob("*.tape*") if not p.name.endswith(".tmp"))
 
 
 def main(argv: list[str] | None = None) -> int:

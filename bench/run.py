@@ -151,7 +151,8 @@ class Bench:
 
 
 def tape_bytes(archive: Path) -> int:
-    return sum(p.stat().st_size for p in archive.glob("generations/*/tape/*") if ".tape" in p.name)
+    """The segments' bytes (not capture's work file beside the open one, which sealing publishes)."""
+    return sum(p.stat().st_size for p in archive.glob("generations/*/tape/*") if p.name.endswith((".tape", ".open")))
 
 
 def count_recv_changes(path: Path) -> int:

@@ -120,11 +120,15 @@ class Frame(NamedTuple):  # (a tuple, not a frozen dataclass: made once per fram
 
 def encode_frame(kind: int, payload: bytes, *, boundary: bool,
                  compressor: zstandard.ZstdCompressor | None = None,
-                 cipher: FrameCipher | None = None, offset: int = 0) -> bytes:
-    """The frame's bytes; with `cipher`, encrypted for its place in its file: `offset`."""
+                 cipher: FrameCipher | None = None, offset: int = 0, compressed: bytes | None = None) -> bytes:
+    """The frame's bytes; with `cipher`, encrypted for its place in its file: `offset`. `compressed`: the
+    payload as `compressor` made it already (the same frame written to a second file)."""
     flags = FLAG_BOUNDARY if boundary else 0
     body = payload
-    if compressor is not None:
+    if compressed is not None:
+        body = compressed
+        flags |= FLAG_ZSTD
+    elif compressor is not None:
         body = compressor.compress(payload)
         flags |= FLAG_ZSTD
     if cipher is not None:

@@ -219,9 +219,9 @@ class SegmentWriter:
         payload = _records_encoder.encode(records)
         # A small frame (a commit or two) is written as it is: zstd costs ~15 us a call whatever the size
         # (most of a small transaction's capture CPU), and the sealed copy compresses it in a large frame.
-        compressor = self._compressor if len(payload) >= COMPRESS_FROM else None
-        frame = encode_frame(KIND_DATA, payload, boundary=boundary,
-                             compressor=compressor, cipher=self._cipher, offset=self.offset)
+        compressed = self._compressor.compress(payload) if len(payload) >= COMPRESS_FROM else None
+        frame = encode_frame(KIND_DATA, payload, boundary=boundary, compressed=compressed, cipher=self._cipher,
+                             offset=self.offset)
         self._h.append(frame)
         self.offset += len(frame)
         self._crc = zlib.crc32(frame, self._crc)
@@ -237,7 +237,7 @@ class SegmentWriter:
             self._since_cut = []
             self._cut = _CutPoint(self.offset, self._crc, self.stats, dict(self.relations))
         assert self._copy is not None
-        self._copy.add(records, len(payload), boundary=boundary)  # (last: its error leaves this writer consistent)
+        self._copy.add(records, payload, compressed, boundary=boundary)  # (last: an error leaves this consistent)
 
     def still_there(self) -> bool:
         """The segment's name still leads to the object being written (AppendHandle.still_there)."""
@@ -263,7 +263,7 @@ class SegmentWriter:
             self._copy.close()
         self._copy = copy = SealedCopy(self.storage, self.key, self._header_frame, self._cipher)
         for frame in SegmentReader(self.storage, self.key).frames():  # (an open segment: up to its last boundary)
-            copy.add(_records_decoder.decode(frame.payload), len(frame.payload), boundary=frame.boundary)
+            copy.add(_records_decoder.decode(frame.payload), frame.payload, None, boundary=frame.boundary)
 
     def seal(self) -> str:
         """Publish the sealed copy (its footer written, fsynced) under the final name, then delete the open
