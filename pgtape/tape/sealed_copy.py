@@ -36,8 +36,9 @@ def copy_key(open_key: str) -> str:
 
 class SealedCopy:
     """The open segment's frames, the small ones gathered into frames of at least SEALED_FRAME_BYTES
-    decoded, written as they come; `finish` ends the file with its footer and fsyncs it. Starts with the open segment's own header frame, so an encrypted
-    segment's cipher (bound to that frame) serves both files."""
+    decoded, written as they come; `finish` ends the file with its footer and fsyncs it. Starts with
+    the open segment's own header frame, so an encrypted segment's cipher (bound to that frame)
+    serves both files."""
 
     def __init__(self, storage: Storage, open_key: str, header_frame: bytes, cipher: FrameCipher | None) -> None:
         self.storage = storage
