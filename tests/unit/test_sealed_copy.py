@@ -12,7 +12,7 @@ import zstandard
 from pgtape.keys import generate, load
 from pgtape.storage import LocalStorage
 from pgtape.capture.tape_writer import TapeWriter
-from pgtape.tape.frames import FLAG_ZSTD, read_frame
+from pgtape.tape.frames import FLAG_ZSTD, Frame, read_frame
 from pgtape.tape.records import Begin, Change, Commit, Record, Relation
 from pgtape.tape.sealed_copy import COPY_SUFFIX, SEALED_FRAME_BYTES
 from pgtape.tape.segment import SegmentReader, SegmentWriter, read_footer
@@ -29,14 +29,14 @@ def _txn(xid: int, rng: random.Random, rows: int = 2) -> list[Record]:
     return [Begin(xid, end - 8, end, 1_700_000_000_000_000 + xid), *changes, Commit(end, rows)]
 
 
-def _frames(path: Path) -> list[int]:
-    """Kinds of the file's frames (read with checksums; unencrypted files only)."""
-    kinds, dec, offset = [], zstandard.ZstdDecompressor(), 0
+def _frames(path: Path) -> list[Frame]:
+    """The file's frames (read with checksums; unencrypted files only)."""
+    frames, dec, offset = [], zstandard.ZstdDecompressor(), 0
     with open(path, "rb") as f:
         while (frame := read_frame(f, offset, dec)) is not None:
-            kinds.append(frame.kind)
+            frames.append(frame)
             offset = frame.end
-    return kinds
+    return frames
 
 
 def _records(storage: LocalStorage, key: str) -> list[Record]:
@@ -212,9 +212,4 @@ def test_small_frames_are_left_uncompressed_until_sealed(tmp_path: Path) -> None
 
 
 def _flags(path: Path) -> list[int]:
-    flags, dec, offset = [], zstandard.ZstdDecompressor(), 0
-    with open(path, "rb") as f:
-        while (frame := read_frame(f, offset, dec)) is not None:
-            flags.append(frame.flags)
-            offset = frame.end
-    return flags
+    return [frame.flags for frame in _frames(path)]
