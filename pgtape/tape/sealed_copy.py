@@ -96,7 +96,3 @@ class SealedCopy:
 
     def close(self) -> None:
         self._h.close()
-
-    def discard(self) -> None:
-        self._h.close()
-        self.storage.delete(self.key)

@@ -114,7 +114,6 @@ class _CutPoint:
     crc: int
     stats: SegmentStats
     relations: dict[int, Relation]
-    header_bytes: int = 0  # (as found by _scan)
 
 
 class SegmentWriter:
@@ -164,9 +163,7 @@ class SegmentWriter:
         Returns the writer and the number of bytes cut. Raises SegmentError if the header is
         unreadable: pgtape never deletes such a file by itself."""
         with storage.open_read(key) as f:
-            header, cut, size, cipher = cls._scan(storage, storage.where(key), f)
-            f.seek(0)
-            header_frame = f.read(cut.header_bytes)
+            header, header_frame, cut, size, cipher = cls._scan(storage, storage.where(key), f)
         handle = storage.open_append(key)
         if size != cut.offset:
             handle.truncate(cut.offset)
@@ -177,8 +174,9 @@ class SegmentWriter:
 
     @staticmethod
     def _scan(storage: Storage, path: str, f: BinaryIO
-              ) -> tuple[SegmentHeader, _CutPoint, int, FrameCipher | None]:
-        """The header, the state after the last boundary frame that holds, the file's size and cipher.
+              ) -> tuple[SegmentHeader, bytes, _CutPoint, int, FrameCipher | None]:
+        """The header (decoded, and its frame as on disk), the state after the last boundary frame that
+        holds, the file's size and cipher.
 
         A frame whose checksum holds but whose authentication fails is no torn write: SegmentError."""
         dec = zstandard.ZstdDecompressor()
@@ -188,7 +186,7 @@ class SegmentWriter:
         header = _decode_header(path, header_frame)
         cipher = file_cipher(storage.keyring, f, header_frame, path)
         crc = header_frame.disk_crc
-        cut = _CutPoint(header_frame.end, crc, SegmentStats(end_lsn=header.start_lsn), {}, header_frame.end)
+        cut = _CutPoint(header_frame.end, crc, SegmentStats(end_lsn=header.start_lsn), {})
         relations: dict[int, Relation] = {}
         since_cut: list[Record] = []
         offset = header_frame.end
@@ -209,16 +207,17 @@ class SegmentWriter:
                     since_cut.append(r)
             offset = frame.end
             if frame.boundary:
-                cut = _CutPoint(offset, crc, cut.stats.after(since_cut), dict(relations), header_frame.end)
+                cut = _CutPoint(offset, crc, cut.stats.after(since_cut), dict(relations))
                 since_cut = []
-        return header, cut, f.seek(0, os.SEEK_END), cipher
+        f.seek(0)
+        return header, f.read(header_frame.size), cut, f.seek(0, os.SEEK_END), cipher
 
     # -- writing --------------------------------------------------------------------------
     def append(self, records: list[Record], *, boundary: bool) -> None:
         """Append one frame. `boundary`: the records end between transactions."""
         payload = _records_encoder.encode(records)
-        # A small frame (a commit or two) is written as it is: zstd costs ~15 us a call whatever the size
-        # (most of a small transaction's capture CPU), and the sealed copy compresses it in a large frame.
+        # A small frame (a commit or two) is written as it is: zstd costs ~15 us a call whatever the
+        # size, and the sealed copy compresses it within a large frame.
         compressed = self._compressor.compress(payload) if len(payload) >= COMPRESS_FROM else None
         frame = encode_frame(KIND_DATA, payload, boundary=boundary, compressed=compressed, cipher=self._cipher,
                              offset=self.offset)
