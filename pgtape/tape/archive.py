@@ -196,8 +196,8 @@ class Archive:
         """The generation's segment files ordered by start LSN (an open one sorts last).
 
         An open segment beside a sealed one of the same start is left out: the sealed one supersedes it
-        (the open one is a prefix of it). Locally sealing is a rename, but an offsite copy receives the
-        sealed object before the uploader deletes the open one, and a kill between leaves both."""
+        (it holds the open one's records and more). Sealing publishes the sealed file before it deletes
+        the open one (SegmentWriter.seal), and so does the offsite uploader: a kill between leaves both."""
         files: list[SegmentFile] = []
         directory = self.tape_key(gen)
         for e in self.storage.list(directory):
@@ -221,7 +221,7 @@ class Archive:
 
     def read_segment(self, seg: SegmentFile, read: Callable[[Storage, str], T]) -> T:
         """`read(storage, key)` of a listed segment. Readers take no lock, so an open segment may have
-        been sealed (renamed to <start>-<end>.tape) since it was listed: then the sealed one is read.
+        been sealed (replaced by <start>-<end>.tape) since it was listed: then the sealed one is read.
         (Once opened, a reader keeps reading what it opened: Storage.open_read.)"""
         try:
             return read(self.storage, seg.key)
