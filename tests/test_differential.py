@@ -651,6 +651,10 @@ class Workload:
             self.exec(f'CREATE TABLE {name} (id int PRIMARY KEY, "Big Blob" text, note text)')
         elif oid in followed or self.q("SELECT relkind FROM pg_class WHERE oid = %s", (oid,))[0][0] != "r":
             return
+        elif [c for (c,) in self.q("SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 "
+                                   "AND NOT attisdropped ORDER BY attnum", (oid,))] != ["id", "Big Blob", "note"]:
+            self.exec(f"TRUNCATE {name}")  # not an impostor's own table (a detached partition): its shape is not ours
+            return
         self.next_id += 1
         self.exec(r.choice([f"INSERT INTO {name} VALUES ({self.next_id}, {self.big()}, 'impostor')",
                             f"UPDATE {name} SET note = 'impostor again'", f"TRUNCATE {name}",
