@@ -24,7 +24,7 @@ from pgtape.storage import Storage
 from pgtape.tape.frames import KIND_DATA, KIND_FOOTER, FrameCipher, encode_frame
 from pgtape.tape.records import Record, SegmentFooter
 
-SEALED_FRAME_BYTES = 1 << 20  # decoded bytes per frame of a sealed segment (at least; the last append may add)
+SEALED_FRAME_BYTES = 1 << 20  # decoded bytes gathered from small frames before one is written
 COPY_SUFFIX = ".seal.tmp"  # after the open segment's name; `.tmp`: the offsite copy and readers skip it
 
 _encoder = msgspec.msgpack.Encoder()
